@@ -1,0 +1,62 @@
+//! The identity protocol between a sidecar and the control plane (its sidecar-facing port,
+//! 15012 by default, always over TLS).
+//!
+//! - `POST /v1/identity/issue` with `Authorization: Bearer <bootstrap JWT>`: first
+//!   certificate. The JWT is a single-use join token or a Kubernetes projected ServiceAccount
+//!   token; the SPIFFE ID comes from the verified token only.
+//! - `POST /v1/identity/renew` over mTLS with the current, still-valid certificate: a fresh
+//!   certificate for the same SPIFFE ID, no token needed (as SPIRE does).
+//! - `GET /v1/trust-bundle`: the roots sidecars must trust (PEM).
+//!
+//! Bodies are JSON; every error is an [`ErrorBody`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::spiffe::{SpiffeId, TrustDomain};
+
+pub const ISSUE_PATH: &str = "/v1/identity/issue";
+pub const RENEW_PATH: &str = "/v1/identity/renew";
+pub const TRUST_BUNDLE_PATH: &str = "/v1/trust-bundle";
+
+/// Default port of the control plane's sidecar-facing listener.
+pub const DEFAULT_SIDECAR_PORT: u16 = 15012;
+
+/// The namespace and service account of the control plane's own identity. No workload may
+/// be issued this identity.
+pub const CONTROL_PLANE_NAMESPACE: &str = "palisade-system";
+pub const CONTROL_PLANE_SERVICE_ACCOUNT: &str = "control-plane";
+
+/// The SPIFFE ID the control plane presents, which sidecars require.
+pub fn control_plane_id(td: &TrustDomain) -> SpiffeId {
+    td.workload_id(CONTROL_PLANE_NAMESPACE, CONTROL_PLANE_SERVICE_ACCOUNT)
+        .expect("the control plane's namespace and service account are valid names")
+}
+
+/// Largest request body the control plane reads on these endpoints.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// A PKCS#10 certificate signing request in PEM, signed by the sidecar's own key.
+    pub csr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateResponse {
+    pub spiffe_id: SpiffeId,
+    /// PEM: the leaf first, then any intermediates up to (not including) a root.
+    pub certificate_chain: String,
+    /// PEM: every root the sidecar must trust from now on.
+    pub trust_bundle: String,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}

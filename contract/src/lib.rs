@@ -1,0 +1,15 @@
+//! What Palisade's sidecar and control plane must agree on.
+//!
+//! - [`spiffe`]: SPIFFE IDs and trust domains, parsed by one set of rules everywhere.
+//! - [`certs`]: reading certificates and PEM bundles, and what makes a valid workload leaf.
+//! - [`tls`]: mTLS by SPIFFE ID (verifiers, trust bundles, live certificate swaps).
+//! - [`identity_api`]: the certificate issuance and renewal protocol.
+//! - [`telemetry`]: log and metrics conventions shared by both binaries.
+
+pub mod certs;
+pub mod identity_api;
+pub mod spiffe;
+pub mod telemetry;
+pub mod tls;
+
+pub use spiffe::{SpiffeId, TrustDomain};

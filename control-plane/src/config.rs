@@ -1,0 +1,161 @@
+//! Command-line flags, each with a `PALISADE_*` environment twin. Everything is validated
+//! before anything starts, and every bad setting is reported at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use palisade_contract::TrustDomain;
+use palisade_contract::telemetry::LogFormat;
+
+use crate::ca::{CaConfig, PluggedInCa};
+
+/// Palisade control plane: the mesh's certificate authority and administration API.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "palisade-control-plane", version, about, long_about = None)]
+pub struct Config {
+    /// Directory for the CA, token key, database and initial admin token (created 0700).
+    #[arg(long, env = "PALISADE_DATA_DIR", default_value = "palisade-data")]
+    pub data_dir: PathBuf,
+
+    /// Trust domain of every SPIFFE ID this control plane issues.
+    #[arg(long, env = "PALISADE_TRUST_DOMAIN", default_value = "palisade.local")]
+    pub trust_domain: TrustDomain,
+
+    /// Sidecar-facing TLS listener: certificate issuance, renewal and the trust bundle.
+    #[arg(long, env = "PALISADE_SIDECAR_LISTEN", default_value = "0.0.0.0:15012")]
+    pub sidecar_listen: SocketAddr,
+
+    /// Administration API listener (bearer-token authenticated, even on loopback).
+    #[arg(long, env = "PALISADE_ADMIN_LISTEN", default_value = "127.0.0.1:15080")]
+    pub admin_listen: SocketAddr,
+
+    /// Prometheus metrics listener, serving /metrics.
+    #[arg(long, env = "PALISADE_METRICS_LISTEN", default_value = "0.0.0.0:15014")]
+    pub metrics_listen: SocketAddr,
+
+    /// Lifetime of workload certificates (e.g. 1h, 30m, 90s); between 1s and 24h.
+    #[arg(long, env = "PALISADE_WORKLOAD_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub workload_ttl: Duration,
+
+    /// Database: postgres://... for several replicas; default sqlite in the data dir.
+    #[arg(long, env = "PALISADE_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Plugged-in CA: the signing certificate (PEM; a root or an intermediate).
+    #[arg(long, env = "PALISADE_CA_CERT", requires_all = ["ca_key", "ca_roots"])]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Plugged-in CA: the signing certificate's private key (PKCS#8 PEM, mode 0600).
+    #[arg(long, env = "PALISADE_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+
+    /// Plugged-in CA: the root certificate(s) sidecars trust (PEM; several during a rotation).
+    #[arg(long, env = "PALISADE_CA_ROOTS", requires = "ca_cert")]
+    pub ca_roots: Option<PathBuf>,
+
+    /// Plugged-in CA: intermediates between the signing certificate and the root (PEM).
+    #[arg(long, env = "PALISADE_CA_CHAIN", requires = "ca_cert")]
+    pub ca_chain: Option<PathBuf>,
+
+    /// Kubernetes bootstrap: the ServiceAccount token issuer (the cluster's --service-account-issuer).
+    #[arg(long, env = "PALISADE_K8S_ISSUER", requires = "k8s_jwks")]
+    pub k8s_issuer: Option<String>,
+
+    /// Kubernetes bootstrap: the issuer's JWKS (a file, e.g. saved from /openid/v1/jwks).
+    #[arg(long, env = "PALISADE_K8S_JWKS", requires = "k8s_issuer")]
+    pub k8s_jwks: Option<PathBuf>,
+
+    /// Kubernetes bootstrap: the audience projected tokens must carry.
+    #[arg(long, env = "PALISADE_K8S_AUDIENCE", default_value = "palisade")]
+    pub k8s_audience: String,
+
+    /// Log format on stderr: text or json.
+    #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: a data dir, every listener on 127.0.0.1:0.
+    pub fn for_data_dir(data_dir: PathBuf) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            data_dir,
+            trust_domain: TrustDomain::parse("palisade.local").expect("valid default"),
+            sidecar_listen: any,
+            admin_listen: any,
+            metrics_listen: any,
+            workload_ttl: Duration::from_secs(3600),
+            database_url: None,
+            ca_cert: None,
+            ca_key: None,
+            ca_roots: None,
+            ca_chain: None,
+            k8s_issuer: None,
+            k8s_jwks: None,
+            k8s_audience: "palisade".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// Every problem with the configuration, or nothing.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.workload_ttl < Duration::from_secs(1)
+            || self.workload_ttl > Duration::from_secs(24 * 3600)
+        {
+            problems.push(format!(
+                "--workload-ttl {} is out of range (1s to 24h)",
+                humantime::format_duration(self.workload_ttl)
+            ));
+        }
+        for (flag, path) in [
+            ("--ca-cert", &self.ca_cert),
+            ("--ca-key", &self.ca_key),
+            ("--ca-roots", &self.ca_roots),
+            ("--ca-chain", &self.ca_chain),
+            ("--k8s-jwks", &self.k8s_jwks),
+        ] {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                problems.push(format!("{flag} {}: no such file", p.display()));
+            }
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite://"))
+        {
+            problems.push(format!(
+                "--database-url {url:?}: use postgres://... or sqlite://PATH"
+            ));
+        }
+        if self.k8s_audience.is_empty() {
+            problems.push("--k8s-audience must not be empty".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn ca_config(&self) -> CaConfig {
+        CaConfig {
+            trust_domain: self.trust_domain.clone(),
+            data_dir: self.data_dir.clone(),
+            plugged_in: match (&self.ca_cert, &self.ca_key, &self.ca_roots) {
+                (Some(cert), Some(key), Some(roots)) => Some(PluggedInCa {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    roots: roots.clone(),
+                    chain: self.ca_chain.clone(),
+                }),
+                _ => None,
+            },
+            workload_ttl: self.workload_ttl,
+        }
+    }
+}

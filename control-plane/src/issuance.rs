@@ -1,0 +1,201 @@
+//! Who gets which certificate: the rules between an authenticated request and the CA.
+//!
+//! - First issuance: a bootstrap token is verified, the CSR's signature is checked, a join
+//!   token is consumed (once, atomically, in the store), then the CA signs a leaf for the
+//!   token's SPIFFE ID. A bad CSR does not spend the token.
+//! - Renewal: the caller's current certificate, already verified by the mTLS handshake,
+//!   names the identity; the new certificate is for that identity only.
+//! - The control plane's own identity is never issued to a caller.
+//!
+//! Every outcome is one structured log event (`target: palisade::identity`) and one count.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use palisade_contract::identity_api::control_plane_id;
+use palisade_contract::{SpiffeId, TrustDomain};
+
+use crate::bootstrap::{BootstrapSource, BootstrapVerifier};
+use crate::ca::{CaError, CertificateAuthority, CsrError, IssuedCertificate, parse_csr, unix_now};
+use crate::metrics::CaMetrics;
+use crate::store::{Consumed, Store, StoreError};
+use crate::tokens::TokenError;
+
+/// Why a certificate request was refused. [`IssueError::label`] is the metric label and
+/// the reason logged; the caller sees the `Display` text, which holds no internal detail.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("a bootstrap token is required (Authorization: Bearer <token>)")]
+    MissingToken,
+    #[error("bootstrap token rejected: {0}")]
+    Token(TokenError),
+    #[error("join token has already been used, or was never issued")]
+    TokenReused,
+    #[error("renewal requires a valid client certificate")]
+    NoClientCertificate,
+    #[error(transparent)]
+    Csr(CsrError),
+    #[error("identity {0} is reserved for the control plane")]
+    Reserved(SpiffeId),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IssueError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            IssueError::MissingToken => "missing_token",
+            IssueError::Token(e) => e.label(),
+            IssueError::TokenReused => "token_reused",
+            IssueError::NoClientCertificate => "no_client_certificate",
+            IssueError::Csr(CsrError::BadSignature) => "csr_bad_signature",
+            IssueError::Csr(_) => "csr_invalid",
+            IssueError::Reserved(_) => "reserved_identity",
+            IssueError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<StoreError> for IssueError {
+    fn from(e: StoreError) -> Self {
+        IssueError::Internal(e.to_string())
+    }
+}
+
+impl From<CaError> for IssueError {
+    fn from(e: CaError) -> Self {
+        IssueError::Internal(e.to_string())
+    }
+}
+
+#[derive(Debug)]
+pub struct IdentityService {
+    ca: Arc<CertificateAuthority>,
+    verifier: BootstrapVerifier,
+    store: Store,
+    metrics: CaMetrics,
+    reserved: SpiffeId,
+}
+
+impl IdentityService {
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        verifier: BootstrapVerifier,
+        store: Store,
+        metrics: CaMetrics,
+        trust_domain: &TrustDomain,
+    ) -> Self {
+        Self {
+            ca,
+            verifier,
+            store,
+            metrics,
+            reserved: control_plane_id(trust_domain),
+        }
+    }
+
+    pub fn ca(&self) -> &Arc<CertificateAuthority> {
+        &self.ca
+    }
+
+    /// First issuance, authenticated by a bootstrap token.
+    pub async fn issue(
+        &self,
+        token: Option<&str>,
+        csr_pem: &str,
+        peer: &str,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let started = Instant::now();
+        let result = self.issue_inner(token, csr_pem).await;
+        self.record(result.as_ref().map(|(c, m)| (c, *m)), peer, started);
+        result.map(|(c, _)| c)
+    }
+
+    async fn issue_inner(
+        &self,
+        token: Option<&str>,
+        csr_pem: &str,
+    ) -> Result<(IssuedCertificate, &'static str), IssueError> {
+        let token = token.ok_or(IssueError::MissingToken)?;
+        let identity = self.verifier.verify(token).map_err(IssueError::Token)?;
+        self.check_not_reserved(&identity.spiffe_id)?;
+        let key = parse_csr(csr_pem).map_err(IssueError::Csr)?;
+        let cert = self.ca.issue(&identity.spiffe_id, &key)?;
+        if let BootstrapSource::JoinToken { jti } = &identity.source
+            && self
+                .store
+                .consume_join_token(jti, unix_now(), &cert.serial)
+                .await?
+                != Consumed::Fresh
+        {
+            return Err(IssueError::TokenReused);
+        }
+        Ok((cert, identity.source.label()))
+    }
+
+    /// Renewal, authenticated by the caller's current certificate.
+    pub async fn renew(
+        &self,
+        peer_id: Option<&SpiffeId>,
+        csr_pem: &str,
+        peer: &str,
+    ) -> Result<IssuedCertificate, IssueError> {
+        let started = Instant::now();
+        let result = (|| {
+            let id = peer_id.ok_or(IssueError::NoClientCertificate)?;
+            self.check_not_reserved(id)?;
+            let key = parse_csr(csr_pem).map_err(IssueError::Csr)?;
+            Ok((self.ca.issue(id, &key)?, "renewal"))
+        })();
+        self.record(result.as_ref().map(|(c, m)| (c, *m)), peer, started);
+        result.map(|(c, _)| c)
+    }
+
+    fn check_not_reserved(&self, id: &SpiffeId) -> Result<(), IssueError> {
+        if *id == self.reserved {
+            return Err(IssueError::Reserved(id.clone()));
+        }
+        Ok(())
+    }
+
+    fn record(
+        &self,
+        result: Result<(&IssuedCertificate, &'static str), &IssueError>,
+        peer: &str,
+        started: Instant,
+    ) {
+        self.metrics
+            .issue_duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok((cert, method)) => {
+                self.metrics.issued.with_label_values(&[method]).inc();
+                tracing::info!(
+                    target: "palisade::identity",
+                    event = if method == "renewal" { "certificate.renewed" } else { "certificate.issued" },
+                    spiffe_id = %cert.spiffe_id,
+                    serial = %cert.serial,
+                    not_after = cert.not_after,
+                    method,
+                    peer,
+                    "certificate signed"
+                );
+            }
+            Err(e) => {
+                self.metrics.refused.with_label_values(&[e.label()]).inc();
+                let detail = match e {
+                    IssueError::Internal(d) => d.clone(),
+                    other => other.to_string(),
+                };
+                tracing::warn!(
+                    target: "palisade::identity",
+                    event = "certificate.refused",
+                    reason = e.label(),
+                    detail,
+                    peer,
+                    "certificate request refused"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Palisade's control plane.
+//!
+//! - [`ca`]: the certificate authority and the trust bundle (with root rotation).
+//! - [`tokens`] and [`bootstrap`]: the JWTs it signs and the bootstrap tokens it accepts.
+//! - [`issuance`]: who gets which certificate.
+//! - [`store`]: persistent state (SQLite or PostgreSQL).
+//! - [`sidecar_api`]: the TLS listener sidecars talk to.
+//! - [`admin_api`]: the authenticated administration API.
+//! - [`server`]: how the pieces are assembled and served.
+
+pub mod admin_api;
+pub mod bootstrap;
+pub mod ca;
+pub mod config;
+pub mod issuance;
+pub mod metrics;
+pub mod server;
+pub mod sidecar_api;
+pub mod store;
+pub mod tokens;
+
+pub use config::Config;
+pub use server::{RunningControlPlane, start};

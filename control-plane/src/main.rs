@@ -1,0 +1,39 @@
+//! `palisade-control-plane`: parse and validate flags, start, run until SIGINT or SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use palisade_contract::telemetry::init_tracing;
+use palisade_control_plane::{Config, start};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    init_tracing(config.log_format);
+    if let Err(problems) = config.validate() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        return ExitCode::from(2);
+    }
+    let running = match start(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,59 @@
+//! The control plane's Prometheus metrics. One registry is built at start-up and handed to
+//! the components that count; nothing is global. Served on `--metrics-listen` at `/metrics`.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone, Debug)]
+pub struct CaMetrics {
+    /// Certificates issued, by how the caller authenticated (`join_token`, `kubernetes`,
+    /// `renewal`).
+    pub issued: IntCounterVec,
+    /// Refused requests, by reason (a fixed set: see `IssueError::label`).
+    pub refused: IntCounterVec,
+    /// Time to verify a request and sign its certificate.
+    pub issue_duration: Histogram,
+    /// Roots in the trust bundle.
+    pub bundle_roots: IntGauge,
+}
+
+impl CaMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let issued = IntCounterVec::new(
+            Opts::new(
+                "palisade_ca_certificates_issued_total",
+                "Workload certificates issued, by authentication method.",
+            ),
+            &["method"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "palisade_ca_requests_refused_total",
+                "Certificate requests refused, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let issue_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "palisade_ca_issue_duration_seconds",
+                "Time to authenticate a certificate request and sign it.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+            ]),
+        )?;
+        let bundle_roots = IntGauge::new(
+            "palisade_ca_trust_bundle_roots",
+            "Root certificates in the trust bundle.",
+        )?;
+        registry.register(Box::new(issued.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(issue_duration.clone()))?;
+        registry.register(Box::new(bundle_roots.clone()))?;
+        Ok(Self {
+            issued,
+            refused,
+            issue_duration,
+            bundle_roots,
+        })
+    }
+}

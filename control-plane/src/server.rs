@@ -1,0 +1,244 @@
+//! Assembling the control plane: load the CA and keys, open the store, bind the three
+//! listeners and serve until shut down.
+//!
+//! The control plane's own serving certificate is issued by its own CA for
+//! `spiffe://<td>/ns/palisade-system/sa/control-plane` with the workload TTL, and renewed
+//! at half its lifetime (and at once when a rotation changes the signing root), so it
+//! follows the same rules it imposes on sidecars.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use palisade_contract::identity_api::control_plane_id;
+use palisade_contract::telemetry::encode_metrics;
+use palisade_contract::tls::{ClientAuth, IdentitySlot, WorkloadIdentity, server_config};
+use prometheus::Registry;
+use rcgen::KeyPair;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::admin_api::{self, AdminState};
+use crate::bootstrap::{BootstrapVerifier, KubernetesVerifier};
+use crate::ca::{CertificateAuthority, write_file};
+use crate::config::Config;
+use crate::issuance::IdentityService;
+use crate::metrics::CaMetrics;
+use crate::sidecar_api;
+use crate::store::Store;
+use crate::tokens::TokenKey;
+
+/// Where the initial admin token is written, in the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Lifetime of the initial admin token.
+pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A started control plane. Dropping it does not stop it; call [`Self::shutdown`].
+#[derive(Debug)]
+pub struct RunningControlPlane {
+    pub sidecar_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub admin_token_path: PathBuf,
+    pub ca: Arc<CertificateAuthority>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningControlPlane {
+    /// Stops accepting, drains in-flight requests, and waits for every task.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// The initial admin token (read from the data dir).
+    pub fn admin_token(&self) -> std::io::Result<String> {
+        Ok(std::fs::read_to_string(&self.admin_token_path)?
+            .trim()
+            .to_owned())
+    }
+}
+
+/// Loads state and starts serving on the configured addresses.
+pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
+    let td = config.trust_domain.clone();
+    let ca = Arc::new(CertificateAuthority::load_or_create(&config.ca_config())?);
+    let token_key = Arc::new(TokenKey::load_or_create(&config.data_dir, &td)?);
+    let store = match &config.database_url {
+        Some(url) => Store::open_url(url).await,
+        None => Store::sqlite(&config.data_dir.join("palisade.db")).await,
+    }
+    .context("opening the database")?;
+    let kubernetes = match (&config.k8s_issuer, &config.k8s_jwks) {
+        (Some(issuer), Some(jwks)) => {
+            let bytes =
+                std::fs::read(jwks).with_context(|| format!("reading {}", jwks.display()))?;
+            Some(
+                KubernetesVerifier::from_jwks_json(issuer, &config.k8s_audience, &bytes)
+                    .with_context(|| format!("loading {}", jwks.display()))?,
+            )
+        }
+        _ => None,
+    };
+
+    let registry = Registry::new();
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .context("registering process metrics")?;
+    let metrics = CaMetrics::register(&registry).context("registering metrics")?;
+    let service = Arc::new(IdentityService::new(
+        ca.clone(),
+        BootstrapVerifier::new(td.clone(), token_key.clone(), kubernetes),
+        store.clone(),
+        metrics.clone(),
+        &td,
+    ));
+
+    // The control plane's own identity.
+    let own_identity = IdentitySlot::new();
+    let signer_changed = Arc::new(Notify::new());
+    renew_own_identity(&ca, &own_identity)?;
+    let tls = Arc::new(server_config(
+        own_identity.clone(),
+        ca.bundle(),
+        ClientAuth::Optional,
+        &[b"h2", b"http/1.1"],
+    ));
+
+    let admin_token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    if !admin_token_path.exists() {
+        let token = token_key.mint_admin("initial-admin", "admin", ADMIN_TOKEN_TTL)?;
+        write_file(&admin_token_path, format!("{token}\n").as_bytes(), true)?;
+        tracing::info!(path = %admin_token_path.display(),
+            "wrote the initial admin token (role admin); use it with `palisade --token-file`");
+    }
+
+    let sidecar_listener = bind(config.sidecar_listen, "sidecar").await?;
+    let admin_listener = bind(config.admin_listen, "admin").await?;
+    let metrics_listener = bind(config.metrics_listen, "metrics").await?;
+    let sidecar_addr = sidecar_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = JoinSet::new();
+
+    tasks.spawn(sidecar_api::serve_tls(
+        sidecar_listener,
+        tls,
+        sidecar_api::router(service.clone()),
+        until_stopped(),
+    ));
+
+    let notify = signer_changed.clone();
+    let admin = admin_api::router(Arc::new(AdminState {
+        ca: ca.clone(),
+        token_key: token_key.clone(),
+        store: store.clone(),
+        trust_domain: td.clone(),
+        on_signer_change: Box::new(move || notify.notify_one()),
+    }));
+    let stop_admin = until_stopped();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(stop_admin)
+            .await
+        {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+
+    let metrics_ca = ca.clone();
+    let metrics_router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            let ca = metrics_ca.clone();
+            let gauge = metrics.bundle_roots.clone();
+            async move {
+                gauge.set(ca.bundle().load().len() as i64);
+                encode_metrics(&registry)
+            }
+        }),
+    );
+    let stop_metrics = until_stopped();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, metrics_router)
+            .with_graceful_shutdown(stop_metrics)
+            .await
+        {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+
+    let refresh_ca = ca.clone();
+    let stop_refresh = until_stopped();
+    tasks.spawn(async move {
+        tokio::pin!(stop_refresh);
+        loop {
+            let wait = own_identity
+                .get()
+                .map(|id| half_life(id.not_before, id.not_after))
+                .unwrap_or(Duration::from_secs(1));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = signer_changed.notified() => {}
+                () = &mut stop_refresh => return,
+            }
+            if let Err(e) = renew_own_identity(&refresh_ca, &own_identity) {
+                tracing::error!(error = %e, "renewing the control plane's own certificate failed");
+            }
+        }
+    });
+
+    tracing::info!(%sidecar_addr, %admin_addr, %metrics_addr, trust_domain = %td,
+        database = store.backend_name(), "control plane ready");
+    Ok(RunningControlPlane {
+        sidecar_addr,
+        admin_addr,
+        metrics_addr,
+        admin_token_path,
+        ca,
+        stop,
+        tasks,
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// Time from now until half of the certificate's lifetime (counted from now) is left.
+fn half_life(not_before: i64, not_after: i64) -> Duration {
+    let now = crate::ca::unix_now();
+    let lifetime = (not_after - not_before.max(now)).max(2) as u64;
+    Duration::from_secs(lifetime / 2)
+}
+
+/// Issues the control plane a fresh certificate (with a fresh key) from its own CA.
+fn renew_own_identity(ca: &CertificateAuthority, slot: &IdentitySlot) -> anyhow::Result<()> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let id = control_plane_id(ca.trust_domain());
+    let issued = ca.issue_for_key(&id, &key, ca.workload_ttl())?;
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    slot.set(WorkloadIdentity::from_der(issued.chain, key_der)?);
+    tracing::debug!(serial = %issued.serial, "control plane certificate renewed");
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! The sidecar-facing listener (default port 15012): TLS always, client certificates
+//! optional. A sidecar without a certificate may only bootstrap (`issue`, with a token);
+//! renewal needs the certificate the handshake verified.
+//!
+//! accept -> TLS handshake (bounded in time) -> peer SPIFFE ID into the request's
+//! extensions -> axum routes -> [`IdentityService`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use palisade_contract::SpiffeId;
+use palisade_contract::identity_api::{
+    CertificateRequest, CertificateResponse, ErrorBody, ISSUE_PATH, MAX_REQUEST_BYTES, RENEW_PATH,
+    TRUST_BUNDLE_PATH,
+};
+use palisade_contract::tls::peer_spiffe_id;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::ca::IssuedCertificate;
+use crate::issuance::{IdentityService, IssueError};
+
+/// How long a client has to finish the TLS handshake, and to send request headers.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The caller as the TLS layer saw it.
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: SocketAddr,
+    spiffe_id: Option<SpiffeId>,
+}
+
+pub fn router(service: Arc<IdentityService>) -> Router {
+    Router::new()
+        .route(ISSUE_PATH, post(issue))
+        .route(RENEW_PATH, post(renew))
+        .route(TRUST_BUNDLE_PATH, get(trust_bundle))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(service)
+}
+
+async fn issue(
+    State(service): State<Arc<IdentityService>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Result<Json<CertificateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(b) => b,
+        Err(rejection) => return bad_body(rejection),
+    };
+    let token = bearer_token(&headers);
+    let result = service
+        .issue(token, &request.csr, &peer.addr.to_string())
+        .await;
+    respond(&service, result)
+}
+
+async fn renew(
+    State(service): State<Arc<IdentityService>>,
+    Extension(peer): Extension<Peer>,
+    body: Result<Json<CertificateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(b) => b,
+        Err(rejection) => return bad_body(rejection),
+    };
+    let result = service
+        .renew(
+            peer.spiffe_id.as_ref(),
+            &request.csr,
+            &peer.addr.to_string(),
+        )
+        .await;
+    respond(&service, result)
+}
+
+async fn trust_bundle(State(service): State<Arc<IdentityService>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        service.ca().bundle_pem(),
+    )
+        .into_response()
+}
+
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn bad_body(rejection: axum::extract::rejection::JsonRejection) -> Response {
+    error_response(
+        rejection.status(),
+        "request body must be JSON: {\"csr\": \"<PEM>\"}",
+        vec![rejection.body_text()],
+    )
+}
+
+fn respond(service: &IdentityService, result: Result<IssuedCertificate, IssueError>) -> Response {
+    match result {
+        Ok(cert) => Json(CertificateResponse {
+            certificate_chain: cert.chain_pem(),
+            spiffe_id: cert.spiffe_id,
+            trust_bundle: service.ca().bundle_pem(),
+            not_after: cert.not_after,
+        })
+        .into_response(),
+        Err(e) => error_response(status_of(&e), &e.to_string(), Vec::new()),
+    }
+}
+
+/// The one place a refusal becomes an HTTP status.
+fn status_of(e: &IssueError) -> StatusCode {
+    match e {
+        IssueError::MissingToken
+        | IssueError::Token(_)
+        | IssueError::TokenReused
+        | IssueError::NoClientCertificate => StatusCode::UNAUTHORIZED,
+        IssueError::Csr(_) => StatusCode::BAD_REQUEST,
+        IssueError::Reserved(_) => StatusCode::FORBIDDEN,
+        IssueError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+pub(crate) fn error_response(status: StatusCode, error: &str, details: Vec<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: error.to_owned(),
+            details,
+        }),
+    )
+        .into_response()
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves, then lets in-flight
+/// requests finish (for at most 10 s).
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = Peer {
+                addr,
+                spiffe_id: peer_spiffe_id(tls.get_ref().1.peer_certificates()),
+            };
+            let service =
+                router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer.clone());
+                    req.map(axum::body::Body::new)
+                });
+            let conn =
+                builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s of draining; closing them");
+    }
+}

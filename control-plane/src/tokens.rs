@@ -1,0 +1,277 @@
+//! JSON Web Tokens: the ones the control plane signs, and the checks every token passes.
+//!
+//! The control plane signs two kinds of token with one ES256 key kept in the data dir
+//! (`token-signing-key.pem`, mode 0600): single-use **join tokens** that bootstrap a
+//! sidecar's identity, and **admin tokens** for the administration API. They carry distinct
+//! audiences, so one can never be used as the other.
+//!
+//! jsonwebtoken's defaults are looser than Palisade needs: a token missing `iss` or `aud`
+//! passes unless those are listed as required, `nbf` is not checked, and the leeway is 60 s.
+//! [`strict_validation`] sets all of that deliberately, and the claim structs below are
+//! typed, so a claim of the wrong JSON type fails to parse rather than being skipped.
+
+use std::path::Path;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use palisade_contract::identity_api::control_plane_id;
+use palisade_contract::{SpiffeId, TrustDomain};
+use rcgen::KeyPair;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::ca::{CaError, unix_now, write_file};
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+/// Audience of join tokens.
+pub const JOIN_AUDIENCE: &str = "palisade-join";
+/// Audience of admin API tokens.
+pub const ADMIN_AUDIENCE: &str = "palisade-admin";
+
+pub const TOKEN_KEY_FILE: &str = "token-signing-key.pem";
+
+/// A validation that requires `exp`, `iss` and `aud` with the given values, checks `nbf`
+/// when present, allows exactly one algorithm and only [`LEEWAY_SECS`] of skew.
+pub fn strict_validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut v = Validation::new(alg);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.leeway = LEEWAY_SECS;
+    v
+}
+
+/// Why a token was refused. The variants are the reasons counted in metrics and told to the
+/// caller; the detail goes to the log only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    #[error("token issuer is not trusted")]
+    UnknownIssuer,
+    #[error("token was signed by an unknown key")]
+    UnknownKey,
+    #[error("token signature or algorithm is not valid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("token claims are missing or malformed")]
+    BadClaims,
+    #[error("token names no valid identity")]
+    BadIdentity,
+}
+
+impl TokenError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::UnknownIssuer => "unknown_issuer",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::BadClaims => "bad_claims",
+            TokenError::BadIdentity => "bad_identity",
+        }
+    }
+}
+
+impl From<jsonwebtoken::errors::Error> for TokenError {
+    fn from(e: jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::InvalidToken | K::Base64(_) | K::Utf8(_) => TokenError::Malformed,
+            K::InvalidSignature
+            | K::InvalidAlgorithm
+            | K::InvalidAlgorithmName
+            | K::InvalidEcdsaKey
+            | K::InvalidRsaKey(_)
+            | K::InvalidKeyFormat
+            | K::MissingAlgorithm => TokenError::BadSignature,
+            K::ExpiredSignature => TokenError::Expired,
+            K::ImmatureSignature => TokenError::NotYetValid,
+            K::InvalidAudience => TokenError::WrongAudience,
+            K::InvalidIssuer => TokenError::UnknownIssuer,
+            _ => TokenError::BadClaims,
+        }
+    }
+}
+
+/// Reads the issuer of a token without trusting it, to pick the verifier that will check
+/// the token properly.
+pub fn unverified_issuer(token: &str) -> Result<String, TokenError> {
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: String,
+    }
+    let claims: Iss = jsonwebtoken::dangerous::insecure_decode(token)
+        .map(|t| t.claims)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::BadClaims,
+            _ => TokenError::Malformed,
+        })?;
+    Ok(claims.iss)
+}
+
+/// The control plane's own token key.
+pub struct TokenKey {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    kid: String,
+    issuer: String,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKey")
+            .field("kid", &self.kid)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinClaims {
+    pub iss: String,
+    pub aud: String,
+    /// The SPIFFE ID the token entitles its bearer to.
+    pub sub: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    /// Unique token id; the control plane records it and accepts it once.
+    pub jti: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub role: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+}
+
+impl TokenKey {
+    /// Loads the key from the data dir, creating it on first start.
+    pub fn load_or_create(data_dir: &Path, td: &TrustDomain) -> Result<Self, CaError> {
+        let path = data_dir.join(TOKEN_KEY_FILE);
+        if !path.exists() {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| CaError::Signing(e.to_string()))?;
+            write_file(&path, key.serialize_pem().as_bytes(), true)?;
+        }
+        let pem = std::fs::read_to_string(&path).map_err(|source| CaError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let bad = |reason: String| CaError::BadMaterial {
+            path: path.clone(),
+            reason,
+        };
+        let key = KeyPair::from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+        if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(bad("token signing key must be ECDSA P-256".into()));
+        }
+        let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.public_key_raw());
+        let kid = hex(&digest.as_ref()[..8]);
+        Ok(Self {
+            encoding,
+            decoding,
+            kid,
+            issuer: control_plane_id(td).to_string(),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    fn sign<T: Serialize>(&self, claims: &T) -> Result<String, CaError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| CaError::Signing(e.to_string()))
+    }
+
+    /// Mints a join token for `spiffe_id`, valid for `ttl`.
+    pub fn mint_join(&self, spiffe_id: &SpiffeId, ttl: Duration) -> Result<JoinClaims, CaError> {
+        let now = unix_now() as u64;
+        Ok(JoinClaims {
+            iss: self.issuer.clone(),
+            aud: JOIN_AUDIENCE.into(),
+            sub: spiffe_id.to_string(),
+            exp: now + ttl.as_secs(),
+            nbf: now,
+            iat: now,
+            jti: random_id()?,
+        })
+    }
+
+    pub fn sign_join(&self, claims: &JoinClaims) -> Result<String, CaError> {
+        self.sign(claims)
+    }
+
+    pub fn mint_admin(&self, subject: &str, role: &str, ttl: Duration) -> Result<String, CaError> {
+        let now = unix_now() as u64;
+        self.sign(&AdminClaims {
+            iss: self.issuer.clone(),
+            aud: ADMIN_AUDIENCE.into(),
+            sub: subject.into(),
+            role: role.into(),
+            exp: now + ttl.as_secs(),
+            nbf: now,
+            iat: now,
+            jti: random_id()?,
+        })
+    }
+
+    pub fn verify_join(&self, token: &str) -> Result<JoinClaims, TokenError> {
+        self.verify(token, JOIN_AUDIENCE)
+    }
+
+    pub fn verify_admin(&self, token: &str) -> Result<AdminClaims, TokenError> {
+        self.verify(token, ADMIN_AUDIENCE)
+    }
+
+    fn verify<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<T, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.kid.as_deref() != Some(self.kid.as_str()) {
+            return Err(TokenError::UnknownKey);
+        }
+        let validation = strict_validation(Algorithm::ES256, &self.issuer, audience);
+        Ok(jsonwebtoken::decode::<T>(token, &self.decoding, &validation)?.claims)
+    }
+}
+
+/// 128 random bits, hex-encoded.
+pub fn random_id() -> Result<String, CaError> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Signing("no randomness available".into()))?;
+    Ok(hex(&bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
