@@ -1,1 +1,188 @@
-fn main() {}
+//! `palisade`: operate a Palisade mesh through the control plane's administration API.
+//!
+//! Exit codes: 0 success, 1 the request failed (refused, invalid, unreachable), 2 usage.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod client;
+
+use client::{ApiClient, ApiError};
+
+/// Operate a Palisade service mesh.
+#[derive(Debug, Parser)]
+#[command(name = "palisade", version, about, long_about = None)]
+struct Cli {
+    /// The control plane's administration API.
+    #[arg(
+        long,
+        env = "PALISADE_SERVER",
+        default_value = "http://127.0.0.1:15080",
+        global = true
+    )]
+    server: String,
+
+    /// File holding an admin bearer token (the control plane writes one to <data-dir>/admin-token).
+    #[arg(long, env = "PALISADE_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
+
+    /// The admin bearer token itself (overrides --token-file).
+    #[arg(long, env = "PALISADE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table", global = true)]
+    output: Output,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Bootstrap tokens for sidecars.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The mesh's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a single-use join token for a workload identity; prints the token.
+    Create {
+        /// Namespace of the workload.
+        #[arg(short, long)]
+        namespace: String,
+        /// Service account of the workload.
+        #[arg(short = 's', long)]
+        service_account: String,
+        /// How long the token may be used (e.g. 10m; at most 24h).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Show the trust domain, roots and rotation phase.
+    Status,
+    /// Print the trust bundle (PEM).
+    Bundle,
+    /// Rotate the root: prepare, wait one workload TTL, activate, wait one workload TTL, finish.
+    Rotate {
+        #[arg(value_enum)]
+        step: RotationStep,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RotationStep {
+    /// Create the next root and add it to the trust bundle.
+    Prepare,
+    /// Sign new certificates with the next root.
+    Activate,
+    /// Drop the previous root from the trust bundle.
+    Finish,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), ApiError> {
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    ApiError::Usage(format!("reading --token-file {}: {e}", path.display()))
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let api = ApiClient::new(&cli.server, token)?;
+    match cli.command {
+        Command::Token(TokenCommand::Create {
+            namespace,
+            service_account,
+            ttl,
+        }) => {
+            let body = serde_json::json!({
+                "namespace": namespace,
+                "serviceAccount": service_account,
+                "ttlSeconds": ttl.as_secs(),
+            });
+            let response = api.post_json("/v1/join-tokens", &body).await?;
+            match cli.output {
+                Output::Json => println!("{response:#}"),
+                Output::Table => println!("{}", response["token"].as_str().unwrap_or_default()),
+            }
+        }
+        Command::Ca(CaCommand::Status) => {
+            let status = api.get_json("/v1/ca").await?;
+            print_ca_status(&status, cli.output);
+        }
+        Command::Ca(CaCommand::Bundle) => print!("{}", api.get_text("/v1/trust-bundle").await?),
+        Command::Ca(CaCommand::Rotate { step }) => {
+            let step = match step {
+                RotationStep::Prepare => "prepare",
+                RotationStep::Activate => "activate",
+                RotationStep::Finish => "finish",
+            };
+            let status = api
+                .post_json(&format!("/v1/ca/rotation/{step}"), &serde_json::json!({}))
+                .await?;
+            print_ca_status(&status, cli.output);
+        }
+    }
+    Ok(())
+}
+
+fn print_ca_status(status: &serde_json::Value, output: Output) {
+    if let Output::Json = output {
+        println!("{status:#}");
+        return;
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    println!("trust domain:   {}", s(&status["trustDomain"]));
+    println!("mode:           {}", s(&status["mode"]));
+    println!("rotation phase: {}", s(&status["rotationPhase"]));
+    println!("workload TTL:   {}s", status["workloadTtlSeconds"]);
+    println!();
+    println!(
+        "{:<8} {:<34} {:<22} SUBJECT",
+        "SIGNING", "SERIAL", "NOT AFTER (UNIX)"
+    );
+    for root in status["roots"].as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:<34} {:<22} {}",
+            if root["signing"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            s(&root["serial"]),
+            root["notAfter"],
+            s(&root["subject"]),
+        );
+    }
+}

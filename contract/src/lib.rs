@@ -4,10 +4,12 @@
 //! - [`certs`]: reading certificates and PEM bundles, and what makes a valid workload leaf.
 //! - [`tls`]: mTLS by SPIFFE ID (verifiers, trust bundles, live certificate swaps).
 //! - [`identity_api`]: the certificate issuance and renewal protocol.
+//! - [`private_files`]: writing keys and tokens to disk safely.
 //! - [`telemetry`]: log and metrics conventions shared by both binaries.
 
 pub mod certs;
 pub mod identity_api;
+pub mod private_files;
 pub mod spiffe;
 pub mod telemetry;
 pub mod tls;

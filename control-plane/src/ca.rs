@@ -17,14 +17,13 @@
 //! random serial, and a validity of at most the workload TTL, backdated by [`BACKDATE`].
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use palisade_contract::certs::{self, CertSummary};
+use palisade_contract::private_files;
 use palisade_contract::tls::{SharedBundle, TrustBundle, shared_bundle};
 use palisade_contract::{SpiffeId, TrustDomain};
 use rcgen::{
@@ -673,45 +672,22 @@ fn rename(from: &Path, to: &Path) -> Result<(), CaError> {
 
 /// Creates a directory only its owner can read (mode 0700), if it does not exist.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), CaError> {
-    if !dir.exists() {
-        fs::create_dir_all(dir).map_err(|source| CaError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-            CaError::Io {
-                path: dir.to_path_buf(),
-                source,
-            }
-        })?;
-    }
-    Ok(())
+    private_files::ensure_private_dir(dir).map_err(|source| CaError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
-/// Writes a file atomically (temporary file, then rename); `private` files get mode 0600.
+/// Writes a file atomically; `private` files get mode 0600.
 pub fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), CaError> {
-    let io = |source| CaError::Io {
+    private_files::write_atomic(path, contents, private).map_err(|source| CaError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    })
 }
 
 fn warn_if_readable_by_others(path: &Path) {
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "private key file is readable by other users; it should be mode 0600");
+    if private_files::readable_by_others(path) {
+        tracing::warn!(path = %path.display(), "private key file is readable by other users; it should be mode 0600");
     }
 }

@@ -1,0 +1,96 @@
+//! Command-line flags, each with a `PALISADE_*` environment twin, validated up front with
+//! every problem reported at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use palisade_contract::TrustDomain;
+use palisade_contract::telemetry::LogFormat;
+
+/// Palisade sidecar proxy.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "palisade-proxy", version, about, long_about = None)]
+pub struct Config {
+    /// The control plane's sidecar-facing address (host:port).
+    #[arg(
+        long,
+        env = "PALISADE_CONTROL_PLANE",
+        default_value = "127.0.0.1:15012"
+    )]
+    pub control_plane: String,
+
+    /// Trust bundle (PEM roots) used to verify the control plane and, until the control plane
+    /// sends a newer one, every peer.
+    #[arg(long, env = "PALISADE_CA_BUNDLE")]
+    pub ca_bundle: PathBuf,
+
+    /// Trust domain of the mesh.
+    #[arg(long, env = "PALISADE_TRUST_DOMAIN", default_value = "palisade.local")]
+    pub trust_domain: TrustDomain,
+
+    /// Bootstrap token (a join token, or a projected Kubernetes ServiceAccount token), read
+    /// whenever the sidecar has no valid certificate.
+    #[arg(long, env = "PALISADE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Directory where the key, certificate and bundle are cached (mode 0600), so a restarted
+    /// sidecar renews with them instead of a new token.
+    #[arg(long, env = "PALISADE_IDENTITY_DIR")]
+    pub identity_dir: Option<PathBuf>,
+
+    /// Admin listener: /live, /ready, /metrics (never subject to mesh policy).
+    #[arg(long, env = "PALISADE_ADMIN_LISTEN", default_value = "0.0.0.0:15090")]
+    pub admin_listen: SocketAddr,
+
+    /// Longest wait between retries when the control plane cannot be reached (e.g. 30s).
+    #[arg(long, env = "PALISADE_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_backoff: Duration,
+
+    /// Log format on stderr: text or json.
+    #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Every problem with the configuration, or nothing.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if !self.ca_bundle.is_file() {
+            problems.push(format!(
+                "--ca-bundle {}: no such file",
+                self.ca_bundle.display()
+            ));
+        }
+        if let Some(t) = &self.token_file
+            && !t.is_file()
+            && self.identity_dir.is_none()
+        {
+            problems.push(format!(
+                "--token-file {}: no such file (and no --identity-dir to start from)",
+                t.display()
+            ));
+        }
+        if self.token_file.is_none() && self.identity_dir.is_none() {
+            problems.push(
+                "either --token-file or --identity-dir (with a cached certificate) is needed"
+                    .into(),
+            );
+        }
+        if !self.control_plane.contains(':') {
+            problems.push(format!(
+                "--control-plane {:?} must be host:port",
+                self.control_plane
+            ));
+        }
+        if self.max_backoff < Duration::from_millis(100) {
+            problems.push("--max-backoff must be at least 100ms".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The sidecar's identity lifecycle: obtain a certificate, keep it fresh, fail closed.
+//!
+//! - At start-up, a cached certificate (when `--identity-dir` holds one that is still valid
+//!   and chains to the bundle) is used at once; otherwise the sidecar generates a P-256 key,
+//!   sends a CSR with its bootstrap token, and waits for the answer. The key never leaves
+//!   the process (or its private cache directory).
+//! - Renewal happens at 45-55 % of the remaining lifetime (jitter spreads a fleet's renewals
+//!   out), over mTLS with the current certificate and a fresh key; no token is needed.
+//! - Failures are retried with exponential backoff (with jitter) up to a cap. While the
+//!   certificate is valid, mesh traffic goes on; once it expires the identity slot resolves
+//!   to nothing, so every handshake fails and `/ready` says not ready. If a token file is
+//!   configured (a Kubernetes projected token is refreshed by the kubelet), an expired
+//!   sidecar bootstraps again with it.
+//! - Each new certificate is swapped into the [`IdentitySlot`] that live TLS configurations
+//!   read, so established connections keep running and new ones use the new certificate.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use palisade_contract::certs;
+use palisade_contract::identity_api::{CertificateResponse, control_plane_id};
+use palisade_contract::private_files::{ensure_private_dir, write_atomic};
+use palisade_contract::tls::{
+    IdentitySlot, KeyUsage, SharedBundle, TrustBundle, WorkloadIdentity, shared_bundle,
+};
+use palisade_contract::{SpiffeId, TrustDomain};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair};
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use tokio::sync::watch;
+
+use crate::control_plane_client::{ControlPlaneClient, ControlPlaneError};
+
+const CACHE_CERT: &str = "cert.pem";
+const CACHE_KEY: &str = "key.pem";
+const CACHE_BUNDLE: &str = "bundle.pem";
+
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    /// `host:port` of the control plane's sidecar-facing listener.
+    pub control_plane: String,
+    pub trust_domain: TrustDomain,
+    /// The bootstrap token, read afresh at each bootstrap.
+    pub token_file: Option<PathBuf>,
+    /// Where the key, certificate and bundle are cached (mode 0600 files).
+    pub cache_dir: Option<PathBuf>,
+    /// First retry delay after a failure; doubles up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    ControlPlane(#[from] ControlPlaneError),
+    #[error("no valid certificate and no --token-file to bootstrap with")]
+    NoCredentials,
+    #[error("reading the token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the control plane's answer was not acceptable: {0}")]
+    BadCertificate(String),
+    #[error("generating a key or CSR failed: {0}")]
+    KeyGeneration(String),
+}
+
+#[derive(Debug, Clone)]
+struct IdentityMetrics {
+    expiry: IntGauge,
+    renewals: IntCounterVec,
+    bundle_roots: IntGauge,
+}
+
+impl IdentityMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let expiry = IntGauge::new(
+            "palisade_identity_certificate_expiry_timestamp_seconds",
+            "When the sidecar's current certificate expires (Unix time).",
+        )?;
+        let renewals = IntCounterVec::new(
+            Opts::new(
+                "palisade_identity_certificate_requests_total",
+                "Certificate requests to the control plane, by kind and result.",
+            ),
+            &["kind", "result"],
+        )?;
+        let bundle_roots = IntGauge::new(
+            "palisade_identity_trust_bundle_roots",
+            "Root certificates in the sidecar's trust bundle.",
+        )?;
+        registry.register(Box::new(expiry.clone()))?;
+        registry.register(Box::new(renewals.clone()))?;
+        registry.register(Box::new(bundle_roots.clone()))?;
+        Ok(Self {
+            expiry,
+            renewals,
+            bundle_roots,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct IdentityManager {
+    settings: IdentitySettings,
+    slot: Arc<IdentitySlot>,
+    bundle: SharedBundle,
+    client: ControlPlaneClient,
+    metrics: IdentityMetrics,
+    /// When the current certificate should be renewed.
+    renew_at: Mutex<Option<SystemTime>>,
+}
+
+impl IdentityManager {
+    pub fn new(
+        settings: IdentitySettings,
+        initial_bundle: TrustBundle,
+        registry: &Registry,
+    ) -> prometheus::Result<Arc<Self>> {
+        let slot = IdentitySlot::new();
+        let bundle = shared_bundle(initial_bundle);
+        let client = ControlPlaneClient::new(
+            settings.control_plane.clone(),
+            control_plane_id(&settings.trust_domain),
+            bundle.clone(),
+            slot.clone(),
+        );
+        let metrics = IdentityMetrics::register(registry)?;
+        metrics.bundle_roots.set(bundle.load().len() as i64);
+        let manager = Arc::new(Self {
+            settings,
+            slot,
+            bundle,
+            client,
+            metrics,
+            renew_at: Mutex::new(None),
+        });
+        manager.load_cache();
+        Ok(manager)
+    }
+
+    /// The slot TLS configurations read the workload's certificate from.
+    pub fn slot(&self) -> Arc<IdentitySlot> {
+        self.slot.clone()
+    }
+
+    /// The trust bundle, updated with every certificate the control plane sends.
+    pub fn bundle(&self) -> SharedBundle {
+        self.bundle.clone()
+    }
+
+    /// Ready means: a certificate that is valid right now.
+    pub fn is_ready(&self) -> bool {
+        self.slot.valid().is_some()
+    }
+
+    pub fn spiffe_id(&self) -> Option<SpiffeId> {
+        self.slot.get().map(|id| id.spiffe_id.clone())
+    }
+
+    /// Obtains and renews certificates until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = self.settings.initial_backoff;
+        loop {
+            let wait = self.time_until_refresh();
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+            match self.refresh().await {
+                Ok(()) => backoff = self.settings.initial_backoff,
+                Err(e) => {
+                    let delay = jittered(backoff, 0.8, 1.2);
+                    tracing::warn!(error = %e, retry_in = ?delay,
+                        valid = self.is_ready(), "could not obtain a certificate");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+            }
+        }
+    }
+
+    fn time_until_refresh(&self) -> Duration {
+        if self.slot.valid().is_none() {
+            return Duration::ZERO;
+        }
+        let renew_at = *self.renew_at.lock().unwrap_or_else(|p| p.into_inner());
+        renew_at
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// One attempt: renew over mTLS while the certificate is valid, else bootstrap.
+    pub async fn refresh(&self) -> Result<(), IdentityError> {
+        let (key, csr) = new_key_and_csr()?;
+        match self.slot.valid() {
+            Some(current) => {
+                let result = self.client.renew(csr).await;
+                self.count("renew", result.is_ok());
+                self.install(result?, key, Some(&current.spiffe_id))
+            }
+            None => {
+                let path = self
+                    .settings
+                    .token_file
+                    .as_ref()
+                    .ok_or(IdentityError::NoCredentials)?;
+                let token =
+                    std::fs::read_to_string(path).map_err(|source| IdentityError::TokenFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let result = self.client.issue(token.trim(), csr).await;
+                self.count("bootstrap", result.is_ok());
+                self.install(result?, key, None)
+            }
+        }
+    }
+
+    fn count(&self, kind: &str, ok: bool) {
+        self.metrics
+            .renewals
+            .with_label_values(&[kind, if ok { "success" } else { "failure" }])
+            .inc();
+    }
+
+    /// Checks the control plane's answer, then swaps in the new bundle and certificate.
+    fn install(
+        &self,
+        response: CertificateResponse,
+        key: KeyPair,
+        expected: Option<&SpiffeId>,
+    ) -> Result<(), IdentityError> {
+        let bad = |e: &dyn std::fmt::Display| IdentityError::BadCertificate(e.to_string());
+        let bundle = TrustBundle::from_pem(
+            self.settings.trust_domain.clone(),
+            response.trust_bundle.as_bytes(),
+        )
+        .map_err(|e| bad(&e))?;
+        let chain =
+            certs::certs_from_pem(response.certificate_chain.as_bytes()).map_err(|e| bad(&e))?;
+        let key_pem = key.serialize_pem();
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let identity = WorkloadIdentity::from_der(chain, key_der).map_err(|e| bad(&e))?;
+        // The new certificate must be usable against the new bundle before it replaces
+        // anything, and a renewal must keep the identity.
+        bundle
+            .verify_workload(
+                &identity.chain[0],
+                &identity.chain[1..],
+                UnixTime::now(),
+                KeyUsage::client_auth(),
+            )
+            .map_err(|e| bad(&e))?;
+        if let Some(want) = expected
+            && &identity.spiffe_id != want
+        {
+            return Err(bad(&format!(
+                "renewal returned {}, expected {want}",
+                identity.spiffe_id
+            )));
+        }
+        self.write_cache(&identity, &key_pem, &bundle);
+        self.activate(identity, bundle);
+        Ok(())
+    }
+
+    fn activate(&self, identity: WorkloadIdentity, bundle: TrustBundle) {
+        let now = unix_now();
+        let remaining = (identity.not_after - identity.not_before.max(now)).max(0) as f64;
+        let renew_in = Duration::from_secs_f64(remaining * jittered_fraction(0.45, 0.55));
+        *self.renew_at.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(SystemTime::now() + renew_in);
+        self.metrics.expiry.set(identity.not_after);
+        self.metrics.bundle_roots.set(bundle.len() as i64);
+        tracing::info!(target: "palisade::identity", event = "certificate.installed",
+            spiffe_id = %identity.spiffe_id, serial = %identity.serial,
+            not_after = identity.not_after, renew_in = ?renew_in, roots = bundle.len(),
+            "certificate installed");
+        self.bundle.store(Arc::new(bundle));
+        self.slot.set(identity);
+    }
+
+    fn write_cache(&self, identity: &WorkloadIdentity, key_pem: &str, bundle: &TrustBundle) {
+        let Some(dir) = &self.settings.cache_dir else {
+            return;
+        };
+        let result = ensure_private_dir(dir)
+            .and_then(|()| write_atomic(&dir.join(CACHE_KEY), key_pem.as_bytes(), true))
+            .and_then(|()| {
+                write_atomic(&dir.join(CACHE_CERT), identity.chain_pem().as_bytes(), true)
+            })
+            .and_then(|()| write_atomic(&dir.join(CACHE_BUNDLE), bundle.to_pem().as_bytes(), true));
+        if let Err(e) = result {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not cache the certificate");
+        }
+    }
+
+    /// Starts from a cached certificate when it is still valid and chains to the bundle.
+    fn load_cache(&self) {
+        let Some(dir) = &self.settings.cache_dir else {
+            return;
+        };
+        let read = |name: &str| std::fs::read(dir.join(name));
+        let (Ok(chain), Ok(key), Ok(bundle_pem)) =
+            (read(CACHE_CERT), read(CACHE_KEY), read(CACHE_BUNDLE))
+        else {
+            return;
+        };
+        let loaded = (|| -> Result<(WorkloadIdentity, TrustBundle), String> {
+            let bundle = TrustBundle::from_pem(self.settings.trust_domain.clone(), &bundle_pem)
+                .map_err(|e| e.to_string())?;
+            let identity = WorkloadIdentity::from_pem(&chain, &key).map_err(|e| e.to_string())?;
+            bundle
+                .verify_workload(
+                    &identity.chain[0],
+                    &identity.chain[1..],
+                    UnixTime::now(),
+                    KeyUsage::client_auth(),
+                )
+                .map_err(|e| e.to_string())?;
+            Ok((identity, bundle))
+        })();
+        match loaded {
+            Ok((identity, bundle)) => {
+                tracing::info!(dir = %dir.display(), "starting from the cached certificate");
+                self.activate(identity, bundle);
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "ignoring the cached certificate")
+            }
+        }
+    }
+}
+
+/// A fresh P-256 key and a CSR signed by it. The CSR names nothing: the control plane
+/// decides the identity from the token or the current certificate.
+fn new_key_and_csr() -> Result<(KeyPair, String), IdentityError> {
+    let fail = |e: rcgen::Error| IdentityError::KeyGeneration(e.to_string());
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(fail)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(fail)?;
+    let pem = csr.pem().map_err(fail)?;
+    Ok((key, pem))
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A uniformly random fraction in `[low, high)`.
+fn jittered_fraction(low: f64, high: f64) -> f64 {
+    let mut b = [0u8; 4];
+    let r = if SystemRandom::new().fill(&mut b).is_ok() {
+        f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+    } else {
+        0.5
+    };
+    low + (high - low) * r
+}
+
+fn jittered(d: Duration, low: f64, high: f64) -> Duration {
+    d.mul_f64(jittered_fraction(low, high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..1000 {
+            let f = jittered_fraction(0.45, 0.55);
+            assert!((0.45..0.55).contains(&f), "{f}");
+        }
+    }
+
+    #[test]
+    fn csr_is_signed_by_a_fresh_p256_key() {
+        let (key1, csr1) = new_key_and_csr().unwrap();
+        let (key2, _) = new_key_and_csr().unwrap();
+        assert_ne!(key1.public_key_raw(), key2.public_key_raw());
+        let parsed = rcgen::CertificateSigningRequestParams::from_pem(&csr1).unwrap();
+        assert_eq!(
+            parsed.public_key.algorithm(),
+            &rcgen::PKCS_ECDSA_P256_SHA256
+        );
+        assert!(parsed.params.subject_alt_names.is_empty());
+    }
+}
