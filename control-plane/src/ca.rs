@@ -537,8 +537,24 @@ fn load_plugged_in(
         Some(path) => read_certs(path)?,
         None => Vec::new(),
     };
-    // Send intermediates only: a root in the chain file is already in every bundle.
-    let tail = chain.into_iter().filter(|c| !roots.contains(c)).collect();
+    let signing_cert = read_certs(&plugged.cert)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CaError::BadMaterial {
+            path: plugged.cert.clone(),
+            reason: "no certificate".into(),
+        })?;
+    // After the leaf come the signing certificate (unless it is itself a root) and the
+    // intermediates above it; roots are already in every bundle and are not sent.
+    let tail = std::iter::once(signing_cert)
+        .chain(chain)
+        .filter(|c| !roots.contains(c))
+        .fold(Vec::new(), |mut tail, c| {
+            if !tail.contains(&c) {
+                tail.push(c);
+            }
+            tail
+        });
     let signer = load_signer(&plugged.cert, &plugged.key, tail)?;
     Ok((signer, bundle))
 }
@@ -599,15 +615,21 @@ fn new_root(td: &TrustDomain) -> Result<(CertificateDer<'static>, KeyPair), CaEr
     let mut params = CertificateParams::default();
     params.not_before = now - BACKDATE;
     params.not_after = now + ROOT_LIFETIME;
-    params.serial_number = Some(random_serial()?);
+    let serial = random_serial()?;
+    // Each root gets a distinct subject (from its random serial): during a rotation two roots
+    // share the bundle, and chain building must never confuse them.
+    let tag: String = serial.to_bytes()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    params.serial_number = Some(serial);
     params.distinguished_name = DistinguishedName::new();
     params
         .distinguished_name
         .push(DnType::OrganizationName, "palisade");
-    params.distinguished_name.push(
-        DnType::CommonName,
-        format!("Palisade root CA {} {}", td, now.unix_timestamp()),
-    );
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("Palisade root CA {td} {tag}"));
     // Path length 0: this root signs workload leaves only, never another CA.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![

@@ -1,0 +1,948 @@
+//! The control plane's identity service, end to end over its real listeners.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{Method, StatusCode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use palisade_contract::certs::certs_from_pem;
+use palisade_contract::identity_api::control_plane_id;
+use palisade_contract::tls::{KeyUsage, TrustBundle};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use serde_json::{Value, json};
+use support::{Harness, csr, csr_with, identity_from, sample, td, workload};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn chain_of(response: &Value) -> Vec<CertificateDer<'static>> {
+    certs_from_pem(response["certificateChain"].as_str().unwrap().as_bytes()).unwrap()
+}
+
+fn verify(bundle: &TrustBundle, chain: &[CertificateDer<'static>]) -> Result<String, String> {
+    bundle
+        .verify_workload(
+            &chain[0],
+            &chain[1..],
+            UnixTime::now(),
+            KeyUsage::client_auth(),
+        )
+        .map(|id| id.to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn issues_a_leaf_with_exactly_the_tokens_identity() {
+    let h = Harness::start().await;
+    let token = h.join_token("shop", "orders").await;
+    let (_key, csr) = csr();
+    let (status, body) = h.issue(Some(&token), &csr).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["spiffeId"],
+        "spiffe://palisade.local/ns/shop/sa/orders"
+    );
+
+    let chain = chain_of(&body);
+    assert_eq!(chain.len(), 1, "a managed root signs leaves directly");
+    let bundle = h.bundle();
+    assert_eq!(
+        verify(&bundle.load(), &chain).unwrap(),
+        "spiffe://palisade.local/ns/shop/sa/orders"
+    );
+    assert_eq!(
+        body["trustBundle"].as_str().unwrap(),
+        bundle.load().to_pem()
+    );
+
+    let (_, cert) = X509Certificate::from_der(chain[0].as_ref()).unwrap();
+    let sans = &cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names;
+    assert_eq!(sans.len(), 1, "exactly one SAN: {sans:?}");
+    assert!(matches!(
+        sans[0],
+        GeneralName::URI("spiffe://palisade.local/ns/shop/sa/orders")
+    ));
+    assert!(!cert.basic_constraints().unwrap().unwrap().value.ca);
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && !ku.key_cert_sign() && !ku.crl_sign());
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth && !eku.code_signing);
+    let not_after = cert.validity().not_after.timestamp();
+    let not_before = cert.validity().not_before.timestamp();
+    let t = now() as i64;
+    assert!(
+        not_after <= t + 3600 && not_after >= t + 3590,
+        "TTL is the configured 1h"
+    );
+    assert!(
+        not_before <= t - 30 && not_before >= t - 120,
+        "backdated by a small skew"
+    );
+    assert_eq!(body["notAfter"].as_i64().unwrap(), not_after);
+    assert_eq!(cert.raw_serial().len(), 16, "a random 16-byte serial");
+
+    // Another issuance for the same identity has another serial.
+    let (_, body2) = h
+        .issue(Some(&h.join_token("shop", "orders").await), &csr)
+        .await;
+    let chain2 = chain_of(&body2);
+    let (_, cert2) = X509Certificate::from_der(chain2[0].as_ref()).unwrap();
+    assert_ne!(cert.raw_serial(), cert2.raw_serial());
+}
+
+#[tokio::test]
+async fn join_token_is_single_use() {
+    let h = Harness::start().await;
+    let token = h.join_token("shop", "orders").await;
+    assert_eq!(h.issue(Some(&token), &csr().1).await.0, StatusCode::OK);
+    let (status, body) = h.issue(Some(&token), &csr().1).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already been used"),
+        "{body}"
+    );
+    let metrics = h.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "palisade_ca_requests_refused_total{reason=\"token_reused\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "palisade_ca_certificates_issued_total{method=\"join_token\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn csr_asking_for_more_still_gets_the_tokens_identity() {
+    let h = Harness::start().await;
+    let token = h.join_token("shop", "orders").await;
+    let mut greedy = CertificateParams::new(vec!["payments.shop.svc".to_string()]).unwrap();
+    greedy.subject_alt_names.push(SanType::URI(
+        "spiffe://palisade.local/ns/shop/sa/payments"
+            .try_into()
+            .unwrap(),
+    ));
+    greedy.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    greedy.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let (_key, csr) = csr_with(greedy);
+    let (status, body) = h.issue(Some(&token), &csr).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let chain = chain_of(&body);
+    let (_, cert) = X509Certificate::from_der(chain[0].as_ref()).unwrap();
+    let sans = &cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names;
+    assert_eq!(sans.len(), 1);
+    assert!(matches!(
+        sans[0],
+        GeneralName::URI("spiffe://palisade.local/ns/shop/sa/orders")
+    ));
+    assert!(!cert.basic_constraints().unwrap().unwrap().value.ca);
+    assert!(!cert.key_usage().unwrap().unwrap().value.key_cert_sign());
+}
+
+#[tokio::test]
+async fn csr_with_a_bad_signature_is_refused_and_the_token_is_not_spent() {
+    let h = Harness::start().await;
+    let token = h.join_token("shop", "orders").await;
+    let (_key, good) = csr();
+    // Flip one bit near the end of the DER: inside the signature.
+    let der = pem::parse(&good).unwrap();
+    let mut bytes = der.contents().to_vec();
+    let i = bytes.len() - 5;
+    bytes[i] ^= 0x01;
+    let tampered = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", bytes));
+    let (status, body) = h.issue(Some(&token), &tampered).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "CSR signature does not verify");
+
+    let (status, body) = h.issue(Some(&token), "not a CSR").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let (status, body) = h.issue(Some(&token), &good).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the token survives a refused CSR: {body}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_request_bodies_are_refused_clearly() {
+    let h = Harness::start().await;
+    let token = h.join_token("shop", "orders").await;
+    let (status, body) = h
+        .sidecar_call("/v1/identity/issue", Some(&token), None, "{".into())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("JSON"));
+    let (status, _) = h
+        .sidecar_call(
+            "/v1/identity/issue",
+            Some(&token),
+            None,
+            json!({"csr": "x", "extra": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown fields are refused"
+    );
+    let huge = json!({"csr": "A".repeat(64 * 1024)}).to_string();
+    let (status, _) = h
+        .sidecar_call("/v1/identity/issue", Some(&token), None, huge)
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, body) = h.issue(None, &csr().1).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("bootstrap token is required")
+    );
+}
+
+/// Tokens crafted with the control plane's own key, to reach each validation rule.
+struct Forge {
+    key: EncodingKey,
+    kid: String,
+    iss: String,
+}
+
+impl Forge {
+    async fn new(h: &Harness) -> Self {
+        let pem = std::fs::read(h.config.data_dir.join("token-signing-key.pem")).unwrap();
+        let real = h.join_token("shop", "orders").await;
+        Self {
+            key: EncodingKey::from_ec_pem(&pem).unwrap(),
+            kid: jsonwebtoken::decode_header(&real).unwrap().kid.unwrap(),
+            iss: control_plane_id(&td()).to_string(),
+        }
+    }
+
+    fn claims(&self) -> Value {
+        let t = now();
+        json!({"iss": self.iss, "aud": "palisade-join", "sub": "spiffe://palisade.local/ns/shop/sa/orders",
+               "exp": t + 600, "nbf": t, "iat": t, "jti": "forged"})
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
+    }
+
+    fn with(&self, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+        let mut claims = self.claims();
+        edit(claims.as_object_mut().unwrap());
+        self.sign(&claims)
+    }
+}
+
+fn unsigned_token(header: Value, claims: Value) -> String {
+    format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+#[tokio::test]
+async fn every_bad_bootstrap_token_is_refused_for_its_reason() {
+    let h = Harness::start().await;
+    let forge = Forge::new(&h).await;
+    let real = h.join_token("shop", "orders").await;
+    let t = now();
+
+    let other_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let wrong_key = Forge {
+        key: EncodingKey::from_ec_pem(other_key.serialize_pem().as_bytes()).unwrap(),
+        kid: forge.kid.clone(),
+        iss: forge.iss.clone(),
+    };
+    let mut parts: Vec<String> = real.split('.').map(String::from).collect();
+    let mut payload: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    payload["sub"] = json!("spiffe://palisade.local/ns/shop/sa/payments");
+    parts[1] = URL_SAFE_NO_PAD.encode(payload.to_string());
+    let tampered = parts.join(".");
+    let public_pem = KeyPair::from_pem(
+        &String::from_utf8(std::fs::read(h.config.data_dir.join("token-signing-key.pem")).unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+    .public_key_pem();
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some(forge.kid.clone());
+    let hmac_with_public_key = jsonwebtoken::encode(
+        &hs_header,
+        &forge.claims(),
+        &EncodingKey::from_secret(public_pem.as_bytes()),
+    )
+    .unwrap();
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("garbage", "not.a.jwt".into(), "not a well-formed JWT"),
+        (
+            "forged with another key",
+            wrong_key.sign(&forge.claims()),
+            "signature",
+        ),
+        ("tampered payload", tampered, "signature"),
+        (
+            "alg none",
+            unsigned_token(
+                json!({"alg": "none", "typ": "JWT", "kid": forge.kid}),
+                forge.claims(),
+            ),
+            "rejected",
+        ),
+        (
+            "HMAC keyed with the public key",
+            hmac_with_public_key,
+            "signature",
+        ),
+        (
+            "wrong aud",
+            forge.with(|c| {
+                c.insert("aud".into(), json!("palisade-admin"));
+            }),
+            "audience",
+        ),
+        (
+            "aud of the wrong type",
+            forge.with(|c| {
+                c.insert("aud".into(), json!(42));
+            }),
+            "rejected",
+        ),
+        (
+            "missing iss",
+            forge.with(|c| {
+                c.remove("iss");
+            }),
+            "rejected",
+        ),
+        (
+            "wrong iss",
+            forge.with(|c| {
+                c.insert("iss".into(), json!("https://evil.example"));
+            }),
+            "issuer",
+        ),
+        (
+            "iss of the wrong type",
+            forge.with(|c| {
+                c.insert("iss".into(), json!(["x"]));
+            }),
+            "rejected",
+        ),
+        (
+            "missing exp",
+            forge.with(|c| {
+                c.remove("exp");
+            }),
+            "claims",
+        ),
+        (
+            "exp as a string",
+            forge.with(|c| {
+                c.insert("exp".into(), json!((t + 600).to_string()));
+            }),
+            "claims",
+        ),
+        (
+            "expired",
+            forge.with(|c| {
+                c.insert("exp".into(), json!(t - 30));
+            }),
+            "expired",
+        ),
+        (
+            "not yet valid",
+            forge.with(|c| {
+                c.insert("nbf".into(), json!(t + 120));
+            }),
+            "not valid yet",
+        ),
+        (
+            "identity in another trust domain",
+            forge.with(|c| {
+                c.insert("sub".into(), json!("spiffe://other.td/ns/shop/sa/orders"));
+            }),
+            "no valid identity",
+        ),
+        (
+            "malformed SPIFFE ID",
+            forge.with(|c| {
+                c.insert("sub".into(), json!("spiffe://palisade.local/ns/../sa/x"));
+            }),
+            "no valid identity",
+        ),
+        (
+            "validly signed but never issued",
+            forge.sign(&forge.claims()),
+            "never issued",
+        ),
+    ];
+    for (name, token, reason) in cases {
+        let (status, body) = h.issue(Some(&token), &csr().1).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(reason),
+            "{name}: expected {reason:?} in {error:?}"
+        );
+    }
+    // None of them got a certificate.
+    let metrics = h.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "palisade_ca_certificates_issued_total{method=\"join_token\"}"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn the_control_planes_identity_is_never_issued() {
+    let h = Harness::start().await;
+    let (status, body) = h
+        .admin(
+            Method::POST,
+            "/v1/join-tokens",
+            Some(&h.admin_token()),
+            Some(json!({"namespace": "palisade-system", "serviceAccount": "control-plane"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let forge = Forge::new(&h).await;
+    let token = forge.with(|c| {
+        c.insert("sub".into(), json!(control_plane_id(&td()).to_string()));
+    });
+    let (status, body) = h.issue(Some(&token), &csr().1).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("reserved"));
+}
+
+#[tokio::test]
+async fn invalid_names_are_refused_when_creating_join_tokens() {
+    let h = Harness::start().await;
+    for (ns, sa) in [
+        ("Shop", "orders"),
+        ("shop", ""),
+        ("shop", "a/b"),
+        ("sh%6Fp", "orders"),
+        ("-shop", "orders"),
+    ] {
+        let (status, body) = h
+            .admin(
+                Method::POST,
+                "/v1/join-tokens",
+                Some(&h.admin_token()),
+                Some(json!({"namespace": ns, "serviceAccount": sa})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{ns}/{sa}: {body}");
+        assert!(
+            body["details"][0]
+                .as_str()
+                .unwrap()
+                .contains("not a valid Kubernetes name"),
+            "{body}"
+        );
+    }
+    let (status, _) = h
+        .admin(
+            Method::POST,
+            "/v1/join-tokens",
+            Some(&h.admin_token()),
+            Some(json!({"namespace": "shop", "serviceAccount": "orders", "ttlSeconds": 90000})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn renewal_needs_the_current_certificate_and_keeps_the_identity() {
+    let h = Harness::start().await;
+    let token = h.join_token("shop", "orders").await;
+    let (key, csr1) = csr();
+    let (_, first) = h.issue(Some(&token), &csr1).await;
+    let identity = identity_from(&first, &key);
+
+    let (key2, csr2) = csr();
+    let (status, renewed) = h.renew(Some(identity), &csr2).await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_eq!(renewed["spiffeId"], first["spiffeId"]);
+    assert_ne!(chain_of(&renewed)[0], chain_of(&first)[0]);
+    identity_from(&renewed, &key2); // the new certificate is for the new key
+
+    let (status, body) = h.renew(None, &csr().1).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("client certificate")
+    );
+    let metrics = h.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "palisade_ca_certificates_issued_total{method=\"renewal\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn sidecars_can_verify_the_control_plane_and_nothing_else_passes_for_it() {
+    let h = Harness::start().await;
+    // The support client requires the control plane's SPIFFE ID; expecting another fails.
+    let config = palisade_contract::tls::client_config(
+        None,
+        h.bundle(),
+        palisade_contract::tls::ExpectedServer::Exact(workload("shop", "payments")),
+        &[],
+    );
+    let tcp = tokio::net::TcpStream::connect(h.cp().sidecar_addr)
+        .await
+        .unwrap();
+    let err = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(rustls_pki_types::ServerName::try_from("cp").unwrap(), tcp)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("UnexpectedPeer"), "{err}");
+    assert!(
+        err.to_string().contains("palisade-system/sa/control-plane"),
+        "{err}"
+    );
+}
+
+fn k8s_setup(dir: &std::path::Path) -> (EncodingKey, std::path::PathBuf) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = key.public_key_raw();
+    let jwks = json!({"keys": [
+        {"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig",
+         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])},
+        {"kty": "oct", "kid": "sym", "k": URL_SAFE_NO_PAD.encode(b"shared secret")}
+    ]});
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, jwks.to_string()).unwrap();
+    (
+        EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+        path,
+    )
+}
+
+const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+fn k8s_claims(ns: &str, sa: &str) -> Value {
+    let t = now();
+    json!({"aud": ["palisade"], "exp": t + 600, "iat": t, "nbf": t, "iss": K8S_ISSUER,
+           "sub": format!("system:serviceaccount:{ns}:{sa}"),
+           "kubernetes.io": {"namespace": ns, "pod": {"name": format!("{sa}-7d9f"), "uid": "p1"},
+                             "serviceaccount": {"name": sa, "uid": "s1"}}})
+}
+
+fn k8s_token(key: &EncodingKey, kid: &str, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn kubernetes_service_account_tokens_bootstrap_identities() {
+    let keydir = tempfile::tempdir().unwrap();
+    let (key, jwks) = k8s_setup(keydir.path());
+    let h = Harness::start_with(|c| {
+        c.k8s_issuer = Some(K8S_ISSUER.into());
+        c.k8s_jwks = Some(jwks.clone());
+    })
+    .await;
+
+    let good = k8s_token(&key, "k1", &k8s_claims("shop", "inventory"));
+    let (status, body) = h.issue(Some(&good), &csr().1).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["spiffeId"],
+        "spiffe://palisade.local/ns/shop/sa/inventory"
+    );
+    // Projected tokens are not single-use: the kubelet refreshes them and pods reuse them.
+    assert_eq!(h.issue(Some(&good), &csr().1).await.0, StatusCode::OK);
+
+    let other = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let other_key = EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).unwrap();
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some("sym".into());
+    let hmac = jsonwebtoken::encode(
+        &hs,
+        &k8s_claims("shop", "inventory"),
+        &EncodingKey::from_secret(b"shared secret"),
+    )
+    .unwrap();
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut c = k8s_claims("shop", "inventory");
+        f(&mut c);
+        k8s_token(&key, "k1", &c)
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "wrong audience",
+            edit(&|c| c["aud"] = json!(["kubernetes"])),
+            "audience",
+        ),
+        (
+            "missing audience",
+            edit(&|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+            "claims",
+        ),
+        (
+            "unknown kid",
+            k8s_token(&key, "k2", &k8s_claims("shop", "inventory")),
+            "unknown key",
+        ),
+        (
+            "right kid, wrong key",
+            k8s_token(&other_key, "k1", &k8s_claims("shop", "inventory")),
+            "signature",
+        ),
+        ("symmetric JWKS key", hmac, "unknown key"),
+        (
+            "sub disagrees with kubernetes.io",
+            edit(&|c| c["sub"] = json!("system:serviceaccount:shop:payments")),
+            "no valid identity",
+        ),
+        (
+            "invalid namespace",
+            edit(&|c| {
+                c["kubernetes.io"]["namespace"] = json!("Shop");
+                c["sub"] = json!("system:serviceaccount:Shop:inventory");
+            }),
+            "no valid identity",
+        ),
+        (
+            "expired",
+            edit(&|c| c["exp"] = json!(now() - 60)),
+            "expired",
+        ),
+        (
+            "no kubernetes.io claims",
+            edit(&|c| {
+                c.as_object_mut().unwrap().remove("kubernetes.io");
+            }),
+            "claims",
+        ),
+        (
+            "untrusted issuer",
+            edit(&|c| c["iss"] = json!("https://other-cluster")),
+            "issuer",
+        ),
+    ];
+    for (name, token, reason) in cases {
+        let (status, body) = h.issue(Some(&token), &csr().1).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(reason),
+            "{name}: expected {reason:?} in {error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn root_rotation_overlaps_then_drops_the_old_root() {
+    let h = Harness::start().await;
+    let admin = h.admin_token();
+    let issue = || async {
+        chain_of(
+            &h.issue(Some(&h.join_token("shop", "orders").await), &csr().1)
+                .await
+                .1,
+        )
+    };
+    let old_leaf = issue().await;
+    let old_bundle = h.bundle().load_full();
+    assert_eq!(old_bundle.len(), 1);
+
+    let (status, body) = h
+        .admin(Method::POST, "/v1/ca/rotation/activate", Some(&admin), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "activate before prepare: {body}"
+    );
+
+    let (status, body) = h
+        .admin(Method::POST, "/v1/ca/rotation/prepare", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rotationPhase"], "prepared");
+    let overlap = h.bundle().load_full();
+    assert_eq!(overlap.len(), 2);
+    // Still signing with the old root.
+    assert!(verify(&old_bundle, &issue().await).is_ok());
+
+    let (status, body) = h
+        .admin(Method::POST, "/v1/ca/rotation/activate", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rotationPhase"], "activated");
+    let new_leaf = issue().await;
+    assert!(
+        verify(&old_bundle, &new_leaf).is_err(),
+        "signed by the new root"
+    );
+    // During the overlap both generations are accepted.
+    assert!(verify(&overlap, &old_leaf).is_ok());
+    assert!(verify(&overlap, &new_leaf).is_ok());
+
+    let (status, body) = h
+        .admin(Method::POST, "/v1/ca/rotation/finish", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["rotationPhase"], "stable");
+    let after = h.bundle().load_full();
+    assert_eq!(after.len(), 1);
+    let err = verify(&after, &old_leaf).unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(verify(&after, &new_leaf).is_ok());
+
+    // The control plane serves a certificate from the new root: a client that trusts only
+    // the new root can still reach it (the re-issue is asynchronous, so poll briefly).
+    let mut reached = false;
+    for _ in 0..40 {
+        let cfg = palisade_contract::tls::client_config(
+            None,
+            palisade_contract::tls::shared_bundle((*after).clone()),
+            palisade_contract::tls::ExpectedServer::Exact(control_plane_id(&td())),
+            &[],
+        );
+        let tcp = tokio::net::TcpStream::connect(h.cp().sidecar_addr)
+            .await
+            .unwrap();
+        if tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(rustls_pki_types::ServerName::try_from("cp").unwrap(), tcp)
+            .await
+            .is_ok()
+        {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reached,
+        "control plane still presents an old-root certificate"
+    );
+    let (status, _) = h
+        .admin(Method::POST, "/v1/ca/rotation/finish", Some(&admin), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+fn write_pem(path: &std::path::Path, der: &CertificateDer<'_>) {
+    std::fs::write(
+        path,
+        pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec())),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_plugged_in_intermediate_ca_signs_and_its_chain_is_served() {
+    let files = tempfile::tempdir().unwrap();
+    let root_key = KeyPair::generate().unwrap();
+    let mut root_params = CertificateParams::default();
+    root_params
+        .distinguished_name
+        .push(DnType::CommonName, "Corp Root");
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let root = root_params.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root_params, root_key);
+    let int_key = KeyPair::generate().unwrap();
+    let mut int_params = CertificateParams::default();
+    int_params
+        .distinguished_name
+        .push(DnType::CommonName, "Palisade Intermediate");
+    int_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    int_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let intermediate = int_params.signed_by(&int_key, &root_issuer).unwrap();
+    let p = |n: &str| files.path().join(n);
+    write_pem(&p("root.pem"), root.der());
+    write_pem(&p("int.pem"), intermediate.der());
+    std::fs::write(p("int-key.pem"), int_key.serialize_pem()).unwrap();
+
+    let h = Harness::start_with(|c| {
+        c.ca_cert = Some(p("int.pem"));
+        c.ca_key = Some(p("int-key.pem"));
+        c.ca_roots = Some(p("root.pem"));
+    })
+    .await;
+    let (status, body) = h
+        .issue(Some(&h.join_token("shop", "orders").await), &csr().1)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let chain = chain_of(&body);
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    assert_eq!(chain[1], *intermediate.der());
+    let bundle = h.bundle().load_full();
+    assert_eq!(bundle.roots().collect::<Vec<_>>(), vec![root.der()]);
+    assert!(verify(&bundle, &chain).is_ok());
+    let (status, ca) = h
+        .admin(Method::GET, "/v1/ca", Some(&h.admin_token()), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ca["mode"], "plugged-in");
+    assert_eq!(ca["roots"][0]["signing"], true);
+    let (status, _) = h
+        .admin(
+            Method::POST,
+            "/v1/ca/rotation/prepare",
+            Some(&h.admin_token()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "plugged-in CAs rotate by their files"
+    );
+
+    // A key that does not match the certificate stops start-up.
+    let wrong = KeyPair::generate().unwrap();
+    std::fs::write(p("wrong-key.pem"), wrong.serialize_pem()).unwrap();
+    let mut config = h.config.clone();
+    config.data_dir = files.path().join("other-data");
+    config.ca_key = Some(p("wrong-key.pem"));
+    let err = palisade_control_plane::start(&config).await.unwrap_err();
+    assert!(format!("{err:#}").contains("self-check"), "{err:#}");
+    // So does a signing certificate that is not a CA.
+    let mut config = h.config.clone();
+    config.data_dir = files.path().join("third-data");
+    let leaf = chain[0].clone();
+    write_pem(&p("leaf.pem"), &leaf);
+    config.ca_cert = Some(p("leaf.pem"));
+    let err = palisade_control_plane::start(&config).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not a CA certificate"),
+        "{err:#}"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_a_valid_token_with_the_right_role() {
+    let h = Harness::start().await;
+    let body = json!({"namespace": "shop", "serviceAccount": "orders"});
+    let (status, _) = h
+        .admin(Method::POST, "/v1/join-tokens", None, Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = h
+        .admin(
+            Method::POST,
+            "/v1/join-tokens",
+            Some("garbage"),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A join token is not an admin token.
+    let join = h.join_token("shop", "orders").await;
+    let (status, _) = h.admin(Method::GET, "/v1/ca", Some(&join), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let key = palisade_control_plane::tokens::TokenKey::load_or_create(&h.config.data_dir, &td())
+        .unwrap();
+    let viewer = key
+        .mint_admin("alice", "viewer", Duration::from_secs(60))
+        .unwrap();
+    let (status, _) = h
+        .admin(
+            Method::POST,
+            "/v1/join-tokens",
+            Some(&viewer),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = h
+        .admin(Method::POST, "/v1/ca/rotation/prepare", Some(&viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, ca) = h.admin(Method::GET, "/v1/ca", Some(&viewer), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ca["trustDomain"], "palisade.local");
+    let (status, _) = h.admin(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn restart_reuses_the_ca_and_remembers_spent_tokens() {
+    let mut h = Harness::start().await;
+    let data = h.config.data_dir.clone();
+    for private in ["ca/ca-key.pem", "token-signing-key.pem", "admin-token"] {
+        let mode = std::fs::metadata(data.join(private))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{private}");
+    }
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let root_before = std::fs::read(data.join("ca/ca-cert.pem")).unwrap();
+    let token = h.join_token("shop", "orders").await;
+    assert_eq!(h.issue(Some(&token), &csr().1).await.0, StatusCode::OK);
+    let unused = h.join_token("shop", "payments").await;
+
+    h.restart().await;
+    assert_eq!(
+        std::fs::read(data.join("ca/ca-cert.pem")).unwrap(),
+        root_before
+    );
+    assert_eq!(
+        h.issue(Some(&token), &csr().1).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(h.issue(Some(&unused), &csr().1).await.0, StatusCode::OK);
+}

@@ -1,0 +1,257 @@
+//! A control plane on loopback ports with a fresh data dir, and clients for both of its
+//! listeners.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use palisade_contract::identity_api::{ISSUE_PATH, RENEW_PATH, control_plane_id};
+use palisade_contract::tls::{
+    ExpectedServer, IdentitySlot, SharedBundle, TrustBundle, WorkloadIdentity, client_config,
+    server_name_for, shared_bundle,
+};
+use palisade_contract::{SpiffeId, TrustDomain};
+use palisade_control_plane::{Config, RunningControlPlane, start};
+use rcgen::{CertificateParams, KeyPair};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+pub struct Harness {
+    pub cp: Option<RunningControlPlane>,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+pub fn td() -> TrustDomain {
+    TrustDomain::parse("palisade.local").unwrap()
+}
+
+pub fn workload(ns: &str, sa: &str) -> SpiffeId {
+    td().workload_id(ns, sa).unwrap()
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_data_dir(dir.path().join("data"));
+        configure(&mut config);
+        let cp = start(&config).await.expect("control plane starts");
+        Self {
+            cp: Some(cp),
+            dir,
+            config,
+        }
+    }
+
+    pub fn cp(&self) -> &RunningControlPlane {
+        self.cp.as_ref().expect("running")
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(cp) = self.cp.take() {
+            cp.shutdown().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.cp = Some(start(&self.config).await.expect("control plane restarts"));
+    }
+
+    pub fn bundle(&self) -> SharedBundle {
+        let pem = std::fs::read(self.config.data_dir.join("trust-bundle.pem")).unwrap();
+        shared_bundle(TrustBundle::from_pem(td(), &pem).unwrap())
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.cp().admin_token().unwrap()
+    }
+
+    /// An admin API call; returns the status and the body as JSON (or a JSON string).
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let tcp = TcpStream::connect(self.cp().admin_addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "admin");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        if !body.is_empty() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    pub async fn join_token(&self, ns: &str, sa: &str) -> String {
+        let (status, body) = self
+            .admin(
+                Method::POST,
+                "/v1/join-tokens",
+                Some(&self.admin_token()),
+                Some(serde_json::json!({"namespace": ns, "serviceAccount": sa, "ttlSeconds": 600})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A call to the sidecar-facing listener, verifying the control plane's identity, with
+    /// `identity` as the client certificate when given.
+    pub async fn sidecar_call(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        identity: Option<Arc<IdentitySlot>>,
+        body: String,
+    ) -> (StatusCode, Value) {
+        let config = client_config(
+            identity,
+            self.bundle(),
+            ExpectedServer::Exact(control_plane_id(&td())),
+            &[b"http/1.1"],
+        );
+        let tcp = TcpStream::connect(self.cp().sidecar_addr).await.unwrap();
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(server_name_for(&control_plane_id(&td())), tcp)
+            .await
+            .expect("TLS to the control plane");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::HOST, "cp")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            sender.send_request(req.body(Full::new(Bytes::from(body))).unwrap()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn issue(&self, token: Option<&str>, csr: &str) -> (StatusCode, Value) {
+        self.sidecar_call(
+            ISSUE_PATH,
+            token,
+            None,
+            serde_json::json!({"csr": csr}).to_string(),
+        )
+        .await
+    }
+
+    pub async fn renew(
+        &self,
+        identity: Option<Arc<IdentitySlot>>,
+        csr: &str,
+    ) -> (StatusCode, Value) {
+        self.sidecar_call(
+            RENEW_PATH,
+            None,
+            identity,
+            serde_json::json!({"csr": csr}).to_string(),
+        )
+        .await
+    }
+
+    /// The control plane's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let tcp = TcpStream::connect(self.cp().metrics_addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri("/metrics")
+            .header(header::HOST, "m")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
+    }
+}
+
+/// A fresh P-256 key and a CSR built from `params`.
+pub fn csr_with(params: CertificateParams) -> (KeyPair, String) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, csr)
+}
+
+pub fn csr() -> (KeyPair, String) {
+    csr_with(CertificateParams::default())
+}
+
+/// An identity slot holding the certificate from an issue/renew response.
+pub fn identity_from(response: &Value, key: &KeyPair) -> Arc<IdentitySlot> {
+    let chain = palisade_contract::certs::certs_from_pem(
+        response["certificateChain"].as_str().unwrap().as_bytes(),
+    )
+    .unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let slot = IdentitySlot::new();
+    slot.set(WorkloadIdentity::from_der(chain, key).unwrap());
+    slot
+}
+
+/// Reads a metric sample's value from Prometheus text (`name{labels}` exactly as printed).
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
