@@ -58,7 +58,7 @@ pub fn certs_to_pem<'a, 'b: 'a>(certs: impl IntoIterator<Item = &'a CertificateD
 
 fn parse<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, CertError> {
     match X509Certificate::from_der(der.as_ref()) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         _ => Err(CertError::BadDer),
     }
 }

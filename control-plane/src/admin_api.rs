@@ -16,18 +16,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use palisade_contract::TrustDomain;
 use serde::{Deserialize, Serialize};
 
-use crate::ca::{CaError, CaStatus, CertificateAuthority, unix_now};
+use crate::ca::{CaError, CaStatus, CertificateAuthority};
+use crate::join_tokens::{DEFAULT_JOIN_TOKEN_TTL, JoinTokenError, JoinTokenIssuer};
 use crate::sidecar_api::{bearer_token, error_response};
-use crate::store::{JoinTokenRecord, Store};
 use crate::tokens::TokenKey;
-
-/// Longest a join token may live.
-pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
-/// Join token lifetime when the request names none.
-pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +33,15 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+        }
+    }
+
     fn parse(s: &str) -> Option<Self> {
         match s {
             "viewer" => Some(Role::Viewer),
@@ -51,21 +54,66 @@ impl Role {
 
     /// Whether a caller with this role may do what `needed` allows.
     pub fn allows(self, needed: Role) -> bool {
-        match (self, needed) {
-            (Role::Admin, _) => true,
-            (Role::Editor, Role::Editor | Role::Viewer) => true,
-            (Role::Viewer, Role::Viewer) => true,
-            (Role::Auditor, Role::Auditor) => true,
-            _ => false,
+        matches!(
+            (self, needed),
+            (Role::Admin, _)
+                | (Role::Editor, Role::Editor | Role::Viewer)
+                | (Role::Viewer, Role::Viewer)
+                | (Role::Auditor, Role::Auditor)
+        )
+    }
+}
+
+/// Every way an admin request fails; [`IntoResponse`] below is the one place they become
+/// statuses and JSON bodies. Internal detail is logged, never sent.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("role {} may not do this", .0.name())]
+    Forbidden(Role),
+    #[error("{error}")]
+    Invalid { error: String, details: Vec<String> },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AdminError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AdminError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Internal(detail) => {
+                tracing::error!(target: "palisade::admin", error = %detail, "admin request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let details = match &self {
+            AdminError::Invalid { details, .. } => details.clone(),
+            _ => Vec::new(),
+        };
+        let mut response = error_response(status, &self.to_string(), details);
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
+        response
     }
 }
 
 pub struct AdminState {
     pub ca: Arc<CertificateAuthority>,
     pub token_key: Arc<TokenKey>,
-    pub store: Store,
-    pub trust_domain: TrustDomain,
+    pub join_tokens: JoinTokenIssuer,
     /// Called after a rotation step changes which root signs, so the control plane's own
     /// serving certificate follows.
     pub on_signer_change: Box<dyn Fn() + Send + Sync>,
@@ -79,42 +127,30 @@ pub struct Principal {
 }
 
 impl Principal {
-    fn require(&self, needed: Role) -> Result<(), Response> {
+    fn require(&self, needed: Role) -> Result<(), AdminError> {
         if self.role.allows(needed) {
             Ok(())
         } else {
-            Err(error_response(
-                StatusCode::FORBIDDEN,
-                &format!("role {:?} may not do this", self.role).to_lowercase(),
-                Vec::new(),
-            ))
+            Err(AdminError::Forbidden(self.role))
         }
     }
 }
 
 impl FromRequestParts<Arc<AdminState>> for Principal {
-    type Rejection = Response;
+    type Rejection = AdminError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AdminState>,
     ) -> Result<Self, Self::Rejection> {
-        let unauthorized = |msg: &str| {
-            let mut r = error_response(StatusCode::UNAUTHORIZED, msg, Vec::new());
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            r
-        };
-        let token =
-            bearer_token(&parts.headers).ok_or_else(|| unauthorized("missing bearer token"))?;
+        let token = bearer_token(&parts.headers)
+            .ok_or(AdminError::Unauthenticated("missing bearer token"))?;
         let claims = state.token_key.verify_admin(token).map_err(|e| {
             tracing::info!(target: "palisade::admin", reason = e.label(), "admin token refused");
-            unauthorized("invalid bearer token")
+            AdminError::Unauthenticated("invalid bearer token")
         })?;
-        let role =
-            Role::parse(&claims.role).ok_or_else(|| unauthorized("token has an unknown role"))?;
+        let role = Role::parse(&claims.role)
+            .ok_or(AdminError::Unauthenticated("token has an unknown role"))?;
         Ok(Principal {
             subject: claims.sub,
             role,
@@ -143,130 +179,63 @@ pub struct JoinTokenRequest {
     pub ttl_seconds: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JoinTokenResponse {
-    pub token: String,
-    pub spiffe_id: String,
-    pub expires_at: i64,
-}
-
 async fn create_join_token(
     State(state): State<Arc<AdminState>>,
     principal: Principal,
     body: Result<Json<JoinTokenRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Err(r) = principal.require(Role::Admin) {
-        return r;
-    }
-    let Json(request) = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid join token request",
-                vec![rejection.body_text()],
-            );
-        }
+) -> Result<Response, AdminError> {
+    principal.require(Role::Admin)?;
+    let invalid = |detail: String| AdminError::Invalid {
+        error: "invalid join token request".into(),
+        details: vec![detail],
     };
-    let spiffe_id = match state
-        .trust_domain
-        .workload_id(&request.namespace, &request.service_account)
-    {
-        Ok(id) => id,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid join token request",
-                vec![e.to_string()],
-            );
-        }
-    };
-    if spiffe_id == palisade_contract::identity_api::control_plane_id(&state.trust_domain) {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid join token request",
-            vec![format!("{spiffe_id} is reserved for the control plane")],
-        );
-    }
-    let ttl = Duration::from_secs(
-        request
-            .ttl_seconds
-            .unwrap_or(DEFAULT_JOIN_TOKEN_TTL.as_secs()),
-    );
-    if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid join token request",
-            vec![format!(
-                "ttlSeconds must be between 1 and {}",
-                MAX_JOIN_TOKEN_TTL.as_secs()
-            )],
-        );
-    }
-    let result = async {
-        let claims = state.token_key.mint_join(&spiffe_id, ttl)?;
-        let token = state.token_key.sign_join(&claims)?;
-        state
-            .store
-            .record_join_token(&JoinTokenRecord {
-                jti: claims.jti.clone(),
-                spiffe_id: spiffe_id.to_string(),
-                created_by: principal.subject.clone(),
-                created_at: unix_now(),
-                expires_at: claims.exp as i64,
-            })
-            .await
-            .map_err(|e| CaError::Signing(e.to_string()))?;
-        Ok::<_, CaError>((token, claims))
-    }
-    .await;
-    match result {
-        Ok((token, claims)) => {
-            tracing::info!(target: "palisade::admin", event = "join_token.created",
-                principal = %principal.subject, spiffe_id = %spiffe_id, jti = %claims.jti,
-                expires_at = claims.exp, "join token created");
-            (
-                StatusCode::CREATED,
-                Json(JoinTokenResponse {
-                    token,
-                    spiffe_id: spiffe_id.to_string(),
-                    expires_at: claims.exp as i64,
-                }),
-            )
-                .into_response()
-        }
-        Err(e) => internal(e),
-    }
+    let Json(request) = body.map_err(|rejection| invalid(rejection.body_text()))?;
+    let ttl = request
+        .ttl_seconds
+        .map_or(DEFAULT_JOIN_TOKEN_TTL, Duration::from_secs);
+    let token = state
+        .join_tokens
+        .create(
+            &request.namespace,
+            &request.service_account,
+            ttl,
+            &principal.subject,
+        )
+        .await
+        .map_err(|e| match e {
+            JoinTokenError::Invalid(detail) => invalid(detail),
+            JoinTokenError::Internal(detail) => AdminError::Internal(detail),
+        })?;
+    Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
-async fn trust_bundle(State(state): State<Arc<AdminState>>, principal: Principal) -> Response {
-    if let Err(r) = principal.require(Role::Viewer) {
-        return r;
-    }
-    (
+async fn trust_bundle(
+    State(state): State<Arc<AdminState>>,
+    principal: Principal,
+) -> Result<Response, AdminError> {
+    principal.require(Role::Viewer)?;
+    Ok((
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         state.ca.bundle_pem(),
     )
-        .into_response()
+        .into_response())
 }
 
-async fn ca_status(State(state): State<Arc<AdminState>>, principal: Principal) -> Response {
-    if let Err(r) = principal.require(Role::Viewer) {
-        return r;
-    }
-    Json(state.ca.status()).into_response()
+async fn ca_status(
+    State(state): State<Arc<AdminState>>,
+    principal: Principal,
+) -> Result<Json<CaStatus>, AdminError> {
+    principal.require(Role::Viewer)?;
+    Ok(Json(state.ca.status()))
 }
 
 async fn rotate(
     State(state): State<Arc<AdminState>>,
     principal: Principal,
     axum::extract::Path(step): axum::extract::Path<String>,
-) -> Response {
-    if let Err(r) = principal.require(Role::Admin) {
-        return r;
-    }
-    let result: Result<CaStatus, CaError> = match step.as_str() {
+) -> Result<Json<CaStatus>, AdminError> {
+    principal.require(Role::Admin)?;
+    let status = match step.as_str() {
         "prepare" => state.ca.rotation_prepare(),
         "activate" => state
             .ca
@@ -274,29 +243,16 @@ async fn rotate(
             .inspect(|_| (state.on_signer_change)()),
         "finish" => state.ca.rotation_finish(),
         other => {
-            return error_response(
-                StatusCode::NOT_FOUND,
-                &format!("unknown rotation step {other:?}: use prepare, activate or finish"),
-                Vec::new(),
-            );
+            return Err(AdminError::NotFound(format!(
+                "unknown rotation step {other:?}: use prepare, activate or finish"
+            )));
         }
-    };
-    match result {
-        Ok(status) => {
-            tracing::info!(target: "palisade::admin", event = "ca.rotation", step = %step,
-                principal = %principal.subject, "CA rotation step done");
-            Json(status).into_response()
-        }
-        Err(CaError::Rotation(msg)) => error_response(StatusCode::CONFLICT, &msg, Vec::new()),
-        Err(e) => internal(e),
     }
-}
-
-fn internal(e: CaError) -> Response {
-    tracing::error!(target: "palisade::admin", error = %e, "admin request failed");
-    error_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal error",
-        Vec::new(),
-    )
+    .map_err(|e| match e {
+        CaError::Rotation(msg) => AdminError::Conflict(msg),
+        other => AdminError::Internal(other.to_string()),
+    })?;
+    tracing::info!(target: "palisade::admin", event = "ca.rotation", step = %step,
+        principal = %principal.subject, "CA rotation step done");
+    Ok(Json(status))
 }

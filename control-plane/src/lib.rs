@@ -3,6 +3,7 @@
 //! - [`ca`]: the certificate authority and the trust bundle (with root rotation).
 //! - [`tokens`] and [`bootstrap`]: the JWTs it signs and the bootstrap tokens it accepts.
 //! - [`issuance`]: who gets which certificate.
+//! - [`join_tokens`]: creating single-use join tokens.
 //! - [`store`]: persistent state (SQLite or PostgreSQL).
 //! - [`sidecar_api`]: the TLS listener sidecars talk to.
 //! - [`admin_api`]: the authenticated administration API.
@@ -13,6 +14,7 @@ pub mod bootstrap;
 pub mod ca;
 pub mod config;
 pub mod issuance;
+pub mod join_tokens;
 pub mod metrics;
 pub mod server;
 pub mod sidecar_api;

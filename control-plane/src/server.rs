@@ -29,6 +29,7 @@ use crate::bootstrap::{BootstrapVerifier, KubernetesVerifier};
 use crate::ca::{CertificateAuthority, write_file};
 use crate::config::Config;
 use crate::issuance::IdentityService;
+use crate::join_tokens::{JoinToken, JoinTokenError, JoinTokenIssuer};
 use crate::metrics::CaMetrics;
 use crate::sidecar_api;
 use crate::store::Store;
@@ -47,6 +48,7 @@ pub struct RunningControlPlane {
     pub metrics_addr: SocketAddr,
     pub admin_token_path: PathBuf,
     pub ca: Arc<CertificateAuthority>,
+    join_tokens: JoinTokenIssuer,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -56,6 +58,19 @@ impl RunningControlPlane {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Creates a join token without going through the admin API (for embedders such as the
+    /// local demo and tests); recorded as created by `embedder`.
+    pub async fn create_join_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        ttl: Duration,
+    ) -> Result<JoinToken, JoinTokenError> {
+        self.join_tokens
+            .create(namespace, service_account, ttl, "embedder")
+            .await
     }
 
     /// The initial admin token (read from the data dir).
@@ -145,12 +160,16 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         until_stopped(),
     ));
 
+    let join_tokens = JoinTokenIssuer {
+        trust_domain: td.clone(),
+        key: token_key.clone(),
+        store: store.clone(),
+    };
     let notify = signer_changed.clone();
     let admin = admin_api::router(Arc::new(AdminState {
         ca: ca.clone(),
         token_key: token_key.clone(),
-        store: store.clone(),
-        trust_domain: td.clone(),
+        join_tokens: join_tokens.clone(),
         on_signer_change: Box::new(move || notify.notify_one()),
     }));
     let stop_admin = until_stopped();
@@ -214,6 +233,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         metrics_addr,
         admin_token_path,
         ca,
+        join_tokens,
         stop,
         tasks,
     })

@@ -1,0 +1,475 @@
+//! The sidecar's identity lifecycle against a real control plane on loopback: bootstrap,
+//! renewal under a short TTL, live swaps, the control plane going away, restarts from the
+//! cache, and retries until the control plane appears.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use palisade_contract::SpiffeId;
+use palisade_contract::tls::{
+    ClientAuth, ExpectedServer, IdentitySlot, SharedBundle, client_config, server_config,
+    server_name_for,
+};
+use palisade_control_plane::RunningControlPlane;
+use palisade_proxy::{Config, RunningSidecar};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+async fn control_plane(data: &Path, ttl: Duration) -> RunningControlPlane {
+    let mut config = palisade_control_plane::Config::for_data_dir(data.to_path_buf());
+    config.workload_ttl = ttl;
+    palisade_control_plane::start(&config).await.unwrap()
+}
+
+struct SidecarFiles {
+    token: PathBuf,
+    cache: PathBuf,
+}
+
+async fn sidecar_files(cp: &RunningControlPlane, dir: &Path, sa: &str) -> SidecarFiles {
+    let token = cp
+        .create_join_token("shop", sa, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let files = SidecarFiles {
+        token: dir.join(format!("{sa}.token")),
+        cache: dir.join(format!("{sa}-identity")),
+    };
+    std::fs::write(&files.token, token.token).unwrap();
+    files
+}
+
+fn sidecar_config(cp_addr: SocketAddr, bundle: PathBuf, files: &SidecarFiles) -> Config {
+    Config {
+        control_plane: cp_addr.to_string(),
+        ca_bundle: bundle,
+        trust_domain: "palisade.local".parse().unwrap(),
+        token_file: Some(files.token.clone()),
+        identity_dir: Some(files.cache.clone()),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        max_backoff: Duration::from_millis(500),
+        log_format: Default::default(),
+    }
+}
+
+/// GET on the sidecar's admin port: (status, body).
+async fn admin_get(sidecar: &RunningSidecar, path: &str) -> (u16, String) {
+    let tcp = TcpStream::connect(sidecar.admin_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header(http::header::HOST, "admin")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_ready(sidecar: &RunningSidecar) {
+    wait_until(
+        "the sidecar is ready",
+        Duration::from_secs(10),
+        async || admin_get(sidecar, "/ready").await.0 == 200,
+    )
+    .await;
+}
+
+fn serial(slot: &IdentitySlot) -> String {
+    slot.get().unwrap().serial.clone()
+}
+
+/// An mTLS echo server presenting `slot`, verifying clients against `bundle`.
+async fn echo_server(slot: Arc<IdentitySlot>, bundle: SharedBundle) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(
+        slot,
+        bundle,
+        ClientAuth::Required,
+        &[],
+    )));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 64];
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn connect(
+    addr: SocketAddr,
+    slot: Arc<IdentitySlot>,
+    bundle: SharedBundle,
+    expected: &SpiffeId,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let config = client_config(
+        Some(slot),
+        bundle,
+        ExpectedServer::Exact(expected.clone()),
+        &[],
+    );
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(server_name_for(expected), tcp)
+        .await?;
+    echo(&mut tls, b"hello").await?;
+    Ok(tls)
+}
+
+async fn echo(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    msg: &[u8],
+) -> std::io::Result<()> {
+    tls.write_all(msg).await?;
+    let mut buf = vec![0u8; msg.len()];
+    tls.read_exact(&mut buf).await?;
+    assert_eq!(buf, msg);
+    Ok(())
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_sidecar_obtains_its_certificate_and_reports_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    let sidecar = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &files))
+        .await
+        .unwrap();
+    assert_eq!(admin_get(&sidecar, "/live").await.0, 200);
+    wait_ready(&sidecar).await;
+
+    let (status, body) = admin_get(&sidecar, "/ready").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("spiffe://palisade.local/ns/shop/sa/orders"),
+        "{body}"
+    );
+    let identity = sidecar.identity.slot().get().unwrap();
+    assert_eq!(
+        identity.spiffe_id.as_str(),
+        "spiffe://palisade.local/ns/shop/sa/orders"
+    );
+    let verified = sidecar
+        .identity
+        .bundle()
+        .load()
+        .verify_workload(
+            &identity.chain[0],
+            &identity.chain[1..],
+            rustls_pki_types::UnixTime::now(),
+            palisade_contract::tls::KeyUsage::client_auth(),
+        )
+        .unwrap();
+    assert_eq!(verified, identity.spiffe_id);
+
+    let (_, metrics) = admin_get(&sidecar, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "palisade_identity_certificate_expiry_timestamp_seconds"
+        ),
+        identity.not_after as f64
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "palisade_identity_certificate_requests_total{kind=\"bootstrap\",result=\"success\"}"
+        ),
+        1.0
+    );
+    // The key, certificate and bundle are cached privately.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["key.pem", "cert.pem", "bundle.pem"] {
+        let mode = std::fs::metadata(files.cache.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    sidecar.shutdown().await;
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn renewal_keeps_open_connections_and_new_ones_use_the_new_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(4)).await;
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    let orders_files = sidecar_files(&cp, dir.path(), "orders").await;
+    let payments_files = sidecar_files(&cp, dir.path(), "payments").await;
+    let orders = palisade_proxy::start(&sidecar_config(
+        cp.sidecar_addr,
+        bundle.clone(),
+        &orders_files,
+    ))
+    .await
+    .unwrap();
+    let payments = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &payments_files))
+        .await
+        .unwrap();
+    wait_ready(&orders).await;
+    wait_ready(&payments).await;
+    let payments_id = payments.identity.spiffe_id().unwrap();
+
+    let server = echo_server(payments.identity.slot(), payments.identity.bundle()).await;
+    let mut open = connect(
+        server,
+        orders.identity.slot(),
+        orders.identity.bundle(),
+        &payments_id,
+    )
+    .await
+    .unwrap();
+    let first_server_cert = open.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let payments_serial = serial(&payments.identity.slot());
+    let orders_serial = serial(&orders.identity.slot());
+
+    // With a 4 s TTL both renew after about 2 s.
+    wait_until(
+        "both sidecars renewed",
+        Duration::from_secs(10),
+        async || {
+            serial(&payments.identity.slot()) != payments_serial
+                && serial(&orders.identity.slot()) != orders_serial
+        },
+    )
+    .await;
+
+    echo(&mut open, b"still here")
+        .await
+        .expect("the connection opened before renewal still works");
+    let fresh = connect(
+        server,
+        orders.identity.slot(),
+        orders.identity.bundle(),
+        &payments_id,
+    )
+    .await
+    .unwrap();
+    let new_server_cert = fresh.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_ne!(new_server_cert, first_server_cert);
+    assert_eq!(
+        new_server_cert,
+        payments.identity.slot().get().unwrap().chain[0]
+    );
+
+    let (_, metrics) = admin_get(&payments, "/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "palisade_identity_certificate_requests_total{kind=\"renew\",result=\"success\"}"
+        ) >= 1.0
+    );
+    orders.shutdown().await;
+    payments.shutdown().await;
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_the_control_plane_a_sidecar_serves_until_expiry_then_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(4)).await;
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    let client_files = sidecar_files(&cp, dir.path(), "orders").await;
+    let server_files = sidecar_files(&cp, dir.path(), "payments").await;
+    let client = palisade_proxy::start(&sidecar_config(
+        cp.sidecar_addr,
+        bundle.clone(),
+        &client_files,
+    ))
+    .await
+    .unwrap();
+    let server = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &server_files))
+        .await
+        .unwrap();
+    wait_ready(&client).await;
+    wait_ready(&server).await;
+    cp.shutdown().await;
+
+    let server_id = server.identity.spiffe_id().unwrap();
+    let not_after = server.identity.slot().get().unwrap().not_after;
+    let addr = echo_server(server.identity.slot(), server.identity.bundle()).await;
+    // Still valid: still serving, still ready.
+    assert_eq!(admin_get(&server, "/ready").await.0, 200);
+    connect(
+        addr,
+        client.identity.slot(),
+        client.identity.bundle(),
+        &server_id,
+    )
+    .await
+    .unwrap();
+
+    wait_until(
+        "the certificate expired",
+        Duration::from_secs(10),
+        async || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+                > not_after
+        },
+    )
+    .await;
+    let (status, body) = admin_get(&server, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        connect(
+            addr,
+            client.identity.slot(),
+            client.identity.bundle(),
+            &server_id
+        )
+        .await
+        .is_err(),
+        "an expired sidecar must not complete a handshake"
+    );
+    let (_, metrics) = admin_get(&server, "/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "palisade_identity_certificate_requests_total{kind=\"renew\",result=\"failure\"}"
+        ) >= 1.0
+    );
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_sidecar_starts_from_its_cache_and_renews_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let first = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle.clone(), &files))
+        .await
+        .unwrap();
+    wait_ready(&first).await;
+    let first_serial = serial(&first.identity.slot());
+    first.shutdown().await;
+
+    // The join token is spent; the cache is what lets the sidecar come back.
+    std::fs::remove_file(&files.token).unwrap();
+    let second = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &files))
+        .await
+        .unwrap();
+    assert_eq!(
+        admin_get(&second, "/ready").await.0,
+        200,
+        "ready at once from the cache"
+    );
+    assert_eq!(serial(&second.identity.slot()), first_serial);
+    second
+        .identity
+        .refresh()
+        .await
+        .expect("renewal over mTLS with the cached certificate");
+    assert_ne!(serial(&second.identity.slot()), first_serial);
+    second.shutdown().await;
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sidecar_retries_until_the_control_plane_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cp");
+    // Create the CA first, so the sidecar has a bundle; then free the port.
+    let cp = control_plane(&data, Duration::from_secs(3600)).await;
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    cp.shutdown().await;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+
+    let sidecar =
+        palisade_proxy::start(&sidecar_config(port, data.join("trust-bundle.pem"), &files))
+            .await
+            .unwrap();
+    wait_until("a failed attempt was counted", Duration::from_secs(5), async || {
+        metric(&admin_get(&sidecar, "/metrics").await.1,
+            "palisade_identity_certificate_requests_total{kind=\"bootstrap\",result=\"failure\"}") >= 1.0
+    })
+    .await;
+    assert_eq!(admin_get(&sidecar, "/ready").await.0, 503);
+
+    let mut config = palisade_control_plane::Config::for_data_dir(data);
+    config.sidecar_listen = port;
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    wait_ready(&sidecar).await;
+    sidecar.shutdown().await;
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sidecar_refuses_a_control_plane_its_bundle_does_not_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let impostor = control_plane(&dir.path().join("impostor"), Duration::from_secs(3600)).await;
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    // The sidecar trusts the real CA but is pointed at a control plane of another CA.
+    let sidecar = palisade_proxy::start(&sidecar_config(
+        impostor.sidecar_addr,
+        dir.path().join("cp/trust-bundle.pem"),
+        &files,
+    ))
+    .await
+    .unwrap();
+    let err = sidecar.identity.refresh().await.unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+    assert_eq!(admin_get(&sidecar, "/ready").await.0, 503);
+    // The token was never sent to the impostor, so it still works against the real one.
+    let sidecar2 = palisade_proxy::start(&sidecar_config(
+        cp.sidecar_addr,
+        dir.path().join("cp/trust-bundle.pem"),
+        &files,
+    ))
+    .await
+    .unwrap();
+    wait_ready(&sidecar2).await;
+    for s in [sidecar, sidecar2] {
+        s.shutdown().await;
+    }
+    cp.shutdown().await;
+    impostor.shutdown().await;
+}
