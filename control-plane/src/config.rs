@@ -159,3 +159,41 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut c = Config::for_data_dir("/tmp/x".into());
+        c.workload_ttl = Duration::from_secs(2 * 24 * 3600);
+        c.ca_cert = Some("/nonexistent/ca.pem".into());
+        c.database_url = Some("mysql://db".into());
+        c.k8s_audience = String::new();
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].contains("--workload-ttl"));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("--ca-cert /nonexistent/ca.pem"))
+        );
+        assert!(Config::for_data_dir("/tmp/x".into()).validate().is_ok());
+    }
+
+    #[test]
+    fn flags_parse_with_their_defaults() {
+        let c =
+            Config::try_parse_from(["palisade-control-plane", "--workload-ttl", "90s"]).unwrap();
+        assert_eq!(c.workload_ttl, Duration::from_secs(90));
+        assert_eq!(c.sidecar_listen.port(), 15012);
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:15080");
+        let err =
+            Config::try_parse_from(["palisade-control-plane", "--trust-domain", "Bad.Domain"])
+                .unwrap_err();
+        assert!(err.to_string().contains("trust domain"), "{err}");
+        // Plugged-in CA flags come together.
+        assert!(Config::try_parse_from(["palisade-control-plane", "--ca-cert", "x.pem"]).is_err());
+    }
+}

@@ -94,3 +94,40 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let c = Config::try_parse_from([
+            "palisade-proxy",
+            "--ca-bundle",
+            "/nonexistent/bundle.pem",
+            "--control-plane",
+            "nohost",
+            "--max-backoff",
+            "1ms",
+        ])
+        .unwrap();
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("--ca-bundle")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("--token-file or --identity-dir"))
+        );
+        assert!(problems.iter().any(|p| p.contains("host:port")));
+        assert!(problems.iter().any(|p| p.contains("--max-backoff")));
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = Config::try_parse_from(["palisade-proxy", "--ca-bundle", "b.pem"]).unwrap();
+        assert_eq!(c.admin_listen.to_string(), "0.0.0.0:15090");
+        assert_eq!(c.control_plane, "127.0.0.1:15012");
+        assert_eq!(c.max_backoff, Duration::from_secs(30));
+    }
+}

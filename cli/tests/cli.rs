@@ -1,0 +1,158 @@
+//! The `palisade` binary against a running control plane.
+
+use std::process::Output;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use palisade_control_plane::{Config, RunningControlPlane};
+
+async fn control_plane(dir: &std::path::Path) -> RunningControlPlane {
+    palisade_control_plane::start(&Config::for_data_dir(dir.join("data")))
+        .await
+        .unwrap()
+}
+
+async fn palisade(
+    cp: Option<&RunningControlPlane>,
+    server: Option<String>,
+    args: &[&str],
+) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"));
+    if let Some(server) = server.or_else(|| cp.map(|cp| format!("http://{}", cp.admin_addr))) {
+        cmd.args(["--server", &server]);
+    }
+    if let Some(cp) = cp {
+        cmd.args(["--token-file", cp.admin_token_path.to_str().unwrap()]);
+    }
+    cmd.args(args)
+        .env_remove("PALISADE_TOKEN")
+        .env_remove("PALISADE_TOKEN_FILE");
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn token_create_prints_a_join_token_for_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path()).await;
+    let out = palisade(
+        Some(&cp),
+        None,
+        &[
+            "token", "create", "-n", "shop", "-s", "orders", "--ttl", "5m",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_owned();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "spiffe://palisade.local/ns/shop/sa/orders");
+    assert_eq!(claims["aud"], "palisade-join");
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(lifetime, 300);
+
+    let out = palisade(
+        Some(&cp),
+        None,
+        &[
+            "-o", "json", "token", "create", "-n", "shop", "-s", "payments",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        json["spiffeId"],
+        "spiffe://palisade.local/ns/shop/sa/payments"
+    );
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn failures_are_explained_with_the_right_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path()).await;
+
+    let out = palisade(
+        Some(&cp),
+        None,
+        &["token", "create", "-n", "Shop", "-s", "orders"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a valid Kubernetes name"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = palisade(
+        None,
+        Some(format!("http://{}", cp.admin_addr)),
+        &["ca", "status"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not authenticated"),
+        "{}",
+        stderr(&out)
+    );
+
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = palisade(None, Some(format!("http://{free}")), &["ca", "status"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the control plane"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = palisade(None, Some("ftp://x".into()), &["ca", "status"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = palisade(None, None, &["token", "create"]).await;
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn ca_rotation_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path()).await;
+    for (step, phase, roots) in [
+        ("prepare", "prepared", 2),
+        ("activate", "activated", 2),
+        ("finish", "stable", 1),
+    ] {
+        let out = palisade(Some(&cp), None, &["-o", "json", "ca", "rotate", step]).await;
+        assert!(out.status.success(), "{step}: {}", stderr(&out));
+        let status: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(status["rotationPhase"], phase);
+        assert_eq!(status["roots"].as_array().unwrap().len(), roots);
+    }
+    let out = palisade(Some(&cp), None, &["ca", "rotate", "finish"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("409"), "{}", stderr(&out));
+    let out = palisade(Some(&cp), None, &["ca", "bundle"]).await;
+    assert_eq!(stdout(&out).matches("BEGIN CERTIFICATE").count(), 1);
+    cp.shutdown().await;
+}
