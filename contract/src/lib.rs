@@ -5,11 +5,13 @@
 //! - [`tls`]: mTLS by SPIFFE ID (verifiers, trust bundles, live certificate swaps).
 //! - [`identity_api`]: the certificate issuance and renewal protocol.
 //! - [`private_files`]: writing keys and tokens to disk safely.
+//! - [`process`]: configuration errors and shutdown signals, the same for both binaries.
 //! - [`telemetry`]: log and metrics conventions shared by both binaries.
 
 pub mod certs;
 pub mod identity_api;
 pub mod private_files;
+pub mod process;
 pub mod spiffe;
 pub mod telemetry;
 pub mod tls;

@@ -278,6 +278,19 @@ fn unsigned_token(header: Value, claims: Value) -> String {
     )
 }
 
+/// Each `(name, token, reason)`: issuance is refused with 401 and `reason` in the error.
+async fn assert_all_refused(h: &Harness, cases: Vec<(&str, String, &str)>) {
+    for (name, token, reason) in cases {
+        let (status, body) = h.issue(Some(&token), &csr().1).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(reason),
+            "{name}: expected {reason:?} in {error:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn every_bad_bootstrap_token_is_refused_for_its_reason() {
     let h = Harness::start().await;
@@ -416,15 +429,7 @@ async fn every_bad_bootstrap_token_is_refused_for_its_reason() {
             "never issued",
         ),
     ];
-    for (name, token, reason) in cases {
-        let (status, body) = h.issue(Some(&token), &csr().1).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
-        let error = body["error"].as_str().unwrap_or_default();
-        assert!(
-            error.contains(reason),
-            "{name}: expected {reason:?} in {error:?}"
-        );
-    }
+    assert_all_refused(&h, cases).await;
     // None of them got a certificate.
     let metrics = h.metrics().await;
     assert_eq!(
@@ -674,15 +679,7 @@ async fn kubernetes_service_account_tokens_bootstrap_identities() {
             "issuer",
         ),
     ];
-    for (name, token, reason) in cases {
-        let (status, body) = h.issue(Some(&token), &csr().1).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
-        let error = body["error"].as_str().unwrap_or_default();
-        assert!(
-            error.contains(reason),
-            "{name}: expected {reason:?} in {error:?}"
-        );
-    }
+    assert_all_refused(&h, cases).await;
 }
 
 #[tokio::test]

@@ -252,14 +252,7 @@ impl IdentityManager {
         let identity = WorkloadIdentity::from_der(chain, key_der).map_err(|e| bad(&e))?;
         // The new certificate must be usable against the new bundle before it replaces
         // anything, and a renewal must keep the identity.
-        bundle
-            .verify_workload(
-                &identity.chain[0],
-                &identity.chain[1..],
-                UnixTime::now(),
-                KeyUsage::client_auth(),
-            )
-            .map_err(|e| bad(&e))?;
+        verify_against(&bundle, &identity).map_err(|e| bad(&e))?;
         if let Some(want) = expected
             && &identity.spiffe_id != want
         {
@@ -319,14 +312,7 @@ impl IdentityManager {
             let bundle = TrustBundle::from_pem(self.settings.trust_domain.clone(), &bundle_pem)
                 .map_err(|e| e.to_string())?;
             let identity = WorkloadIdentity::from_pem(&chain, &key).map_err(|e| e.to_string())?;
-            bundle
-                .verify_workload(
-                    &identity.chain[0],
-                    &identity.chain[1..],
-                    UnixTime::now(),
-                    KeyUsage::client_auth(),
-                )
-                .map_err(|e| e.to_string())?;
+            verify_against(&bundle, &identity).map_err(|e| e.to_string())?;
             Ok((identity, bundle))
         })();
         match loaded {
@@ -339,6 +325,18 @@ impl IdentityManager {
             }
         }
     }
+}
+
+/// Whether peers trusting `bundle` would accept `identity` now.
+fn verify_against(bundle: &TrustBundle, identity: &WorkloadIdentity) -> Result<(), rustls::Error> {
+    bundle
+        .verify_workload(
+            &identity.chain[0],
+            &identity.chain[1..],
+            UnixTime::now(),
+            KeyUsage::client_auth(),
+        )
+        .map(|_| ())
 }
 
 /// A fresh P-256 key and a CSR signed by it. The CSR names nothing: the control plane

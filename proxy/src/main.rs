@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use palisade_contract::process::{report_problems, shutdown_signal};
 use palisade_contract::telemetry::init_tracing;
 use palisade_proxy::{Config, start};
 
@@ -10,11 +11,8 @@ use palisade_proxy::{Config, start};
 async fn main() -> ExitCode {
     let config = Config::parse();
     init_tracing(config.log_format);
-    if let Err(problems) = config.validate() {
-        for p in &problems {
-            eprintln!("error: {p}");
-        }
-        return ExitCode::from(2);
+    if let Some(code) = report_problems(config.validate()) {
+        return code;
     }
     let running = match start(&config).await {
         Ok(r) => r,
@@ -23,13 +21,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+    shutdown_signal().await;
     running.shutdown().await;
     ExitCode::SUCCESS
 }

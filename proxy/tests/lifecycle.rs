@@ -93,6 +93,27 @@ async fn wait_ready(sidecar: &RunningSidecar) {
     .await;
 }
 
+/// A control plane with `ttl` and one ready sidecar per service account (namespace shop).
+async fn mesh(
+    dir: &Path,
+    ttl: Duration,
+    service_accounts: &[&str],
+) -> (RunningControlPlane, Vec<RunningSidecar>) {
+    let cp = control_plane(&dir.join("cp"), ttl).await;
+    let bundle = dir.join("cp/trust-bundle.pem");
+    let mut sidecars = Vec::new();
+    for sa in service_accounts {
+        let files = sidecar_files(&cp, dir, sa).await;
+        let sidecar =
+            palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle.clone(), &files))
+                .await
+                .unwrap();
+        wait_ready(&sidecar).await;
+        sidecars.push(sidecar);
+    }
+    (cp, sidecars)
+}
+
 fn serial(slot: &IdentitySlot) -> String {
     slot.get().unwrap().serial.clone()
 }
@@ -231,22 +252,9 @@ async fn a_sidecar_obtains_its_certificate_and_reports_ready() {
 #[tokio::test]
 async fn renewal_keeps_open_connections_and_new_ones_use_the_new_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(4)).await;
-    let bundle = dir.path().join("cp/trust-bundle.pem");
-    let orders_files = sidecar_files(&cp, dir.path(), "orders").await;
-    let payments_files = sidecar_files(&cp, dir.path(), "payments").await;
-    let orders = palisade_proxy::start(&sidecar_config(
-        cp.sidecar_addr,
-        bundle.clone(),
-        &orders_files,
-    ))
-    .await
-    .unwrap();
-    let payments = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &payments_files))
-        .await
-        .unwrap();
-    wait_ready(&orders).await;
-    wait_ready(&payments).await;
+    let (cp, mut sidecars) =
+        mesh(dir.path(), Duration::from_secs(4), &["orders", "payments"]).await;
+    let (payments, orders) = (sidecars.pop().unwrap(), sidecars.pop().unwrap());
     let payments_id = payments.identity.spiffe_id().unwrap();
 
     let server = echo_server(payments.identity.slot(), payments.identity.bundle()).await;
@@ -306,22 +314,9 @@ async fn renewal_keeps_open_connections_and_new_ones_use_the_new_certificate() {
 #[tokio::test]
 async fn without_the_control_plane_a_sidecar_serves_until_expiry_then_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(4)).await;
-    let bundle = dir.path().join("cp/trust-bundle.pem");
-    let client_files = sidecar_files(&cp, dir.path(), "orders").await;
-    let server_files = sidecar_files(&cp, dir.path(), "payments").await;
-    let client = palisade_proxy::start(&sidecar_config(
-        cp.sidecar_addr,
-        bundle.clone(),
-        &client_files,
-    ))
-    .await
-    .unwrap();
-    let server = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &server_files))
-        .await
-        .unwrap();
-    wait_ready(&client).await;
-    wait_ready(&server).await;
+    let (cp, mut sidecars) =
+        mesh(dir.path(), Duration::from_secs(4), &["orders", "payments"]).await;
+    let (server, client) = (sidecars.pop().unwrap(), sidecars.pop().unwrap());
     cp.shutdown().await;
 
     let server_id = server.identity.spiffe_id().unwrap();
