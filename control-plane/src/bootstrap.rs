@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use palisade_contract::{SpiffeId, TrustDomain};
@@ -193,19 +195,20 @@ struct NamedObject {
 pub struct BootstrapVerifier {
     trust_domain: TrustDomain,
     token_key: Arc<TokenKey>,
-    kubernetes: Option<Arc<KubernetesVerifier>>,
+    /// Replaced whole when the cluster's keys are fetched again.
+    kubernetes: Option<Arc<ArcSwap<KubernetesVerifier>>>,
 }
 
 impl BootstrapVerifier {
     pub fn new(
         trust_domain: TrustDomain,
         token_key: Arc<TokenKey>,
-        kubernetes: Option<KubernetesVerifier>,
+        kubernetes: Option<Arc<ArcSwap<KubernetesVerifier>>>,
     ) -> Self {
         Self {
             trust_domain,
             token_key,
-            kubernetes: kubernetes.map(Arc::new),
+            kubernetes,
         }
     }
 
@@ -226,7 +229,7 @@ impl BootstrapVerifier {
                 source: BootstrapSource::JoinToken { jti: claims.jti },
             });
         }
-        match &self.kubernetes {
+        match self.kubernetes.as_ref().map(|k| k.load()) {
             Some(k8s) if issuer == k8s.issuer() => k8s.verify(token, &self.trust_domain),
             _ => Err(TokenError::UnknownIssuer),
         }

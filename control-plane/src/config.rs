@@ -59,13 +59,37 @@ pub struct Config {
     #[arg(long, env = "PALISADE_CA_CHAIN", requires = "ca_cert")]
     pub ca_chain: Option<PathBuf>,
 
-    /// Kubernetes bootstrap: the ServiceAccount token issuer (the cluster's --service-account-issuer).
-    #[arg(long, env = "PALISADE_K8S_ISSUER", requires = "k8s_jwks")]
+    /// Kubernetes bootstrap: the ServiceAccount token issuer (the cluster's
+    /// --service-account-issuer). Needs --k8s-jwks or --k8s-oidc-discovery.
+    #[arg(long, env = "PALISADE_K8S_ISSUER")]
     pub k8s_issuer: Option<String>,
 
-    /// Kubernetes bootstrap: the issuer's JWKS (a file, e.g. saved from /openid/v1/jwks).
-    #[arg(long, env = "PALISADE_K8S_JWKS", requires = "k8s_issuer")]
+    /// Kubernetes bootstrap: the issuer's JWKS as a file (e.g. saved from /openid/v1/jwks).
+    #[arg(
+        long,
+        env = "PALISADE_K8S_JWKS",
+        requires = "k8s_issuer",
+        conflicts_with = "k8s_oidc_discovery"
+    )]
     pub k8s_jwks: Option<PathBuf>,
+
+    /// Kubernetes bootstrap: fetch the JWKS from <issuer>/.well-known/openid-configuration
+    /// (HTTPS), at start and every 10 minutes.
+    #[arg(long, env = "PALISADE_K8S_OIDC_DISCOVERY", requires = "k8s_issuer")]
+    pub k8s_oidc_discovery: bool,
+
+    /// Kubernetes bootstrap: CA bundle for the discovery HTTPS calls.
+    #[arg(
+        long,
+        env = "PALISADE_K8S_CA_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    pub k8s_ca_file: PathBuf,
+
+    /// Kubernetes bootstrap: bearer token for the discovery calls (e.g. the control plane's own
+    /// ServiceAccount token); none when anonymous discovery is allowed.
+    #[arg(long, env = "PALISADE_K8S_TOKEN_FILE")]
+    pub k8s_token_file: Option<PathBuf>,
 
     /// Kubernetes bootstrap: the audience projected tokens must carry.
     #[arg(long, env = "PALISADE_K8S_AUDIENCE", default_value = "palisade")]
@@ -94,6 +118,9 @@ impl Config {
             ca_chain: None,
             k8s_issuer: None,
             k8s_jwks: None,
+            k8s_oidc_discovery: false,
+            k8s_ca_file: "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into(),
+            k8s_token_file: None,
             k8s_audience: "palisade".into(),
             log_format: LogFormat::Text,
         }
@@ -131,6 +158,22 @@ impl Config {
             problems.push(format!(
                 "--database-url {url:?}: use postgres://... or sqlite://PATH"
             ));
+        }
+        if self.k8s_issuer.is_some() && self.k8s_jwks.is_none() && !self.k8s_oidc_discovery {
+            problems.push("--k8s-issuer needs --k8s-jwks FILE or --k8s-oidc-discovery".into());
+        }
+        if self.k8s_oidc_discovery {
+            if !self.k8s_ca_file.is_file() {
+                problems.push(format!(
+                    "--k8s-ca-file {}: no such file (needed by --k8s-oidc-discovery)",
+                    self.k8s_ca_file.display()
+                ));
+            }
+            if let Some(t) = &self.k8s_token_file
+                && !t.is_file()
+            {
+                problems.push(format!("--k8s-token-file {}: no such file", t.display()));
+            }
         }
         if self.k8s_audience.is_empty() {
             problems.push("--k8s-audience must not be empty".into());

@@ -1,7 +1,8 @@
 //! Palisade's control plane.
 //!
 //! - [`ca`]: the certificate authority and the trust bundle (with root rotation).
-//! - [`tokens`] and [`bootstrap`]: the JWTs it signs and the bootstrap tokens it accepts.
+//! - [`tokens`] and [`bootstrap`]: the JWTs it signs and the bootstrap tokens it accepts;
+//!   [`k8s_discovery`] fetches a cluster's token keys.
 //! - [`issuance`]: who gets which certificate.
 //! - [`join_tokens`]: creating single-use join tokens.
 //! - [`store`]: persistent state (SQLite or PostgreSQL).
@@ -15,6 +16,7 @@ pub mod ca;
 pub mod config;
 pub mod issuance;
 pub mod join_tokens;
+pub mod k8s_discovery;
 pub mod metrics;
 pub mod server;
 pub mod sidecar_api;

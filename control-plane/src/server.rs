@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::get;
 use palisade_contract::identity_api::control_plane_id;
@@ -30,6 +31,7 @@ use crate::ca::{CertificateAuthority, write_file};
 use crate::config::Config;
 use crate::issuance::IdentityService;
 use crate::join_tokens::{JoinToken, JoinTokenError, JoinTokenIssuer};
+use crate::k8s_discovery::{self, Discovery};
 use crate::metrics::CaMetrics;
 use crate::sidecar_api;
 use crate::store::Store;
@@ -91,17 +93,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         None => Store::sqlite(&config.data_dir.join("palisade.db")).await,
     }
     .context("opening the database")?;
-    let kubernetes = match (&config.k8s_issuer, &config.k8s_jwks) {
-        (Some(issuer), Some(jwks)) => {
-            let bytes =
-                std::fs::read(jwks).with_context(|| format!("reading {}", jwks.display()))?;
-            Some(
-                KubernetesVerifier::from_jwks_json(issuer, &config.k8s_audience, &bytes)
-                    .with_context(|| format!("loading {}", jwks.display()))?,
-            )
-        }
-        _ => None,
-    };
+    let (kubernetes, discovery) = kubernetes_verifier(config).await?;
+    let kubernetes = kubernetes.map(|k| Arc::new(ArcSwap::from_pointee(k)));
 
     let registry = Registry::new();
     registry
@@ -112,7 +105,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let metrics = CaMetrics::register(&registry).context("registering metrics")?;
     let service = Arc::new(IdentityService::new(
         ca.clone(),
-        BootstrapVerifier::new(td.clone(), token_key.clone(), kubernetes),
+        BootstrapVerifier::new(td.clone(), token_key.clone(), kubernetes.clone()),
         store.clone(),
         metrics.clone(),
         &td,
@@ -205,6 +198,24 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         }
     });
 
+    if let (Some(current), Some(discovery)) = (kubernetes.clone(), discovery) {
+        let stop_discovery = until_stopped();
+        tasks.spawn(async move {
+            tokio::pin!(stop_discovery);
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(k8s_discovery::REFRESH_INTERVAL) => {}
+                    () = &mut stop_discovery => return,
+                }
+                match discovery.fetch().await {
+                    Ok(verifier) => current.store(Arc::new(verifier)),
+                    Err(e) => tracing::warn!(error = %e,
+                        "refreshing the Kubernetes token keys failed; keeping the previous keys"),
+                }
+            }
+        });
+    }
+
     let refresh_ca = ca.clone();
     let stop_refresh = until_stopped();
     tasks.spawn(async move {
@@ -237,6 +248,35 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         stop,
         tasks,
     })
+}
+
+/// The Kubernetes token verifier, from a JWKS file or by OIDC discovery (then also the
+/// discovery client, to refresh the keys).
+async fn kubernetes_verifier(
+    config: &Config,
+) -> anyhow::Result<(Option<KubernetesVerifier>, Option<Discovery>)> {
+    let Some(issuer) = &config.k8s_issuer else {
+        return Ok((None, None));
+    };
+    if let Some(jwks) = &config.k8s_jwks {
+        let bytes = std::fs::read(jwks).with_context(|| format!("reading {}", jwks.display()))?;
+        let verifier = KubernetesVerifier::from_jwks_json(issuer, &config.k8s_audience, &bytes)
+            .with_context(|| format!("loading {}", jwks.display()))?;
+        return Ok((Some(verifier), None));
+    }
+    let ca = std::fs::read(&config.k8s_ca_file)
+        .with_context(|| format!("reading {}", config.k8s_ca_file.display()))?;
+    let discovery = Discovery::new(
+        issuer,
+        &config.k8s_audience,
+        &ca,
+        config.k8s_token_file.clone(),
+    )?;
+    let verifier = discovery
+        .fetch()
+        .await
+        .context("fetching the Kubernetes token keys by OIDC discovery")?;
+    Ok((Some(verifier), Some(discovery)))
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

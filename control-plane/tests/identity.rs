@@ -17,7 +17,10 @@ use rcgen::{
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::{Value, json};
-use support::{Harness, csr, csr_with, identity_from, sample, td, workload};
+use support::{
+    Harness, K8S_ISSUER, csr, csr_with, identity_from, k8s_claims, k8s_setup, k8s_token, sample,
+    td, workload,
+};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 fn now() -> u64 {
@@ -557,38 +560,6 @@ async fn sidecars_can_verify_the_control_plane_and_nothing_else_passes_for_it() 
     );
 }
 
-fn k8s_setup(dir: &std::path::Path) -> (EncodingKey, std::path::PathBuf) {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let raw = key.public_key_raw();
-    let jwks = json!({"keys": [
-        {"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig",
-         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])},
-        {"kty": "oct", "kid": "sym", "k": URL_SAFE_NO_PAD.encode(b"shared secret")}
-    ]});
-    let path = dir.join("jwks.json");
-    std::fs::write(&path, jwks.to_string()).unwrap();
-    (
-        EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
-        path,
-    )
-}
-
-const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-
-fn k8s_claims(ns: &str, sa: &str) -> Value {
-    let t = now();
-    json!({"aud": ["palisade"], "exp": t + 600, "iat": t, "nbf": t, "iss": K8S_ISSUER,
-           "sub": format!("system:serviceaccount:{ns}:{sa}"),
-           "kubernetes.io": {"namespace": ns, "pod": {"name": format!("{sa}-7d9f"), "uid": "p1"},
-                             "serviceaccount": {"name": sa, "uid": "s1"}}})
-}
-
-fn k8s_token(key: &EncodingKey, kid: &str, claims: &Value) -> String {
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, key).unwrap()
-}
-
 #[tokio::test]
 async fn kubernetes_service_account_tokens_bootstrap_identities() {
     let keydir = tempfile::tempdir().unwrap();
@@ -599,7 +570,7 @@ async fn kubernetes_service_account_tokens_bootstrap_identities() {
     })
     .await;
 
-    let good = k8s_token(&key, "k1", &k8s_claims("shop", "inventory"));
+    let good = k8s_token(&key, "k1", &k8s_claims(K8S_ISSUER, "shop", "inventory"));
     let (status, body) = h.issue(Some(&good), &csr().1).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
@@ -615,12 +586,12 @@ async fn kubernetes_service_account_tokens_bootstrap_identities() {
     hs.kid = Some("sym".into());
     let hmac = jsonwebtoken::encode(
         &hs,
-        &k8s_claims("shop", "inventory"),
+        &k8s_claims(K8S_ISSUER, "shop", "inventory"),
         &EncodingKey::from_secret(b"shared secret"),
     )
     .unwrap();
     let edit = |f: &dyn Fn(&mut Value)| {
-        let mut c = k8s_claims("shop", "inventory");
+        let mut c = k8s_claims(K8S_ISSUER, "shop", "inventory");
         f(&mut c);
         k8s_token(&key, "k1", &c)
     };
@@ -639,12 +610,16 @@ async fn kubernetes_service_account_tokens_bootstrap_identities() {
         ),
         (
             "unknown kid",
-            k8s_token(&key, "k2", &k8s_claims("shop", "inventory")),
+            k8s_token(&key, "k2", &k8s_claims(K8S_ISSUER, "shop", "inventory")),
             "unknown key",
         ),
         (
             "right kid, wrong key",
-            k8s_token(&other_key, "k1", &k8s_claims("shop", "inventory")),
+            k8s_token(
+                &other_key,
+                "k1",
+                &k8s_claims(K8S_ISSUER, "shop", "inventory"),
+            ),
             "signature",
         ),
         ("symmetric JWKS key", hmac, "unknown key"),

@@ -255,3 +255,49 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+pub const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A cluster's token signing key (kid `k1`) and its JWKS, which also lists a symmetric key
+/// (kid `sym`, secret `shared secret`) that must never be used.
+pub fn k8s_keys() -> (jsonwebtoken::EncodingKey, Value) {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = key.public_key_raw();
+    let jwks = serde_json::json!({"keys": [
+        {"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig",
+         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])},
+        {"kty": "oct", "kid": "sym", "k": URL_SAFE_NO_PAD.encode(b"shared secret")}
+    ]});
+    (
+        jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+        jwks,
+    )
+}
+
+/// The key and a JWKS file for it in `dir`.
+pub fn k8s_setup(dir: &std::path::Path) -> (jsonwebtoken::EncodingKey, std::path::PathBuf) {
+    let (key, jwks) = k8s_keys();
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, jwks.to_string()).unwrap();
+    (key, path)
+}
+
+/// Claims of a projected ServiceAccount token as the kubelet requests them.
+pub fn k8s_claims(issuer: &str, ns: &str, sa: &str) -> Value {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    serde_json::json!({"aud": ["palisade"], "exp": t + 600, "iat": t, "nbf": t, "iss": issuer,
+           "sub": format!("system:serviceaccount:{ns}:{sa}"),
+           "kubernetes.io": {"namespace": ns, "pod": {"name": format!("{sa}-7d9f"), "uid": "p1"},
+                             "serviceaccount": {"name": sa, "uid": "s1"}}})
+}
+
+pub fn k8s_token(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
