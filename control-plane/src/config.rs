@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, env = "PALISADE_WORKLOAD_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub workload_ttl: Duration,
 
+    /// Time a client of the sidecar listener has to finish the TLS handshake, and then to send
+    /// each request's headers; slower clients are disconnected.
+    #[arg(long, env = "PALISADE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
     /// Database: postgres://... for several replicas; default sqlite in the data dir.
     #[arg(long, env = "PALISADE_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -111,6 +116,7 @@ impl Config {
             admin_listen: any,
             metrics_listen: any,
             workload_ttl: Duration::from_secs(3600),
+            handshake_timeout: Duration::from_secs(10),
             database_url: None,
             ca_cert: None,
             ca_key: None,
@@ -136,6 +142,11 @@ impl Config {
                 "--workload-ttl {} is out of range (1s to 24h)",
                 humantime::format_duration(self.workload_ttl)
             ));
+        }
+        if self.handshake_timeout < Duration::from_millis(100)
+            || self.handshake_timeout > Duration::from_secs(300)
+        {
+            problems.push("--handshake-timeout is out of range (100ms to 5m)".into());
         }
         for (flag, path) in [
             ("--ca-cert", &self.ca_cert),

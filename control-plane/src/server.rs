@@ -150,6 +150,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         sidecar_listener,
         tls,
         sidecar_api::router(service.clone()),
+        config.handshake_timeout,
         until_stopped(),
     ));
 

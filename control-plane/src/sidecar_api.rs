@@ -33,9 +33,6 @@ use tower::ServiceExt;
 use crate::ca::IssuedCertificate;
 use crate::issuance::{IdentityService, IssueError};
 
-/// How long a client has to finish the TLS handshake, and to send request headers.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The caller as the TLS layer saw it.
 #[derive(Debug, Clone)]
 struct Peer {
@@ -152,11 +149,13 @@ pub(crate) fn error_response(status: StatusCode, error: &str, details: Vec<Strin
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish (for at most 10 s).
+/// requests finish (for at most 10 s). A client gets `handshake_timeout` to complete the TLS
+/// handshake and then to send each request's headers.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     router: Router,
+    handshake_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -165,7 +164,7 @@ pub async fn serve_tls(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
+        .header_read_timeout(handshake_timeout);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
@@ -185,7 +184,7 @@ pub async fn serve_tls(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");

@@ -887,6 +887,48 @@ async fn the_admin_api_needs_a_valid_token_with_the_right_role() {
 }
 
 #[tokio::test]
+async fn slow_and_plaintext_clients_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with(|c| c.handshake_timeout = Duration::from_millis(300)).await;
+    let read_until_closed = |mut tcp: tokio::net::TcpStream| async move {
+        let mut buf = vec![0u8; 1024];
+        let started = std::time::Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+                Ok(Ok(_)) => continue,
+                Err(_) => panic!("the server kept the connection open"),
+            }
+        }
+    };
+    // Connects and never starts the handshake.
+    let idle = tokio::net::TcpStream::connect(h.cp().sidecar_addr)
+        .await
+        .unwrap();
+    let waited = read_until_closed(idle).await;
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
+    // Speaks plaintext HTTP to the TLS port.
+    let mut plain = tokio::net::TcpStream::connect(h.cp().sidecar_addr)
+        .await
+        .unwrap();
+    plain
+        .write_all(b"POST /v1/identity/issue HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until_closed(plain).await;
+    // The listener still serves others.
+    assert_eq!(
+        h.issue(Some(&h.join_token("shop", "orders").await), &csr().1)
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn restart_reuses_the_ca_and_remembers_spent_tokens() {
     let mut h = Harness::start().await;
     let data = h.config.data_dir.clone();

@@ -468,3 +468,31 @@ async fn a_sidecar_refuses_a_control_plane_its_bundle_does_not_trust() {
     cp.shutdown().await;
     impostor.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_sidecar_refuses_to_start_with_an_unusable_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    let files = SidecarFiles {
+        token: dir.path().join("token"),
+        cache: dir.path().join("cache"),
+    };
+    let free: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for (contents, expected) in [
+        ("not a PEM file", "no PEM certificate"),
+        (
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "not valid DER",
+        ),
+    ] {
+        std::fs::write(&bundle, contents).unwrap();
+        let err = palisade_proxy::start(&sidecar_config(free, bundle.clone(), &files))
+            .await
+            .unwrap_err();
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("--ca-bundle") && message.contains(expected),
+            "{message}"
+        );
+    }
+}
