@@ -17,7 +17,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
@@ -49,6 +49,12 @@ struct Root {
     summary: CertSummary,
 }
 
+impl Root {
+    fn valid_at(&self, secs: i64) -> bool {
+        self.summary.not_before <= secs && secs <= self.summary.not_after
+    }
+}
+
 /// Why a trust bundle was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -66,6 +72,8 @@ pub enum BundleError {
 pub struct TrustBundle {
     trust_domain: TrustDomain,
     roots: Vec<Root>,
+    /// The roots as webpki trust anchors, parsed once (same order as `roots`).
+    anchors: Vec<TrustAnchor<'static>>,
 }
 
 impl TrustBundle {
@@ -78,6 +86,7 @@ impl TrustBundle {
         ders: Vec<CertificateDer<'static>>,
     ) -> Result<Self, BundleError> {
         let mut roots = Vec::with_capacity(ders.len());
+        let mut anchors = Vec::with_capacity(ders.len());
         for (index, der) in ders.into_iter().enumerate() {
             let summary = certs::summarize(&der)?;
             if !summary.is_ca {
@@ -86,12 +95,15 @@ impl TrustBundle {
                     subject: summary.subject,
                 });
             }
-            webpki::anchor_from_trusted_cert(&der).map_err(|e| BundleError::BadAnchor {
-                index,
-                error: e.to_string(),
-            })?;
+            let anchor = webpki::anchor_from_trusted_cert(&der)
+                .map_err(|e| BundleError::BadAnchor {
+                    index,
+                    error: e.to_string(),
+                })?
+                .to_owned();
             if !roots.iter().any(|r: &Root| r.der == der) {
                 roots.push(Root { der, summary });
+                anchors.push(anchor);
             }
         }
         if roots.is_empty() {
@@ -100,6 +112,7 @@ impl TrustBundle {
         Ok(Self {
             trust_domain,
             roots,
+            anchors,
         })
     }
 
@@ -137,13 +150,22 @@ impl TrustBundle {
         now: UnixTime,
         usage: KeyUsage,
     ) -> Result<SpiffeId, rustls::Error> {
+        // Usually every root is in date and the parsed anchors are used as they are; only
+        // when some are not is a filtered list built.
         let secs = now.as_secs() as i64;
-        let anchors: Vec<_> = self
-            .roots
-            .iter()
-            .filter(|r| r.summary.not_before <= secs && secs <= r.summary.not_after)
-            .filter_map(|r| webpki::anchor_from_trusted_cert(&r.der).ok())
-            .collect();
+        let filtered: Vec<TrustAnchor<'static>>;
+        let anchors: &[TrustAnchor<'static>] = if self.roots.iter().all(|r| r.valid_at(secs)) {
+            &self.anchors
+        } else {
+            filtered = self
+                .roots
+                .iter()
+                .zip(&self.anchors)
+                .filter(|(r, _)| r.valid_at(secs))
+                .map(|(_, a)| a.clone())
+                .collect();
+            &filtered
+        };
         if anchors.is_empty() {
             return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(VerifyError::NoValidRoot)),
@@ -153,7 +175,7 @@ impl TrustBundle {
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         cert.verify_for_usage(
             SUPPORTED_ALGS.all,
-            &anchors,
+            anchors,
             intermediates,
             now,
             usage,

@@ -38,6 +38,17 @@ use crate::issuance::{IdentityService, IssueError};
 struct Peer {
     addr: SocketAddr,
     spiffe_id: Option<SpiffeId>,
+    /// When the client certificate expires: a keep-alive connection can outlive it, so each
+    /// request checks again.
+    cert_not_after: i64,
+}
+
+impl Peer {
+    fn current_identity(&self) -> Option<&SpiffeId> {
+        self.spiffe_id
+            .as_ref()
+            .filter(|_| crate::ca::unix_now() < self.cert_not_after)
+    }
 }
 
 pub fn router(service: Arc<IdentityService>) -> Router {
@@ -77,7 +88,7 @@ async fn renew(
     };
     let result = service
         .renew(
-            peer.spiffe_id.as_ref(),
+            peer.current_identity(),
             &request.csr,
             &peer.addr.to_string(),
         )
@@ -93,14 +104,15 @@ async fn trust_bundle(State(service): State<Arc<IdentityService>>) -> Response {
         .into_response()
 }
 
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    headers
+    let (scheme, token) = headers
         .get(header::AUTHORIZATION)?
         .to_str()
         .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+        .split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn bad_body(rejection: axum::extract::rejection::JsonRejection) -> Response {
@@ -195,9 +207,14 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            let peer_certs = tls.get_ref().1.peer_certificates();
             let peer = Peer {
                 addr,
-                spiffe_id: peer_spiffe_id(tls.get_ref().1.peer_certificates()),
+                spiffe_id: peer_spiffe_id(peer_certs),
+                cert_not_after: peer_certs
+                    .and_then(|c| c.first())
+                    .and_then(|c| palisade_contract::certs::summarize(c).ok())
+                    .map_or(0, |s| s.not_after),
             };
             let service =
                 router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
@@ -216,5 +233,27 @@ pub async fn serve_tls(
         .is_err()
     {
         tracing::warn!("connections still open after 10 s of draining; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_the_token_required() {
+        assert_eq!(bearer_token(&with_auth("Bearer abc")), Some("abc"));
+        assert_eq!(bearer_token(&with_auth("bearer abc ")), Some("abc"));
+        assert_eq!(bearer_token(&with_auth("BEARER abc")), Some("abc"));
+        assert_eq!(bearer_token(&with_auth("Basic abc")), None);
+        assert_eq!(bearer_token(&with_auth("Bearer ")), None);
+        assert_eq!(bearer_token(&with_auth("Bearerabc")), None);
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
     }
 }

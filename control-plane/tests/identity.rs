@@ -537,6 +537,58 @@ async fn renewal_needs_the_current_certificate_and_keeps_the_identity() {
 }
 
 #[tokio::test]
+async fn renewal_on_a_kept_alive_connection_stops_when_the_certificate_expires() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let h = Harness::start_with(|c| c.workload_ttl = Duration::from_secs(2)).await;
+    let (key, csr1) = csr();
+    let (_, first) = h
+        .issue(Some(&h.join_token("shop", "orders").await), &csr1)
+        .await;
+    let not_after = first["notAfter"].as_i64().unwrap();
+    let identity = identity_from(&first, &key);
+    let config = palisade_contract::tls::client_config(
+        Some(identity),
+        h.bundle(),
+        palisade_contract::tls::ExpectedServer::Exact(control_plane_id(&td())),
+        &[b"http/1.1"],
+    );
+    let tcp = tokio::net::TcpStream::connect(h.cp().sidecar_addr)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(rustls_pki_types::ServerName::try_from("cp").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut renew = async || {
+        let body = json!({"csr": csr().1}).to_string();
+        let req = http::Request::post("/v1/identity/renew")
+            .header(http::header::HOST, "cp")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        resp.into_body().collect().await.unwrap();
+        status
+    };
+    assert_eq!(renew().await, StatusCode::OK);
+    while (now() as i64) < not_after + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        renew().await,
+        StatusCode::UNAUTHORIZED,
+        "same connection, expired certificate"
+    );
+}
+
+#[tokio::test]
 async fn sidecars_can_verify_the_control_plane_and_nothing_else_passes_for_it() {
     let h = Harness::start().await;
     // The support client requires the control plane's SPIFFE ID; expecting another fails.
