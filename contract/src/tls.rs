@@ -544,6 +544,10 @@ impl rustls::client::ResolvesClientCert for IdentitySlot {
 }
 
 /// A TLS server config presenting `identity` and verifying clients against `bundle`.
+///
+/// Session resumption is off: a resumed session carries the peer certificate of the original
+/// handshake, which may since have expired, been renewed, or lost its root in a rotation.
+/// Every connection verifies the peer's current certificate against the current bundle.
 pub fn server_config(
     identity: Arc<IdentitySlot>,
     bundle: SharedBundle,
@@ -555,11 +559,14 @@ pub fn server_config(
         .expect("ring supports the default TLS versions")
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(bundle, auth)))
         .with_cert_resolver(identity);
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config
 }
 
 /// A TLS client config that accepts only `expected` and presents `identity` when it has one.
+/// Session resumption is off, for the reason given at [`server_config`].
 pub fn client_config(
     identity: Option<Arc<IdentitySlot>>,
     bundle: SharedBundle,
@@ -575,6 +582,7 @@ pub fn client_config(
         Some(slot) => builder.with_client_cert_resolver(slot),
         None => builder.with_no_client_auth(),
     };
+    config.resumption = rustls::client::Resumption::disabled();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config
 }

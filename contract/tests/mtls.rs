@@ -463,3 +463,38 @@ fn bundle_refuses_non_ca_certificates_and_garbage() {
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn sessions_are_never_resumed() {
+    // A resumed session would carry the peer certificate of an earlier handshake; every
+    // connection must present and verify the current certificate.
+    let root = ca("root", 365);
+    let bundle = bundle_of(&[&root]);
+    let (addr, mut seen) = echo_server(
+        slot_with(leaf(&root, LeafSpec::for_id(&id("payments")))),
+        bundle.clone(),
+    )
+    .await;
+    let client = slot_with(leaf(&root, LeafSpec::for_id(&id("orders"))));
+    let config = Arc::new(client_config(
+        Some(client),
+        bundle,
+        ExpectedServer::Exact(id("payments")),
+        &[],
+    ));
+    for _ in 0..3 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = TlsConnector::from(config.clone())
+            .connect(server_name_for(&id("payments")), tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.unwrap();
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        assert!(seen.recv().await.unwrap().is_ok());
+    }
+}

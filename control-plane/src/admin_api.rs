@@ -114,9 +114,6 @@ pub struct AdminState {
     pub ca: Arc<CertificateAuthority>,
     pub token_key: Arc<TokenKey>,
     pub join_tokens: JoinTokenIssuer,
-    /// Called after a rotation step changes which root signs, so the control plane's own
-    /// serving certificate follows.
-    pub on_signer_change: Box<dyn Fn() + Send + Sync>,
 }
 
 /// An authenticated caller of the admin API.
@@ -237,10 +234,7 @@ async fn rotate(
     principal.require(Role::Admin)?;
     let status = match step.as_str() {
         "prepare" => state.ca.rotation_prepare(),
-        "activate" => state
-            .ca
-            .rotation_activate()
-            .inspect(|_| (state.on_signer_change)()),
+        "activate" => state.ca.rotation_activate(),
         "finish" => state.ca.rotation_finish(),
         other => {
             return Err(AdminError::NotFound(format!(

@@ -180,6 +180,9 @@ pub struct CertificateAuthority {
     workload_ttl: Duration,
     /// Serializes rotation steps, which read and write several files.
     rotation: std::sync::Mutex<()>,
+    /// Bumped when another root starts signing, so certificates the control plane holds for
+    /// itself are re-issued at once (a watch never loses a change, unlike a bare notify).
+    signer_generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -237,6 +240,7 @@ impl CertificateAuthority {
             bundle: shared_bundle(bundle),
             workload_ttl: config.workload_ttl,
             rotation: std::sync::Mutex::new(()),
+            signer_generation: tokio::sync::watch::Sender::new(0),
         };
         ca.self_check()?;
         ca.write_bundle_file()?;
@@ -257,6 +261,11 @@ impl CertificateAuthority {
 
     pub fn workload_ttl(&self) -> Duration {
         self.workload_ttl
+    }
+
+    /// A receiver that sees a change each time another root starts signing.
+    pub fn watch_signer(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signer_generation.subscribe()
     }
 
     /// Signs a workload certificate for `spiffe_id` over `public_key`, valid for the
@@ -453,6 +462,7 @@ impl CertificateAuthority {
         self.signer.store(Arc::new(next));
         self.reload_bundle(dir)?;
         self.self_check()?;
+        self.signer_generation.send_modify(|g| *g += 1);
         tracing::info!(event = "ca.rotation.activated", "signing with the new root");
         Ok(self.status())
     }

@@ -22,7 +22,7 @@ use prometheus::Registry;
 use rcgen::KeyPair;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin_api::{self, AdminState};
@@ -113,7 +113,6 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
 
     // The control plane's own identity.
     let own_identity = IdentitySlot::new();
-    let signer_changed = Arc::new(Notify::new());
     renew_own_identity(&ca, &own_identity)?;
     let tls = Arc::new(server_config(
         own_identity.clone(),
@@ -159,12 +158,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         key: token_key.clone(),
         store: store.clone(),
     };
-    let notify = signer_changed.clone();
     let admin = admin_api::router(Arc::new(AdminState {
         ca: ca.clone(),
         token_key: token_key.clone(),
         join_tokens: join_tokens.clone(),
-        on_signer_change: Box::new(move || notify.notify_one()),
     }));
     let stop_admin = until_stopped();
     tasks.spawn(async move {
@@ -219,6 +216,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
 
     let refresh_ca = ca.clone();
     let stop_refresh = until_stopped();
+    let mut signer_changes = ca.watch_signer();
     tasks.spawn(async move {
         tokio::pin!(stop_refresh);
         loop {
@@ -228,7 +226,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
                 .unwrap_or(Duration::from_secs(1));
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = signer_changed.notified() => {}
+                _ = signer_changes.changed() => {}
                 () = &mut stop_refresh => return,
             }
             if let Err(e) = renew_own_identity(&refresh_ca, &own_identity) {

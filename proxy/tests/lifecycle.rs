@@ -496,3 +496,86 @@ async fn a_sidecar_refuses_to_start_with_an_unusable_bundle() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_root_rotation_reaches_live_sidecars_without_breaking_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, mut sidecars) =
+        mesh(dir.path(), Duration::from_secs(3), &["orders", "payments"]).await;
+    let (payments, orders) = (sidecars.pop().unwrap(), sidecars.pop().unwrap());
+    let payments_id = payments.identity.spiffe_id().unwrap();
+    let server = echo_server(payments.identity.slot(), payments.identity.bundle()).await;
+    let dial = async || {
+        connect(
+            server,
+            orders.identity.slot(),
+            orders.identity.bundle(),
+            &payments_id,
+        )
+        .await
+    };
+    let mut opened_first = dial().await.unwrap();
+    let old_root = cp.ca.bundle().load().roots().next().unwrap().clone();
+    let roots = |s: &RunningSidecar| s.identity.bundle().load().len();
+
+    cp.ca.rotation_prepare().unwrap();
+    wait_until(
+        "both sidecars trust two roots",
+        Duration::from_secs(10),
+        async || roots(&orders) == 2 && roots(&payments) == 2,
+    )
+    .await;
+
+    cp.ca.rotation_activate().unwrap();
+    let new_root = cp
+        .ca
+        .bundle()
+        .load()
+        .roots()
+        .find(|r| **r != old_root)
+        .unwrap()
+        .clone();
+    let new_only = palisade_contract::tls::TrustBundle::from_ders(
+        "palisade.local".parse().unwrap(),
+        vec![new_root],
+    )
+    .unwrap();
+    let on_new_root = |s: &RunningSidecar| {
+        let id = s.identity.slot().get().unwrap();
+        new_only
+            .verify_workload(
+                &id.chain[0],
+                &id.chain[1..],
+                rustls_pki_types::UnixTime::now(),
+                palisade_contract::tls::KeyUsage::client_auth(),
+            )
+            .is_ok()
+    };
+    wait_until(
+        "both sidecars hold new-root certificates",
+        Duration::from_secs(10),
+        async || on_new_root(&orders) && on_new_root(&payments),
+    )
+    .await;
+    dial().await.expect("mTLS during the overlap");
+
+    cp.ca.rotation_finish().unwrap();
+    wait_until(
+        "both sidecars dropped the old root",
+        Duration::from_secs(10),
+        async || roots(&orders) == 1 && roots(&payments) == 1,
+    )
+    .await;
+    dial().await.expect("mTLS after the rotation");
+    echo(&mut opened_first, b"survived")
+        .await
+        .expect("a connection from before the rotation");
+    let (_, metrics) = admin_get(&orders, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "palisade_identity_trust_bundle_roots"),
+        1.0
+    );
+    orders.shutdown().await;
+    payments.shutdown().await;
+    cp.shutdown().await;
+}
