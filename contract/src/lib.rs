@@ -4,12 +4,14 @@
 //! - [`certs`]: reading certificates and PEM bundles, and what makes a valid workload leaf.
 //! - [`tls`]: mTLS by SPIFFE ID (verifiers, trust bundles, live certificate swaps).
 //! - [`identity_api`]: the certificate issuance and renewal protocol.
+//! - [`path`]: request path normalization (policies match the path that is forwarded).
 //! - [`private_files`]: writing keys and tokens to disk safely.
 //! - [`process`]: configuration errors and shutdown signals, the same for both binaries.
 //! - [`telemetry`]: log and metrics conventions shared by both binaries.
 
 pub mod certs;
 pub mod identity_api;
+pub mod path;
 pub mod private_files;
 pub mod process;
 pub mod spiffe;
