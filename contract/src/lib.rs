@@ -5,6 +5,7 @@
 //! - [`tls`]: mTLS by SPIFFE ID (verifiers, trust bundles, live certificate swaps).
 //! - [`identity_api`]: the certificate issuance and renewal protocol.
 //! - [`path`]: request path normalization (policies match the path that is forwarded).
+//! - [`policy`]: the authorization policy model and its evaluator.
 //! - [`private_files`]: writing keys and tokens to disk safely.
 //! - [`process`]: configuration errors and shutdown signals, the same for both binaries.
 //! - [`telemetry`]: log and metrics conventions shared by both binaries.
@@ -12,6 +13,7 @@
 pub mod certs;
 pub mod identity_api;
 pub mod path;
+pub mod policy;
 pub mod private_files;
 pub mod process;
 pub mod spiffe;
