@@ -392,7 +392,7 @@ impl Walk<'_> {
         else {
             return (None, None);
         };
-        let mut field = |walk: &mut Self, key: &str, check: fn(&str) -> bool, rule: &str| {
+        let field = |walk: &mut Self, key: &str, check: fn(&str) -> bool, rule: &str| {
             let loc = join(loc, key);
             match meta.get(key) {
                 None => {
