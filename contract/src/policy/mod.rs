@@ -2,7 +2,12 @@
 //! plane (which stores, validates and simulates it) use, so they can never disagree.
 //!
 //! - [`document`]: parsing and validating `AuthorizationPolicy` documents.
+//! - [`evaluate`]: the compiled, indexed policy set and its decisions.
 
 pub mod document;
+pub mod evaluate;
 
 pub use document::{Action, AuthorizationPolicy, Problem, Problems, parse_documents};
+pub use evaluate::{
+    Basis, Decision, DefaultMode, PolicyRef, PolicySet, Request, Verdict, Workload,
+};

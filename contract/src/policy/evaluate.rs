@@ -1,0 +1,964 @@
+//! Evaluating authorization policies for one request.
+//!
+//! Semantics (Istio's, with Palisade's default deny):
+//! 1. A matching enforced **DENY** policy denies; DENY beats ALLOW.
+//! 2. Otherwise a matching enforced **ALLOW** policy allows.
+//! 3. Otherwise the request is denied, including when no policy selects the workload; the
+//!    mesh-wide [`DefaultMode`] may relax only that last case (no policy at all) to allow or
+//!    audit, for migrations.
+//! - **AUDIT** policies never change the decision; a match is recorded.
+//! - **dry-run** policies are evaluated and recorded as what they would do, never enforced.
+//!
+//! A policy applies to its namespace's workloads (`selector.service` narrows it to one
+//! service); policies in [`MESH_NAMESPACE`] apply to workloads of every namespace. The set
+//! is indexed by workload when compiled, so a request looks only at the policies that can
+//! select it, however many others the mesh holds; string matchers are compiled once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::document::{
+    Action, AuthorizationPolicy, Condition, ConditionKey, Operation, Rule, Source,
+};
+use crate::spiffe::SpiffeId;
+
+/// Policies in this namespace apply mesh-wide (as Istio's root namespace).
+pub const MESH_NAMESPACE: &str = "palisade-system";
+
+/// What happens to a request for a workload that no policy selects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultMode {
+    #[default]
+    Deny,
+    Allow,
+    /// Allowed, and recorded as one that default deny would have refused.
+    Audit,
+}
+
+/// A compiled string pattern: exact, `prefix*`, `*suffix` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Any,
+}
+
+impl StringMatch {
+    fn compile(pattern: &str) -> Self {
+        if pattern == "*" {
+            StringMatch::Any
+        } else if let Some(p) = pattern.strip_suffix('*') {
+            StringMatch::Prefix(p.to_owned())
+        } else if let Some(s) = pattern.strip_prefix('*') {
+            StringMatch::Suffix(s.to_owned())
+        } else {
+            StringMatch::Exact(pattern.to_owned())
+        }
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            StringMatch::Exact(e) => s == e,
+            StringMatch::Prefix(p) => s.starts_with(p.as_str()),
+            StringMatch::Suffix(x) => s.ends_with(x.as_str()),
+            StringMatch::Any => true,
+        }
+    }
+}
+
+fn compile_all(patterns: &[String]) -> Vec<StringMatch> {
+    patterns.iter().map(|p| StringMatch::compile(p)).collect()
+}
+
+fn any_matches(matchers: &[StringMatch], s: &str) -> bool {
+    matchers.iter().any(|m| m.matches(s))
+}
+
+/// `list` is a positive field: empty means "not constrained", else the value must match.
+fn positive(list: &[StringMatch], value: Option<&str>) -> bool {
+    list.is_empty() || value.is_some_and(|v| any_matches(list, v))
+}
+
+/// `list` is a negative field: empty means "not constrained", else the value must not match
+/// (an absent value matches nothing, so it passes).
+fn negative(list: &[StringMatch], value: Option<&str>) -> bool {
+    list.is_empty() || !value.is_some_and(|v| any_matches(list, v))
+}
+
+#[derive(Debug)]
+struct CompiledSource {
+    principals: Vec<StringMatch>,
+    not_principals: Vec<StringMatch>,
+    namespaces: Vec<StringMatch>,
+    not_namespaces: Vec<StringMatch>,
+    request_principals: Vec<StringMatch>,
+    not_request_principals: Vec<StringMatch>,
+}
+
+impl CompiledSource {
+    fn new(s: &Source) -> Self {
+        Self {
+            principals: compile_all(&s.principals),
+            not_principals: compile_all(&s.not_principals),
+            namespaces: compile_all(&s.namespaces),
+            not_namespaces: compile_all(&s.not_namespaces),
+            request_principals: compile_all(&s.request_principals),
+            not_request_principals: compile_all(&s.not_request_principals),
+        }
+    }
+
+    fn matches(&self, req: &Request<'_>) -> bool {
+        let principal = req.source.map(SpiffeId::as_str);
+        let namespace = req.source.and_then(SpiffeId::namespace);
+        positive(&self.principals, principal)
+            && negative(&self.not_principals, principal)
+            && positive(&self.namespaces, namespace)
+            && negative(&self.not_namespaces, namespace)
+            && positive(&self.request_principals, req.request_principal)
+            && negative(&self.not_request_principals, req.request_principal)
+    }
+}
+
+#[derive(Debug)]
+struct CompiledOperation {
+    methods: Vec<StringMatch>,
+    not_methods: Vec<StringMatch>,
+    paths: Vec<StringMatch>,
+    not_paths: Vec<StringMatch>,
+    ports: Vec<u16>,
+    not_ports: Vec<u16>,
+}
+
+impl CompiledOperation {
+    fn new(o: &Operation) -> Self {
+        Self {
+            methods: compile_all(&o.methods),
+            not_methods: compile_all(&o.not_methods),
+            paths: compile_all(&o.paths),
+            not_paths: compile_all(&o.not_paths),
+            ports: o.ports.clone(),
+            not_ports: o.not_ports.clone(),
+        }
+    }
+
+    fn matches(&self, req: &Request<'_>) -> bool {
+        positive(&self.methods, Some(req.method))
+            && negative(&self.not_methods, Some(req.method))
+            && positive(&self.paths, Some(req.path))
+            && negative(&self.not_paths, Some(req.path))
+            && (self.ports.is_empty() || self.ports.contains(&req.port))
+            && !self.not_ports.contains(&req.port)
+    }
+}
+
+#[derive(Debug)]
+struct CompiledCondition {
+    key: ConditionKey,
+    values: Vec<StringMatch>,
+    not_values: Vec<StringMatch>,
+}
+
+impl CompiledCondition {
+    fn new(c: &Condition) -> Self {
+        Self {
+            key: c.key.clone(),
+            values: compile_all(&c.values),
+            not_values: compile_all(&c.not_values),
+        }
+    }
+
+    /// `unreadable_matches`: what a header value that is not valid UTF-8 counts as. For a
+    /// DENY it counts as a match (an attacker must not dodge a DENY with bad bytes); for an
+    /// ALLOW it counts as no match.
+    fn matches(&self, req: &Request<'_>, unreadable_matches: bool) -> bool {
+        let check = |values: &mut dyn Iterator<Item = &str>| -> bool {
+            let mut any = false;
+            let mut excluded = false;
+            for v in values {
+                any |= any_matches(&self.values, v);
+                excluded |= any_matches(&self.not_values, v);
+            }
+            (self.values.is_empty() || any) && !excluded
+        };
+        match &self.key {
+            ConditionKey::RequestHeader(name) => {
+                let values = req.headers.get_all(name.as_str());
+                if values.iter().any(|v| v.to_str().is_err()) {
+                    return unreadable_matches;
+                }
+                check(&mut values.iter().filter_map(|v| v.to_str().ok()))
+            }
+            ConditionKey::Claim(path) => {
+                let mut node = req.claims;
+                for segment in path {
+                    node = node.and_then(|n| n.get(segment));
+                }
+                let scalars: Vec<String> = match node {
+                    Some(Value::Array(items)) => items.iter().filter_map(scalar).collect(),
+                    Some(v) => scalar(v).into_iter().collect(),
+                    None => Vec::new(),
+                };
+                check(&mut scalars.iter().map(String::as_str))
+            }
+            ConditionKey::RequestPrincipal => check(&mut req.request_principal.into_iter()),
+            ConditionKey::SourcePrincipal => {
+                check(&mut req.source.map(SpiffeId::as_str).into_iter())
+            }
+            ConditionKey::SourceNamespace => {
+                check(&mut req.source.and_then(SpiffeId::namespace).into_iter())
+            }
+            ConditionKey::DestinationPort => {
+                let port = req.port.to_string();
+                check(&mut std::iter::once(port.as_str()))
+            }
+        }
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    from: Vec<CompiledSource>,
+    to: Vec<CompiledOperation>,
+    when: Vec<CompiledCondition>,
+}
+
+impl CompiledRule {
+    fn new(r: &Rule) -> Self {
+        Self {
+            from: r.from.iter().map(CompiledSource::new).collect(),
+            to: r.to.iter().map(CompiledOperation::new).collect(),
+            when: r.when.iter().map(CompiledCondition::new).collect(),
+        }
+    }
+
+    fn matches(&self, req: &Request<'_>, unreadable_matches: bool) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(req)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
+            && self.when.iter().all(|c| c.matches(req, unreadable_matches))
+    }
+}
+
+/// Which policy (and rule) a decision rests on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug)]
+struct CompiledPolicy {
+    id: Arc<PolicyRef>,
+    action: Action,
+    dry_run: bool,
+    rules: Vec<CompiledRule>,
+}
+
+impl CompiledPolicy {
+    /// The index of the first matching rule.
+    fn matching_rule(&self, req: &Request<'_>) -> Option<usize> {
+        let unreadable_matches = self.action != Action::Allow;
+        self.rules
+            .iter()
+            .position(|r| r.matches(req, unreadable_matches))
+    }
+}
+
+/// The attributes of one HTTP request that policies look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The caller's SPIFFE ID from its mTLS certificate.
+    pub source: Option<&'a SpiffeId>,
+    /// `iss/sub` of a verified end-user JWT.
+    pub request_principal: Option<&'a str>,
+    /// The claims of that JWT.
+    pub claims: Option<&'a Value>,
+    /// Upper-case method.
+    pub method: &'a str,
+    /// The normalized path ([`crate::path::normalize`]).
+    pub path: &'a str,
+    /// The destination port the request arrived for.
+    pub port: u16,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// The destination workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload<'a> {
+    pub namespace: &'a str,
+    pub service: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// Why the verdict is what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Basis {
+    /// A DENY or ALLOW policy's rule matched.
+    Policy { policy: Arc<PolicyRef>, rule: usize },
+    /// ALLOW policies select the workload, but none matched.
+    NoAllowMatched,
+    /// No enforced policy selects the workload; the mesh default decided.
+    NoPolicy { mode: DefaultMode },
+}
+
+/// What a dry-run policy would have done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRun {
+    pub policy: Arc<PolicyRef>,
+    pub action: Action,
+    /// The rule that matched, if one did.
+    pub rule: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub basis: Basis,
+    /// The first AUDIT policy that matched, with its rule.
+    pub audit: Option<(Arc<PolicyRef>, usize)>,
+    pub dry_run: Vec<DryRun>,
+    pub policy_version: u64,
+}
+
+impl Decision {
+    /// The audit-log label: `allow`, `deny`, `audit` (allowed, and an AUDIT policy or the
+    /// audit default mode flagged it), `dry-run-deny` (allowed, but a dry-run DENY matched).
+    pub fn label(&self) -> &'static str {
+        match self.verdict {
+            Verdict::Deny => "deny",
+            Verdict::Allow
+                if self.audit.is_some()
+                    || self.basis
+                        == (Basis::NoPolicy {
+                            mode: DefaultMode::Audit,
+                        }) =>
+            {
+                "audit"
+            }
+            Verdict::Allow
+                if self
+                    .dry_run
+                    .iter()
+                    .any(|d| d.action == Action::Deny && d.rule.is_some()) =>
+            {
+                "dry-run-deny"
+            }
+            Verdict::Allow => "allow",
+        }
+    }
+}
+
+type Policies = Vec<Arc<CompiledPolicy>>;
+
+/// Every policy of the mesh, compiled and indexed, at one version.
+#[derive(Debug, Default)]
+pub struct PolicySet {
+    version: u64,
+    default_mode: DefaultMode,
+    /// namespace -> service -> policies with that selector (nested, so a lookup borrows
+    /// the request's strings instead of building a key).
+    by_service: HashMap<String, HashMap<String, Policies>>,
+    /// namespace -> policies without a selector.
+    by_namespace: HashMap<String, Policies>,
+    /// Mesh-wide policies with a selector, by service name.
+    mesh_by_service: HashMap<String, Policies>,
+    /// Mesh-wide policies without a selector.
+    mesh_wide: Policies,
+    len: usize,
+}
+
+impl PolicySet {
+    pub fn new(policies: &[AuthorizationPolicy], version: u64, default_mode: DefaultMode) -> Self {
+        let mut set = PolicySet {
+            version,
+            default_mode,
+            len: policies.len(),
+            ..PolicySet::default()
+        };
+        for p in policies {
+            let compiled = Arc::new(CompiledPolicy {
+                id: Arc::new(PolicyRef {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                }),
+                action: p.action,
+                dry_run: p.dry_run,
+                rules: p.rules.iter().map(CompiledRule::new).collect(),
+            });
+            let mesh = p.namespace == MESH_NAMESPACE;
+            match (&p.service, mesh) {
+                (Some(svc), false) => set
+                    .by_service
+                    .entry(p.namespace.clone())
+                    .or_default()
+                    .entry(svc.clone())
+                    .or_default()
+                    .push(compiled),
+                (None, false) => set
+                    .by_namespace
+                    .entry(p.namespace.clone())
+                    .or_default()
+                    .push(compiled),
+                (Some(svc), true) => set
+                    .mesh_by_service
+                    .entry(svc.clone())
+                    .or_default()
+                    .push(compiled),
+                (None, true) => set.mesh_wide.push(compiled),
+            }
+        }
+        set
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The policies that select `workload` (and only those).
+    fn candidates<'s>(&'s self, w: &Workload<'_>) -> impl Iterator<Item = &'s CompiledPolicy> {
+        let lists: [Option<&'s Policies>; 4] = [
+            self.by_service
+                .get(w.namespace)
+                .and_then(|m| m.get(w.service)),
+            self.by_namespace.get(w.namespace),
+            self.mesh_by_service.get(w.service),
+            Some(&self.mesh_wide),
+        ];
+        lists.into_iter().flatten().flatten().map(|p| p.as_ref())
+    }
+
+    /// How many policies a request for `workload` looks at.
+    pub fn candidate_count(&self, workload: &Workload<'_>) -> usize {
+        self.candidates(workload).count()
+    }
+
+    pub fn evaluate(&self, workload: &Workload<'_>, req: &Request<'_>) -> Decision {
+        let mut deny = None;
+        let mut allow = None;
+        let mut any_allow_policy = false;
+        let mut audit = None;
+        let mut dry_run = Vec::new();
+        for policy in self.candidates(workload) {
+            if policy.dry_run {
+                dry_run.push(DryRun {
+                    policy: policy.id.clone(),
+                    action: policy.action,
+                    rule: policy.matching_rule(req),
+                });
+                continue;
+            }
+            match policy.action {
+                Action::Deny if deny.is_none() => {
+                    if let Some(rule) = policy.matching_rule(req) {
+                        deny = Some((policy.id.clone(), rule));
+                    }
+                }
+                Action::Allow => {
+                    any_allow_policy = true;
+                    if allow.is_none()
+                        && let Some(rule) = policy.matching_rule(req)
+                    {
+                        allow = Some((policy.id.clone(), rule));
+                    }
+                }
+                Action::Audit if audit.is_none() => {
+                    audit = policy
+                        .matching_rule(req)
+                        .map(|rule| (policy.id.clone(), rule));
+                }
+                _ => {}
+            }
+        }
+        let (verdict, basis) = match (deny, allow) {
+            (Some((policy, rule)), _) => (Verdict::Deny, Basis::Policy { policy, rule }),
+            (None, Some((policy, rule))) => (Verdict::Allow, Basis::Policy { policy, rule }),
+            (None, None) if any_allow_policy => (Verdict::Deny, Basis::NoAllowMatched),
+            (None, None) => {
+                let verdict = match self.default_mode {
+                    DefaultMode::Deny => Verdict::Deny,
+                    DefaultMode::Allow | DefaultMode::Audit => Verdict::Allow,
+                };
+                (
+                    verdict,
+                    Basis::NoPolicy {
+                        mode: self.default_mode,
+                    },
+                )
+            }
+        };
+        Decision {
+            verdict,
+            basis,
+            audit,
+            dry_run,
+            policy_version: self.version,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_documents;
+    use http::HeaderMap;
+
+    fn set(yaml: &str, mode: DefaultMode) -> PolicySet {
+        PolicySet::new(&parse_documents(yaml).unwrap(), 7, mode)
+    }
+
+    fn policy(name: &str, ns: &str, selector: &str, action: &str, rules: &str) -> String {
+        format!(
+            "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: {name}, namespace: {ns} }}\n\
+             spec:\n{selector}  action: {action}\n  rules: {rules}\n---\n"
+        )
+    }
+
+    const PAYMENTS: Workload<'static> = Workload {
+        namespace: "shop",
+        service: "payments",
+    };
+
+    struct Call {
+        source: Option<SpiffeId>,
+        method: &'static str,
+        path: &'static str,
+        port: u16,
+        headers: HeaderMap,
+        principal: Option<&'static str>,
+        claims: Option<Value>,
+    }
+
+    fn call(sa: &str, method: &'static str, path: &'static str) -> Call {
+        Call {
+            source: Some(
+                SpiffeId::parse(&format!("spiffe://palisade.local/ns/shop/sa/{sa}")).unwrap(),
+            ),
+            method,
+            path,
+            port: 8080,
+            headers: HeaderMap::new(),
+            principal: None,
+            claims: None,
+        }
+    }
+
+    impl Call {
+        fn header(mut self, name: &'static str, value: &[u8]) -> Self {
+            self.headers
+                .append(name, http::HeaderValue::from_bytes(value).unwrap());
+            self
+        }
+
+        fn eval(&self, set: &PolicySet, w: &Workload<'_>) -> Decision {
+            set.evaluate(
+                w,
+                &Request {
+                    source: self.source.as_ref(),
+                    request_principal: self.principal,
+                    claims: self.claims.as_ref(),
+                    method: self.method,
+                    path: self.path,
+                    port: self.port,
+                    headers: &self.headers,
+                },
+            )
+        }
+    }
+
+    const SELECT_PAYMENTS: &str = "  selector: { service: payments }\n";
+    const ORDERS_MAY_CHARGE: &str = r#"[ { from: [ { principals: ["spiffe://palisade.local/ns/shop/sa/orders"] } ], to: [ { methods: ["POST"], paths: ["/charge", "/refunds/*"] } ] } ]"#;
+
+    fn basis_policy(d: &Decision) -> Option<(String, usize)> {
+        match &d.basis {
+            Basis::Policy { policy, rule } => Some((policy.to_string(), *rule)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn allow_matches_and_everything_else_is_denied() {
+        let s = set(
+            &policy(
+                "charge",
+                "shop",
+                SELECT_PAYMENTS,
+                "ALLOW",
+                ORDERS_MAY_CHARGE,
+            ),
+            DefaultMode::Deny,
+        );
+        let d = call("orders", "POST", "/charge").eval(&s, &PAYMENTS);
+        assert_eq!((d.verdict, d.label()), (Verdict::Allow, "allow"));
+        assert_eq!(basis_policy(&d), Some(("shop/charge".into(), 0)));
+        assert_eq!(d.policy_version, 7);
+        assert_eq!(
+            call("orders", "POST", "/refunds/42")
+                .eval(&s, &PAYMENTS)
+                .verdict,
+            Verdict::Allow
+        );
+        for (sa, method, path) in [
+            ("orders", "GET", "/charge"),
+            ("orders", "POST", "/charge/x"),
+            ("orders", "POST", "/refunds"),
+            ("rogue", "POST", "/charge"),
+        ] {
+            let d = call(sa, method, path).eval(&s, &PAYMENTS);
+            assert_eq!(
+                (d.verdict, &d.basis),
+                (Verdict::Deny, &Basis::NoAllowMatched),
+                "{sa} {method} {path}"
+            );
+        }
+        // The policy selects payments only.
+        let other = Workload {
+            namespace: "shop",
+            service: "inventory",
+        };
+        let d = call("orders", "POST", "/charge").eval(&s, &other);
+        assert_eq!(
+            d.basis,
+            Basis::NoPolicy {
+                mode: DefaultMode::Deny
+            }
+        );
+        assert_eq!(d.verdict, Verdict::Deny);
+    }
+
+    #[test]
+    fn deny_beats_allow() {
+        let yaml = policy(
+            "charge",
+            "shop",
+            SELECT_PAYMENTS,
+            "ALLOW",
+            ORDERS_MAY_CHARGE,
+        ) + &policy(
+            "no-refunds",
+            "shop",
+            "",
+            "DENY",
+            r#"[ { to: [ { paths: ["/refunds/*"] } ] } ]"#,
+        );
+        let s = set(&yaml, DefaultMode::Deny);
+        let d = call("orders", "POST", "/refunds/1").eval(&s, &PAYMENTS);
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(basis_policy(&d), Some(("shop/no-refunds".into(), 0)));
+        assert_eq!(
+            call("orders", "POST", "/charge")
+                .eval(&s, &PAYMENTS)
+                .verdict,
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn default_mode_only_relaxes_workloads_without_allow_policies() {
+        let yaml = policy(
+            "charge",
+            "shop",
+            SELECT_PAYMENTS,
+            "ALLOW",
+            ORDERS_MAY_CHARGE,
+        );
+        for (mode, verdict, label) in [
+            (DefaultMode::Deny, Verdict::Deny, "deny"),
+            (DefaultMode::Allow, Verdict::Allow, "allow"),
+            (DefaultMode::Audit, Verdict::Allow, "audit"),
+        ] {
+            let s = set(&yaml, mode);
+            let inventory = Workload {
+                namespace: "shop",
+                service: "inventory",
+            };
+            let d = call("orders", "GET", "/").eval(&s, &inventory);
+            assert_eq!((d.verdict, d.label()), (verdict, label), "{mode:?}");
+            // Payments has an ALLOW policy: strict whatever the mode.
+            assert_eq!(
+                call("orders", "GET", "/").eval(&s, &PAYMENTS).verdict,
+                Verdict::Deny,
+                "{mode:?}"
+            );
+        }
+        let empty = PolicySet::new(&[], 1, DefaultMode::Deny);
+        assert_eq!(
+            call("orders", "GET", "/").eval(&empty, &PAYMENTS).verdict,
+            Verdict::Deny
+        );
+    }
+
+    #[test]
+    fn dry_run_is_recorded_never_enforced() {
+        let yaml = policy(
+            "charge",
+            "shop",
+            SELECT_PAYMENTS,
+            "ALLOW",
+            ORDERS_MAY_CHARGE,
+        ) + &policy(
+            "maybe-deny",
+            "shop",
+            "",
+            "DENY",
+            r#"[ { to: [ { methods: ["POST"] } ] } ]"#,
+        )
+        .replace("  action: DENY", "  action: DENY\n  dryRun: true");
+        let s = set(&yaml, DefaultMode::Deny);
+        let d = call("orders", "POST", "/charge").eval(&s, &PAYMENTS);
+        assert_eq!((d.verdict, d.label()), (Verdict::Allow, "dry-run-deny"));
+        assert_eq!(d.dry_run.len(), 1);
+        assert_eq!(
+            (d.dry_run[0].policy.name.as_str(), d.dry_run[0].rule),
+            ("maybe-deny", Some(0))
+        );
+        let d = call("orders", "GET", "/charge").eval(&s, &PAYMENTS);
+        assert_eq!(d.dry_run[0].rule, None, "dry-run DENY did not match a GET");
+    }
+
+    #[test]
+    fn audit_policies_are_recorded_and_change_nothing() {
+        let yaml = policy(
+            "charge",
+            "shop",
+            SELECT_PAYMENTS,
+            "ALLOW",
+            ORDERS_MAY_CHARGE,
+        ) + &policy(
+            "watch",
+            "shop",
+            "",
+            "AUDIT",
+            r#"[ { to: [ { paths: ["/refunds/*"] } ] } ]"#,
+        );
+        let s = set(&yaml, DefaultMode::Deny);
+        let d = call("orders", "POST", "/refunds/1").eval(&s, &PAYMENTS);
+        assert_eq!((d.verdict, d.label()), (Verdict::Allow, "audit"));
+        assert_eq!(
+            d.audit.as_ref().map(|(p, r)| (p.name.as_str(), *r)),
+            Some(("watch", 0))
+        );
+        let d = call("rogue", "POST", "/refunds/1").eval(&s, &PAYMENTS);
+        assert_eq!(d.verdict, Verdict::Deny, "AUDIT does not allow");
+    }
+
+    #[test]
+    fn rule_shapes_follow_istio() {
+        // rules: [{}] matches everything; a policy without rules matches nothing.
+        let s = set(
+            &policy("all", "shop", SELECT_PAYMENTS, "ALLOW", "[ {} ]"),
+            DefaultMode::Deny,
+        );
+        assert_eq!(
+            call("anyone", "DELETE", "/x").eval(&s, &PAYMENTS).verdict,
+            Verdict::Allow
+        );
+        let s = set(
+            &policy("none", "shop", SELECT_PAYMENTS, "ALLOW", "[]"),
+            DefaultMode::Deny,
+        );
+        assert_eq!(
+            call("anyone", "GET", "/").eval(&s, &PAYMENTS).basis,
+            Basis::NoAllowMatched
+        );
+        // Patterns, negations, namespaces, ports.
+        let rules = r#"[ { from: [ { principals: ["*/sa/orders"], notNamespaces: ["staging"] } ],
+                           to: [ { paths: ["/api/*", "*.json"], notPaths: ["/api/admin*"], ports: [8080] } ] } ]"#;
+        let s = set(
+            &policy("p", "shop", SELECT_PAYMENTS, "ALLOW", rules),
+            DefaultMode::Deny,
+        );
+        assert_eq!(
+            call("orders", "GET", "/api/v1").eval(&s, &PAYMENTS).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            call("orders", "GET", "/x/data.json")
+                .eval(&s, &PAYMENTS)
+                .verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            call("orders", "GET", "/api/admin/users")
+                .eval(&s, &PAYMENTS)
+                .verdict,
+            Verdict::Deny
+        );
+        assert_eq!(
+            call("payments", "GET", "/api/v1")
+                .eval(&s, &PAYMENTS)
+                .verdict,
+            Verdict::Deny
+        );
+        let mut other_port = call("orders", "GET", "/api/v1");
+        other_port.port = 9090;
+        assert_eq!(other_port.eval(&s, &PAYMENTS).verdict, Verdict::Deny);
+        let mut staging = call("orders", "GET", "/api/v1");
+        staging.source =
+            Some(SpiffeId::parse("spiffe://palisade.local/ns/staging/sa/orders").unwrap());
+        assert_eq!(staging.eval(&s, &PAYMENTS).verdict, Verdict::Deny);
+        let mut anonymous = call("orders", "GET", "/api/v1");
+        anonymous.source = None;
+        assert_eq!(anonymous.eval(&s, &PAYMENTS).verdict, Verdict::Deny);
+    }
+
+    #[test]
+    fn headers_every_value_counts_and_unreadable_values_fail_closed() {
+        let allow = r#"[ { when: [ { key: "request.headers[x-tenant]", values: ["acme"] } ] } ]"#;
+        let deny = r#"[ { when: [ { key: "request.headers[x-debug]", values: ["on"] } ] } ]"#;
+        let yaml = policy("tenant", "shop", SELECT_PAYMENTS, "ALLOW", allow)
+            + &policy("no-debug", "shop", "", "DENY", deny);
+        let s = set(&yaml, DefaultMode::Deny);
+        let ok = call("orders", "GET", "/")
+            .header("x-tenant", b"other")
+            .header("x-tenant", b"acme");
+        assert_eq!(
+            ok.eval(&s, &PAYMENTS).verdict,
+            Verdict::Allow,
+            "any value of a repeated header"
+        );
+        let hidden = call("orders", "GET", "/")
+            .header("x-tenant", b"acme")
+            .header("x-debug", b"off")
+            .header("x-debug", b"on");
+        assert_eq!(
+            hidden.eval(&s, &PAYMENTS).verdict,
+            Verdict::Deny,
+            "a DENY sees every value"
+        );
+        let unreadable_deny = call("orders", "GET", "/")
+            .header("x-tenant", b"acme")
+            .header("x-debug", b"\xff\xfe");
+        assert_eq!(
+            unreadable_deny.eval(&s, &PAYMENTS).verdict,
+            Verdict::Deny,
+            "bad bytes cannot dodge a DENY"
+        );
+        let unreadable_allow = call("orders", "GET", "/").header("x-tenant", b"ac\xffme");
+        assert_eq!(
+            unreadable_allow.eval(&s, &PAYMENTS).verdict,
+            Verdict::Deny,
+            "nor satisfy an ALLOW"
+        );
+        let missing = call("orders", "GET", "/");
+        assert_eq!(missing.eval(&s, &PAYMENTS).verdict, Verdict::Deny);
+    }
+
+    #[test]
+    fn end_user_claims_and_principals() {
+        let rules = r#"[ { from: [ { requestPrincipals: ["https://idp.example/*"] } ],
+            when: [ { key: "request.auth.claims[realm][roles]", values: ["admin"] },
+                    { key: "request.auth.claims[level]", notValues: ["0"] } ] } ]"#;
+        let s = set(
+            &policy("admins", "shop", SELECT_PAYMENTS, "ALLOW", rules),
+            DefaultMode::Deny,
+        );
+        let mut c = call("orders", "GET", "/");
+        c.principal = Some("https://idp.example/alice");
+        c.claims = Some(serde_json::json!({"realm": {"roles": ["user", "admin"]}, "level": 3}));
+        assert_eq!(c.eval(&s, &PAYMENTS).verdict, Verdict::Allow);
+        c.claims = Some(serde_json::json!({"realm": {"roles": ["user", "admin"]}, "level": 0}));
+        assert_eq!(
+            c.eval(&s, &PAYMENTS).verdict,
+            Verdict::Deny,
+            "notValues excludes level 0"
+        );
+        c.claims = Some(serde_json::json!({"realm": {"roles": "user"}, "level": 3}));
+        assert_eq!(c.eval(&s, &PAYMENTS).verdict, Verdict::Deny);
+        c.claims = None;
+        c.principal = None;
+        assert_eq!(c.eval(&s, &PAYMENTS).verdict, Verdict::Deny);
+    }
+
+    #[test]
+    fn mesh_wide_policies_apply_in_every_namespace() {
+        let yaml = policy(
+            "no-trace",
+            MESH_NAMESPACE,
+            "",
+            "DENY",
+            r#"[ { to: [ { methods: ["TRACE"] } ] } ]"#,
+        ) + &policy("all", "shop", SELECT_PAYMENTS, "ALLOW", "[ {} ]");
+        let s = set(&yaml, DefaultMode::Deny);
+        let d = call("orders", "TRACE", "/").eval(&s, &PAYMENTS);
+        assert_eq!(
+            basis_policy(&d),
+            Some(("palisade-system/no-trace".into(), 0))
+        );
+        assert_eq!(
+            call("orders", "GET", "/").eval(&s, &PAYMENTS).verdict,
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn only_the_policies_that_select_a_workload_are_examined() {
+        let mut policies = parse_documents(&policy(
+            "charge",
+            "shop",
+            SELECT_PAYMENTS,
+            "ALLOW",
+            ORDERS_MAY_CHARGE,
+        ))
+        .unwrap();
+        let template = policies[0].clone();
+        for i in 0..10_000 {
+            let mut p = template.clone();
+            p.name = format!("p{i}");
+            p.namespace = format!("ns{}", i % 100);
+            p.service = Some(format!("svc{i}"));
+            policies.push(p);
+        }
+        let s = PolicySet::new(&policies, 1, DefaultMode::Deny);
+        assert_eq!(s.len(), 10_001);
+        assert_eq!(s.candidate_count(&PAYMENTS), 1);
+        assert_eq!(
+            s.candidate_count(&Workload {
+                namespace: "ns3",
+                service: "svc3"
+            }),
+            1
+        );
+        assert_eq!(
+            call("orders", "POST", "/charge")
+                .eval(&s, &PAYMENTS)
+                .verdict,
+            Verdict::Allow
+        );
+    }
+}
