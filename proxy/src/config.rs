@@ -7,7 +7,19 @@ use std::time::Duration;
 
 use clap::Parser;
 use palisade_contract::TrustDomain;
+use palisade_contract::policy::DefaultMode;
 use palisade_contract::telemetry::LogFormat;
+
+use crate::audit::AuditTarget;
+
+fn parse_mode(s: &str) -> Result<DefaultMode, String> {
+    match s {
+        "deny" => Ok(DefaultMode::Deny),
+        "allow" => Ok(DefaultMode::Allow),
+        "audit" => Ok(DefaultMode::Audit),
+        other => Err(format!("{other:?} is not deny, allow or audit")),
+    }
+}
 
 /// Palisade sidecar proxy.
 #[derive(Debug, Clone, Parser)]
@@ -43,6 +55,53 @@ pub struct Config {
     /// Admin listener: /live, /ready, /metrics (never subject to mesh policy).
     #[arg(long, env = "PALISADE_ADMIN_LISTEN", default_value = "0.0.0.0:15090")]
     pub admin_listen: SocketAddr,
+
+    /// Inbound listener: mTLS from other sidecars, authorized, then forwarded to --app.
+    #[arg(long, env = "PALISADE_INBOUND_LISTEN", default_value = "0.0.0.0:15006")]
+    pub inbound_listen: SocketAddr,
+
+    /// The application's plain-HTTP address (loopback).
+    #[arg(long, env = "PALISADE_APP", default_value = "127.0.0.1:8080")]
+    pub app: SocketAddr,
+
+    /// The service this sidecar protects, as policies' `selector.service` names it
+    /// (default: the service account of its SPIFFE ID).
+    #[arg(long, env = "PALISADE_SERVICE")]
+    pub service: Option<String>,
+
+    /// Authorization policies (YAML or JSON, several documents). Without it, every request
+    /// gets the default decision.
+    #[arg(long, env = "PALISADE_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// What happens to requests for a workload no ALLOW policy selects: deny, allow or audit
+    /// (allow, and log as audit) — the last two only for migrations.
+    #[arg(long, env = "PALISADE_DEFAULT_MODE", default_value = "deny", value_parser = parse_mode)]
+    pub default_mode: DefaultMode,
+
+    /// Where audit events go: stdout, or a file path (JSON lines, appended).
+    #[arg(long, env = "PALISADE_AUDIT_LOG", default_value = "stdout")]
+    pub audit_log: AuditTarget,
+
+    /// Keep %2F, %5C and \ in paths (undecoded) instead of answering 400.
+    #[arg(long, env = "PALISADE_ALLOW_ENCODED_SLASHES")]
+    pub allow_encoded_slashes: bool,
+
+    /// Time allowed for the TLS handshake and then for each request's headers.
+    #[arg(long, env = "PALISADE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Largest request head (HTTP/1) or header list (HTTP/2), in bytes.
+    #[arg(long, env = "PALISADE_MAX_HEADER_BYTES", default_value_t = 65536)]
+    pub max_header_bytes: usize,
+
+    /// Most concurrent HTTP/2 streams per inbound connection.
+    #[arg(long, env = "PALISADE_MAX_STREAMS", default_value_t = 256)]
+    pub max_streams: u32,
+
+    /// Most inbound connections at once.
+    #[arg(long, env = "PALISADE_MAX_CONNECTIONS", default_value_t = 10000)]
+    pub max_connections: usize,
 
     /// Longest wait between retries when the control plane cannot be reached (e.g. 30s).
     #[arg(long, env = "PALISADE_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -83,6 +142,24 @@ impl Config {
                 "--control-plane {:?} must be host:port",
                 self.control_plane
             ));
+        }
+        if let Some(p) = &self.policy_file
+            && !p.is_file()
+        {
+            problems.push(format!("--policy-file {}: no such file", p.display()));
+        }
+        if let Some(s) = &self.service
+            && palisade_contract::spiffe::validate_namespace(s).is_err()
+        {
+            problems.push(format!(
+                "--service {s:?} is not a valid service name (a DNS label)"
+            ));
+        }
+        if self.header_timeout < Duration::from_millis(100) {
+            problems.push("--header-timeout must be at least 100ms".into());
+        }
+        if self.max_header_bytes < 1024 || self.max_streams == 0 || self.max_connections == 0 {
+            problems.push("--max-header-bytes must be at least 1024, --max-streams and --max-connections at least 1".into());
         }
         if self.max_backoff < Duration::from_millis(100) {
             problems.push("--max-backoff must be at least 100ms".into());

@@ -2,13 +2,18 @@
 //!
 //! - [`identity`]: obtaining, renewing and hot-swapping the workload certificate.
 //! - [`control_plane_client`]: the identity protocol, client side.
+//! - [`inbound`]: mTLS in, authorize, forward to the application.
+//! - [`audit`]: one JSON line per decision; [`metrics`]: data-plane counters.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
 //! - [`sidecar`]: how the pieces are assembled.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod control_plane_client;
 pub mod identity;
+pub mod inbound;
+pub mod metrics;
 pub mod sidecar;
 
 pub use config::Config;

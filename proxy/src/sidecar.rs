@@ -1,11 +1,14 @@
-//! Assembling the sidecar: trust bundle, identity lifecycle and admin port. The data-plane
-//! listeners join here as they arrive.
+//! Assembling the sidecar: trust bundle, identity lifecycle, policies, the inbound listener
+//! and the admin port. (The outbound listener and AMQP proxy join here as they arrive.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
+use palisade_contract::path::PathOptions;
+use palisade_contract::policy::{PolicySet, parse_documents};
 use palisade_contract::tls::TrustBundle;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -13,8 +16,35 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::{IdentityManager, IdentitySettings};
+use crate::inbound::{self, Inbound, Limits};
+use crate::metrics::HttpMetrics;
+
+/// The policy set from `--policy-file` (every problem reported), or an empty one.
+fn load_policies(config: &Config) -> anyhow::Result<PolicySet> {
+    let docs = match &config.policy_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --policy-file {}", path.display()))?;
+            parse_documents(&text).map_err(|problems| {
+                anyhow::anyhow!(
+                    "--policy-file {}:\n  {}",
+                    path.display(),
+                    problems
+                        .0
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                )
+            })?
+        }
+        None => Vec::new(),
+    };
+    Ok(PolicySet::new(&docs, 1, config.default_mode))
+}
 
 /// First retry delay after a failed certificate request.
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -23,6 +53,9 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub struct RunningSidecar {
     pub admin_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    /// The policies in force; replace to change decisions without a restart.
+    pub policies: Arc<ArcSwap<PolicySet>>,
     pub identity: Arc<IdentityManager>,
     pub registry: Registry,
     stop: watch::Sender<bool>,
@@ -59,6 +92,35 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         bundle,
         &registry,
     )?;
+    let policies = Arc::new(ArcSwap::from_pointee(load_policies(config)?));
+    let http_metrics = HttpMetrics::register(&registry)?;
+    http_metrics
+        .policy_version
+        .set(policies.load().version() as i64);
+    let audit = AuditLog::start(config.audit_log.clone(), http_metrics.audit_dropped.clone())
+        .await
+        .context("opening the audit log")?;
+    let inbound_listener = TcpListener::bind(config.inbound_listen)
+        .await
+        .with_context(|| format!("binding the inbound listener on {}", config.inbound_listen))?;
+    let inbound_addr = inbound_listener.local_addr()?;
+    let inbound = Arc::new(Inbound::new(
+        identity.clone(),
+        policies.clone(),
+        config.service.clone(),
+        config.app,
+        audit,
+        http_metrics,
+        PathOptions {
+            allow_encoded_slashes: config.allow_encoded_slashes,
+        },
+        Limits {
+            header_timeout: config.header_timeout,
+            max_header_bytes: config.max_header_bytes,
+            max_streams: config.max_streams,
+            max_connections: config.max_connections,
+        },
+    ));
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
@@ -78,9 +140,16 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
             let _ = admin_stop.wait_for(|s| *s).await;
         },
     ));
-    tracing::info!(%admin_addr, control_plane = %config.control_plane, "sidecar started");
+    let mut inbound_stop = stopped.clone();
+    tasks.spawn(inbound::serve(inbound_listener, inbound, async move {
+        let _ = inbound_stop.wait_for(|s| *s).await;
+    }));
+    tracing::info!(%admin_addr, %inbound_addr, app = %config.app,
+        control_plane = %config.control_plane, "sidecar started");
     Ok(RunningSidecar {
         admin_addr,
+        inbound_addr,
+        policies,
         identity,
         registry,
         stop,

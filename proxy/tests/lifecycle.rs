@@ -3,116 +3,24 @@
 //! cache, and retries until the control plane appears.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use palisade_contract::SpiffeId;
 use palisade_contract::tls::{
     ClientAuth, ExpectedServer, IdentitySlot, SharedBundle, client_config, server_config,
     server_name_for,
 };
-use palisade_control_plane::RunningControlPlane;
-use palisade_proxy::{Config, RunningSidecar};
+use palisade_proxy::RunningSidecar;
+use support::{
+    SidecarFiles, admin_get, control_plane, mesh, sidecar_config, sidecar_files, wait_ready,
+    wait_until,
+};
+
+mod support;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-
-async fn control_plane(data: &Path, ttl: Duration) -> RunningControlPlane {
-    let mut config = palisade_control_plane::Config::for_data_dir(data.to_path_buf());
-    config.workload_ttl = ttl;
-    palisade_control_plane::start(&config).await.unwrap()
-}
-
-struct SidecarFiles {
-    token: PathBuf,
-    cache: PathBuf,
-}
-
-async fn sidecar_files(cp: &RunningControlPlane, dir: &Path, sa: &str) -> SidecarFiles {
-    let token = cp
-        .create_join_token("shop", sa, Duration::from_secs(300))
-        .await
-        .unwrap();
-    let files = SidecarFiles {
-        token: dir.join(format!("{sa}.token")),
-        cache: dir.join(format!("{sa}-identity")),
-    };
-    std::fs::write(&files.token, token.token).unwrap();
-    files
-}
-
-fn sidecar_config(cp_addr: SocketAddr, bundle: PathBuf, files: &SidecarFiles) -> Config {
-    Config {
-        control_plane: cp_addr.to_string(),
-        ca_bundle: bundle,
-        trust_domain: "palisade.local".parse().unwrap(),
-        token_file: Some(files.token.clone()),
-        identity_dir: Some(files.cache.clone()),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        max_backoff: Duration::from_millis(500),
-        log_format: Default::default(),
-    }
-}
-
-/// GET on the sidecar's admin port: (status, body).
-async fn admin_get(sidecar: &RunningSidecar, path: &str) -> (u16, String) {
-    let tcp = TcpStream::connect(sidecar.admin_addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .uri(path)
-        .header(http::header::HOST, "admin")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_ready(sidecar: &RunningSidecar) {
-    wait_until(
-        "the sidecar is ready",
-        Duration::from_secs(10),
-        async || admin_get(sidecar, "/ready").await.0 == 200,
-    )
-    .await;
-}
-
-/// A control plane with `ttl` and one ready sidecar per service account (namespace shop).
-async fn mesh(
-    dir: &Path,
-    ttl: Duration,
-    service_accounts: &[&str],
-) -> (RunningControlPlane, Vec<RunningSidecar>) {
-    let cp = control_plane(&dir.join("cp"), ttl).await;
-    let bundle = dir.join("cp/trust-bundle.pem");
-    let mut sidecars = Vec::new();
-    for sa in service_accounts {
-        let files = sidecar_files(&cp, dir, sa).await;
-        let sidecar =
-            palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle.clone(), &files))
-                .await
-                .unwrap();
-        wait_ready(&sidecar).await;
-        sidecars.push(sidecar);
-    }
-    (cp, sidecars)
-}
 
 fn serial(slot: &IdentitySlot) -> String {
     slot.get().unwrap().serial.clone()
@@ -190,7 +98,7 @@ async fn a_sidecar_obtains_its_certificate_and_reports_ready() {
     let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
     let files = sidecar_files(&cp, dir.path(), "orders").await;
     let bundle = dir.path().join("cp/trust-bundle.pem");
-    let sidecar = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &files))
+    let sidecar = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &files, &[]))
         .await
         .unwrap();
     assert_eq!(admin_get(&sidecar, "/live").await.0, 200);
@@ -375,16 +283,21 @@ async fn a_restarted_sidecar_starts_from_its_cache_and_renews_without_a_token() 
     let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
     let bundle = dir.path().join("cp/trust-bundle.pem");
     let files = sidecar_files(&cp, dir.path(), "orders").await;
-    let first = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle.clone(), &files))
-        .await
-        .unwrap();
+    let first = palisade_proxy::start(&sidecar_config(
+        cp.sidecar_addr,
+        bundle.clone(),
+        &files,
+        &[],
+    ))
+    .await
+    .unwrap();
     wait_ready(&first).await;
     let first_serial = serial(&first.identity.slot());
     first.shutdown().await;
 
     // The join token is spent; the cache is what lets the sidecar come back.
     std::fs::remove_file(&files.token).unwrap();
-    let second = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &files))
+    let second = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &files, &[]))
         .await
         .unwrap();
     assert_eq!(
@@ -417,10 +330,14 @@ async fn a_sidecar_retries_until_the_control_plane_appears() {
         .local_addr()
         .unwrap();
 
-    let sidecar =
-        palisade_proxy::start(&sidecar_config(port, data.join("trust-bundle.pem"), &files))
-            .await
-            .unwrap();
+    let sidecar = palisade_proxy::start(&sidecar_config(
+        port,
+        data.join("trust-bundle.pem"),
+        &files,
+        &[],
+    ))
+    .await
+    .unwrap();
     wait_until("a failed attempt was counted", Duration::from_secs(5), async || {
         metric(&admin_get(&sidecar, "/metrics").await.1,
             "palisade_identity_certificate_requests_total{kind=\"bootstrap\",result=\"failure\"}") >= 1.0
@@ -447,6 +364,7 @@ async fn a_sidecar_refuses_a_control_plane_its_bundle_does_not_trust() {
         impostor.sidecar_addr,
         dir.path().join("cp/trust-bundle.pem"),
         &files,
+        &[],
     ))
     .await
     .unwrap();
@@ -458,6 +376,7 @@ async fn a_sidecar_refuses_a_control_plane_its_bundle_does_not_trust() {
         cp.sidecar_addr,
         dir.path().join("cp/trust-bundle.pem"),
         &files,
+        &[],
     ))
     .await
     .unwrap();
@@ -476,6 +395,7 @@ async fn a_sidecar_refuses_to_start_with_an_unusable_bundle() {
     let files = SidecarFiles {
         token: dir.path().join("token"),
         cache: dir.path().join("cache"),
+        audit: dir.path().join("audit.jsonl"),
     };
     let free: SocketAddr = "127.0.0.1:9".parse().unwrap();
     for (contents, expected) in [
@@ -486,7 +406,7 @@ async fn a_sidecar_refuses_to_start_with_an_unusable_bundle() {
         ),
     ] {
         std::fs::write(&bundle, contents).unwrap();
-        let err = palisade_proxy::start(&sidecar_config(free, bundle.clone(), &files))
+        let err = palisade_proxy::start(&sidecar_config(free, bundle.clone(), &files, &[]))
             .await
             .unwrap_err();
         let message = format!("{err:#}");

@@ -1,0 +1,167 @@
+//! Audit events: one JSON line per authorization decision, to stdout or a file.
+//!
+//! Every field is written by serde_json, so whatever a caller puts in a path or header can
+//! never break a line or forge another event. Writes go through a channel to one writer
+//! task, so a slow disk never holds a request, and a full channel is counted, not waited on.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use prometheus::IntCounter;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use palisade_contract::policy::Decision;
+
+/// How many events may wait for the writer before new ones are dropped (and counted).
+const QUEUE: usize = 16 * 1024;
+
+/// One authorization decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub request_id: String,
+    /// `allow`, `deny`, `audit`, `dry-run-deny`, or `error` when the request never reached a
+    /// decision (bad path, bad method).
+    pub decision: &'static str,
+    pub direction: &'static str,
+    pub source: Option<String>,
+    pub destination_service: String,
+    pub destination: String,
+    pub protocol: &'static str,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// `namespace/name` of the deciding policy, and its rule index.
+    pub policy: Option<String>,
+    pub rule: Option<usize>,
+    pub policy_version: u64,
+    /// Why a request was denied or refused.
+    pub reason: Option<String>,
+    /// Dry-run policies that matched, as `namespace/name:ACTION`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<String>,
+    /// The AUDIT policy that matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_policy: Option<String>,
+}
+
+impl AuditEvent {
+    /// Fills the decision fields from a policy decision.
+    pub fn apply_decision(&mut self, d: &Decision) {
+        use palisade_contract::policy::Basis;
+        self.decision = d.label();
+        self.policy_version = d.policy_version;
+        match &d.basis {
+            Basis::Policy { policy, rule } => {
+                self.policy = Some(policy.to_string());
+                self.rule = Some(*rule);
+            }
+            Basis::NoAllowMatched => {
+                self.reason
+                    .get_or_insert_with(|| "no ALLOW policy matched".into());
+            }
+            Basis::NoPolicy { mode } => {
+                self.reason.get_or_insert_with(|| {
+                    format!("no ALLOW policy selects this workload (default: {mode:?})")
+                        .to_lowercase()
+                });
+            }
+        }
+        if d.verdict == palisade_contract::policy::Verdict::Deny && self.reason.is_none() {
+            self.reason = Some("denied by policy".into());
+        }
+        self.dry_run = d
+            .dry_run
+            .iter()
+            .filter(|r| r.rule.is_some())
+            .map(|r| format!("{}:{}", r.policy, action_name(r.action)))
+            .collect();
+        self.audit_policy = d.audit.as_ref().map(|(p, _)| p.to_string());
+    }
+}
+
+fn action_name(a: palisade_contract::policy::Action) -> &'static str {
+    use palisade_contract::policy::Action;
+    match a {
+        Action::Allow => "ALLOW",
+        Action::Deny => "DENY",
+        Action::Audit => "AUDIT",
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::from(SystemTime::now())
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone)]
+pub enum AuditTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+impl std::str::FromStr for AuditTarget {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(if s == "stdout" || s == "-" {
+            AuditTarget::Stdout
+        } else {
+            AuditTarget::File(PathBuf::from(s))
+        })
+    }
+}
+
+/// The handle components log through.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Vec<u8>>,
+    dropped: IntCounter,
+}
+
+impl AuditLog {
+    /// Starts the writer task.
+    pub async fn start(target: AuditTarget, dropped: IntCounter) -> std::io::Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let mut out: Box<dyn tokio::io::AsyncWrite + Send + Unpin> = match target {
+            AuditTarget::Stdout => Box::new(tokio::io::stdout()),
+            AuditTarget::File(path) => Box::new(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await?,
+            ),
+        };
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if out.write_all(&line).await.is_err() {
+                    break;
+                }
+                if rx.is_empty() {
+                    let _ = out.flush().await;
+                }
+            }
+            let _ = out.flush().await;
+        });
+        Ok(Self { tx, dropped })
+    }
+
+    pub fn record(&self, event: &AuditEvent) {
+        let mut line = match serde_json::to_vec(event) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "audit event could not be encoded");
+                return;
+            }
+        };
+        line.push(b'\n');
+        if self.tx.try_send(line).is_err() {
+            self.dropped.inc();
+        }
+    }
+}

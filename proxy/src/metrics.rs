@@ -1,0 +1,144 @@
+//! The sidecar's data-plane metrics, registered on the registry the admin port serves.
+//! Labels come from small fixed sets: direction, decision, status class, result, the peer's
+//! SPIFFE ID (bounded by the mesh's workloads) and the deciding policy (bounded by the
+//! policies); never a path or a header value.
+
+use std::time::Duration;
+
+use palisade_contract::policy::{Basis, Decision};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Debug, Clone)]
+pub struct HttpMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    decisions: IntCounterVec,
+    handshakes: IntCounterVec,
+    open: IntGaugeVec,
+    pub policy_version: IntGauge,
+    pub audit_dropped: IntCounter,
+}
+
+/// Decrements the open-connection gauge when the connection ends.
+#[derive(Debug)]
+pub struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "palisade_proxy_http_requests_total",
+                "HTTP requests, by direction, peer, decision and status class.",
+            ),
+            &["direction", "peer", "decision", "status_class"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "palisade_proxy_http_request_duration_seconds",
+                "Time until the response headers, by direction.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["direction"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "palisade_proxy_authz_decisions_total",
+                "Authorization decisions, by deciding policy and decision.",
+            ),
+            &["policy", "decision"],
+        )?;
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "palisade_proxy_tls_handshakes_total",
+                "TLS handshakes, by direction and result.",
+            ),
+            &["direction", "result"],
+        )?;
+        let open = IntGaugeVec::new(
+            Opts::new(
+                "palisade_proxy_open_connections",
+                "Open connections, by direction.",
+            ),
+            &["direction"],
+        )?;
+        let policy_version = IntGauge::new(
+            "palisade_proxy_policy_version",
+            "Version of the policy set in force.",
+        )?;
+        let audit_dropped = IntCounter::new(
+            "palisade_proxy_audit_events_dropped_total",
+            "Audit events dropped because the writer fell behind.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(handshakes.clone()))?;
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(policy_version.clone()))?;
+        registry.register(Box::new(audit_dropped.clone()))?;
+        Ok(Self {
+            requests,
+            duration,
+            decisions,
+            handshakes,
+            open,
+            policy_version,
+            audit_dropped,
+        })
+    }
+
+    pub fn request(
+        &self,
+        direction: &str,
+        peer: &str,
+        decision: &str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .with_label_values(&[direction, peer, decision, class])
+            .inc();
+        self.duration
+            .with_label_values(&[direction])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn decision(&self, d: &Decision) {
+        let policy = match &d.basis {
+            Basis::Policy { policy, .. } => policy.to_string(),
+            _ => "none".to_owned(),
+        };
+        self.decisions
+            .with_label_values(&[policy.as_str(), d.label()])
+            .inc();
+    }
+
+    pub fn handshake(&self, direction: &str, result: &str) {
+        self.handshakes
+            .with_label_values(&[direction, result])
+            .inc();
+    }
+
+    pub fn open_connection(&self, direction: &str) -> OpenConnection {
+        let gauge = self.open.with_label_values(&[direction]);
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}

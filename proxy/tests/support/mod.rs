@@ -1,0 +1,134 @@
+//! Shared by the sidecar's integration tests: a control plane and sidecars on loopback.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use palisade_control_plane::RunningControlPlane;
+use palisade_proxy::{Config, RunningSidecar};
+use tokio::net::TcpStream;
+
+pub async fn control_plane(data: &Path, ttl: Duration) -> RunningControlPlane {
+    let mut config = palisade_control_plane::Config::for_data_dir(data.to_path_buf());
+    config.workload_ttl = ttl;
+    palisade_control_plane::start(&config).await.unwrap()
+}
+
+pub struct SidecarFiles {
+    pub token: PathBuf,
+    pub cache: PathBuf,
+    pub audit: PathBuf,
+}
+
+pub async fn sidecar_files(cp: &RunningControlPlane, dir: &Path, sa: &str) -> SidecarFiles {
+    let token = cp
+        .create_join_token("shop", sa, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let files = SidecarFiles {
+        token: dir.join(format!("{sa}.token")),
+        cache: dir.join(format!("{sa}-identity")),
+        audit: dir.join(format!("{sa}-audit.jsonl")),
+    };
+    std::fs::write(&files.token, token.token).unwrap();
+    files
+}
+
+/// A sidecar config as flags would give it, every listener on a free loopback port; `extra`
+/// adds or overrides flags.
+pub fn sidecar_config(
+    cp_addr: SocketAddr,
+    bundle: PathBuf,
+    files: &SidecarFiles,
+    extra: &[&str],
+) -> Config {
+    let mut args: Vec<String> = vec![
+        "palisade-proxy".into(),
+        "--control-plane".into(),
+        cp_addr.to_string(),
+        "--ca-bundle".into(),
+        bundle.display().to_string(),
+        "--token-file".into(),
+        files.token.display().to_string(),
+        "--identity-dir".into(),
+        files.cache.display().to_string(),
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+        "--inbound-listen".into(),
+        "127.0.0.1:0".into(),
+        "--max-backoff".into(),
+        "500ms".into(),
+        "--audit-log".into(),
+        files.audit.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let config = Config::try_parse_from(args).expect("valid test flags");
+    config.validate().expect("valid test config");
+    config
+}
+
+/// GET on the sidecar's admin port: (status, body).
+pub async fn admin_get(sidecar: &RunningSidecar, path: &str) -> (u16, String) {
+    let tcp = TcpStream::connect(sidecar.admin_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(path)
+        .header(http::header::HOST, "admin")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn wait_ready(sidecar: &RunningSidecar) {
+    wait_until(
+        "the sidecar is ready",
+        Duration::from_secs(10),
+        async || admin_get(sidecar, "/ready").await.0 == 200,
+    )
+    .await;
+}
+
+/// A control plane with `ttl` and one ready sidecar per service account (namespace shop).
+pub async fn mesh(
+    dir: &Path,
+    ttl: Duration,
+    service_accounts: &[&str],
+) -> (RunningControlPlane, Vec<RunningSidecar>) {
+    let cp = control_plane(&dir.join("cp"), ttl).await;
+    let bundle = dir.join("cp/trust-bundle.pem");
+    let mut sidecars = Vec::new();
+    for sa in service_accounts {
+        let files = sidecar_files(&cp, dir, sa).await;
+        let sidecar = palisade_proxy::start(&sidecar_config(
+            cp.sidecar_addr,
+            bundle.clone(),
+            &files,
+            &[],
+        ))
+        .await
+        .unwrap();
+        wait_ready(&sidecar).await;
+        sidecars.push(sidecar);
+    }
+    (cp, sidecars)
+}
