@@ -1,0 +1,551 @@
+//! The inbound path end to end: a control plane, the `payments` sidecar in front of a small
+//! echo application, and a client holding the `orders` identity (from its own sidecar).
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use palisade_contract::SpiffeId;
+use palisade_contract::tls::{ExpectedServer, client_config, server_name_for};
+use palisade_control_plane::RunningControlPlane;
+use palisade_proxy::RunningSidecar;
+use serde_json::{Value, json};
+use support::{control_plane, sidecar_config, sidecar_files, wait_ready, wait_until};
+use tokio::net::{TcpListener, TcpStream};
+
+const POLICIES: &str = r#"
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: payments-from-orders, namespace: shop }
+spec:
+  selector: { service: payments }
+  action: ALLOW
+  rules:
+    - from: [ { principals: ["spiffe://palisade.local/ns/shop/sa/orders"] } ]
+      to:   [ { methods: ["POST"], paths: ["/charge", "/refunds/*", "/upload"] } ]
+    - from: [ { principals: ["spiffe://palisade.local/ns/shop/sa/orders"] } ]
+      to:   [ { methods: ["GET"], paths: ["/dry"] } ]
+---
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: block-refund, namespace: shop }
+spec:
+  action: DENY
+  rules: [ { to: [ { paths: ["/refunds/blocked"] } ] } ]
+---
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: maybe-no-dry, namespace: shop }
+spec:
+  action: DENY
+  dryRun: true
+  rules: [ { to: [ { paths: ["/dry"] } ] } ]
+"#;
+
+/// An application that answers `/upload` by streaming the body back, and anything else with
+/// what it received (method, target, headers) as JSON.
+async fn echo_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path() == "/upload" {
+                        return Ok::<_, Infallible>(Response::new(req.into_body().boxed()));
+                    }
+                    let headers: serde_json::Map<String, Value> = req
+                        .headers()
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("<binary>"))))
+                        .collect();
+                    let seen = json!({"method": req.method().as_str(), "target": req.uri().to_string(), "headers": headers});
+                    Ok(Response::new(
+                        Full::new(Bytes::from(seen.to_string()))
+                            .map_err(|n| match n {})
+                            .boxed(),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Mesh {
+    _dir: tempfile::TempDir,
+    cp: RunningControlPlane,
+    payments: RunningSidecar,
+    orders: RunningSidecar,
+    payments_audit: std::path::PathBuf,
+}
+
+async fn mesh(policies: Option<&str>) -> Mesh {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    let app = echo_app().await.to_string();
+    let policy_file = dir.path().join("policies.yaml");
+    let mut extra = vec!["--app", app.as_str()];
+    if let Some(p) = policies {
+        std::fs::write(&policy_file, p).unwrap();
+        extra.extend(["--policy-file", policy_file.to_str().unwrap()]);
+    }
+    let payments_files = sidecar_files(&cp, dir.path(), "payments").await;
+    let payments = palisade_proxy::start(&sidecar_config(
+        cp.sidecar_addr,
+        bundle.clone(),
+        &payments_files,
+        &extra,
+    ))
+    .await
+    .unwrap();
+    let orders_files = sidecar_files(&cp, dir.path(), "orders").await;
+    let orders =
+        palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &orders_files, &[]))
+            .await
+            .unwrap();
+    wait_ready(&payments).await;
+    wait_ready(&orders).await;
+    Mesh {
+        payments_audit: payments_files.audit,
+        _dir: dir,
+        cp,
+        payments,
+        orders,
+    }
+}
+
+impl Mesh {
+    fn payments_id(&self) -> SpiffeId {
+        self.payments.identity.spiffe_id().unwrap()
+    }
+
+    /// A TLS connection to the payments sidecar as `orders` (or with no certificate).
+    async fn tls(
+        &self,
+        with_cert: bool,
+        alpn: &[u8],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let config = client_config(
+            with_cert.then(|| self.orders.identity.slot()),
+            self.orders.identity.bundle(),
+            ExpectedServer::Exact(self.payments_id()),
+            &[alpn],
+        );
+        let tcp = TcpStream::connect(self.payments.inbound_addr).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server_name_for(&self.payments_id()), tcp)
+            .await
+    }
+
+    async fn send<B>(&self, http2: bool, req: Request<B>) -> Response<Incoming>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tls = self
+            .tls(true, if http2 { b"h2" } else { b"http/1.1" })
+            .await
+            .unwrap();
+        if http2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        }
+    }
+
+    async fn call(
+        &self,
+        http2: bool,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let uri = if http2 {
+            format!("https://payments{target}")
+        } else {
+            target.to_owned()
+        };
+        let mut req = Request::builder().method(method).uri(uri);
+        if !http2 {
+            req = req.header("host", "payments");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self
+            .send(http2, req.body(Empty::<Bytes>::new()).unwrap())
+            .await;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    async fn audit_line(&self, request_id: &str) -> Value {
+        audit_line(&self.payments_audit, request_id).await
+    }
+
+    async fn stop(self) {
+        self.payments.shutdown().await;
+        self.orders.shutdown().await;
+        self.cp.shutdown().await;
+    }
+}
+
+async fn audit_line(path: &Path, request_id: &str) -> Value {
+    let mut found = None;
+    wait_until(
+        "the audit line is written",
+        Duration::from_secs(5),
+        async || {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            found = text
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("every audit line is JSON"))
+                .find(|v| v["request_id"] == request_id);
+            found.is_some()
+        },
+    )
+    .await;
+    found.unwrap()
+}
+
+#[tokio::test]
+async fn an_allowed_call_reaches_the_app_with_the_callers_identity() {
+    let m = mesh(Some(POLICIES)).await;
+    for http2 in [false, true] {
+        let (status, headers, body) = m
+            .call(
+                http2,
+                "POST",
+                "/charge?amount=5",
+                &[
+                    (
+                        "x-forwarded-client-cert",
+                        "By=spiffe://evil;URI=spiffe://palisade.local/ns/shop/sa/admin",
+                    ),
+                    ("x-palisade-publisher", "spiffe://evil"),
+                ],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "http2={http2}: {body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["method"], "POST");
+        assert_eq!(seen["target"], "/charge?amount=5");
+        assert_eq!(
+            seen["headers"]["x-forwarded-client-cert"],
+            "By=spiffe://palisade.local/ns/shop/sa/payments;URI=spiffe://palisade.local/ns/shop/sa/orders"
+        );
+        assert!(
+            seen["headers"].get("x-palisade-publisher").is_none(),
+            "forged header removed"
+        );
+        assert_eq!(seen["headers"]["host"], "payments");
+        let request_id = seen["headers"]["x-request-id"].as_str().unwrap().to_owned();
+        assert!(
+            headers.get("x-request-id").is_none(),
+            "the app's response is passed as it is"
+        );
+        let audit = m.audit_line(&request_id).await;
+        assert_eq!(audit["decision"], "allow");
+        assert_eq!(audit["policy"], "shop/payments-from-orders");
+        assert_eq!(audit["rule"], 0);
+        assert_eq!(audit["source"], "spiffe://palisade.local/ns/shop/sa/orders");
+        assert_eq!(
+            audit["destination"],
+            "spiffe://palisade.local/ns/shop/sa/payments"
+        );
+        assert_eq!(audit["destination_service"], "payments");
+        assert_eq!(audit["path"], "/charge");
+        assert_eq!(audit["status"], 200);
+        assert_eq!(audit["protocol"], if http2 { "http2" } else { "http1" });
+        assert_eq!(audit["policy_version"], 1);
+        assert!(audit["time"].as_str().unwrap().ends_with('Z'));
+    }
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn denials_are_403_with_a_request_id_and_an_audit_line() {
+    let m = mesh(Some(POLICIES)).await;
+    for (method, target, policy) in [
+        ("GET", "/charge", None),
+        ("POST", "/refunds/blocked", Some("shop/block-refund")),
+    ] {
+        let (status, headers, body) = m.call(false, method, target, &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {target}");
+        assert_eq!(body, "RBAC: access denied\n");
+        let request_id = headers["x-request-id"].to_str().unwrap();
+        let audit = m.audit_line(request_id).await;
+        assert_eq!(audit["decision"], "deny");
+        assert_eq!(audit["status"], 403);
+        assert_eq!(audit["policy"].as_str(), policy, "{method} {target}");
+        assert!(audit["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    // Allowed by ALLOW but refused by DENY: DENY wins. Dry-run never enforces.
+    let (status, headers, _) = m.call(false, "GET", "/dry", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let _ = headers;
+    let (_, _, body) = m.call(false, "GET", "/dry", &[]).await;
+    let request_id = serde_json::from_str::<Value>(&body).unwrap()["headers"]["x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let audit = m.audit_line(&request_id).await;
+    assert_eq!(audit["decision"], "dry-run-deny");
+    assert_eq!(audit["dry_run"][0], "shop/maybe-no-dry:DENY");
+    let (_, metrics) = support::admin_get(&m.payments, "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"palisade_proxy_authz_decisions_total{decision="deny",policy="shop/block-refund"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"palisade_proxy_http_requests_total{decision="deny",direction="inbound",peer="spiffe://palisade.local/ns/shop/sa/orders",status_class="4xx"} 2"#), "{metrics}");
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn without_policies_everything_is_denied() {
+    let m = mesh(None).await;
+    let (status, headers, _) = m.call(false, "POST", "/charge", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let audit = m
+        .audit_line(headers["x-request-id"].to_str().unwrap())
+        .await;
+    assert!(
+        audit["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no allow policy selects"),
+        "{audit}"
+    );
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn the_path_that_is_authorized_is_the_path_that_is_forwarded() {
+    let m = mesh(Some(POLICIES)).await;
+    let (status, _, body) = m.call(false, "POST", "/charge/../refunds/7", &[]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["target"],
+        "/refunds/7"
+    );
+    // Dot-segments cannot reach a denied path's neighbour unseen, nor a DENY be dodged.
+    let (status, _, _) = m.call(false, "POST", "/refunds/x/../blocked", &[]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, _) = m.call(false, "POST", "/refunds/%62locked", &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "decoded unreserved characters are matched"
+    );
+    for (method, target) in [
+        ("POST", "/refunds%2fblocked"),
+        ("POST", "/refunds/a%00"),
+        ("post", "/charge"),
+    ] {
+        let (status, headers, body) = m.call(false, method, target, &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {target}: {body}");
+        let audit = m
+            .audit_line(headers["x-request-id"].to_str().unwrap())
+            .await;
+        assert_eq!(audit["decision"], "error");
+    }
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn only_mesh_certificates_get_in() {
+    let m = mesh(Some(POLICIES)).await;
+    // No client certificate: the server refuses during the handshake (TLS 1.3 reports it on
+    // first use of the connection).
+    let refused = match m.tls(false, b"http/1.1").await {
+        Err(_) => true,
+        Ok(tls) => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = Request::get("/charge")
+                .header("host", "p")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            sender.send_request(req).await.is_err()
+        }
+    };
+    assert!(refused, "a client without a certificate got through");
+    // Plaintext HTTP to the inbound port gets no answer.
+    let tcp = TcpStream::connect(m.payments.inbound_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/charge")
+        .header("host", "p")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert!(
+        sender.send_request(req).await.is_err(),
+        "plaintext was answered"
+    );
+    // A certificate from another mesh's CA.
+    let dir = tempfile::tempdir().unwrap();
+    let other_cp = control_plane(&dir.path().join("other"), Duration::from_secs(3600)).await;
+    let other_files = sidecar_files(&other_cp, dir.path(), "orders").await;
+    let other = palisade_proxy::start(&sidecar_config(
+        other_cp.sidecar_addr,
+        dir.path().join("other/trust-bundle.pem"),
+        &other_files,
+        &[],
+    ))
+    .await
+    .unwrap();
+    wait_ready(&other).await;
+    let config = client_config(
+        Some(other.identity.slot()),
+        m.orders.identity.bundle(),
+        ExpectedServer::Exact(m.payments_id()),
+        &[b"http/1.1"],
+    );
+    let tcp = TcpStream::connect(m.payments.inbound_addr).await.unwrap();
+    let result = async {
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(server_name_for(&m.payments_id()), tcp)
+            .await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let req = Request::get("/charge")
+            .header("host", "p")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)
+    }
+    .await;
+    assert!(result.is_err(), "a foreign CA's certificate got through");
+    let (_, metrics) = support::admin_get(&m.payments, "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"palisade_proxy_tls_handshakes_total{direction="inbound",result="failure"}"#
+        ),
+        "{metrics}"
+    );
+    other.shutdown().await;
+    other_cp.shutdown().await;
+    m.stop().await;
+}
+
+/// A request body of `remaining` bytes, produced 64 KiB at a time (never held whole).
+struct Generated {
+    remaining: usize,
+    chunk: Bytes,
+}
+
+impl hyper::body::Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len());
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+}
+
+fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        * 4096
+}
+
+#[tokio::test]
+async fn a_100_mb_body_streams_through_without_growing_memory() {
+    let m = mesh(Some(POLICIES)).await;
+    const SIZE: usize = 100 * 1024 * 1024;
+    let before = resident_bytes();
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(resident_bytes(), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let body = Generated {
+        remaining: SIZE,
+        chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+    };
+    let req = Request::post("/upload")
+        .header("host", "payments")
+        .body(body)
+        .unwrap();
+    let resp = m.send(false, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut received = 0usize;
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            assert!(data.iter().all(|b| *b == b'x'));
+            received += data.len();
+        }
+    }
+    sampler.abort();
+    assert_eq!(received, SIZE);
+    let growth = peak
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(before);
+    assert!(
+        growth < 40 * 1024 * 1024,
+        "resident memory grew by {} MB while streaming 100 MB",
+        growth / (1024 * 1024)
+    );
+    m.stop().await;
+}
