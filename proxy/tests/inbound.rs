@@ -96,12 +96,17 @@ struct Mesh {
 }
 
 async fn mesh(policies: Option<&str>) -> Mesh {
+    mesh_with(policies, &[]).await
+}
+
+async fn mesh_with(policies: Option<&str>, flags: &[&str]) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
     let bundle = dir.path().join("cp/trust-bundle.pem");
     let app = echo_app().await.to_string();
     let policy_file = dir.path().join("policies.yaml");
     let mut extra = vec!["--app", app.as_str()];
+    extra.extend_from_slice(flags);
     if let Some(p) = policies {
         std::fs::write(&policy_file, p).unwrap();
         extra.extend(["--policy-file", policy_file.to_str().unwrap()]);
@@ -546,6 +551,72 @@ async fn a_100_mb_body_streams_through_without_growing_memory() {
         growth < 40 * 1024 * 1024,
         "resident memory grew by {} MB while streaming 100 MB",
         growth / (1024 * 1024)
+    );
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn limits_on_headers_and_slow_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = mesh_with(
+        Some(POLICIES),
+        &["--max-header-bytes", "8192", "--header-timeout", "300ms"],
+    )
+    .await;
+    // Oversized request head over HTTP/1.1: 431.
+    let big = "a".repeat(16 * 1024);
+    let tls = m.tls(true, b"http/1.1").await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("/charge")
+        .header("host", "p")
+        .header("x-big", big.as_str())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let status = sender.send_request(req).await.map(|r| r.status());
+    assert_eq!(status.unwrap(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // Over HTTP/2 the oversized header list is refused too (the request fails).
+    let tls = m.tls(true, b"h2").await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post("https://payments/charge")
+        .header("x-big", big.as_str())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    match sender.send_request(req).await {
+        Ok(r) => assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => assert!(
+            e.to_string().to_lowercase().contains("reset") || e.to_string().contains("header"),
+            "{e}"
+        ),
+    }
+    // A client that starts a request and never finishes its headers is disconnected.
+    let mut tls = m.tls(true, b"http/1.1").await.unwrap();
+    tls.write_all(b"POST /charge HTTP/1.1\r\nhost: p\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a slow client kept its connection");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // The sidecar still serves others.
+    assert_eq!(
+        m.call(false, "POST", "/charge", &[]).await.0,
+        StatusCode::OK
     );
     m.stop().await;
 }
