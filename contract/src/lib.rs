@@ -6,6 +6,7 @@
 //! - [`identity_api`]: the certificate issuance and renewal protocol.
 //! - [`path`]: request path normalization (policies match the path that is forwarded).
 //! - [`policy`]: the authorization policy model and its evaluator.
+//! - [`registry`]: services, their endpoints and the identity they must present.
 //! - [`private_files`]: writing keys and tokens to disk safely.
 //! - [`process`]: configuration errors and shutdown signals, the same for both binaries.
 //! - [`telemetry`]: log and metrics conventions shared by both binaries.
@@ -16,6 +17,7 @@ pub mod path;
 pub mod policy;
 pub mod private_files;
 pub mod process;
+pub mod registry;
 pub mod spiffe;
 pub mod telemetry;
 pub mod tls;
