@@ -14,11 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -33,10 +31,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit::{AuditEvent, AuditLog, now_rfc3339};
+use crate::forwarding::{
+    ProxyBody, local_response, request_id, strip_hop_by_hop, strip_identity_headers,
+};
 use crate::identity::IdentityManager;
 use crate::metrics::HttpMetrics;
-
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Limits on what a peer may send; each is a flag of the sidecar.
 #[derive(Debug, Clone)]
@@ -202,71 +201,6 @@ pub async fn serve(
             }
         });
     }
-}
-
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Drops hop-by-hop headers, including those a `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-}
-
-/// Drops identity headers a caller might forge.
-fn strip_identity_headers(headers: &mut HeaderMap) {
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            k.as_str() == "x-forwarded-client-cert" || k.as_str().starts_with("x-palisade-")
-        })
-        .cloned()
-        .collect();
-    for name in forged {
-        headers.remove(name);
-    }
-}
-
-fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// A response the sidecar makes itself (400, 403, 502...).
-fn local_response(status: StatusCode, body: &str, request_id: &str) -> Response<ProxyBody> {
-    let mut response = Response::new(full(format!("{body}\n")));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-request-id", v);
-    }
-    response
-}
-
-fn request_id() -> String {
-    use ring::rand::{SecureRandom, SystemRandom};
-    let mut b = [0u8; 12];
-    let _ = SystemRandom::new().fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Inbound {
@@ -435,35 +369,5 @@ impl Inbound {
                 local_response(StatusCode::BAD_GATEWAY, "upstream unavailable", request_id)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_and_forged_identity_headers_are_dropped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(
-            "x-forwarded-client-cert",
-            HeaderValue::from_static("By=evil"),
-        );
-        h.insert(
-            "x-palisade-publisher",
-            HeaderValue::from_static("spiffe://evil"),
-        );
-        h.insert("x-kept", HeaderValue::from_static("yes"));
-        strip_hop_by_hop(&mut h);
-        strip_identity_headers(&mut h);
-        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-kept"]);
     }
 }

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod control_plane_client;
+pub mod forwarding;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
