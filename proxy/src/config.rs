@@ -60,6 +60,20 @@ pub struct Config {
     #[arg(long, env = "PALISADE_INBOUND_LISTEN", default_value = "0.0.0.0:15006")]
     pub inbound_listen: SocketAddr,
 
+    /// Outbound listener: plain HTTP from the application (HTTP_PROXY, or Host naming the
+    /// service), forwarded over mTLS to the destination's sidecar.
+    #[arg(
+        long,
+        env = "PALISADE_OUTBOUND_LISTEN",
+        default_value = "127.0.0.1:15001"
+    )]
+    pub outbound_listen: SocketAddr,
+
+    /// Service registry (YAML or JSON `Service` documents): endpoints and the identity each
+    /// service must present. Until policy distribution lands it comes from this file.
+    #[arg(long, env = "PALISADE_REGISTRY_FILE")]
+    pub registry_file: Option<PathBuf>,
+
     /// The application's plain-HTTP address (loopback).
     #[arg(long, env = "PALISADE_APP", default_value = "127.0.0.1:8080")]
     pub app: SocketAddr,
@@ -147,6 +161,11 @@ impl Config {
             && !p.is_file()
         {
             problems.push(format!("--policy-file {}: no such file", p.display()));
+        }
+        if let Some(p) = &self.registry_file
+            && !p.is_file()
+        {
+            problems.push(format!("--registry-file {}: no such file", p.display()));
         }
         if let Some(s) = &self.service
             && palisade_contract::spiffe::validate_namespace(s).is_err()

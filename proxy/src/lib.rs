@@ -3,6 +3,7 @@
 //! - [`identity`]: obtaining, renewing and hot-swapping the workload certificate.
 //! - [`control_plane_client`]: the identity protocol, client side.
 //! - [`inbound`]: mTLS in, authorize, forward to the application.
+//! - [`outbound`]: from the application to other services, over pooled mTLS, with secure naming.
 //! - [`audit`]: one JSON line per decision; [`metrics`]: data-plane counters.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
 //! - [`sidecar`]: how the pieces are assembled.
@@ -15,6 +16,7 @@ pub mod forwarding;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
+pub mod outbound;
 pub mod sidecar;
 
 pub use config::Config;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use palisade_contract::path::PathOptions;
 use palisade_contract::policy::{PolicySet, parse_documents};
+use palisade_contract::registry::{ServiceRegistry, parse_services};
 use palisade_contract::tls::TrustBundle;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -21,6 +22,22 @@ use crate::config::Config;
 use crate::identity::{IdentityManager, IdentitySettings};
 use crate::inbound::{self, Inbound, Limits};
 use crate::metrics::HttpMetrics;
+use crate::outbound::{self, Outbound};
+
+/// The registry from `--registry-file` (every problem reported), or an empty one.
+fn load_registry(config: &Config) -> anyhow::Result<ServiceRegistry> {
+    let entries = match &config.registry_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --registry-file {}", path.display()))?;
+            parse_services(&text).map_err(|problems| {
+                anyhow::anyhow!("--registry-file {}: {problems}", path.display())
+            })?
+        }
+        None => Vec::new(),
+    };
+    Ok(ServiceRegistry::new(entries))
+}
 
 /// The policy set from `--policy-file` (every problem reported), or an empty one.
 fn load_policies(config: &Config) -> anyhow::Result<PolicySet> {
@@ -54,6 +71,7 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 pub struct RunningSidecar {
     pub admin_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
     /// The policies in force; replace to change decisions without a restart.
     pub policies: Arc<ArcSwap<PolicySet>>,
     pub identity: Arc<IdentityManager>,
@@ -100,6 +118,29 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
     let audit = AuditLog::start(config.audit_log.clone(), http_metrics.audit_dropped.clone())
         .await
         .context("opening the audit log")?;
+    let services = Arc::new(ArcSwap::from_pointee(load_registry(config)?));
+    let outbound_listener = TcpListener::bind(config.outbound_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the outbound listener on {}",
+                config.outbound_listen
+            )
+        })?;
+    let outbound_addr = outbound_listener.local_addr()?;
+    let limits = Limits {
+        header_timeout: config.header_timeout,
+        max_header_bytes: config.max_header_bytes,
+        max_streams: config.max_streams,
+        max_connections: config.max_connections,
+    };
+    let outbound = Arc::new(Outbound::new(
+        identity.clone(),
+        services,
+        audit.clone(),
+        http_metrics.clone(),
+        limits.clone(),
+    ));
     let inbound_listener = TcpListener::bind(config.inbound_listen)
         .await
         .with_context(|| format!("binding the inbound listener on {}", config.inbound_listen))?;
@@ -114,12 +155,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         PathOptions {
             allow_encoded_slashes: config.allow_encoded_slashes,
         },
-        Limits {
-            header_timeout: config.header_timeout,
-            max_header_bytes: config.max_header_bytes,
-            max_streams: config.max_streams,
-            max_connections: config.max_connections,
-        },
+        limits,
     ));
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
@@ -140,15 +176,20 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
             let _ = admin_stop.wait_for(|s| *s).await;
         },
     ));
+    let mut outbound_stop = stopped.clone();
+    tasks.spawn(outbound::serve(outbound_listener, outbound, async move {
+        let _ = outbound_stop.wait_for(|s| *s).await;
+    }));
     let mut inbound_stop = stopped.clone();
     tasks.spawn(inbound::serve(inbound_listener, inbound, async move {
         let _ = inbound_stop.wait_for(|s| *s).await;
     }));
-    tracing::info!(%admin_addr, %inbound_addr, app = %config.app,
+    tracing::info!(%admin_addr, %inbound_addr, %outbound_addr, app = %config.app,
         control_plane = %config.control_plane, "sidecar started");
     Ok(RunningSidecar {
         admin_addr,
         inbound_addr,
+        outbound_addr,
         policies,
         identity,
         registry,

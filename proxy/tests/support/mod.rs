@@ -62,6 +62,8 @@ pub fn sidecar_config(
         "127.0.0.1:0".into(),
         "--inbound-listen".into(),
         "127.0.0.1:0".into(),
+        "--outbound-listen".into(),
+        "127.0.0.1:0".into(),
         "--max-backoff".into(),
         "500ms".into(),
         "--audit-log".into(),

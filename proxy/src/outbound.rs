@@ -1,0 +1,352 @@
+//! The outbound path: what the application sends to other services through its sidecar.
+//!
+//! app -> plain HTTP/1.1 (as an explicit proxy with absolute-form targets, or with a `Host`
+//! naming the service) or HTTP/2 (prior knowledge) on loopback -> resolve the host in the
+//! service registry -> one pooled HTTP/2 connection over mTLS per destination service,
+//! which must present the SPIFFE ID the registry names (secure naming: anything else is a
+//! 502 and an audit event) -> the destination's inbound sidecar, which authorizes.
+//! HTTP/1.1 semantics survive the HTTP/2 hop: hop-by-hop headers are per connection on
+//! both sides, and `Host` travels as `:authority`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use palisade_contract::registry::{ServiceEntry, ServiceRegistry};
+use palisade_contract::tls::{ExpectedServer, VerifyError, client_config, server_name_for};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio_rustls::TlsConnector;
+
+use crate::audit::{AuditEvent, AuditLog, now_rfc3339};
+use crate::forwarding::{ProxyBody, local_response, request_id, strip_hop_by_hop};
+use crate::identity::IdentityManager;
+use crate::inbound::Limits;
+use crate::metrics::HttpMetrics;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Outbound {
+    pub identity: Arc<IdentityManager>,
+    pub registry: Arc<ArcSwap<ServiceRegistry>>,
+    pub audit: AuditLog,
+    pub metrics: HttpMetrics,
+    pub limits: Limits,
+    /// One HTTP/2 connection per destination service (`namespace/name`).
+    pool: Mutex<HashMap<String, SendRequest<ProxyBody>>>,
+    next_endpoint: AtomicUsize,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error("no such service: {0}")]
+    UnknownService(String),
+    #[error("the request names no host")]
+    NoHost,
+    #[error("secure naming: {service} must present {want}, the endpoint presented {got}")]
+    SecureNaming {
+        service: String,
+        want: String,
+        got: String,
+    },
+    #[error("cannot reach {service}: {detail}")]
+    Unreachable { service: String, detail: String },
+}
+
+impl Outbound {
+    pub fn new(
+        identity: Arc<IdentityManager>,
+        registry: Arc<ArcSwap<ServiceRegistry>>,
+        audit: AuditLog,
+        metrics: HttpMetrics,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            identity,
+            registry,
+            audit,
+            metrics,
+            limits,
+            pool: Mutex::new(HashMap::new()),
+            next_endpoint: AtomicUsize::new(0),
+        }
+    }
+
+    /// A live connection to `entry`, from the pool or new.
+    async fn connection(
+        &self,
+        entry: &ServiceEntry,
+    ) -> Result<SendRequest<ProxyBody>, ForwardError> {
+        let key = format!("{}/{}", entry.namespace, entry.name);
+        if let Some(sender) = self.pool.lock().await.get(&key)
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let unreachable = |detail: String| ForwardError::Unreachable {
+            service: key.clone(),
+            detail,
+        };
+        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        let endpoint = &entry.endpoints[i % entry.endpoints.len()];
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+            .await
+            .map_err(|_| unreachable(format!("{endpoint}: connect timed out")))?
+            .map_err(|e| unreachable(format!("{endpoint}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let tls_config = client_config(
+            Some(self.identity.slot()),
+            self.identity.bundle(),
+            ExpectedServer::Exact(entry.identity.clone()),
+            &[b"h2"],
+        );
+        let tls = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TlsConnector::from(Arc::new(tls_config)).connect(server_name_for(&entry.identity), tcp),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.metrics.handshake("outbound", "failure");
+                return Err(match unexpected_peer(&e) {
+                    Some((got, want)) => ForwardError::SecureNaming {
+                        service: key,
+                        want,
+                        got,
+                    },
+                    None => unreachable(format!("{endpoint}: TLS: {e}")),
+                });
+            }
+            Err(_) => {
+                self.metrics.handshake("outbound", "timeout");
+                return Err(unreachable(format!("{endpoint}: TLS handshake timed out")));
+            }
+        };
+        self.metrics.handshake("outbound", "success");
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| unreachable(format!("{endpoint}: HTTP/2: {e}")))?;
+        let open = self.metrics.open_connection("outbound");
+        tokio::spawn(async move {
+            let _open = open;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "outbound connection ended with an error");
+            }
+        });
+        self.pool.lock().await.insert(key, sender.clone());
+        Ok(sender)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = request_id();
+        let own = self.identity.spiffe_id();
+        let mut event = AuditEvent {
+            time: now_rfc3339(),
+            request_id: request_id.clone(),
+            decision: "error",
+            direction: "outbound",
+            source: own.as_ref().map(ToString::to_string),
+            destination_service: String::new(),
+            destination: String::new(),
+            protocol: if req.version() == Version::HTTP_2 {
+                "http2"
+            } else {
+                "http1"
+            },
+            method: req.method().as_str().chars().take(32).collect(),
+            path: req.uri().path().chars().take(256).collect(),
+            status: 0,
+            policy: None,
+            rule: None,
+            policy_version: 0,
+            reason: None,
+            dry_run: Vec::new(),
+            audit_policy: None,
+        };
+        let response = match self
+            .forward(req, own.as_ref().and_then(|id| id.namespace()), &mut event)
+            .await
+        {
+            Ok(r) => {
+                event.decision = "forward";
+                r
+            }
+            Err(e) => {
+                if matches!(e, ForwardError::SecureNaming { .. }) {
+                    tracing::warn!(target: "palisade::audit", error = %e, "secure naming violation");
+                }
+                event.reason = Some(e.to_string());
+                local_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("palisade: {e}"),
+                    &request_id,
+                )
+            }
+        };
+        event.status = response.status().as_u16();
+        let peer = event.destination.clone();
+        self.metrics.request(
+            "outbound",
+            &peer,
+            event.decision,
+            event.status,
+            started.elapsed(),
+        );
+        self.audit.record(&event);
+        response
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        own_namespace: Option<&str>,
+        event: &mut AuditEvent,
+    ) -> Result<Response<ProxyBody>, ForwardError> {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .ok_or(ForwardError::NoHost)?;
+        let entry = self
+            .registry
+            .load()
+            .resolve(&host, own_namespace.unwrap_or_default())
+            .ok_or_else(|| ForwardError::UnknownService(host.chars().take(253).collect()))?;
+        event.destination_service = entry.name.clone();
+        event.destination = entry.identity.to_string();
+        let mut sender = self.connection(&entry).await?;
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        parts.uri = Uri::builder()
+            .scheme("https")
+            .authority(host.as_str())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ForwardError::NoHost)?;
+        parts.version = Version::HTTP_2;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        if let Ok(v) = HeaderValue::from_str(&event.request_id) {
+            parts.headers.entry("x-request-id").or_insert(v);
+        }
+        let request = Request::from_parts(parts, body.boxed());
+        let sent = async {
+            sender.ready().await?;
+            sender.send_request(request).await
+        };
+        match sent.await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts.version = Version::HTTP_11;
+                Ok(Response::from_parts(parts, body.boxed()))
+            }
+            Err(e) => {
+                // The pooled connection is broken: forget it so the next request reconnects.
+                self.pool
+                    .lock()
+                    .await
+                    .remove(&format!("{}/{}", entry.namespace, entry.name));
+                Err(ForwardError::Unreachable {
+                    service: entry.name.clone(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// `(presented, expected)` when a TLS error is a secure-naming mismatch.
+fn unexpected_peer(e: &std::io::Error) -> Option<(String, String)> {
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = inner else {
+        return None;
+    };
+    match other.0.downcast_ref::<VerifyError>()? {
+        VerifyError::UnexpectedPeer { got, want } => Some((got.clone(), want.clone())),
+        _ => None,
+    }
+}
+
+/// Serves the outbound listener (plain HTTP from the application) until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    outbound: Arc<Outbound>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(outbound.limits.header_timeout)
+        .max_buf_size(outbound.limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(outbound.limits.max_streams)
+        .max_header_list_size(outbound.limits.max_header_bytes as u32);
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (outbound, builder) = (outbound.clone(), builder.clone());
+        tokio::spawn(async move {
+            let service = {
+                let outbound = outbound.clone();
+                service_fn(move |req| {
+                    let outbound = outbound.clone();
+                    async move { Ok::<_, Infallible>(outbound.handle(req).await) }
+                })
+            };
+            if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).await {
+                tracing::debug!(peer = %addr, error = %e, "outbound connection ended with an error");
+            }
+        });
+    }
+}
