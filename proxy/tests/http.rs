@@ -1,5 +1,7 @@
-//! The inbound path end to end: a control plane, the `payments` sidecar in front of a small
-//! echo application, and a client holding the `orders` identity (from its own sidecar).
+//! The HTTP data plane end to end: a control plane, the `payments` sidecar in front of a
+//! small echo application, and the `orders` sidecar. Inbound tests call payments' sidecar
+//! directly with the orders identity; outbound tests go app -> orders sidecar -> payments
+//! sidecar -> app, as a real call would.
 
 mod support;
 
@@ -93,6 +95,7 @@ struct Mesh {
     payments: RunningSidecar,
     orders: RunningSidecar,
     payments_audit: std::path::PathBuf,
+    orders_audit: std::path::PathBuf,
 }
 
 async fn mesh(policies: Option<&str>) -> Mesh {
@@ -120,15 +123,31 @@ async fn mesh_with(policies: Option<&str>, flags: &[&str]) -> Mesh {
     ))
     .await
     .unwrap();
+    // The orders sidecar's registry: payments as it is, and "wrong", which points at the
+    // payments sidecar but expects another identity (a secure-naming violation).
+    let registry = format!(
+        "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: payments, namespace: shop }}\n\
+         spec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/payments\", endpoints: [\"{addr}\"] }}\n---\n\
+         apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: wrong, namespace: shop }}\n\
+         spec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/inventory\", endpoints: [\"{addr}\"] }}\n",
+        addr = payments.inbound_addr
+    );
+    let registry_file = dir.path().join("registry.yaml");
+    std::fs::write(&registry_file, registry).unwrap();
     let orders_files = sidecar_files(&cp, dir.path(), "orders").await;
-    let orders =
-        palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, &orders_files, &[]))
-            .await
-            .unwrap();
+    let orders = palisade_proxy::start(&sidecar_config(
+        cp.sidecar_addr,
+        bundle,
+        &orders_files,
+        &["--registry-file", registry_file.to_str().unwrap()],
+    ))
+    .await
+    .unwrap();
     wait_ready(&payments).await;
     wait_ready(&orders).await;
     Mesh {
         payments_audit: payments_files.audit,
+        orders_audit: orders_files.audit,
         _dir: dir,
         cp,
         payments,
@@ -206,6 +225,43 @@ impl Mesh {
         let resp = self
             .send(http2, req.body(Empty::<Bytes>::new()).unwrap())
             .await;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    /// A plain-HTTP call from the orders application to its own sidecar's outbound port.
+    async fn app_call(
+        &self,
+        http2: bool,
+        method: &str,
+        uri: &str,
+        host: Option<&str>,
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let tcp = TcpStream::connect(self.orders.outbound_addr).await.unwrap();
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        let req = req.body(Empty::<Bytes>::new()).unwrap();
+        let resp = if http2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        };
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         (
@@ -618,5 +674,73 @@ async fn limits_on_headers_and_slow_clients() {
         m.call(false, "POST", "/charge", &[]).await.0,
         StatusCode::OK
     );
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_crosses_both_sidecars_over_one_pooled_mtls_connection() {
+    let m = mesh(Some(POLICIES)).await;
+    let calls = [
+        (false, "/charge", Some("payments")),
+        (false, "http://payments.shop/charge", None), // as an HTTP proxy (absolute-form)
+        (
+            true,
+            "http://payments.shop.svc.cluster.local:8080/charge",
+            None,
+        ), // HTTP/2, prior knowledge
+        (false, "/refunds/3?x=1", Some("payments:80")),
+    ];
+    for (http2, uri, host) in calls {
+        let (status, _, body) = m.app_call(http2, "POST", uri, host).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            seen["headers"]["x-forwarded-client-cert"],
+            "By=spiffe://palisade.local/ns/shop/sa/payments;URI=spiffe://palisade.local/ns/shop/sa/orders",
+            "{uri}"
+        );
+        assert!(seen["target"].as_str().unwrap().starts_with('/'), "{seen}");
+    }
+    // The destination's decision comes back unchanged.
+    let (status, _, body) = m.app_call(false, "GET", "/charge", Some("payments")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::FORBIDDEN, "RBAC: access denied\n")
+    );
+    // All of it over one mTLS connection from orders to payments.
+    let (_, metrics) = support::admin_get(&m.orders, "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"palisade_proxy_tls_handshakes_total{direction="outbound",result="success"} 1"#
+        ),
+        "{metrics}"
+    );
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn a_destination_with_the_wrong_identity_is_refused() {
+    let m = mesh(Some(POLICIES)).await;
+    let (status, headers, body) = m.app_call(false, "POST", "/charge", Some("wrong")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("secure naming"), "{body}");
+    assert!(
+        body.contains("spiffe://palisade.local/ns/shop/sa/inventory"),
+        "{body}"
+    );
+    let audit = audit_line(&m.orders_audit, headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(audit["direction"], "outbound");
+    assert_eq!(audit["decision"], "error");
+    assert!(
+        audit["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the endpoint presented spiffe://palisade.local/ns/shop/sa/payments"),
+        "{audit}"
+    );
+    // Unknown services are refused plainly.
+    let (status, _, body) = m.app_call(false, "GET", "/", Some("nowhere")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("no such service: nowhere"), "{body}");
     m.stop().await;
 }
