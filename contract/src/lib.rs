@@ -4,6 +4,7 @@
 //! - [`certs`]: reading certificates and PEM bundles, and what makes a valid workload leaf.
 //! - [`tls`]: mTLS by SPIFFE ID (verifiers, trust bundles, live certificate swaps).
 //! - [`identity_api`]: the certificate issuance and renewal protocol.
+//! - [`jwt`]: strict JWT and JWKS verification (bootstrap and end-user tokens alike).
 //! - [`path`]: request path normalization (policies match the path that is forwarded).
 //! - [`policy`]: the authorization policy model and its evaluator.
 //! - [`registry`]: services, their endpoints and the identity they must present.
@@ -13,6 +14,7 @@
 
 pub mod certs;
 pub mod identity_api;
+pub mod jwt;
 pub mod path;
 pub mod policy;
 pub mod private_files;

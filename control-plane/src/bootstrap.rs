@@ -9,17 +9,15 @@
 //!
 //! The SPIFFE ID comes from the verified token only, never from the CSR.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use palisade_contract::jwt::{Jwks, JwksError};
 use palisade_contract::{SpiffeId, TrustDomain};
 use serde::Deserialize;
 
-use crate::tokens::{TokenError, TokenKey, strict_validation, unverified_issuer};
+use crate::tokens::{TokenError, TokenKey, unverified_issuer};
 
 /// Who a verified bootstrap token says its bearer is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,63 +44,19 @@ impl BootstrapSource {
 }
 
 /// Verifies Kubernetes projected ServiceAccount tokens of one cluster.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct KubernetesVerifier {
     issuer: String,
     audience: String,
-    /// Usable keys by `kid`; symmetric keys are never loaded.
-    keys: HashMap<String, (DecodingKey, Algorithm)>,
-    /// The only key of a one-key JWKS, for tokens without a `kid`.
-    sole_key: Option<(DecodingKey, Algorithm)>,
-}
-
-impl std::fmt::Debug for KubernetesVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubernetesVerifier")
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("kids", &self.keys.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum JwksError {
-    #[error("JWKS is not valid JSON: {0}")]
-    Json(String),
-    #[error("JWKS has no usable asymmetric key (RSA, EC P-256/P-384 or Ed25519)")]
-    NoUsableKey,
+    keys: Jwks,
 }
 
 impl KubernetesVerifier {
     pub fn from_jwks_json(issuer: &str, audience: &str, jwks: &[u8]) -> Result<Self, JwksError> {
-        let set: JwkSet =
-            serde_json::from_slice(jwks).map_err(|e| JwksError::Json(e.to_string()))?;
-        let mut keys = HashMap::new();
-        let mut usable = Vec::new();
-        for jwk in &set.keys {
-            let Some((key, alg)) = usable_key(jwk) else {
-                tracing::warn!(kid = ?jwk.common.key_id, "ignoring a JWKS key that is symmetric, unsupported or malformed");
-                continue;
-            };
-            if let Some(kid) = &jwk.common.key_id {
-                keys.insert(kid.clone(), (key.clone(), alg));
-            }
-            usable.push((key, alg));
-        }
-        if usable.is_empty() {
-            return Err(JwksError::NoUsableKey);
-        }
-        let sole_key = if usable.len() == 1 {
-            usable.pop()
-        } else {
-            None
-        };
         Ok(Self {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
-            keys,
-            sole_key,
+            keys: Jwks::from_json(jwks)?,
         })
     }
 
@@ -111,14 +65,9 @@ impl KubernetesVerifier {
     }
 
     pub fn verify(&self, token: &str, td: &TrustDomain) -> Result<BootstrapIdentity, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        let (key, alg) = match &header.kid {
-            // An unknown kid is refused, never retried with another key.
-            Some(kid) => self.keys.get(kid).ok_or(TokenError::UnknownKey)?,
-            None => self.sole_key.as_ref().ok_or(TokenError::UnknownKey)?,
-        };
-        let validation = strict_validation(*alg, &self.issuer, &self.audience);
-        let claims = jsonwebtoken::decode::<KubernetesClaims>(token, key, &validation)?.claims;
+        let claims: KubernetesClaims =
+            self.keys
+                .verify(token, &self.issuer, &[self.audience.as_str()])?;
         let k8s = claims.kubernetes;
         if claims.sub
             != format!(
@@ -138,35 +87,6 @@ impl KubernetesVerifier {
             },
         })
     }
-}
-
-/// The algorithm a JWK may be used with, from its `alg` when given, else from its key type.
-fn usable_key(jwk: &Jwk) -> Option<(DecodingKey, Algorithm)> {
-    let by_type = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
-        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
-            EllipticCurve::P256 => Algorithm::ES256,
-            EllipticCurve::P384 => Algorithm::ES384,
-            _ => return None,
-        },
-        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
-            Algorithm::EdDSA
-        }
-        // Symmetric ("oct") keys and anything else are never used.
-        _ => return None,
-    };
-    let alg = match jwk.common.key_algorithm {
-        Some(ka) => {
-            let named: Algorithm = ka.to_string().parse().ok()?;
-            if named.family() != by_type.family() {
-                return None;
-            }
-            named
-        }
-        None => by_type,
-    };
-    let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some((key, alg))
 }
 
 /// The claims of a projected ServiceAccount token that Palisade reads.

@@ -5,16 +5,16 @@
 //! sidecar's identity, and **admin tokens** for the administration API. They carry distinct
 //! audiences, so one can never be used as the other.
 //!
-//! jsonwebtoken's defaults are looser than Palisade needs: a token missing `iss` or `aud`
-//! passes unless those are listed as required, `nbf` is not checked, and the leeway is 60 s.
-//! [`strict_validation`] sets all of that deliberately, and the claim structs below are
-//! typed, so a claim of the wrong JSON type fails to parse rather than being skipped.
+//! Every token is checked by [`palisade_contract::jwt::strict_validation`], and the claim
+//! structs below are typed, so a claim of the wrong JSON type fails to parse rather than
+//! being skipped.
 
 use std::path::Path;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use palisade_contract::identity_api::control_plane_id;
+pub use palisade_contract::jwt::{LEEWAY_SECS, TokenError, strict_validation, unverified_issuer};
 use palisade_contract::{SpiffeId, TrustDomain};
 use rcgen::KeyPair;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -22,105 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::ca::{CaError, unix_now, write_file};
 
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
-pub const LEEWAY_SECS: u64 = 5;
 /// Audience of join tokens.
 pub const JOIN_AUDIENCE: &str = "palisade-join";
 /// Audience of admin API tokens.
 pub const ADMIN_AUDIENCE: &str = "palisade-admin";
 
 pub const TOKEN_KEY_FILE: &str = "token-signing-key.pem";
-
-/// A validation that requires `exp`, `iss` and `aud` with the given values, checks `nbf`
-/// when present, allows exactly one algorithm and only [`LEEWAY_SECS`] of skew.
-pub fn strict_validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
-    let mut v = Validation::new(alg);
-    v.set_required_spec_claims(&["exp", "iss", "aud"]);
-    v.set_issuer(&[issuer]);
-    v.set_audience(&[audience]);
-    v.validate_exp = true;
-    v.validate_nbf = true;
-    v.validate_aud = true;
-    v.leeway = LEEWAY_SECS;
-    v
-}
-
-/// Why a token was refused. The variants are the reasons counted in metrics and told to the
-/// caller; the detail goes to the log only.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("token is not a well-formed JWT")]
-    Malformed,
-    #[error("token issuer is not trusted")]
-    UnknownIssuer,
-    #[error("token was signed by an unknown key")]
-    UnknownKey,
-    #[error("token signature or algorithm is not valid")]
-    BadSignature,
-    #[error("token has expired")]
-    Expired,
-    #[error("token is not valid yet")]
-    NotYetValid,
-    #[error("token audience is not accepted")]
-    WrongAudience,
-    #[error("token claims are missing or malformed")]
-    BadClaims,
-    #[error("token names no valid identity")]
-    BadIdentity,
-}
-
-impl TokenError {
-    pub fn label(&self) -> &'static str {
-        match self {
-            TokenError::Malformed => "malformed",
-            TokenError::UnknownIssuer => "unknown_issuer",
-            TokenError::UnknownKey => "unknown_key",
-            TokenError::BadSignature => "bad_signature",
-            TokenError::Expired => "expired",
-            TokenError::NotYetValid => "not_yet_valid",
-            TokenError::WrongAudience => "wrong_audience",
-            TokenError::BadClaims => "bad_claims",
-            TokenError::BadIdentity => "bad_identity",
-        }
-    }
-}
-
-impl From<jsonwebtoken::errors::Error> for TokenError {
-    fn from(e: jsonwebtoken::errors::Error) -> Self {
-        use jsonwebtoken::errors::ErrorKind as K;
-        match e.kind() {
-            K::InvalidToken | K::Base64(_) | K::Utf8(_) => TokenError::Malformed,
-            K::InvalidSignature
-            | K::InvalidAlgorithm
-            | K::InvalidAlgorithmName
-            | K::InvalidEcdsaKey
-            | K::InvalidRsaKey(_)
-            | K::InvalidKeyFormat
-            | K::MissingAlgorithm => TokenError::BadSignature,
-            K::ExpiredSignature => TokenError::Expired,
-            K::ImmatureSignature => TokenError::NotYetValid,
-            K::InvalidAudience => TokenError::WrongAudience,
-            K::InvalidIssuer => TokenError::UnknownIssuer,
-            _ => TokenError::BadClaims,
-        }
-    }
-}
-
-/// Reads the issuer of a token without trusting it, to pick the verifier that will check
-/// the token properly.
-pub fn unverified_issuer(token: &str) -> Result<String, TokenError> {
-    #[derive(Deserialize)]
-    struct Iss {
-        iss: String,
-    }
-    let claims: Iss = jsonwebtoken::dangerous::insecure_decode(token)
-        .map(|t| t.claims)
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::BadClaims,
-            _ => TokenError::Malformed,
-        })?;
-    Ok(claims.iss)
-}
 
 /// The control plane's own token key.
 pub struct TokenKey {
@@ -258,7 +165,7 @@ impl TokenKey {
         if header.kid.as_deref() != Some(self.kid.as_str()) {
             return Err(TokenError::UnknownKey);
         }
-        let validation = strict_validation(Algorithm::ES256, &self.issuer, audience);
+        let validation = strict_validation(Algorithm::ES256, &self.issuer, &[audience]);
         Ok(jsonwebtoken::decode::<T>(token, &self.decoding, &validation)?.claims)
     }
 }

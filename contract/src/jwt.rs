@@ -1,0 +1,207 @@
+//! JSON Web Tokens, verified one strict way everywhere: bootstrap tokens at the control plane,
+//! end-user tokens at the sidecar.
+//!
+//! jsonwebtoken's defaults are looser than Palisade needs: a token missing `iss` or `aud`
+//! passes unless those are listed as required, `nbf` is not checked, and the leeway is 60 s.
+//! [`strict_validation`] sets all of that deliberately. Keys come from a JWKS where only
+//! asymmetric keys are ever loaded, each with the one algorithm it may be used with, and a
+//! token naming an unknown `kid` is refused, never tried against another key.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// A validation that requires `exp`, `iss` and `aud` with the given values, checks `nbf`
+/// when present, allows exactly one algorithm and only [`LEEWAY_SECS`] of skew.
+pub fn strict_validation(alg: Algorithm, issuer: &str, audiences: &[&str]) -> Validation {
+    let mut v = Validation::new(alg);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v.set_issuer(&[issuer]);
+    v.set_audience(audiences);
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.leeway = LEEWAY_SECS;
+    v
+}
+
+/// Why a token was refused. The variants are the reasons counted in metrics and told to the
+/// caller; the detail goes to the log only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    #[error("token issuer is not trusted")]
+    UnknownIssuer,
+    #[error("token was signed by an unknown key")]
+    UnknownKey,
+    #[error("token signature or algorithm is not valid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("token claims are missing or malformed")]
+    BadClaims,
+    #[error("token names no valid identity")]
+    BadIdentity,
+}
+
+impl TokenError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::UnknownIssuer => "unknown_issuer",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::BadClaims => "bad_claims",
+            TokenError::BadIdentity => "bad_identity",
+        }
+    }
+}
+
+impl From<jsonwebtoken::errors::Error> for TokenError {
+    fn from(e: jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::InvalidToken | K::Base64(_) | K::Utf8(_) => TokenError::Malformed,
+            K::InvalidSignature
+            | K::InvalidAlgorithm
+            | K::InvalidAlgorithmName
+            | K::InvalidEcdsaKey
+            | K::InvalidRsaKey(_)
+            | K::InvalidKeyFormat
+            | K::MissingAlgorithm => TokenError::BadSignature,
+            K::ExpiredSignature => TokenError::Expired,
+            K::ImmatureSignature => TokenError::NotYetValid,
+            K::InvalidAudience => TokenError::WrongAudience,
+            K::InvalidIssuer => TokenError::UnknownIssuer,
+            _ => TokenError::BadClaims,
+        }
+    }
+}
+
+/// Reads the issuer of a token without trusting it, to pick the verifier that will check
+/// the token properly.
+pub fn unverified_issuer(token: &str) -> Result<String, TokenError> {
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: String,
+    }
+    let claims: Iss = jsonwebtoken::dangerous::insecure_decode(token)
+        .map(|t| t.claims)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::BadClaims,
+            _ => TokenError::Malformed,
+        })?;
+    Ok(claims.iss)
+}
+
+/// The usable keys of a JWKS, by `kid`.
+#[derive(Clone)]
+pub struct Jwks {
+    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    /// The only key of a one-key JWKS, for tokens without a `kid`.
+    sole_key: Option<(DecodingKey, Algorithm)>,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwks")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    #[error("JWKS is not valid JSON: {0}")]
+    Json(String),
+    #[error("JWKS has no usable asymmetric key (RSA, EC P-256/P-384 or Ed25519)")]
+    NoUsableKey,
+}
+
+impl Jwks {
+    pub fn from_json(jwks: &[u8]) -> Result<Self, JwksError> {
+        let set: JwkSet =
+            serde_json::from_slice(jwks).map_err(|e| JwksError::Json(e.to_string()))?;
+        let mut keys = HashMap::new();
+        let mut usable = Vec::new();
+        for jwk in &set.keys {
+            let Some((key, alg)) = usable_key(jwk) else {
+                tracing::warn!(kid = ?jwk.common.key_id, "ignoring a JWKS key that is symmetric, unsupported or malformed");
+                continue;
+            };
+            if let Some(kid) = &jwk.common.key_id {
+                keys.insert(kid.clone(), (key.clone(), alg));
+            }
+            usable.push((key, alg));
+        }
+        if usable.is_empty() {
+            return Err(JwksError::NoUsableKey);
+        }
+        let sole_key = if usable.len() == 1 {
+            usable.pop()
+        } else {
+            None
+        };
+        Ok(Self { keys, sole_key })
+    }
+
+    /// Verifies `token` against these keys, for `issuer` and any of `audiences`, and returns
+    /// its claims.
+    pub fn verify<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        issuer: &str,
+        audiences: &[&str],
+    ) -> Result<T, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let (key, alg) = match &header.kid {
+            Some(kid) => self.keys.get(kid).ok_or(TokenError::UnknownKey)?,
+            None => self.sole_key.as_ref().ok_or(TokenError::UnknownKey)?,
+        };
+        let validation = strict_validation(*alg, issuer, audiences);
+        Ok(jsonwebtoken::decode::<T>(token, key, &validation)?.claims)
+    }
+}
+
+/// The algorithm a JWK may be used with, from its `alg` when given, else from its key type.
+fn usable_key(jwk: &Jwk) -> Option<(DecodingKey, Algorithm)> {
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => Algorithm::ES256,
+            EllipticCurve::P384 => Algorithm::ES384,
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        // Symmetric ("oct") keys and anything else are never used.
+        _ => return None,
+    };
+    let alg = match jwk.common.key_algorithm {
+        Some(ka) => {
+            let named: Algorithm = ka.to_string().parse().ok()?;
+            if named.family() != by_type.family() {
+                return None;
+            }
+            named
+        }
+        None => by_type,
+    };
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some((key, alg))
+}
