@@ -9,12 +9,10 @@
 //! - **AUDIT** policies never change the decision; a match is recorded.
 //! - **dry-run** policies are evaluated and recorded as what they would do, never enforced.
 //!
-//! A policy applies to its namespace's workloads (`selector.service` narrows it to one
-//! service); policies in [`MESH_NAMESPACE`] apply to workloads of every namespace. The set
-//! is indexed by workload when compiled, so a request looks only at the policies that can
-//! select it, however many others the mesh holds; string matchers are compiled once.
+//! Which policies apply to a workload is decided by [`super::index`], so a request looks
+//! only at the policies that can select it, however many others the mesh holds; string
+//! matchers are compiled once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -23,10 +21,9 @@ use serde_json::Value;
 use super::document::{
     Action, AuthorizationPolicy, Condition, ConditionKey, Operation, Rule, Source,
 };
+use super::index::WorkloadIndex;
+pub use super::index::{MESH_NAMESPACE, Workload};
 use crate::spiffe::SpiffeId;
-
-/// Policies in this namespace apply mesh-wide (as Istio's root namespace).
-pub const MESH_NAMESPACE: &str = "palisade-system";
 
 /// What happens to a request for a workload that no policy selects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -301,13 +298,6 @@ pub struct Request<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
-/// The destination workload.
-#[derive(Debug, Clone, Copy)]
-pub struct Workload<'a> {
-    pub namespace: &'a str,
-    pub service: &'a str,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
@@ -376,66 +366,37 @@ impl Decision {
     }
 }
 
-type Policies = Vec<Arc<CompiledPolicy>>;
-
 /// Every policy of the mesh, compiled and indexed, at one version.
 #[derive(Debug, Default)]
 pub struct PolicySet {
     version: u64,
     default_mode: DefaultMode,
-    /// namespace -> service -> policies with that selector (nested, so a lookup borrows
-    /// the request's strings instead of building a key).
-    by_service: HashMap<String, HashMap<String, Policies>>,
-    /// namespace -> policies without a selector.
-    by_namespace: HashMap<String, Policies>,
-    /// Mesh-wide policies with a selector, by service name.
-    mesh_by_service: HashMap<String, Policies>,
-    /// Mesh-wide policies without a selector.
-    mesh_wide: Policies,
-    len: usize,
+    index: WorkloadIndex<CompiledPolicy>,
 }
 
 impl PolicySet {
     pub fn new(policies: &[AuthorizationPolicy], version: u64, default_mode: DefaultMode) -> Self {
-        let mut set = PolicySet {
+        let mut index = WorkloadIndex::default();
+        for p in policies {
+            index.insert(
+                &p.namespace,
+                p.service.as_deref(),
+                CompiledPolicy {
+                    id: Arc::new(PolicyRef {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                    }),
+                    action: p.action,
+                    dry_run: p.dry_run,
+                    rules: p.rules.iter().map(CompiledRule::new).collect(),
+                },
+            );
+        }
+        PolicySet {
             version,
             default_mode,
-            len: policies.len(),
-            ..PolicySet::default()
-        };
-        for p in policies {
-            let compiled = Arc::new(CompiledPolicy {
-                id: Arc::new(PolicyRef {
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                }),
-                action: p.action,
-                dry_run: p.dry_run,
-                rules: p.rules.iter().map(CompiledRule::new).collect(),
-            });
-            let mesh = p.namespace == MESH_NAMESPACE;
-            match (&p.service, mesh) {
-                (Some(svc), false) => set
-                    .by_service
-                    .entry(p.namespace.clone())
-                    .or_default()
-                    .entry(svc.clone())
-                    .or_default()
-                    .push(compiled),
-                (None, false) => set
-                    .by_namespace
-                    .entry(p.namespace.clone())
-                    .or_default()
-                    .push(compiled),
-                (Some(svc), true) => set
-                    .mesh_by_service
-                    .entry(svc.clone())
-                    .or_default()
-                    .push(compiled),
-                (None, true) => set.mesh_wide.push(compiled),
-            }
+            index,
         }
-        set
     }
 
     pub fn version(&self) -> u64 {
@@ -443,24 +404,15 @@ impl PolicySet {
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.index.is_empty()
     }
 
-    /// The policies that select `workload` (and only those).
     fn candidates<'s>(&'s self, w: &Workload<'_>) -> impl Iterator<Item = &'s CompiledPolicy> {
-        let lists: [Option<&'s Policies>; 4] = [
-            self.by_service
-                .get(w.namespace)
-                .and_then(|m| m.get(w.service)),
-            self.by_namespace.get(w.namespace),
-            self.mesh_by_service.get(w.service),
-            Some(&self.mesh_wide),
-        ];
-        lists.into_iter().flatten().flatten().map(|p| p.as_ref())
+        self.index.candidates(w)
     }
 
     /// How many policies a request for `workload` looks at.

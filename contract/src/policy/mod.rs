@@ -3,9 +3,11 @@
 //!
 //! - [`document`]: parsing and validating `AuthorizationPolicy` documents.
 //! - [`evaluate`]: the compiled, indexed policy set and its decisions.
+//! - [`index`]: which documents apply to which workload.
 
 pub mod document;
 pub mod evaluate;
+pub mod index;
 
 pub use document::{Action, AuthorizationPolicy, Problem, Problems, parse_documents};
 pub use evaluate::{
