@@ -205,3 +205,58 @@ fn usable_key(jwk: &Jwk) -> Option<(DecodingKey, Algorithm)> {
     let key = DecodingKey::from_jwk(jwk).ok()?;
     Some((key, alg))
 }
+
+/// Token issuers for tests: an ES256 key with a JWKS that publishes it.
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde_json::{Value, json};
+
+    pub struct TestIssuer {
+        pub kid: String,
+        pub key: jsonwebtoken::EncodingKey,
+        /// `{"keys": [<this key>]}`.
+        pub jwks: Value,
+    }
+
+    impl TestIssuer {
+        /// A fresh P-256 key published under `kid`.
+        pub fn new(kid: &str) -> Self {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .expect("P-256 key generation");
+            let raw = key.public_key_raw();
+            let jwks = json!({"keys": [{
+                "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+                "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
+                "y": URL_SAFE_NO_PAD.encode(&raw[33..65]),
+            }]});
+            Self {
+                kid: kid.to_owned(),
+                key: jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())
+                    .expect("rcgen writes PKCS#8 PEM"),
+                jwks,
+            }
+        }
+
+        /// `claims` signed with this key, the header naming `kid` (which may be another's).
+        pub fn sign_as(&self, kid: Option<&str>, claims: &Value) -> String {
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            header.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&header, claims, &self.key).expect("encoding a token")
+        }
+
+        /// `claims` signed with this key under its own `kid`.
+        pub fn sign(&self, claims: &Value) -> String {
+            self.sign_as(Some(&self.kid), claims)
+        }
+    }
+
+    /// Seconds since the epoch, for `exp`, `nbf` and `iat`.
+    pub fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs()
+    }
+}

@@ -23,11 +23,15 @@ pub struct AuditEvent {
     /// RFC 3339, UTC.
     pub time: String,
     pub request_id: String,
-    /// `allow`, `deny`, `audit`, `dry-run-deny`, or `error` when the request never reached a
-    /// decision (bad path, bad method).
+    /// `allow`, `deny`, `audit`, `dry-run-deny`, `unauthenticated` (an end-user token was
+    /// refused: 401), or `error` when the request never reached a decision (bad path, bad
+    /// method).
     pub decision: &'static str,
     pub direction: &'static str,
     pub source: Option<String>,
+    /// The end user (`iss/sub` of a verified JWT), when the request carried one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_principal: Option<String>,
     pub destination_service: String,
     pub destination: String,
     pub protocol: &'static str,

@@ -25,7 +25,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use palisade_contract::SpiffeId;
 use palisade_contract::path::{PathOptions, normalize};
-use palisade_contract::policy::{PolicySet, Request as AuthzRequest, Verdict, Workload};
+use palisade_contract::policy::{
+    Authenticator, PolicySet, Request as AuthzRequest, Verdict, Workload,
+};
 use palisade_contract::tls::{ClientAuth, peer_spiffe_id, server_config};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -61,10 +63,17 @@ impl Default for Limits {
     }
 }
 
+/// What the inbound path enforces, swapped whole when it changes.
+#[derive(Debug, Default)]
+pub struct Policies {
+    pub authorization: PolicySet,
+    pub authentication: Authenticator,
+}
+
 /// Everything the inbound path needs; shared by all connections.
 pub struct Inbound {
     pub identity: Arc<IdentityManager>,
-    pub policies: Arc<ArcSwap<PolicySet>>,
+    pub policies: Arc<ArcSwap<Policies>>,
     /// The service this sidecar protects (policies select it by this name); by default the
     /// service account of its own SPIFFE ID.
     pub service: Option<String>,
@@ -90,7 +99,7 @@ impl Inbound {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: Arc<IdentityManager>,
-        policies: Arc<ArcSwap<PolicySet>>,
+        policies: Arc<ArcSwap<Policies>>,
         service: Option<String>,
         app: SocketAddr,
         audit: AuditLog,
@@ -223,6 +232,7 @@ impl Inbound {
             decision: "error",
             direction: "inbound",
             source: Some(peer.to_string()),
+            request_principal: None,
             destination_service: service,
             destination: own.as_ref().map(ToString::to_string).unwrap_or_default(),
             protocol: if req.version() == Version::HTTP_2 {
@@ -235,7 +245,7 @@ impl Inbound {
             status: 0,
             policy: None,
             rule: None,
-            policy_version: self.policies.load().version(),
+            policy_version: self.policies.load().authorization.version(),
             reason: None,
             dry_run: Vec::new(),
             audit_policy: None,
@@ -305,15 +315,39 @@ impl Inbound {
             }
         };
         let policies = self.policies.load();
-        let decision = policies.evaluate(
-            &Workload {
-                namespace: own_ns,
-                service: &event.destination_service,
-            },
+        let workload = Workload {
+            namespace: own_ns,
+            service: &event.destination_service,
+        };
+        // End-user authentication first: a token that is present must be valid (401, as
+        // Envoy's jwt_authn answers); a missing one is left to authorization to judge.
+        let end_user = match policies
+            .authentication
+            .authenticate(&workload, req.headers())
+        {
+            Ok(user) => user,
+            Err(e) => {
+                event.decision = "unauthenticated";
+                event.reason = Some(format!("end-user token refused: {e}"));
+                let mut response = local_response(
+                    StatusCode::UNAUTHORIZED,
+                    "Jwt verification fails",
+                    request_id,
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                return response;
+            }
+        };
+        event.request_principal = end_user.as_ref().map(|u| u.principal.clone());
+        let decision = policies.authorization.evaluate(
+            &workload,
             &AuthzRequest {
                 source: Some(peer),
-                request_principal: None,
-                claims: None,
+                request_principal: end_user.as_ref().map(|u| u.principal.as_str()),
+                claims: end_user.as_ref().map(|u| &u.claims),
                 method: req.method().as_str(),
                 path: &target.path,
                 port,
@@ -342,6 +376,9 @@ impl Inbound {
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         strip_identity_headers(&mut parts.headers);
+        if let Some(name) = end_user.as_ref().and_then(|u| u.strip_header.as_ref()) {
+            parts.headers.remove(name);
+        }
         if !parts.headers.contains_key(header::HOST)
             && let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok())
         {

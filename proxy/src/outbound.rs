@@ -171,6 +171,7 @@ impl Outbound {
             decision: "error",
             direction: "outbound",
             source: own.as_ref().map(ToString::to_string),
+            request_principal: None,
             destination_service: String::new(),
             destination: String::new(),
             protocol: if req.version() == Version::HTTP_2 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use palisade_contract::path::PathOptions;
-use palisade_contract::policy::{PolicySet, parse_documents};
+use palisade_contract::policy::{Authenticator, PolicySet, parse_documents};
 use palisade_contract::registry::{ServiceRegistry, parse_services};
 use palisade_contract::tls::TrustBundle;
 use prometheus::Registry;
@@ -20,7 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::{IdentityManager, IdentitySettings};
-use crate::inbound::{self, Inbound, Limits};
+use crate::inbound::{self, Inbound, Limits, Policies};
 use crate::metrics::HttpMetrics;
 use crate::outbound::{self, Outbound};
 
@@ -39,8 +39,9 @@ fn load_registry(config: &Config) -> anyhow::Result<ServiceRegistry> {
     Ok(ServiceRegistry::new(entries))
 }
 
-/// The policy set from `--policy-file` (every problem reported), or an empty one.
-fn load_policies(config: &Config) -> anyhow::Result<PolicySet> {
+/// The policy set and the end-user authenticator from `--policy-file` (every problem
+/// reported), or empty ones.
+fn load_policies(config: &Config) -> anyhow::Result<Policies> {
     let docs = match &config.policy_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -58,9 +59,14 @@ fn load_policies(config: &Config) -> anyhow::Result<PolicySet> {
                 )
             })?
         }
-        None => Vec::new(),
+        None => Default::default(),
     };
-    Ok(PolicySet::new(&docs, 1, config.default_mode))
+    let authenticator = Authenticator::new(&docs.authentication)
+        .map_err(|problems| anyhow::anyhow!("--policy-file: {problems}"))?;
+    Ok(Policies {
+        authorization: PolicySet::new(&docs.authorization, 1, config.default_mode),
+        authentication: authenticator,
+    })
 }
 
 /// First retry delay after a failed certificate request.
@@ -73,7 +79,7 @@ pub struct RunningSidecar {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
     /// The policies in force; replace to change decisions without a restart.
-    pub policies: Arc<ArcSwap<PolicySet>>,
+    pub policies: Arc<ArcSwap<Policies>>,
     pub identity: Arc<IdentityManager>,
     pub registry: Registry,
     stop: watch::Sender<bool>,
@@ -114,7 +120,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
     let http_metrics = HttpMetrics::register(&registry)?;
     http_metrics
         .policy_version
-        .set(policies.load().version() as i64);
+        .set(policies.load().authorization.version() as i64);
     let audit = AuditLog::start(config.audit_log.clone(), http_metrics.audit_dropped.clone())
         .await
         .context("opening the audit log")?;

@@ -372,10 +372,10 @@ async fn denials_are_403_with_a_request_id_and_an_audit_line() {
         assert_eq!(audit["policy"].as_str(), policy, "{method} {target}");
         assert!(audit["reason"].as_str().is_some_and(|r| !r.is_empty()));
     }
-    // Allowed by ALLOW but refused by DENY: DENY wins. Dry-run never enforces.
-    let (status, headers, _) = m.call(false, "GET", "/dry", &[]).await;
+    // (POST /refunds/blocked above is allowed by an ALLOW rule: DENY won.)
+    // Dry-run never enforces, but records what it would have done.
+    let (status, _, _) = m.call(false, "GET", "/dry", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    let _ = headers;
     let (_, _, body) = m.call(false, "GET", "/dry", &[]).await;
     let request_id = serde_json::from_str::<Value>(&body).unwrap()["headers"]["x-request-id"]
         .as_str()
@@ -392,6 +392,110 @@ async fn denials_are_403_with_a_request_id_and_an_audit_line() {
         "{metrics}"
     );
     assert!(metrics.contains(r#"palisade_proxy_http_requests_total{decision="deny",direction="inbound",peer="spiffe://palisade.local/ns/shop/sa/orders",status_class="4xx"} 2"#), "{metrics}");
+    m.stop().await;
+}
+
+/// `payments` accepts end-user tokens from one issuer; `/me` needs a user of tenant acme.
+fn end_user_policies(jwks: &Value) -> String {
+    format!(
+        r#"
+apiVersion: palisade.dev/v1
+kind: RequestAuthentication
+metadata: {{ name: shop-users, namespace: shop }}
+spec:
+  selector: {{ service: payments }}
+  jwtRules:
+    - issuer: "https://idp.example"
+      audiences: ["shop"]
+      jwks: '{jwks}'
+---
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: {{ name: users-of-acme, namespace: shop }}
+spec:
+  selector: {{ service: payments }}
+  rules:
+    - from: [ {{ requestPrincipals: ["https://idp.example/*"] }} ]
+      to:   [ {{ methods: ["GET"], paths: ["/me"] }} ]
+      when: [ {{ key: "request.auth.claims[tenant]", values: ["acme"] }} ]
+"#
+    )
+}
+
+#[tokio::test]
+async fn end_user_tokens_are_verified_and_authorized() {
+    use palisade_contract::jwt::testing::{TestIssuer, now};
+    let idp = TestIssuer::new("k1");
+    let m = mesh(Some(&end_user_policies(&idp.jwks))).await;
+    let t = now();
+    let claims = |patch: Value| {
+        let mut c = json!({"iss": "https://idp.example", "sub": "alice", "aud": ["shop"],
+                           "exp": t + 300, "nbf": t - 1, "tenant": "acme"});
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let bearer = |token: &str| format!("Bearer {token}");
+
+    // Accepted, over HTTP/1.1 and HTTP/2; the token itself does not reach the application.
+    for http2 in [false, true] {
+        let token = bearer(&idp.sign(&claims(json!({}))));
+        let (status, _, body) = m
+            .call(http2, "GET", "/me", &[("authorization", &token)])
+            .await;
+        assert_eq!(status, StatusCode::OK, "http2={http2}: {body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert!(seen["headers"].get("authorization").is_none(), "{seen}");
+        let audit = m
+            .audit_line(seen["headers"]["x-request-id"].as_str().unwrap())
+            .await;
+        assert_eq!(audit["decision"], "allow");
+        assert_eq!(audit["request_principal"], "https://idp.example/alice");
+        assert_eq!(audit["policy"], "shop/users-of-acme");
+    }
+
+    // A valid token that the policy does not allow, and no token at all: 403, not 401.
+    let other_tenant = bearer(&idp.sign(&claims(json!({"tenant": "globex"}))));
+    for headers in [vec![("authorization", other_tenant.as_str())], vec![]] {
+        let (status, _, body) = m.call(false, "GET", "/me", &headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert_eq!(body, "RBAC: access denied\n");
+    }
+
+    // Present but invalid: 401 with the reason in the audit line only.
+    let impostor = TestIssuer::new("k1");
+    let refused = [
+        (impostor.sign(&claims(json!({}))), "signature"),
+        (idp.sign(&claims(json!({"exp": t - 60}))), "expired"),
+        (idp.sign_as(Some("k2"), &claims(json!({}))), "unknown key"),
+        (idp.sign(&claims(json!({"aud": ["elsewhere"]}))), "audience"),
+        (
+            idp.sign(&claims(json!({"iss": "https://evil.example"}))),
+            "issuer",
+        ),
+        ("garbage".to_owned(), "well-formed"),
+    ];
+    for (token, why) in refused {
+        let (status, headers, body) = m
+            .call(false, "GET", "/me", &[("authorization", &bearer(&token))])
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
+        assert_eq!(body, "Jwt verification fails\n");
+        assert!(
+            headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        let audit = m
+            .audit_line(headers["x-request-id"].to_str().unwrap())
+            .await;
+        assert_eq!(audit["decision"], "unauthenticated");
+        assert_eq!(audit["status"], 401);
+        let reason = audit["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{why}: {reason}");
+    }
     m.stop().await;
 }
 

@@ -116,9 +116,17 @@ impl std::fmt::Display for Problem {
 #[error("{} problem(s): {}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
 pub struct Problems(pub Vec<Problem>);
 
-/// Parses one or more YAML or JSON documents. All documents must be valid for any to be
-/// returned: a batch is applied whole or not at all.
-pub fn parse_documents(input: &str) -> Result<Vec<AuthorizationPolicy>, Problems> {
+/// The policy documents of one input, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyDocuments {
+    pub authorization: Vec<AuthorizationPolicy>,
+    pub authentication: Vec<super::authentication::RequestAuthentication>,
+}
+
+/// Parses one or more YAML or JSON documents (`AuthorizationPolicy` and
+/// `RequestAuthentication`). All documents must be valid for any to be returned: a batch is
+/// applied whole or not at all.
+pub fn parse_documents(input: &str) -> Result<PolicyDocuments, Problems> {
     let values: Vec<Value> = serde_saphyr::from_multiple(input).map_err(|e| {
         Problems(vec![Problem {
             location: "input".into(),
@@ -126,7 +134,7 @@ pub fn parse_documents(input: &str) -> Result<Vec<AuthorizationPolicy>, Problems
         }])
     })?;
     let mut problems = Vec::new();
-    let mut policies = Vec::new();
+    let mut docs = PolicyDocuments::default();
     let several = values.len() > 1;
     for (i, value) in values.iter().enumerate() {
         let root = if several {
@@ -134,11 +142,14 @@ pub fn parse_documents(input: &str) -> Result<Vec<AuthorizationPolicy>, Problems
         } else {
             String::new()
         };
-        let mut ctx = Walk {
+        let mut walk = Walk {
             problems: &mut problems,
         };
-        if let Some(p) = ctx.policy(value, &root) {
-            policies.push(p);
+        if value.get("kind").and_then(Value::as_str) == Some(super::authentication::KIND) {
+            docs.authentication
+                .extend(walk.request_authentication(value, &root));
+        } else {
+            docs.authorization.extend(walk.policy(value, &root));
         }
     }
     if values.is_empty() {
@@ -148,7 +159,7 @@ pub fn parse_documents(input: &str) -> Result<Vec<AuthorizationPolicy>, Problems
         });
     }
     if problems.is_empty() {
-        Ok(policies)
+        Ok(docs)
     } else {
         Err(Problems(problems))
     }
@@ -167,7 +178,7 @@ pub fn from_value(value: &Value) -> Result<AuthorizationPolicy, Problems> {
     }
 }
 
-fn join(base: &str, field: &str) -> String {
+pub(super) fn join(base: &str, field: &str) -> String {
     if base.is_empty() {
         field.to_owned()
     } else {
@@ -175,12 +186,21 @@ fn join(base: &str, field: &str) -> String {
     }
 }
 
-struct Walk<'p> {
-    problems: &'p mut Vec<Problem>,
+/// Walks a generic value, collecting every problem with its location.
+pub(super) struct Walk<'p> {
+    pub(super) problems: &'p mut Vec<Problem>,
+}
+
+/// The common parts of a document, as [`Walk::envelope`] found them.
+pub(super) struct Envelope<'v> {
+    pub(super) name: Option<String>,
+    pub(super) namespace: Option<String>,
+    pub(super) spec: &'v Map<String, Value>,
+    pub(super) spec_loc: String,
 }
 
 impl Walk<'_> {
-    fn problem(&mut self, location: &str, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, location: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             location: if location.is_empty() {
                 "document".into()
@@ -192,7 +212,7 @@ impl Walk<'_> {
     }
 
     /// The value as an object whose fields are all in `known`; unknown fields are reported.
-    fn object<'v>(
+    pub(super) fn object<'v>(
         &mut self,
         v: &'v Value,
         loc: &str,
@@ -213,7 +233,7 @@ impl Walk<'_> {
         Some(map)
     }
 
-    fn string<'v>(&mut self, v: &'v Value, loc: &str) -> Option<&'v str> {
+    pub(super) fn string<'v>(&mut self, v: &'v Value, loc: &str) -> Option<&'v str> {
         match v.as_str() {
             Some(s) if s.len() <= MAX_VALUE_LEN => Some(s),
             Some(_) => {
@@ -227,7 +247,7 @@ impl Walk<'_> {
         }
     }
 
-    fn list<'v>(&mut self, v: Option<&'v Value>, loc: &str) -> &'v [Value] {
+    pub(super) fn list<'v>(&mut self, v: Option<&'v Value>, loc: &str) -> &'v [Value] {
         match v {
             None | Some(Value::Null) => &[],
             Some(Value::Array(items)) if items.len() <= MAX_VALUES => items,
@@ -242,8 +262,28 @@ impl Walk<'_> {
         }
     }
 
+    /// The list `field` of `map`, each entry parsed by `parse` (at most [`MAX_RULES`]).
+    pub(super) fn rules<T>(
+        &mut self,
+        map: &Map<String, Value>,
+        base: &str,
+        field: &str,
+        parse: impl Fn(&mut Self, &Value, &str) -> Option<T>,
+    ) -> Vec<T> {
+        let loc = join(base, field);
+        let items = self.list(map.get(field), &loc);
+        if items.len() > MAX_RULES {
+            self.problem(&loc, format!("has more than {MAX_RULES} rules"));
+        }
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| parse(self, r, &format!("{loc}[{i}]")))
+            .collect()
+    }
+
     /// A list of strings, each checked by `check` (which returns why a value is wrong).
-    fn strings(
+    pub(super) fn strings(
         &mut self,
         map: &Map<String, Value>,
         base: &str,
@@ -285,9 +325,16 @@ impl Walk<'_> {
         out
     }
 
-    fn policy(&mut self, v: &Value, root: &str) -> Option<AuthorizationPolicy> {
+    /// The parts every document kind shares: `apiVersion`, `kind`, `metadata` (name and
+    /// namespace) and a `spec` object with the given fields.
+    pub(super) fn envelope<'v>(
+        &mut self,
+        v: &'v Value,
+        root: &str,
+        kind: &str,
+        spec_fields: &[&str],
+    ) -> Option<Envelope<'v>> {
         let doc = self.object(v, root, &["apiVersion", "kind", "metadata", "spec"])?;
-        let before = self.problems.len();
         match doc.get("apiVersion").and_then(Value::as_str) {
             Some(API_VERSION) => {}
             _ => self.problem(
@@ -295,45 +342,65 @@ impl Walk<'_> {
                 format!("must be {API_VERSION:?}"),
             ),
         }
-        match doc.get("kind").and_then(Value::as_str) {
-            Some(KIND) => {}
-            _ => self.problem(&join(root, "kind"), format!("must be {KIND:?}")),
+        if doc.get("kind").and_then(Value::as_str) != Some(kind) {
+            self.problem(&join(root, "kind"), format!("must be {kind:?}"));
         }
         let (name, namespace) = self.metadata(doc.get("metadata"), &join(root, "metadata"));
         let spec_loc = join(root, "spec");
-        let empty = Value::Object(Map::new());
-        let spec = self.object(
-            doc.get("spec").unwrap_or(&empty),
-            &spec_loc,
-            &["selector", "action", "dryRun", "rules"],
-        )?;
-        let service = match spec.get("selector") {
-            None | Some(Value::Null) => None,
-            Some(sel) => {
-                let loc = join(&spec_loc, "selector");
-                let sel = self.object(sel, &loc, &["service"])?;
-                match sel.get("service") {
-                    Some(s) => {
-                        let loc = join(&loc, "service");
-                        self.string(s, &loc)
-                            .and_then(|s| match validate_namespace(s) {
-                                Ok(()) => Some(s.to_owned()),
-                                Err(_) => {
-                                    self.problem(
-                                        &loc,
-                                        format!("{s:?} is not a valid service name (a DNS label)"),
-                                    );
-                                    None
-                                }
-                            })
-                    }
-                    None => {
-                        self.problem(&loc, "must name a service (omit the selector to protect the whole namespace)");
-                        None
-                    }
-                }
-            }
+        // A missing spec is an empty one (for an ALLOW policy: allow nothing, as Istio).
+        static EMPTY: std::sync::LazyLock<Value> =
+            std::sync::LazyLock::new(|| Value::Object(Map::new()));
+        let spec = self.object(doc.get("spec").unwrap_or(&EMPTY), &spec_loc, spec_fields)?;
+        Some(Envelope {
+            name,
+            namespace,
+            spec,
+            spec_loc,
+        })
+    }
+
+    /// `spec.selector`: `Ok(None)` protects the whole namespace; `Err` was reported.
+    pub(super) fn selector(
+        &mut self,
+        spec: &Map<String, Value>,
+        spec_loc: &str,
+    ) -> Result<Option<String>, ()> {
+        let sel = match spec.get("selector") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(sel) => sel,
         };
+        let loc = join(spec_loc, "selector");
+        let sel = self.object(sel, &loc, &["service"]).ok_or(())?;
+        let Some(s) = sel.get("service") else {
+            self.problem(
+                &loc,
+                "must name a service (omit the selector to protect the whole namespace)",
+            );
+            return Err(());
+        };
+        let loc = join(&loc, "service");
+        let s = self.string(s, &loc).ok_or(())?;
+        match validate_namespace(s) {
+            Ok(()) => Ok(Some(s.to_owned())),
+            Err(_) => {
+                self.problem(
+                    &loc,
+                    format!("{s:?} is not a valid service name (a DNS label)"),
+                );
+                Err(())
+            }
+        }
+    }
+
+    fn policy(&mut self, v: &Value, root: &str) -> Option<AuthorizationPolicy> {
+        let before = self.problems.len();
+        let Envelope {
+            name,
+            namespace,
+            spec,
+            spec_loc,
+        } = self.envelope(v, root, KIND, &["selector", "action", "dryRun", "rules"])?;
+        let service = self.selector(spec, &spec_loc).ok()?;
         let action = match spec.get("action") {
             None => Action::Allow,
             Some(v) => match v.as_str() {
@@ -360,16 +427,7 @@ impl Walk<'_> {
                 false
             }
         };
-        let rules_loc = join(&spec_loc, "rules");
-        let items = self.list(spec.get("rules"), &rules_loc);
-        if items.len() > MAX_RULES {
-            self.problem(&rules_loc, format!("has more than {MAX_RULES} rules"));
-        }
-        let rules = items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| self.rule(r, &format!("{rules_loc}[{i}]")))
-            .collect();
+        let rules = self.rules(spec, &spec_loc, "rules", Self::rule);
         if self.problems.len() > before {
             return None;
         }
@@ -662,7 +720,7 @@ fn parse_key(k: &str) -> Result<ConditionKey, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const EXAMPLE: &str = r#"
@@ -680,7 +738,7 @@ spec:
 
     #[test]
     fn parses_the_documented_example() {
-        let p = parse_documents(EXAMPLE).unwrap();
+        let p = parse_documents(EXAMPLE).unwrap().authorization;
         assert_eq!(p.len(), 1);
         let p = &p[0];
         assert_eq!(
@@ -705,11 +763,11 @@ spec:
     fn json_and_multiple_documents() {
         let json = r#"{"apiVersion":"palisade.dev/v1","kind":"AuthorizationPolicy",
             "metadata":{"name":"deny-all","namespace":"shop"},"spec":{"action":"DENY","rules":[{}]}}"#;
-        let p = parse_documents(json).unwrap();
+        let p = parse_documents(json).unwrap().authorization;
         assert_eq!(p[0].action, Action::Deny);
         assert_eq!(p[0].rules, vec![Rule::default()]);
         let both = format!("{EXAMPLE}\n---\n{json}\n");
-        assert_eq!(parse_documents(&both).unwrap().len(), 2);
+        assert_eq!(parse_documents(&both).unwrap().authorization.len(), 2);
     }
 
     #[test]
@@ -728,8 +786,6 @@ spec:
       when: [ { key: "request.cookies[x]", values: ["a"] }, { key: "request.headers[x-a]" } ]
       unless: []
 "#;
-        let problems = parse_documents(bad).unwrap_err().0;
-        let got: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let expect = [
             "apiVersion: must be \"palisade.dev/v1\"",
             "metadata.name: \"Bad_Name\" is not a valid name",
@@ -749,6 +805,13 @@ spec:
             "spec.rules[0].when[0].key: \"request.cookies[x]\" is not a supported key",
             "spec.rules[0].when[1]: needs values or notValues",
         ];
+        assert_problems(bad, &expect);
+    }
+
+    /// `input` is refused with exactly the problems `expect` (each a prefix of one).
+    pub(in crate::policy) fn assert_problems(input: &str, expect: &[&str]) {
+        let problems = parse_documents(input).unwrap_err().0;
+        let got: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         for e in expect {
             assert!(
                 got.iter().any(|g| g.starts_with(e)),

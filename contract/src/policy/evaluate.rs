@@ -491,7 +491,7 @@ mod tests {
     use http::HeaderMap;
 
     fn set(yaml: &str, mode: DefaultMode) -> PolicySet {
-        PolicySet::new(&parse_documents(yaml).unwrap(), 7, mode)
+        PolicySet::new(&parse_documents(yaml).unwrap().authorization, 7, mode)
     }
 
     fn policy(name: &str, ns: &str, selector: &str, action: &str, rules: &str) -> String {
@@ -887,7 +887,8 @@ mod tests {
             "ALLOW",
             ORDERS_MAY_CHARGE,
         ))
-        .unwrap();
+        .unwrap()
+        .authorization;
         let template = policies[0].clone();
         for i in 0..10_000 {
             let mut p = template.clone();

@@ -2,14 +2,19 @@
 //! plane (which stores, validates and simulates it) use, so they can never disagree.
 //!
 //! - [`document`]: parsing and validating `AuthorizationPolicy` documents.
+//! - [`authentication`]: `RequestAuthentication` documents and end-user JWTs.
 //! - [`evaluate`]: the compiled, indexed policy set and its decisions.
 //! - [`index`]: which documents apply to which workload.
 
+pub mod authentication;
 pub mod document;
 pub mod evaluate;
 pub mod index;
 
-pub use document::{Action, AuthorizationPolicy, Problem, Problems, parse_documents};
+pub use authentication::{Authenticator, EndUser, RequestAuthentication};
+pub use document::{
+    Action, AuthorizationPolicy, PolicyDocuments, Problem, Problems, parse_documents,
+};
 pub use evaluate::{
     Basis, Decision, DefaultMode, PolicyRef, PolicySet, Request, Verdict, Workload,
 };

@@ -263,17 +263,12 @@ pub const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 pub fn k8s_keys() -> (jsonwebtoken::EncodingKey, Value) {
     use base64::Engine;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let raw = key.public_key_raw();
-    let jwks = serde_json::json!({"keys": [
-        {"kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig",
-         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])},
-        {"kty": "oct", "kid": "sym", "k": URL_SAFE_NO_PAD.encode(b"shared secret")}
-    ]});
-    (
-        jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
-        jwks,
-    )
+    let issuer = palisade_contract::jwt::testing::TestIssuer::new("k1");
+    let mut jwks = issuer.jwks;
+    jwks["keys"].as_array_mut().unwrap().push(
+        serde_json::json!({"kty": "oct", "kid": "sym", "k": URL_SAFE_NO_PAD.encode(b"shared secret")}),
+    );
+    (issuer.key, jwks)
 }
 
 /// The key and a JWKS file for it in `dir`.
