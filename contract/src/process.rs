@@ -29,3 +29,29 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
+
+/// The next connection on `listener`, or `None` once `shutdown` resolves. Accept errors
+/// (out of file descriptors, a connection reset before it was accepted) are logged and
+/// retried after a short pause instead of ending the server. Nagle is turned off: every
+/// server here forwards small messages whose latency matters.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+    what: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, addr)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, addr));
+                }
+                Err(e) => {
+                    tracing::warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            },
+            () = &mut *shutdown => return None,
+        }
+    }
+}

@@ -24,6 +24,7 @@ use palisade_contract::identity_api::{
     CertificateRequest, CertificateResponse, ErrorBody, ISSUE_PATH, MAX_REQUEST_BYTES, RENEW_PATH,
     TRUST_BUNDLE_PATH,
 };
+use palisade_contract::process::accept;
 use palisade_contract::tls::peer_spiffe_id;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
@@ -180,16 +181,8 @@ pub async fn serve_tls(
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+        let Some((tcp, addr)) = accept(&listener, &mut shutdown, "sidecar API").await else {
+            break;
         };
         let acceptor = acceptor.clone();
         let router = router.clone();

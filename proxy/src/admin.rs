@@ -1,11 +1,20 @@
-//! The sidecar's admin port (default `0.0.0.0:15090`): `/live`, `/ready` and `/metrics`.
+//! The sidecar's admin port (default `0.0.0.0:15090`): `/live`, `/ready`, `/metrics` and
+//! `/app-health/<name>`.
 //!
 //! It is plain HTTP and never subject to mesh policy, so Kubernetes probes and Prometheus
 //! keep working under default deny. `/ready` is 200 only while the sidecar holds a valid
 //! certificate: a sidecar that cannot take part in mTLS is taken out of rotation.
+//!
+//! The application's own health checks cannot come through the inbound port: the kubelet
+//! has no mesh certificate. As Istio rewrites probes to its agent, a probe is pointed at
+//! `/app-health/<name>`, and the sidecar asks the application (`GET <path>` on `--app`) and
+//! answers with the application's status. Only the paths configured with `--app-probe
+//! NAME=PATH` can be reached this way, so the admin port is no way around policy.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,19 +24,85 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use palisade_contract::process::accept;
 use palisade_contract::telemetry::encode_metrics;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 
 use crate::identity::IdentityManager;
 
+/// How long the application gets to answer a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub identity: Arc<IdentityManager>,
     pub registry: Registry,
+    /// The application, and its health paths by probe name (`--app-probe`).
+    pub app: SocketAddr,
+    pub probes: Arc<HashMap<String, String>>,
 }
 
-fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// One `--app-probe NAME=PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppProbe {
+    pub name: String,
+    pub path: String,
+}
+
+impl std::str::FromStr for AppProbe {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = || format!("{s:?} is not NAME=PATH (e.g. live=/healthz)");
+        let (name, path) = s.split_once('=').ok_or_else(usage)?;
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok || !path.starts_with('/') || path.parse::<http::Uri>().is_err() {
+            return Err(usage());
+        }
+        Ok(AppProbe {
+            name: name.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Asks the application at `path` and answers with its status.
+async fn probe_app(app: SocketAddr, name: &str, path: &str) -> (StatusCode, String) {
+    let ask = async {
+        let tcp = tokio::net::TcpStream::connect(app).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(header::HOST, app.to_string())
+            .header(header::USER_AGENT, "palisade-probe")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(std::io::Error::other)?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>(response.status())
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+        Ok(Ok(status)) => (status, format!("app probe {name}: {status}\n")),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("app probe {name}: the application did not answer: {e}\n"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("app probe {name}: the application did not answer in time\n"),
+        ),
+    }
+}
+
+async fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String| {
         Response::builder()
             .status(status)
@@ -48,7 +123,16 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             ),
         },
         "/metrics" => text(StatusCode::OK, encode_metrics(&state.registry)),
-        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        path => match path
+            .strip_prefix("/app-health/")
+            .and_then(|name| Some((name, state.probes.get(name)?)))
+        {
+            Some((name, app_path)) => {
+                let (status, body) = probe_app(state.app, name, app_path).await;
+                text(status, body)
+            }
+            None => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        },
     }
 }
 
@@ -56,22 +140,14 @@ fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>>
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
+        let Some((tcp, peer)) = accept(&listener, &mut shutdown, "admin").await else {
+            return;
         };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = respond(&state, &req);
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -81,5 +157,24 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Futu
                 tracing::debug!(%peer, error = %e, "admin connection error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_probe_flag() {
+        assert_eq!(
+            "live=/healthz?full=1".parse::<AppProbe>(),
+            Ok(AppProbe {
+                name: "live".into(),
+                path: "/healthz?full=1".into()
+            })
+        );
+        for bad in ["live", "=/x", "live=healthz", "a/b=/x", "live=/a b"] {
+            assert!(bad.parse::<AppProbe>().is_err(), "{bad}");
+        }
     }
 }

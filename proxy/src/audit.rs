@@ -53,6 +53,31 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// An event for a request or connection just received: a fresh request id, the time,
+    /// and decision `error` until something decides.
+    pub fn begin(direction: &'static str, protocol: &'static str) -> Self {
+        AuditEvent {
+            time: now_rfc3339(),
+            request_id: crate::forwarding::request_id(),
+            decision: "error",
+            direction,
+            source: None,
+            request_principal: None,
+            destination_service: String::new(),
+            destination: String::new(),
+            protocol,
+            method: String::new(),
+            path: String::new(),
+            status: 0,
+            policy: None,
+            rule: None,
+            policy_version: 0,
+            reason: None,
+            dry_run: Vec::new(),
+            audit_policy: None,
+        }
+    }
+
     /// Fills the decision fields from a policy decision.
     pub fn apply_decision(&mut self, d: &Decision) {
         use palisade_contract::policy::Basis;

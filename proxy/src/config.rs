@@ -10,7 +10,9 @@ use palisade_contract::TrustDomain;
 use palisade_contract::policy::DefaultMode;
 use palisade_contract::telemetry::LogFormat;
 
+use crate::admin::AppProbe;
 use crate::audit::AuditTarget;
+use crate::tcp::TcpOutbound;
 
 fn parse_mode(s: &str) -> Result<DefaultMode, String> {
     match s {
@@ -78,6 +80,12 @@ pub struct Config {
     #[arg(long, env = "PALISADE_APP", default_value = "127.0.0.1:8080")]
     pub app: SocketAddr,
 
+    /// An application health check the admin port serves as /app-health/NAME: NAME=PATH
+    /// (repeatable or comma-separated), e.g. live=/healthz. Point the kubelet's probes there;
+    /// the inbound port only admits mesh peers.
+    #[arg(long, env = "PALISADE_APP_PROBES", value_delimiter = ',')]
+    pub app_probe: Vec<AppProbe>,
+
     /// The service this sidecar protects, as policies' `selector.service` names it
     /// (default: the service account of its SPIFFE ID).
     #[arg(long, env = "PALISADE_SERVICE")]
@@ -109,6 +117,10 @@ pub struct Config {
     #[arg(long, env = "PALISADE_MAX_HEADER_BYTES", default_value_t = 65536)]
     pub max_header_bytes: usize,
 
+    /// Most header fields in an HTTP/1 request (more: 431).
+    #[arg(long, env = "PALISADE_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+
     /// Most concurrent HTTP/2 streams per inbound connection.
     #[arg(long, env = "PALISADE_MAX_STREAMS", default_value_t = 256)]
     pub max_streams: u32,
@@ -116,6 +128,23 @@ pub struct Config {
     /// Most inbound connections at once.
     #[arg(long, env = "PALISADE_MAX_CONNECTIONS", default_value_t = 10000)]
     pub max_connections: usize,
+
+    /// Application ports served as opaque TCP (comma-separated): connections for them are
+    /// mTLS-authenticated, authorized on source identity and port only, then piped to the
+    /// application's host at that port.
+    #[arg(long, env = "PALISADE_OPAQUE_PORTS", value_delimiter = ',')]
+    pub opaque_ports: Vec<u16>,
+
+    /// Opaque TCP to another service: LISTEN=SERVICE:PORT (repeatable or comma-separated),
+    /// e.g. 127.0.0.1:15432=db:5432. The application connects to LISTEN; the sidecar opens
+    /// mTLS to SERVICE's sidecar (secure naming as for HTTP), which pipes to its port PORT.
+    #[arg(long, env = "PALISADE_TCP_OUTBOUND", value_delimiter = ',')]
+    pub tcp_outbound: Vec<TcpOutbound>,
+
+    /// Close client connections that have had no request in flight for this long (HTTP/1
+    /// keep-alive and HTTP/2 alike; HTTP/2 gets a GOAWAY).
+    #[arg(long, env = "PALISADE_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 
     /// Longest wait between retries when the control plane cannot be reached (e.g. 30s).
     #[arg(long, env = "PALISADE_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -177,8 +206,18 @@ impl Config {
         if self.header_timeout < Duration::from_millis(100) {
             problems.push("--header-timeout must be at least 100ms".into());
         }
-        if self.max_header_bytes < 1024 || self.max_streams == 0 || self.max_connections == 0 {
-            problems.push("--max-header-bytes must be at least 1024, --max-streams and --max-connections at least 1".into());
+        if self.max_header_bytes < 1024
+            || self.max_headers == 0
+            || self.max_streams == 0
+            || self.max_connections == 0
+        {
+            problems.push("--max-header-bytes must be at least 1024, --max-headers, --max-streams and --max-connections at least 1".into());
+        }
+        if self.opaque_ports.contains(&0) {
+            problems.push("--opaque-ports: 0 is not a port".into());
+        }
+        if self.idle_timeout < Duration::from_millis(100) {
+            problems.push("--idle-timeout must be at least 100ms".into());
         }
         if self.max_backoff < Duration::from_millis(100) {
             problems.push("--max-backoff must be at least 100ms".into());

@@ -50,6 +50,20 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// Why the sidecar cannot carry this request, if it cannot: HTTP/1.1 upgrades (WebSocket...)
+/// and CONNECT tunnels are not proxied yet. They are refused with 501 rather than passed on
+/// without their `Upgrade` header, which would leave the client waiting for a 101 that can
+/// never come.
+pub fn unsupported(req: &http::Request<impl Sized>) -> Option<&'static str> {
+    if req.method() == http::Method::CONNECT {
+        return Some("CONNECT is not supported; use an opaque TCP port (--tcp-outbound)");
+    }
+    if req.headers().contains_key(header::UPGRADE) {
+        return Some("HTTP upgrades (e.g. WebSocket) are not supported; use an opaque TCP port");
+    }
+    None
+}
+
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into())
         .map_err(|never| match never {})

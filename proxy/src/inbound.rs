@@ -7,7 +7,6 @@
 //! ours is set) -> the application over plain HTTP/1.1 on loopback, bodies streamed both
 //! ways. Every request leaves one audit line and is counted.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,50 +17,26 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use palisade_contract::SpiffeId;
 use palisade_contract::path::{PathOptions, normalize};
 use palisade_contract::policy::{
     Authenticator, PolicySet, Request as AuthzRequest, Verdict, Workload,
 };
+use palisade_contract::process::accept;
 use palisade_contract::tls::{ClientAuth, peer_spiffe_id, server_config};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::audit::{AuditEvent, AuditLog, now_rfc3339};
-use crate::forwarding::{
-    ProxyBody, local_response, request_id, strip_hop_by_hop, strip_identity_headers,
-};
+use crate::audit::{AuditEvent, AuditLog};
+use crate::forwarding::unsupported;
+use crate::forwarding::{ProxyBody, local_response, strip_hop_by_hop, strip_identity_headers};
 use crate::identity::IdentityManager;
 use crate::metrics::HttpMetrics;
-
-/// Limits on what a peer may send; each is a flag of the sidecar.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// TLS handshake, and then each request's headers (HTTP/1), must arrive within this.
-    pub header_timeout: Duration,
-    /// Largest HTTP/1 request head, and HTTP/2 header list, in bytes.
-    pub max_header_bytes: usize,
-    /// Most HTTP/2 streams open at once on one connection.
-    pub max_streams: u32,
-    /// Most connections open at once; more wait in the kernel's accept queue.
-    pub max_connections: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            header_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            max_streams: 256,
-            max_connections: 10_000,
-        }
-    }
-}
+use crate::server::{Limits, http_server, serve_http};
+use crate::tcp;
 
 /// What the inbound path enforces, swapped whole when it changes.
 #[derive(Debug, Default)]
@@ -83,6 +58,8 @@ pub struct Inbound {
     pub metrics: HttpMetrics,
     pub path_options: PathOptions,
     pub limits: Limits,
+    /// Application ports served as opaque TCP ([`crate::tcp`]).
+    pub opaque_ports: Vec<u16>,
     client: Client<HttpConnector, Incoming>,
 }
 
@@ -106,6 +83,7 @@ impl Inbound {
         metrics: HttpMetrics,
         path_options: PathOptions,
         limits: Limits,
+        opaque_ports: Vec<u16>,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -123,6 +101,7 @@ impl Inbound {
             metrics,
             path_options,
             limits,
+            opaque_ports,
             client,
         }
     }
@@ -134,46 +113,28 @@ pub async fn serve(
     inbound: Arc<Inbound>,
     shutdown: impl Future<Output = ()>,
 ) {
+    // HTTP, and opaque TCP for the configured ports (the client names the port in ALPN).
+    let mut alpn: Vec<Vec<u8>> = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    alpn.extend(inbound.opaque_ports.iter().map(|p| tcp::alpn_for(*p)));
+    let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
     let tls = Arc::new(server_config(
         inbound.identity.slot(),
         inbound.identity.bundle(),
         ClientAuth::Required,
-        &[b"h2", b"http/1.1"],
+        &alpn,
     ));
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(tokio::sync::Semaphore::new(inbound.limits.max_connections));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(inbound.limits.header_timeout)
-        .max_buf_size(inbound.limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(inbound.limits.max_streams)
-        .max_header_list_size(inbound.limits.max_header_bytes as u32)
-        .max_pending_accept_reset_streams(Some(64))
-        .max_local_error_reset_streams(Some(256));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_server(&inbound.limits));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
             p = connections.clone().acquire_owned() => p.expect("semaphore never closes"),
             () = &mut shutdown => return,
         };
-        let (tcp, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "inbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
+        let Some((tcp, addr)) = accept(&listener, &mut shutdown, "inbound").await else {
+            return;
         };
-        let _ = tcp.set_nodelay(true);
         let (acceptor, inbound, builder) = (acceptor.clone(), inbound.clone(), builder.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -196,16 +157,26 @@ pub async fn serve(
                 return;
             };
             inbound.metrics.handshake("inbound", "success");
+            if let Some(port) = tls
+                .get_ref()
+                .1
+                .alpn_protocol()
+                .and_then(tcp::port_from_alpn)
+            {
+                inbound.serve_opaque(&peer, port, tls).await;
+                return;
+            }
             let _open = inbound.metrics.open_connection("inbound");
             let peer = Arc::new(peer);
-            let service = {
+            let handle = {
                 let inbound = inbound.clone();
-                service_fn(move |req| {
+                move |req| {
                     let (inbound, peer) = (inbound.clone(), peer.clone());
-                    async move { Ok::<_, Infallible>(inbound.handle(&peer, req).await) }
-                })
+                    async move { inbound.handle(&peer, req).await }
+                }
             };
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+            let idle = inbound.limits.idle_timeout;
+            if let Err(e) = serve_http(&builder, tls, idle, handle).await {
                 tracing::debug!(peer = %addr, error = %e, "inbound connection ended with an error");
             }
         });
@@ -213,43 +184,35 @@ pub async fn serve(
 }
 
 impl Inbound {
-    async fn handle(&self, peer: &SpiffeId, req: Request<Incoming>) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let request_id = request_id();
-        let own = self.identity.spiffe_id();
-        let service = self
-            .service
+    /// The service policies select this sidecar by: `--service`, else its service account.
+    pub(crate) fn service_name(&self, own: Option<&SpiffeId>) -> String {
+        self.service
             .clone()
             .or_else(|| {
-                own.as_ref()
-                    .and_then(|id| id.namespace_and_service_account())
+                own.and_then(SpiffeId::namespace_and_service_account)
                     .map(|(_, sa)| sa.to_owned())
             })
-            .unwrap_or_default();
-        let mut event = AuditEvent {
-            time: now_rfc3339(),
-            request_id: request_id.clone(),
-            decision: "error",
-            direction: "inbound",
-            source: Some(peer.to_string()),
-            request_principal: None,
-            destination_service: service,
-            destination: own.as_ref().map(ToString::to_string).unwrap_or_default(),
-            protocol: if req.version() == Version::HTTP_2 {
+            .unwrap_or_default()
+    }
+
+    async fn handle(&self, peer: &SpiffeId, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let own = self.identity.spiffe_id();
+        let service = self.service_name(own.as_ref());
+        let mut event = AuditEvent::begin(
+            "inbound",
+            if req.version() == Version::HTTP_2 {
                 "http2"
             } else {
                 "http1"
             },
-            method: req.method().as_str().chars().take(32).collect(),
-            path: String::new(),
-            status: 0,
-            policy: None,
-            rule: None,
-            policy_version: self.policies.load().authorization.version(),
-            reason: None,
-            dry_run: Vec::new(),
-            audit_policy: None,
-        };
+        );
+        event.source = Some(peer.to_string());
+        event.destination_service = service;
+        event.destination = own.as_ref().map(ToString::to_string).unwrap_or_default();
+        event.method = req.method().as_str().chars().take(32).collect();
+        event.policy_version = self.policies.load().authorization.version();
+        let request_id = event.request_id.clone();
         let response = self
             .decide_and_forward(peer, own.as_ref(), req, &request_id, &mut event)
             .await;
@@ -287,6 +250,10 @@ impl Inbound {
                 "bad request: invalid method",
                 request_id,
             );
+        }
+        if let Some(why) = unsupported(&req) {
+            event.reason = Some(why.into());
+            return local_response(StatusCode::NOT_IMPLEMENTED, why, request_id);
         }
         let raw_target = req
             .uri()
@@ -352,6 +319,7 @@ impl Inbound {
                 path: &target.path,
                 port,
                 headers: req.headers(),
+                l4: false,
             },
         );
         event.apply_decision(&decision);

@@ -4,6 +4,8 @@
 //! - [`control_plane_client`]: the identity protocol, client side.
 //! - [`inbound`]: mTLS in, authorize, forward to the application.
 //! - [`outbound`]: from the application to other services, over pooled mTLS, with secure naming.
+//! - [`tcp`]: opaque TCP ports, authorized on identity and port, piped both ways.
+//! - [`server`]: HTTP limits and idle connections, for both listeners.
 //! - [`audit`]: one JSON line per decision; [`metrics`]: data-plane counters.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
 //! - [`sidecar`]: how the pieces are assembled.
@@ -17,7 +19,9 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod server;
 pub mod sidecar;
+pub mod tcp;
 
 pub use config::Config;
 pub use sidecar::{RunningSidecar, start};

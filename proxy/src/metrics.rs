@@ -17,6 +17,8 @@ pub struct HttpMetrics {
     decisions: IntCounterVec,
     handshakes: IntCounterVec,
     open: IntGaugeVec,
+    tcp_connections: IntCounterVec,
+    tcp_bytes: IntCounterVec,
     pub policy_version: IntGauge,
     pub audit_dropped: IntCounter,
 }
@@ -71,6 +73,21 @@ impl HttpMetrics {
             ),
             &["direction"],
         )?;
+        let tcp_connections = IntCounterVec::new(
+            Opts::new(
+                "palisade_proxy_tcp_connections_total",
+                "Opaque TCP connections, by direction, peer and decision.",
+            ),
+            &["direction", "peer", "decision"],
+        )?;
+        let tcp_bytes = IntCounterVec::new(
+            Opts::new(
+                "palisade_proxy_tcp_bytes_total",
+                "Bytes piped on opaque TCP connections, by direction and flow (sent to or \
+                 received from the peer sidecar).",
+            ),
+            &["direction", "flow"],
+        )?;
         let policy_version = IntGauge::new(
             "palisade_proxy_policy_version",
             "Version of the policy set in force.",
@@ -84,6 +101,8 @@ impl HttpMetrics {
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(handshakes.clone()))?;
         registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(tcp_connections.clone()))?;
+        registry.register(Box::new(tcp_bytes.clone()))?;
         registry.register(Box::new(policy_version.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
         Ok(Self {
@@ -92,6 +111,8 @@ impl HttpMetrics {
             decisions,
             handshakes,
             open,
+            tcp_connections,
+            tcp_bytes,
             policy_version,
             audit_dropped,
         })
@@ -128,6 +149,21 @@ impl HttpMetrics {
         self.decisions
             .with_label_values(&[policy.as_str(), d.label()])
             .inc();
+    }
+
+    pub fn connection(&self, direction: &str, peer: &str, decision: &str) {
+        self.tcp_connections
+            .with_label_values(&[direction, peer, decision])
+            .inc();
+    }
+
+    pub fn tcp_bytes(&self, direction: &str, sent: u64, received: u64) {
+        self.tcp_bytes
+            .with_label_values(&[direction, "sent"])
+            .inc_by(sent);
+        self.tcp_bytes
+            .with_label_values(&[direction, "received"])
+            .inc_by(received);
     }
 
     pub fn handshake(&self, direction: &str, result: &str) {

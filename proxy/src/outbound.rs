@@ -9,7 +9,6 @@
 //! both sides, and `Host` travels as `:authority`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,20 +20,20 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use palisade_contract::process::accept;
 use palisade_contract::registry::{ServiceEntry, ServiceRegistry};
 use palisade_contract::tls::{ExpectedServer, VerifyError, client_config, server_name_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
-use crate::audit::{AuditEvent, AuditLog, now_rfc3339};
-use crate::forwarding::{ProxyBody, local_response, request_id, strip_hop_by_hop};
+use crate::audit::{AuditEvent, AuditLog};
+use crate::forwarding::{ProxyBody, local_response, strip_hop_by_hop, unsupported};
 use crate::identity::IdentityManager;
-use crate::inbound::Limits;
 use crate::metrics::HttpMetrics;
+use crate::server::{Limits, http_server, serve_http};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -57,7 +56,7 @@ impl std::fmt::Debug for Outbound {
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
-enum ForwardError {
+pub(crate) enum ForwardError {
     #[error("no such service: {0}")]
     UnknownService(String),
     #[error("the request names no host")]
@@ -68,6 +67,8 @@ enum ForwardError {
         want: String,
         got: String,
     },
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("cannot reach {service}: {detail}")]
     Unreachable { service: String, detail: String },
 }
@@ -91,17 +92,14 @@ impl Outbound {
         }
     }
 
-    /// A live connection to `entry`, from the pool or new.
-    async fn connection(
+    /// TCP and then mTLS to one of `entry`'s endpoints (in turn), offering `alpn`; the
+    /// server must present `entry.identity` (secure naming).
+    pub(crate) async fn dial(
         &self,
         entry: &ServiceEntry,
-    ) -> Result<SendRequest<ProxyBody>, ForwardError> {
+        alpn: Vec<u8>,
+    ) -> Result<TlsStream<TcpStream>, ForwardError> {
         let key = format!("{}/{}", entry.namespace, entry.name);
-        if let Some(sender) = self.pool.lock().await.get(&key)
-            && !sender.is_closed()
-        {
-            return Ok(sender.clone());
-        }
         let unreachable = |detail: String| ForwardError::Unreachable {
             service: key.clone(),
             detail,
@@ -112,12 +110,11 @@ impl Outbound {
             .await
             .map_err(|_| unreachable(format!("{endpoint}: connect timed out")))?
             .map_err(|e| unreachable(format!("{endpoint}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
         let tls_config = client_config(
             Some(self.identity.slot()),
             self.identity.bundle(),
             ExpectedServer::Exact(entry.identity.clone()),
-            &[b"h2"],
+            &[alpn.as_slice()],
         );
         let tls = match tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -143,13 +140,37 @@ impl Outbound {
             }
         };
         self.metrics.handshake("outbound", "success");
+        Ok(tls)
+    }
+
+    /// A live connection to `entry`, from the pool or new.
+    async fn connection(
+        &self,
+        entry: &ServiceEntry,
+    ) -> Result<SendRequest<ProxyBody>, ForwardError> {
+        let key = format!("{}/{}", entry.namespace, entry.name);
+        if let Some(sender) = self.pool.lock().await.get(&key)
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let tls = self.dial(entry, b"h2".to_vec()).await?;
+        let endpoint = tls
+            .get_ref()
+            .0
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| unreachable(format!("{endpoint}: HTTP/2: {e}")))?;
+            .map_err(|e| ForwardError::Unreachable {
+                service: key.clone(),
+                detail: format!("{endpoint}: HTTP/2: {e}"),
+            })?;
         let open = self.metrics.open_connection("outbound");
         tokio::spawn(async move {
             let _open = open;
@@ -163,32 +184,19 @@ impl Outbound {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let request_id = request_id();
         let own = self.identity.spiffe_id();
-        let mut event = AuditEvent {
-            time: now_rfc3339(),
-            request_id: request_id.clone(),
-            decision: "error",
-            direction: "outbound",
-            source: own.as_ref().map(ToString::to_string),
-            request_principal: None,
-            destination_service: String::new(),
-            destination: String::new(),
-            protocol: if req.version() == Version::HTTP_2 {
+        let mut event = AuditEvent::begin(
+            "outbound",
+            if req.version() == Version::HTTP_2 {
                 "http2"
             } else {
                 "http1"
             },
-            method: req.method().as_str().chars().take(32).collect(),
-            path: req.uri().path().chars().take(256).collect(),
-            status: 0,
-            policy: None,
-            rule: None,
-            policy_version: 0,
-            reason: None,
-            dry_run: Vec::new(),
-            audit_policy: None,
-        };
+        );
+        event.source = own.as_ref().map(ToString::to_string);
+        event.method = req.method().as_str().chars().take(32).collect();
+        event.path = req.uri().path().chars().take(256).collect();
+        let request_id = event.request_id.clone();
         let response = match self
             .forward(req, own.as_ref().and_then(|id| id.namespace()), &mut event)
             .await
@@ -203,7 +211,11 @@ impl Outbound {
                 }
                 event.reason = Some(e.to_string());
                 local_response(
-                    StatusCode::BAD_GATEWAY,
+                    if matches!(e, ForwardError::Unsupported(_)) {
+                        StatusCode::NOT_IMPLEMENTED
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    },
                     &format!("palisade: {e}"),
                     &request_id,
                 )
@@ -228,6 +240,9 @@ impl Outbound {
         own_namespace: Option<&str>,
         event: &mut AuditEvent,
     ) -> Result<Response<ProxyBody>, ForwardError> {
+        if let Some(why) = unsupported(&req) {
+            return Err(ForwardError::Unsupported(why));
+        }
         let host = req
             .uri()
             .authority()
@@ -310,42 +325,24 @@ pub async fn serve(
     outbound: Arc<Outbound>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(outbound.limits.header_timeout)
-        .max_buf_size(outbound.limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(outbound.limits.max_streams)
-        .max_header_list_size(outbound.limits.max_header_bytes as u32);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_server(&outbound.limits));
     tokio::pin!(shutdown);
     loop {
-        let (tcp, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbound accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
+        let Some((tcp, addr)) = accept(&listener, &mut shutdown, "outbound").await else {
+            return;
         };
         let _ = tcp.set_nodelay(true);
         let (outbound, builder) = (outbound.clone(), builder.clone());
         tokio::spawn(async move {
-            let service = {
+            let handle = {
                 let outbound = outbound.clone();
-                service_fn(move |req| {
+                move |req| {
                     let outbound = outbound.clone();
-                    async move { Ok::<_, Infallible>(outbound.handle(req).await) }
-                })
+                    async move { outbound.handle(req).await }
+                }
             };
-            if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).await {
+            let idle = outbound.limits.idle_timeout;
+            if let Err(e) = serve_http(&builder, tcp, idle, handle).await {
                 tracing::debug!(peer = %addr, error = %e, "outbound connection ended with an error");
             }
         });

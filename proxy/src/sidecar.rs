@@ -20,9 +20,11 @@ use crate::admin::{self, AdminState};
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::{IdentityManager, IdentitySettings};
-use crate::inbound::{self, Inbound, Limits, Policies};
+use crate::inbound::{self, Inbound, Policies};
 use crate::metrics::HttpMetrics;
 use crate::outbound::{self, Outbound};
+use crate::server::Limits;
+use crate::tcp;
 
 /// The registry from `--registry-file` (every problem reported), or an empty one.
 fn load_registry(config: &Config) -> anyhow::Result<ServiceRegistry> {
@@ -78,6 +80,8 @@ pub struct RunningSidecar {
     pub admin_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
+    /// The `--tcp-outbound` listeners, in the order given.
+    pub tcp_outbound_addrs: Vec<SocketAddr>,
     /// The policies in force; replace to change decisions without a restart.
     pub policies: Arc<ArcSwap<Policies>>,
     pub identity: Arc<IdentityManager>,
@@ -138,7 +142,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         header_timeout: config.header_timeout,
         max_header_bytes: config.max_header_bytes,
         max_streams: config.max_streams,
+        max_headers: config.max_headers,
         max_connections: config.max_connections,
+        idle_timeout: config.idle_timeout,
     };
     let outbound = Arc::new(Outbound::new(
         identity.clone(),
@@ -162,7 +168,20 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
             allow_encoded_slashes: config.allow_encoded_slashes,
         },
         limits,
+        config.opaque_ports.clone(),
     ));
+    let mut tcp_listeners = Vec::new();
+    let mut tcp_outbound_addrs = Vec::new();
+    for target in &config.tcp_outbound {
+        let listener = TcpListener::bind(target.listen).await.with_context(|| {
+            format!(
+                "binding --tcp-outbound {} for {}",
+                target.listen, target.service
+            )
+        })?;
+        tcp_outbound_addrs.push(listener.local_addr()?);
+        tcp_listeners.push((listener, target.clone()));
+    }
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
@@ -177,11 +196,30 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         AdminState {
             identity: identity.clone(),
             registry: registry.clone(),
+            app: config.app,
+            probes: Arc::new(
+                config
+                    .app_probe
+                    .iter()
+                    .map(|p| (p.name.clone(), p.path.clone()))
+                    .collect(),
+            ),
         },
         async move {
             let _ = admin_stop.wait_for(|s| *s).await;
         },
     ));
+    for (listener, target) in tcp_listeners {
+        let mut tcp_stop = stopped.clone();
+        tasks.spawn(tcp::serve_outbound(
+            listener,
+            outbound.clone(),
+            target,
+            async move {
+                let _ = tcp_stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
     let mut outbound_stop = stopped.clone();
     tasks.spawn(outbound::serve(outbound_listener, outbound, async move {
         let _ = outbound_stop.wait_for(|s| *s).await;
@@ -196,6 +234,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         admin_addr,
         inbound_addr,
         outbound_addr,
+        tcp_outbound_addrs,
         policies,
         identity,
         registry,

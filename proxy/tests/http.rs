@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -56,8 +57,12 @@ spec:
   rules: [ { to: [ { paths: ["/dry"] } ] } ]
 "#;
 
+/// Requests to `/slow` in the echo application now, and the most there ever were at once.
+static SLOW_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static SLOW_MAX_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
 /// An application that answers `/upload` by streaming the body back, and anything else with
-/// what it received (method, target, headers) as JSON.
+/// what it received (method, target, headers) as JSON (`/slow` after 200 ms).
 async fn echo_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -67,6 +72,17 @@ async fn echo_app() -> SocketAddr {
                 let service = service_fn(|req: Request<Incoming>| async move {
                     if req.uri().path() == "/upload" {
                         return Ok::<_, Infallible>(Response::new(req.into_body().boxed()));
+                    }
+                    if req.uri().path() == "/unhealthy" {
+                        let mut sick = Response::new(Empty::new().map_err(|n| match n {}).boxed());
+                        *sick.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                        return Ok(sick);
+                    }
+                    if req.uri().path() == "/slow" {
+                        let now = SLOW_IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+                        SLOW_MAX_IN_FLIGHT.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        SLOW_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
                     }
                     let headers: serde_json::Map<String, Value> = req
                         .headers()
@@ -103,6 +119,11 @@ async fn mesh(policies: Option<&str>) -> Mesh {
 }
 
 async fn mesh_with(policies: Option<&str>, flags: &[&str]) -> Mesh {
+    mesh_full(policies, flags, &[]).await
+}
+
+/// A mesh with extra flags for the payments sidecar and for the orders sidecar.
+async fn mesh_full(policies: Option<&str>, flags: &[&str], orders_flags: &[&str]) -> Mesh {
     let dir = tempfile::tempdir().unwrap();
     let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
     let bundle = dir.path().join("cp/trust-bundle.pem");
@@ -135,11 +156,13 @@ async fn mesh_with(policies: Option<&str>, flags: &[&str]) -> Mesh {
     let registry_file = dir.path().join("registry.yaml");
     std::fs::write(&registry_file, registry).unwrap();
     let orders_files = sidecar_files(&cp, dir.path(), "orders").await;
+    let mut orders_extra = vec!["--registry-file", registry_file.to_str().unwrap()];
+    orders_extra.extend_from_slice(orders_flags);
     let orders = palisade_proxy::start(&sidecar_config(
         cp.sidecar_addr,
         bundle,
         &orders_files,
-        &["--registry-file", registry_file.to_str().unwrap()],
+        &orders_extra,
     ))
     .await
     .unwrap();
@@ -283,6 +306,11 @@ impl Mesh {
 }
 
 async fn audit_line(path: &Path, request_id: &str) -> Value {
+    audit_where(path, |v| v["request_id"] == request_id).await
+}
+
+/// The first audit line in `path` for which `pred` holds (waiting for it to be written).
+async fn audit_where(path: &Path, pred: impl Fn(&Value) -> bool) -> Value {
     let mut found = None;
     wait_until(
         "the audit line is written",
@@ -292,7 +320,7 @@ async fn audit_line(path: &Path, request_id: &str) -> Value {
             found = text
                 .lines()
                 .map(|l| serde_json::from_str::<Value>(l).expect("every audit line is JSON"))
-                .find(|v| v["request_id"] == request_id);
+                .find(|v| pred(v));
             found.is_some()
         },
     )
@@ -500,8 +528,27 @@ async fn end_user_tokens_are_verified_and_authorized() {
 }
 
 #[tokio::test]
-async fn without_policies_everything_is_denied() {
-    let m = mesh(None).await;
+async fn without_policies_everything_is_denied_but_probes_and_admin_work() {
+    let m = mesh_with(None, &["--app-probe", "live=/healthz,sick=/unhealthy"]).await;
+    // Health probes go to the admin port, which asks the application.
+    let (status, body) = support::admin_get(&m.payments, "/app-health/live").await;
+    assert_eq!((status, body.as_str()), (200, "app probe live: 200 OK\n"));
+    let (status, _) = support::admin_get(&m.payments, "/app-health/sick").await;
+    assert_eq!(status, 503);
+    // Only configured probes: the admin port is no way around policy.
+    assert_eq!(
+        support::admin_get(&m.payments, "/app-health/charge")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(support::admin_get(&m.payments, "/ready").await.0, 200);
+    assert_eq!(support::admin_get(&m.payments, "/metrics").await.0, 200);
+    // Through the mesh, the same path is denied like everything else.
+    assert_eq!(
+        m.call(false, "GET", "/healthz", &[]).await.0,
+        StatusCode::FORBIDDEN
+    );
     let (status, headers, _) = m.call(false, "POST", "/charge", &[]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let audit = m
@@ -755,6 +802,21 @@ async fn limits_on_headers_and_slow_clients() {
             "{e}"
         ),
     }
+    // Too many header fields over HTTP/1.1: 431 (--max-headers, 100 by default).
+    let tls = m.tls(true, b"http/1.1").await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::post("/charge").header("host", "p");
+    for i in 0..120 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let status = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .map(|r| r.status());
+    assert_eq!(status.unwrap(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     // A client that starts a request and never finishes its headers is disconnected.
     let mut tls = m.tls(true, b"http/1.1").await.unwrap();
     tls.write_all(b"POST /charge HTTP/1.1\r\nhost: p\r\n")
@@ -846,5 +908,314 @@ async fn a_destination_with_the_wrong_identity_is_refused() {
     let (status, _, body) = m.app_call(false, "GET", "/", Some("nowhere")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert!(body.contains("no such service: nowhere"), "{body}");
+    m.stop().await;
+}
+
+const ORDERS_MAY_DO_ANYTHING: &str = r#"
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: orders-anything, namespace: shop }
+spec:
+  rules: [ { from: [ { principals: ["spiffe://palisade.local/ns/shop/sa/orders"] } ] } ]
+"#;
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_the_pool_reconnects() {
+    let m = mesh_with(Some(ORDERS_MAY_DO_ANYTHING), &["--idle-timeout", "300ms"]).await;
+    let get = |uri: &str| {
+        Request::get(uri)
+            .header("host", "payments")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    // The client keeps each connection (and its sender) open; the sidecar closes it once
+    // idle: HTTP/1.1 between requests, HTTP/2 with a GOAWAY.
+    let tls = m.tls(true, b"http/1.1").await.unwrap();
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let h1_conn = tokio::spawn(conn);
+    assert_eq!(
+        h1.send_request(get("/x")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let tls = m.tls(true, b"h2").await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let h2_conn = tokio::spawn(conn);
+    assert_eq!(
+        h2.send_request(get("https://payments/x"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let started = std::time::Instant::now();
+    for conn in [h1_conn, h2_conn] {
+        tokio::time::timeout(Duration::from_secs(5), conn)
+            .await
+            .expect("an idle connection is closed")
+            .unwrap()
+            .unwrap();
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(h1.is_closed() && h2.is_closed());
+    // The orders sidecar's pooled connection to payments is closed the same way; the next call
+    // opens a new one instead of failing.
+    for _ in 0..2 {
+        let (status, _, body) = m.app_call(false, "GET", "http://payments/x", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn http2_streams_and_connections_are_capped() {
+    let m = mesh_with(
+        Some(ORDERS_MAY_DO_ANYTHING),
+        &["--max-streams", "2", "--max-connections", "1"],
+    )
+    .await;
+    let tls = m.tls(true, b"h2").await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    // A client that opens more streams than allowed before it has the server's SETTINGS
+    // gets REFUSED_STREAM for the extra ones (safe to retry). One that has them, as here
+    // after a first request, holds the others back: six concurrent requests, at most two
+    // at the application at once, all answered.
+    let first = Request::get("https://payments/x")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        sender.clone().send_request(first).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let mut sender = sender.clone();
+        calls.spawn(async move {
+            let req = Request::get("https://payments/slow")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            sender.send_request(req).await.unwrap().status()
+        });
+    }
+    let statuses = calls.join_all().await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(SLOW_MAX_IN_FLIGHT.load(Ordering::SeqCst), 2);
+    // One connection at most: a second one is not served while the first is open...
+    let status = {
+        let second = async {
+            let tls = m.tls(true, b"h2").await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let req = Request::get("https://payments/x")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            sender.send_request(req).await.unwrap().status()
+        };
+        tokio::pin!(second);
+        let early = tokio::time::timeout(Duration::from_millis(500), second.as_mut()).await;
+        assert!(early.is_err(), "a second connection was served");
+        // ...and is once the first closes.
+        drop(sender);
+        let _ = conn.await;
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the waiting connection is served")
+    };
+    assert_eq!(status, StatusCode::OK);
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn a_reset_flood_ends_the_connection() {
+    let m = mesh(Some(ORDERS_MAY_DO_ANYTHING)).await;
+    let tls = m.tls(true, b"h2").await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // Open streams and cancel them at once (RST_STREAM), as in CVE-2023-44487.
+    let mut sent = 0;
+    for _ in 0..5000 {
+        let Ok(ready) = client.clone().ready().await else {
+            break;
+        };
+        client = ready;
+        let req = Request::get("https://payments/flood").body(()).unwrap();
+        match client.send_request(req, true) {
+            Ok((response, _)) => drop(response),
+            Err(_) => break,
+        }
+        sent += 1;
+        tokio::task::yield_now().await;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the flooding connection is closed")
+        .unwrap();
+    let err = ended.expect_err("closed with an error");
+    // GOAWAY(ENHANCE_YOUR_CALM), or a reset socket when the GOAWAY races the client's writes.
+    assert!(
+        err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
+        "{err:?}"
+    );
+    assert!(sent < 5000, "the server let {sent} reset streams through");
+    // Other clients are still served.
+    assert_eq!(m.call(true, "GET", "/x", &[]).await.0, StatusCode::OK);
+    m.stop().await;
+}
+
+/// A TCP application that echoes what it receives.
+async fn tcp_echo() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// Writes `data` to the listener at `addr` and reads until the other side closes.
+async fn tcp_round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.write_all(data).await;
+    let _ = tcp.shutdown().await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got))
+        .await
+        .expect("the connection ends");
+    got
+}
+
+#[tokio::test]
+async fn opaque_tcp_is_authorized_by_identity_and_port() {
+    let (allowed, denied, unlisted) = (tcp_echo().await, tcp_echo().await, tcp_echo().await);
+    let policies = format!(
+        r#"
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: {{ name: orders-db, namespace: shop }}
+spec:
+  selector: {{ service: payments }}
+  rules:
+    - from: [ {{ principals: ["spiffe://palisade.local/ns/shop/sa/orders"] }} ]
+      to: [ {{ ports: [{allowed}] }} ]
+    # Needs HTTP: never allows a connection.
+    - from: [ {{ principals: ["spiffe://palisade.local/ns/shop/sa/orders"] }} ]
+      to: [ {{ methods: ["GET"], ports: [{denied}] }} ]
+"#
+    );
+    let opaque = format!("{allowed},{denied}");
+    let outbound = format!(
+        "127.0.0.1:0=payments:{allowed},127.0.0.1:0=payments:{denied},\
+         127.0.0.1:0=payments:{unlisted},127.0.0.1:0=wrong:{allowed}"
+    );
+    let m = mesh_full(
+        Some(&policies),
+        &["--opaque-ports", &opaque],
+        &["--tcp-outbound", &outbound],
+    )
+    .await;
+    let addrs = m.orders.tcp_outbound_addrs.clone();
+    let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+    assert!(
+        tcp_round_trip(addrs[0], &data).await == data,
+        "bytes piped both ways"
+    );
+    let line = audit_where(&m.payments_audit, |v| {
+        v["protocol"] == "tcp" && v["decision"] == "allow"
+    })
+    .await;
+    assert_eq!(line["source"], "spiffe://palisade.local/ns/shop/sa/orders");
+    assert_eq!(line["path"], format!(":{allowed}"));
+    assert_eq!(line["policy"], "shop/orders-db");
+    let line = audit_where(&m.orders_audit, |v| {
+        v["protocol"] == "tcp" && v["decision"] == "forward"
+    })
+    .await;
+    assert_eq!(
+        line["destination"],
+        "spiffe://palisade.local/ns/shop/sa/payments"
+    );
+
+    // Denied by policy: closed without a byte.
+    assert!(tcp_round_trip(addrs[1], b"hello").await.is_empty());
+    let line = audit_where(&m.payments_audit, |v| {
+        v["protocol"] == "tcp" && v["decision"] == "deny"
+    })
+    .await;
+    assert_eq!(line["path"], format!(":{denied}"));
+    assert_eq!(line["reason"], "no ALLOW policy matched");
+
+    // A port the destination does not serve as opaque: the handshake is refused.
+    assert!(tcp_round_trip(addrs[2], b"hello").await.is_empty());
+    let line = audit_where(&m.orders_audit, |v| {
+        v["protocol"] == "tcp" && v["path"] == format!(":{unlisted}")
+    })
+    .await;
+    assert_eq!(line["decision"], "error");
+    assert!(line["reason"].as_str().unwrap().contains("TLS"), "{line}");
+
+    // Secure naming holds for opaque TCP too.
+    assert!(tcp_round_trip(addrs[3], b"hello").await.is_empty());
+    let line = audit_where(&m.orders_audit, |v| {
+        v["protocol"] == "tcp" && v["destination_service"] == "wrong"
+    })
+    .await;
+    assert!(
+        line["reason"].as_str().unwrap().contains("secure naming"),
+        "{line}"
+    );
+
+    let (_, metrics) = support::admin_get(&m.payments, "/metrics").await;
+    assert!(metrics.contains(r#"palisade_proxy_tcp_connections_total{decision="allow",direction="inbound",peer="spiffe://palisade.local/ns/shop/sa/orders"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            r#"palisade_proxy_tcp_bytes_total{{direction="inbound",flow="sent"}} {}"#,
+            data.len()
+        )),
+        "{metrics}"
+    );
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn upgrades_and_connect_are_refused_with_501() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = mesh(Some(ORDERS_MAY_DO_ANYTHING)).await;
+    let upgrade = [("connection", "upgrade"), ("upgrade", "websocket")];
+    let (status, _, body) = m.call(false, "GET", "/chat", &upgrade).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
+    assert!(body.contains("upgrades"), "{body}");
+    // From the application: a WebSocket upgrade and a CONNECT tunnel.
+    for head in [
+        "GET /chat HTTP/1.1\r\nhost: payments\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        "CONNECT payments:443 HTTP/1.1\r\nhost: payments:443\r\n\r\n",
+    ] {
+        let mut tcp = TcpStream::connect(m.orders.outbound_addr).await.unwrap();
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = tcp.read(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 501"), "{head}: {text}");
+    }
     m.stop().await;
 }

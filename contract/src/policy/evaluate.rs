@@ -109,6 +109,12 @@ impl CompiledSource {
         }
     }
 
+    fn uses_http_fields(&self) -> bool {
+        !self.request_principals.is_empty() || !self.not_request_principals.is_empty()
+    }
+
+    /// On a connection (`req.l4`) the HTTP-only fields are not looked at; see
+    /// [`CompiledRule::matches`] for what that means per action.
     fn matches(&self, req: &Request<'_>) -> bool {
         let principal = req.source.map(SpiffeId::as_str);
         let namespace = req.source.and_then(SpiffeId::namespace);
@@ -116,8 +122,9 @@ impl CompiledSource {
             && negative(&self.not_principals, principal)
             && positive(&self.namespaces, namespace)
             && negative(&self.not_namespaces, namespace)
-            && positive(&self.request_principals, req.request_principal)
-            && negative(&self.not_request_principals, req.request_principal)
+            && (req.l4
+                || positive(&self.request_principals, req.request_principal)
+                    && negative(&self.not_request_principals, req.request_principal))
     }
 }
 
@@ -143,11 +150,19 @@ impl CompiledOperation {
         }
     }
 
+    fn uses_http_fields(&self) -> bool {
+        !self.methods.is_empty()
+            || !self.not_methods.is_empty()
+            || !self.paths.is_empty()
+            || !self.not_paths.is_empty()
+    }
+
     fn matches(&self, req: &Request<'_>) -> bool {
-        positive(&self.methods, Some(req.method))
-            && negative(&self.not_methods, Some(req.method))
-            && positive(&self.paths, Some(req.path))
-            && negative(&self.not_paths, Some(req.path))
+        (req.l4
+            || positive(&self.methods, Some(req.method))
+                && negative(&self.not_methods, Some(req.method))
+                && positive(&self.paths, Some(req.path))
+                && negative(&self.not_paths, Some(req.path)))
             && (self.ports.is_empty() || self.ports.contains(&req.port))
             && !self.not_ports.contains(&req.port)
     }
@@ -169,10 +184,22 @@ impl CompiledCondition {
         }
     }
 
+    fn uses_http_fields(&self) -> bool {
+        matches!(
+            self.key,
+            ConditionKey::RequestHeader(_)
+                | ConditionKey::Claim(_)
+                | ConditionKey::RequestPrincipal
+        )
+    }
+
     /// `unreadable_matches`: what a header value that is not valid UTF-8 counts as. For a
     /// DENY it counts as a match (an attacker must not dodge a DENY with bad bytes); for an
     /// ALLOW it counts as no match.
     fn matches(&self, req: &Request<'_>, unreadable_matches: bool) -> bool {
+        if req.l4 && self.uses_http_fields() {
+            return true;
+        }
         let check = |values: &mut dyn Iterator<Item = &str>| -> bool {
             let mut any = false;
             let mut excluded = false;
@@ -231,18 +258,34 @@ struct CompiledRule {
     from: Vec<CompiledSource>,
     to: Vec<CompiledOperation>,
     when: Vec<CompiledCondition>,
+    /// Whether any field needs an HTTP request (method, path, end user, header, claim).
+    uses_http_fields: bool,
 }
 
 impl CompiledRule {
     fn new(r: &Rule) -> Self {
+        let from: Vec<_> = r.from.iter().map(CompiledSource::new).collect();
+        let to: Vec<_> = r.to.iter().map(CompiledOperation::new).collect();
+        let when: Vec<_> = r.when.iter().map(CompiledCondition::new).collect();
+        let uses_http_fields = from.iter().any(CompiledSource::uses_http_fields)
+            || to.iter().any(CompiledOperation::uses_http_fields)
+            || when.iter().any(CompiledCondition::uses_http_fields);
         Self {
-            from: r.from.iter().map(CompiledSource::new).collect(),
-            to: r.to.iter().map(CompiledOperation::new).collect(),
-            when: r.when.iter().map(CompiledCondition::new).collect(),
+            from,
+            to,
+            when,
+            uses_http_fields,
         }
     }
 
+    /// `unreadable_matches` is true for DENY and AUDIT policies (see
+    /// [`CompiledCondition::matches`]). On an opaque connection (`req.l4`), as in Istio: an
+    /// ALLOW rule that needs HTTP fields never matches (it cannot be satisfied), while a
+    /// DENY or AUDIT rule is applied without its HTTP fields, so it matches more, never less.
     fn matches(&self, req: &Request<'_>, unreadable_matches: bool) -> bool {
+        if req.l4 && self.uses_http_fields && !unreadable_matches {
+            return false;
+        }
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(req)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
             && self.when.iter().all(|c| c.matches(req, unreadable_matches))
@@ -296,6 +339,26 @@ pub struct Request<'a> {
     /// The destination port the request arrived for.
     pub port: u16,
     pub headers: &'a http::HeaderMap,
+    /// Only the connection is known (an opaque TCP port): see [`Request::connection`].
+    pub l4: bool,
+}
+
+impl<'a> Request<'a> {
+    /// An opaque TCP connection from `source` to `port`: authorized on identity and port only.
+    pub fn connection(source: Option<&'a SpiffeId>, port: u16) -> Self {
+        static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> =
+            std::sync::LazyLock::new(http::HeaderMap::new);
+        Request {
+            source,
+            request_principal: None,
+            claims: None,
+            method: "",
+            path: "",
+            port,
+            headers: &NO_HEADERS,
+            l4: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -548,6 +611,7 @@ mod tests {
                     path: self.path,
                     port: self.port,
                     headers: &self.headers,
+                    l4: false,
                 },
             )
         }
@@ -912,6 +976,76 @@ mod tests {
                 .eval(&s, &PAYMENTS)
                 .verdict,
             Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn opaque_connections_are_judged_on_identity_and_port_only() {
+        let orders = SpiffeId::parse("spiffe://palisade.local/ns/shop/sa/orders").unwrap();
+        let rogue = SpiffeId::parse("spiffe://palisade.local/ns/shop/sa/rogue").unwrap();
+        let s = set(
+            &[
+                policy(
+                    "orders-db",
+                    "shop",
+                    SELECT_PAYMENTS,
+                    "ALLOW",
+                    r#"[ { from: [ { principals: ["spiffe://palisade.local/ns/shop/sa/orders"] } ], to: [ { ports: [5432] } ] } ]"#,
+                ),
+                // Needs HTTP fields: can never allow a connection.
+                policy(
+                    "rogue-http",
+                    "shop",
+                    SELECT_PAYMENTS,
+                    "ALLOW",
+                    r#"[ { from: [ { principals: ["*/sa/rogue"] } ], to: [ { methods: ["GET"] } ] } ]"#,
+                ),
+                // Applied without its HTTP fields: denies every connection of inventory.
+                policy(
+                    "no-inventory-admin",
+                    "shop",
+                    SELECT_PAYMENTS,
+                    "DENY",
+                    r#"[ { from: [ { principals: ["*/sa/inventory"] } ], to: [ { paths: ["/admin*"] } ], when: [ { key: "request.headers[x-debug]", values: ["1"] } ] } ]"#,
+                ),
+                policy(
+                    "inventory-db",
+                    "shop",
+                    SELECT_PAYMENTS,
+                    "ALLOW",
+                    r#"[ { from: [ { principals: ["*/sa/inventory"] } ] } ]"#,
+                ),
+            ]
+            .concat(),
+            DefaultMode::Deny,
+        );
+        let conn =
+            |id: &SpiffeId, port| s.evaluate(&PAYMENTS, &Request::connection(Some(id), port));
+        let d = conn(&orders, 5432);
+        assert_eq!(d.verdict, Verdict::Allow);
+        assert_eq!(basis_policy(&d), Some(("shop/orders-db".into(), 0)));
+        assert_eq!(conn(&orders, 6379).verdict, Verdict::Deny);
+        assert_eq!(
+            (conn(&rogue, 5432).verdict, conn(&rogue, 5432).basis),
+            (Verdict::Deny, Basis::NoAllowMatched)
+        );
+        let inventory = SpiffeId::parse("spiffe://palisade.local/ns/shop/sa/inventory").unwrap();
+        let d = conn(&inventory, 5432);
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(
+            basis_policy(&d),
+            Some(("shop/no-inventory-admin".into(), 0))
+        );
+        // The same DENY over HTTP applies only to what it names.
+        let mut http = call("inventory", "GET", "/orders");
+        http.port = 5432;
+        assert_eq!(http.eval(&s, &PAYMENTS).verdict, Verdict::Allow);
+        assert_eq!(
+            call("inventory", "GET", "/admin")
+                .header("x-debug", b"1")
+                .eval(&s, &PAYMENTS)
+                .verdict,
+            Verdict::Deny
         );
     }
 }
