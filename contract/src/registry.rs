@@ -12,33 +12,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::policy::{Problem, Problems};
+use crate::policy::document::{Envelope, Walk, join};
+use crate::policy::{Problem, Problems, parse_documents};
 use crate::spiffe::{SpiffeId, validate_namespace};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ServiceDocument {
-    api_version: String,
-    kind: String,
-    metadata: Metadata,
-    spec: ServiceSpec,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Metadata {
-    name: String,
-    namespace: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceSpec {
-    identity: SpiffeId,
-    endpoints: Vec<String>,
-}
+pub const KIND: &str = "Service";
 
 /// One service: its name, and where and as whom its sidecars answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,64 +33,80 @@ pub struct ServiceEntry {
     pub endpoints: Vec<String>,
 }
 
-/// Parses `Service` documents (YAML or JSON, several per input); all must be valid.
-pub fn parse_services(input: &str) -> Result<Vec<ServiceEntry>, Problems> {
-    let values: Vec<serde_json::Value> = serde_saphyr::from_multiple(input).map_err(|e| {
-        Problems(vec![Problem {
-            location: "input".into(),
-            message: format!("not valid YAML or JSON: {e}"),
-        }])
-    })?;
-    let mut problems = Vec::new();
-    let mut entries = Vec::new();
-    for (i, value) in values.into_iter().enumerate() {
-        let mut problem = |message: String| {
-            problems.push(Problem {
-                location: format!("[{i}]"),
-                message,
-            })
-        };
-        let doc: ServiceDocument = match serde_json::from_value(value) {
-            Ok(d) => d,
-            Err(e) => {
-                problem(e.to_string());
-                continue;
+impl Walk<'_> {
+    /// One `Service` document; `None` when a problem was reported.
+    pub(crate) fn service(&mut self, v: &Value, root: &str) -> Option<ServiceEntry> {
+        let before = self.problems.len();
+        let Envelope {
+            name,
+            namespace,
+            spec,
+            spec_loc,
+        } = self.envelope(v, root, KIND, &["identity", "endpoints"])?;
+        if let Some(n) = &name
+            && validate_namespace(n).is_err()
+        {
+            self.problem(
+                &join(root, "metadata.name"),
+                format!("{n:?} is not a valid service name (a DNS label)"),
+            );
+        }
+        let identity_loc = join(&spec_loc, "identity");
+        let identity = match spec.get("identity") {
+            None => {
+                self.problem(&identity_loc, "is required");
+                None
             }
+            Some(v) => self.string(v, &identity_loc).and_then(|s| {
+                SpiffeId::parse(s)
+                    .map_err(|e| {
+                        self.problem(
+                            &identity_loc,
+                            format!("{s:?} is not a valid SPIFFE ID: it {e}"),
+                        )
+                    })
+                    .ok()
+            }),
         };
-        if doc.api_version != crate::policy::document::API_VERSION || doc.kind != "Service" {
-            problem("must be apiVersion palisade.dev/v1, kind Service".into());
-        }
-        for (what, name) in [
-            ("name", &doc.metadata.name),
-            ("namespace", &doc.metadata.namespace),
-        ] {
-            if validate_namespace(name).is_err() {
-                problem(format!("metadata.{what} {name:?} is not a DNS label"));
-            }
-        }
-        if doc.spec.endpoints.is_empty() {
-            problem("spec.endpoints must list at least one host:port".into());
-        }
-        for (j, e) in doc.spec.endpoints.iter().enumerate() {
+        let endpoints = self.strings(spec, &spec_loc, "endpoints", |e| {
             let valid = e.rsplit_once(':').is_some_and(|(host, port)| {
                 !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
             });
-            if !valid {
-                problem(format!("spec.endpoints[{j}] {e:?} is not host:port"));
+            if valid {
+                Ok(())
+            } else {
+                Err("is not host:port".into())
             }
-        }
-        entries.push(ServiceEntry {
-            name: doc.metadata.name,
-            namespace: doc.metadata.namespace,
-            identity: doc.spec.identity,
-            endpoints: doc.spec.endpoints,
         });
+        if endpoints.is_empty() && self.problems.len() == before {
+            self.problem(
+                &join(&spec_loc, "endpoints"),
+                "must list at least one host:port",
+            );
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(ServiceEntry {
+            name: name?,
+            namespace: namespace?,
+            identity: identity?,
+            endpoints,
+        })
     }
-    if problems.is_empty() {
-        Ok(entries)
-    } else {
-        Err(Problems(problems))
+}
+
+/// Parses `Service` documents (YAML or JSON, several per input); all must be valid, and all
+/// must be services.
+pub fn parse_services(input: &str) -> Result<Vec<ServiceEntry>, Problems> {
+    let docs = parse_documents(input)?;
+    if !docs.authorization.is_empty() || !docs.authentication.is_empty() {
+        return Err(Problems(vec![Problem {
+            location: "input".into(),
+            message: "only Service documents belong in a registry file".into(),
+        }]));
     }
+    Ok(docs.services)
 }
 
 /// Services by namespace and name.
@@ -209,22 +206,22 @@ spec: { identity: "spiffe://palisade.local/ns/shop/sa/payments", endpoints: ["12
         let problems = parse_services(&bad).unwrap_err().0;
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(
-            text[0].starts_with("[0]:") && text[0].contains("SPIFFE ID"),
+            text[0].starts_with("[0].spec.identity:") && text[0].contains("SPIFFE ID"),
             "{text:?}"
         );
         assert!(
             text.iter()
-                .any(|t| t.starts_with("[1]: metadata.name \"Pay\"")),
+                .any(|t| t.starts_with("[1].metadata.name: \"Pay\"")),
             "{text:?}"
         );
         assert!(
             text.iter()
-                .any(|t| t.starts_with("[1]: spec.endpoints[0] \"nowhere\"")),
+                .any(|t| t.starts_with("[1].spec.endpoints[0]: \"nowhere\"")),
             "{text:?}"
         );
         assert!(
             text.iter()
-                .any(|t| t.starts_with("[2]:") && t.contains("unknown field")),
+                .any(|t| t.starts_with("[2].spec.extra: unknown field")),
             "{text:?}"
         );
     }

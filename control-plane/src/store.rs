@@ -9,6 +9,8 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 
+use serde::Serialize;
+use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -22,22 +24,67 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
 
 /// Versioned schema. Append new versions; never edit a released one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "join tokens",
-    "CREATE TABLE join_tokens (
-        jti TEXT PRIMARY KEY,
-        spiffe_id TEXT NOT NULL,
-        created_by TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        expires_at BIGINT NOT NULL,
-        used_at BIGINT,
-        used_by_serial TEXT
-    )",
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "join tokens",
+        "CREATE TABLE join_tokens (
+            jti TEXT PRIMARY KEY,
+            spiffe_id TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT,
+            used_by_serial TEXT
+        )",
+    ),
+    (
+        2,
+        "mesh configuration, its version and the admin audit trail",
+        // One row holds the mesh version; every change takes it with an UPDATE first, which
+        // serializes writers on both backends (a row lock in PostgreSQL, the write lock in
+        // SQLite) so the resourceVersion checks below it can never race.
+        "CREATE TABLE mesh_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL);
+         INSERT INTO mesh_version (id, version) VALUES (1, 0);
+         CREATE TABLE resources (
+            kind TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            document TEXT NOT NULL,
+            resource_version BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            updated_by TEXT NOT NULL,
+            PRIMARY KEY (kind, namespace, name)
+         );
+         CREATE TABLE admin_audit (
+            mesh_version BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
+            time BIGINT NOT NULL,
+            principal TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            before TEXT,
+            after TEXT,
+            PRIMARY KEY (mesh_version, seq)
+         );
+         CREATE TABLE workloads (
+            spiffe_id TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            applied_version BIGINT NOT NULL,
+            certificate_expiry BIGINT NOT NULL,
+            last_seen BIGINT NOT NULL,
+            PRIMARY KEY (spiffe_id, instance)
+         )",
+    ),
+];
 
 fn migrator() -> Migrator {
     Migrator::with_migrations(
@@ -194,6 +241,421 @@ impl Store {
     }
 }
 
+/// One stored mesh document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resource {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// The document as it was applied (a generic value: what was validated is what is kept).
+    pub document: Value,
+    /// The mesh version of its last change; `If-Match` compares against it.
+    pub resource_version: i64,
+    pub updated_at: i64,
+    pub updated_by: String,
+}
+
+/// What a write expects to find, for optimistic concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there (apply).
+    Any,
+    /// Nothing (create only).
+    Absent,
+    /// This resourceVersion (`If-Match`).
+    Version(i64),
+}
+
+/// One change in a batch: a document to put, or (`document: None`) one to delete.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub document: Option<Value>,
+    pub expect: Expect,
+}
+
+/// Who made a batch of changes, and when.
+#[derive(Debug, Clone)]
+pub struct Actor<'a> {
+    pub principal: &'a str,
+    pub request_id: &'a str,
+    pub now: i64,
+}
+
+/// What a batch did to one resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// `created`, `updated`, `unchanged` or `deleted`.
+    pub action: &'static str,
+}
+
+/// Why a batch was not written (nothing of it was).
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(
+        "{kind} {namespace}/{name} was changed since version {expected} (it is at {actual}); read it again and retry"
+    )]
+    Stale {
+        kind: String,
+        namespace: String,
+        name: String,
+        expected: i64,
+        actual: i64,
+    },
+    #[error("{kind} {namespace}/{name} already exists")]
+    Exists {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    #[error("{kind} {namespace}/{name} does not exist")]
+    Missing {
+        kind: String,
+        namespace: String,
+        name: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for ChangeError {
+    fn from(e: sqlx::Error) -> Self {
+        ChangeError::Store(StoreError::Database(e))
+    }
+}
+
+/// One entry of the admin audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub mesh_version: i64,
+    pub time: i64,
+    pub principal: String,
+    pub request_id: String,
+    pub action: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+/// Which audit entries to return.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since: Option<i64>,
+    pub principal: Option<String>,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// A sidecar as last seen by a control-plane replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workload {
+    pub spiffe_id: String,
+    pub instance: String,
+    pub applied_version: i64,
+    pub certificate_expiry: i64,
+    pub last_seen: i64,
+}
+
+/// Decodes a stored document (always written by this module as JSON).
+fn decode(text: Option<String>) -> Result<Option<Value>, StoreError> {
+    text.map(|t| serde_json::from_str(&t))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Runs one batch inside a transaction on either backend (the SQL is the same).
+macro_rules! apply_batch {
+    ($pool:expr, $changes:expr, $actor:expr) => {{
+        let mut tx = $pool.begin().await?;
+        let version: i64 =
+            sqlx::query("UPDATE mesh_version SET version = version + 1 WHERE id = 1 RETURNING version")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        let mut outcomes = Vec::new();
+        let mut seq: i64 = 0;
+        for c in $changes {
+            let row = sqlx::query(
+                "SELECT document, resource_version FROM resources
+                 WHERE kind = $1 AND namespace = $2 AND name = $3",
+            )
+            .bind(&c.kind)
+            .bind(&c.namespace)
+            .bind(&c.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let current: Option<(String, i64)> = match row {
+                Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+                None => None,
+            };
+            let who = || (c.kind.clone(), c.namespace.clone(), c.name.clone());
+            match (c.expect, &current) {
+                (Expect::Version(expected), Some((_, actual))) if expected != *actual => {
+                    let (kind, namespace, name) = who();
+                    return Err(ChangeError::Stale { kind, namespace, name, expected, actual: *actual });
+                }
+                (Expect::Version(_), None) => {
+                    let (kind, namespace, name) = who();
+                    return Err(ChangeError::Missing { kind, namespace, name });
+                }
+                (Expect::Absent, Some(_)) => {
+                    let (kind, namespace, name) = who();
+                    return Err(ChangeError::Exists { kind, namespace, name });
+                }
+                _ => {}
+            }
+            let new_text = c.document.as_ref().map(Value::to_string);
+            let before_value = decode(current.as_ref().map(|(d, _)| d.clone()))?;
+            let action = match (&current, &c.document) {
+                (None, None) => {
+                    let (kind, namespace, name) = who();
+                    return Err(ChangeError::Missing { kind, namespace, name });
+                }
+                (Some(_), None) => "deleted",
+                (None, Some(_)) => "created",
+                (Some(_), Some(doc)) if before_value.as_ref() == Some(doc) => "unchanged",
+                (Some(_), Some(_)) => "updated",
+            };
+            outcomes.push(Outcome {
+                kind: c.kind.clone(),
+                namespace: c.namespace.clone(),
+                name: c.name.clone(),
+                action,
+            });
+            if action == "unchanged" {
+                continue;
+            }
+            match &new_text {
+                Some(text) => {
+                    sqlx::query(
+                        "INSERT INTO resources
+                           (kind, namespace, name, document, resource_version, updated_at, updated_by)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                         ON CONFLICT (kind, namespace, name) DO UPDATE SET
+                           document = excluded.document,
+                           resource_version = excluded.resource_version,
+                           updated_at = excluded.updated_at,
+                           updated_by = excluded.updated_by",
+                    )
+                    .bind(&c.kind)
+                    .bind(&c.namespace)
+                    .bind(&c.name)
+                    .bind(text)
+                    .bind(version)
+                    .bind($actor.now)
+                    .bind($actor.principal)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM resources WHERE kind = $1 AND namespace = $2 AND name = $3")
+                        .bind(&c.kind)
+                        .bind(&c.namespace)
+                        .bind(&c.name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            seq += 1;
+            sqlx::query(
+                "INSERT INTO admin_audit
+                   (mesh_version, seq, time, principal, request_id, action, kind, namespace, name, before, after)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(version)
+            .bind(seq)
+            .bind($actor.now)
+            .bind($actor.principal)
+            .bind($actor.request_id)
+            .bind(action)
+            .bind(&c.kind)
+            .bind(&c.namespace)
+            .bind(&c.name)
+            .bind(current.as_ref().map(|(d, _)| d.clone()))
+            .bind(new_text)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if seq == 0 {
+            // Nothing changed: no new mesh version.
+            tx.rollback().await?;
+            let current: i64 = sqlx::query("SELECT version FROM mesh_version WHERE id = 1")
+                .fetch_one($pool)
+                .await?
+                .try_get(0)?;
+            return Ok((current, outcomes));
+        }
+        tx.commit().await?;
+        Ok((version, outcomes))
+    }};
+}
+
+impl Store {
+    /// Applies a batch of changes atomically: all or nothing. A batch that changes
+    /// something takes the next mesh version (every changed resource gets it as its
+    /// resourceVersion) and leaves one audit entry per changed resource; a batch that changes
+    /// nothing leaves the version alone. Returns the mesh version after the batch.
+    pub async fn apply(
+        &self,
+        changes: &[Change],
+        actor: &Actor<'_>,
+    ) -> Result<(i64, Vec<Outcome>), ChangeError> {
+        on_pool!(self, pool => apply_batch!(pool, changes, actor))
+    }
+
+    /// The mesh version: bumped by every batch that changes something.
+    pub async fn mesh_version(&self) -> Result<i64, StoreError> {
+        const SQL: &str = "SELECT version FROM mesh_version WHERE id = 1";
+        Ok(on_pool!(self, pool => sqlx::query(SQL)
+            .fetch_one(pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0)))?)
+    }
+
+    /// Stored resources, optionally of one kind and one namespace, ordered by kind,
+    /// namespace and name; with the mesh version they were read at.
+    pub async fn list(
+        &self,
+        kind: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Result<(i64, Vec<Resource>), StoreError> {
+        macro_rules! read {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let version: i64 = sqlx::query("SELECT version FROM mesh_version WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+                let rows = sqlx::query(
+                    "SELECT kind, namespace, name, document, resource_version, updated_at, updated_by
+                     FROM resources
+                     WHERE ($1 IS NULL OR kind = $1) AND ($2 IS NULL OR namespace = $2)
+                     ORDER BY kind, namespace, name",
+                )
+                .bind(kind)
+                .bind(namespace)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    out.push(Resource {
+                        kind: r.try_get(0)?,
+                        namespace: r.try_get(1)?,
+                        name: r.try_get(2)?,
+                        document: decode(Some(r.try_get(3)?))?.unwrap_or_default(),
+                        resource_version: r.try_get(4)?,
+                        updated_at: r.try_get(5)?,
+                        updated_by: r.try_get(6)?,
+                    });
+                }
+                Ok::<_, StoreError>((version, out))
+            }};
+        }
+        on_pool!(self, pool => read!(pool))
+    }
+
+    pub async fn get(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Resource>, StoreError> {
+        let (_, all) = self.list(Some(kind), Some(namespace)).await?;
+        Ok(all.into_iter().find(|r| r.name == name))
+    }
+
+    /// The admin audit trail, oldest first.
+    pub async fn audit_trail(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        const SQL: &str = "SELECT mesh_version, time, principal, request_id, action, kind,
+                                  namespace, name, before, after
+                           FROM admin_audit
+                           WHERE ($1 IS NULL OR time >= $1) AND ($2 IS NULL OR principal = $2)
+                             AND ($3 IS NULL OR kind = $3) AND ($4 IS NULL OR namespace = $4)
+                           ORDER BY mesh_version, seq
+                           LIMIT $5";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(f.since)
+            .bind(&f.principal)
+            .bind(&f.kind)
+            .bind(&f.namespace)
+            .bind(f.limit.unwrap_or(1000).clamp(1, 10_000))
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    mesh_version: r.try_get(0)?,
+                    time: r.try_get(1)?,
+                    principal: r.try_get(2)?,
+                    request_id: r.try_get(3)?,
+                    action: r.try_get(4)?,
+                    kind: r.try_get(5)?,
+                    namespace: r.try_get(6)?,
+                    name: r.try_get(7)?,
+                    before: decode(r.try_get(8)?)?,
+                    after: decode(r.try_get(9)?)?,
+                })
+            })
+            .collect())
+    }
+
+    /// Records that a sidecar instance asked for its configuration.
+    pub async fn workload_seen(&self, w: &Workload) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO workloads
+                             (spiffe_id, instance, applied_version, certificate_expiry, last_seen)
+                           VALUES ($1, $2, $3, $4, $5)
+                           ON CONFLICT (spiffe_id, instance) DO UPDATE SET
+                             applied_version = excluded.applied_version,
+                             certificate_expiry = excluded.certificate_expiry,
+                             last_seen = excluded.last_seen";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(&w.spiffe_id)
+            .bind(&w.instance)
+            .bind(w.applied_version)
+            .bind(w.certificate_expiry)
+            .bind(w.last_seen)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Sidecars seen since `since` (unix seconds), by SPIFFE ID.
+    pub async fn workloads(&self, since: i64) -> Result<Vec<Workload>, StoreError> {
+        const SQL: &str =
+            "SELECT spiffe_id, instance, applied_version, certificate_expiry, last_seen
+                           FROM workloads WHERE last_seen >= $1 ORDER BY spiffe_id, instance";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(since)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(Workload {
+                    spiffe_id: r.try_get(0)?,
+                    instance: r.try_get(1)?,
+                    applied_version: r.try_get(2)?,
+                    certificate_expiry: r.try_get(3)?,
+                    last_seen: r.try_get(4)?,
+                })
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +795,235 @@ mod tests {
         drop(store);
         let reopened = sqlite_store(&dir).await;
         assert_eq!(reopened.join_token_used("keep").await.unwrap(), Some(true));
+    }
+
+    fn put(name: &str, value: i64, expect: Expect) -> Change {
+        Change {
+            kind: "AuthorizationPolicy".into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            document: Some(serde_json::json!({"v": value})),
+            expect,
+        }
+    }
+
+    fn actor(principal: &str) -> Actor<'_> {
+        Actor {
+            principal,
+            request_id: "r1",
+            now: 100,
+        }
+    }
+
+    async fn versions_conflicts_and_the_audit_trail(store: Store) {
+        assert_eq!(store.mesh_version().await.unwrap(), 0);
+        let (v1, out) = store
+            .apply(
+                &[put("a", 1, Expect::Absent), put("b", 1, Expect::Any)],
+                &actor("alice"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v1, 1);
+        assert_eq!(
+            out.iter().map(|o| o.action).collect::<Vec<_>>(),
+            ["created", "created"]
+        );
+        let a = store
+            .get("AuthorizationPolicy", "shop", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.resource_version, a.updated_by.as_str()), (1, "alice"));
+
+        // Create-only on something that exists, and a stale If-Match: refused, nothing written.
+        let err = store
+            .apply(&[put("a", 2, Expect::Absent)], &actor("bob"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::Exists { .. }), "{err}");
+        let err = store
+            .apply(
+                &[
+                    put("b", 2, Expect::Version(1)),
+                    put("a", 2, Expect::Version(0)),
+                ],
+                &actor("bob"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ChangeError::Stale {
+                    expected: 0,
+                    actual: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            store.mesh_version().await.unwrap(),
+            1,
+            "a refused batch changes nothing"
+        );
+        let b = store
+            .get("AuthorizationPolicy", "shop", "b")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.document["v"], 1, "the batch was refused whole");
+
+        // Re-applying the same document changes nothing and takes no version.
+        let (v, out) = store
+            .apply(&[put("a", 1, Expect::Any)], &actor("bob"))
+            .await
+            .unwrap();
+        assert_eq!((v, out[0].action), (1, "unchanged"));
+
+        let (v2, _) = store
+            .apply(&[put("a", 2, Expect::Version(1))], &actor("bob"))
+            .await
+            .unwrap();
+        assert_eq!(v2, 2);
+        let delete = Change {
+            document: None,
+            ..put("b", 0, Expect::Version(1))
+        };
+        let (v3, out) = store
+            .apply(&[delete.clone()], &actor("carol"))
+            .await
+            .unwrap();
+        assert_eq!((v3, out[0].action), (3, "deleted"));
+        let err = store.apply(&[delete], &actor("carol")).await.unwrap_err();
+        assert!(matches!(err, ChangeError::Missing { .. }), "{err}");
+
+        let (version, all) = store.list(None, None).await.unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(
+            all.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert!(
+            store
+                .list(Some("Service"), None)
+                .await
+                .unwrap()
+                .1
+                .is_empty()
+        );
+        assert!(store.list(None, Some("other")).await.unwrap().1.is_empty());
+
+        let trail = store.audit_trail(&AuditFilter::default()).await.unwrap();
+        let summary: Vec<(i64, &str, &str, &str)> = trail
+            .iter()
+            .map(|e| {
+                (
+                    e.mesh_version,
+                    e.principal.as_str(),
+                    e.action.as_str(),
+                    e.name.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, "alice", "created", "a"),
+                (1, "alice", "created", "b"),
+                (2, "bob", "updated", "a"),
+                (3, "carol", "deleted", "b")
+            ]
+        );
+        assert_eq!(trail[2].before.as_ref().unwrap()["v"], 1);
+        assert_eq!(trail[2].after.as_ref().unwrap()["v"], 2);
+        assert_eq!(trail[3].after, None);
+        let bobs = store
+            .audit_trail(&AuditFilter {
+                principal: Some("bob".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(bobs.len(), 1);
+    }
+
+    async fn concurrent_writers_with_one_version_get_one_success(store: Store) {
+        store
+            .apply(&[put("c", 0, Expect::Any)], &actor("setup"))
+            .await
+            .unwrap();
+        let writers = (0..8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .apply(&[put("c", i + 1, Expect::Version(1))], &actor("w"))
+                    .await
+            })
+        });
+        let mut won = 0;
+        for w in writers {
+            match w.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(ChangeError::Stale { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(
+            won, 1,
+            "exactly one writer of version 1 wins; the others get a conflict"
+        );
+        assert_eq!(store.mesh_version().await.unwrap(), 2);
+    }
+
+    async fn workloads_are_upserted(store: Store) {
+        let mut w = Workload {
+            spiffe_id: "spiffe://td/ns/shop/sa/a".into(),
+            instance: "i1".into(),
+            applied_version: 1,
+            certificate_expiry: 500,
+            last_seen: 10,
+        };
+        store.workload_seen(&w).await.unwrap();
+        w.applied_version = 2;
+        w.last_seen = 20;
+        store.workload_seen(&w).await.unwrap();
+        assert_eq!(store.workloads(0).await.unwrap(), vec![w.clone()]);
+        assert!(store.workloads(21).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn sqlite_versions_conflicts_and_the_audit_trail() {
+        let dir = tempfile::tempdir().unwrap();
+        versions_conflicts_and_the_audit_trail(sqlite_store(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_versions_conflicts_and_the_audit_trail() {
+        versions_conflicts_and_the_audit_trail(postgres_store().await).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_concurrent_writers_with_one_version_get_one_success() {
+        let dir = tempfile::tempdir().unwrap();
+        concurrent_writers_with_one_version_get_one_success(sqlite_store(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_concurrent_writers_with_one_version_get_one_success() {
+        concurrent_writers_with_one_version_get_one_success(postgres_store().await).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_workloads_are_upserted() {
+        let dir = tempfile::tempdir().unwrap();
+        workloads_are_upserted(sqlite_store(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_workloads_are_upserted() {
+        workloads_are_upserted(postgres_store().await).await;
     }
 
     #[tokio::test]

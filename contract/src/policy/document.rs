@@ -116,25 +116,67 @@ impl std::fmt::Display for Problem {
 #[error("{} problem(s): {}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
 pub struct Problems(pub Vec<Problem>);
 
-/// The policy documents of one input, by kind.
+/// The documents of one input, by kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyDocuments {
     pub authorization: Vec<AuthorizationPolicy>,
     pub authentication: Vec<super::authentication::RequestAuthentication>,
+    pub services: Vec<crate::registry::ServiceEntry>,
 }
 
-/// Parses one or more YAML or JSON documents (`AuthorizationPolicy` and
-/// `RequestAuthentication`). All documents must be valid for any to be returned: a batch is
-/// applied whole or not at all.
-pub fn parse_documents(input: &str) -> Result<PolicyDocuments, Problems> {
+/// One validated document of any kind the mesh knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Document {
+    Authorization(AuthorizationPolicy),
+    Authentication(super::authentication::RequestAuthentication),
+    Service(crate::registry::ServiceEntry),
+}
+
+impl Document {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::Authorization(_) => KIND,
+            Document::Authentication(_) => super::authentication::KIND,
+            Document::Service(_) => crate::registry::KIND,
+        }
+    }
+
+    /// `(namespace, name)`.
+    pub fn key(&self) -> (&str, &str) {
+        match self {
+            Document::Authorization(d) => (&d.namespace, &d.name),
+            Document::Authentication(d) => (&d.namespace, &d.name),
+            Document::Service(d) => (&d.namespace, &d.name),
+        }
+    }
+}
+
+/// The kinds of document the mesh stores, in the order they are listed.
+pub const KINDS: [&str; 3] = [KIND, super::authentication::KIND, crate::registry::KIND];
+
+/// Splits YAML or JSON input (several documents, `---`-separated) into generic values.
+pub fn parse_values(input: &str) -> Result<Vec<Value>, Problems> {
     let values: Vec<Value> = serde_saphyr::from_multiple(input).map_err(|e| {
         Problems(vec![Problem {
             location: "input".into(),
             message: format!("not valid YAML or JSON: {e}"),
         }])
     })?;
+    if values.is_empty() {
+        return Err(Problems(vec![Problem {
+            location: "input".into(),
+            message: "no document found".into(),
+        }]));
+    }
+    Ok(values)
+}
+
+/// Validates each value as the document its `kind` names. All must be valid for any to be
+/// returned: a batch is applied whole or not at all. Locations are prefixed with `[i]` when
+/// there are several documents.
+pub fn validate_values(values: &[Value]) -> Result<Vec<Document>, Problems> {
     let mut problems = Vec::new();
-    let mut docs = PolicyDocuments::default();
+    let mut docs = Vec::new();
     let several = values.len() > 1;
     for (i, value) in values.iter().enumerate() {
         let root = if several {
@@ -145,24 +187,41 @@ pub fn parse_documents(input: &str) -> Result<PolicyDocuments, Problems> {
         let mut walk = Walk {
             problems: &mut problems,
         };
-        if value.get("kind").and_then(Value::as_str) == Some(super::authentication::KIND) {
-            docs.authentication
-                .extend(walk.request_authentication(value, &root));
-        } else {
-            docs.authorization.extend(walk.policy(value, &root));
-        }
-    }
-    if values.is_empty() {
-        problems.push(Problem {
-            location: "input".into(),
-            message: "no document found".into(),
-        });
+        let doc = match value.get("kind").and_then(Value::as_str) {
+            Some(super::authentication::KIND) => walk
+                .request_authentication(value, &root)
+                .map(Document::Authentication),
+            Some(crate::registry::KIND) => walk.service(value, &root).map(Document::Service),
+            _ => walk.policy(value, &root).map(Document::Authorization),
+        };
+        docs.extend(doc);
     }
     if problems.is_empty() {
         Ok(docs)
     } else {
         Err(Problems(problems))
     }
+}
+
+impl PolicyDocuments {
+    pub fn from_documents(docs: Vec<Document>) -> Self {
+        let mut out = Self::default();
+        for doc in docs {
+            match doc {
+                Document::Authorization(d) => out.authorization.push(d),
+                Document::Authentication(d) => out.authentication.push(d),
+                Document::Service(d) => out.services.push(d),
+            }
+        }
+        out
+    }
+}
+
+/// Parses and validates one or more YAML or JSON documents of any kind (see
+/// [`validate_values`]).
+pub fn parse_documents(input: &str) -> Result<PolicyDocuments, Problems> {
+    let values = parse_values(input)?;
+    validate_values(&values).map(PolicyDocuments::from_documents)
 }
 
 /// Parses a single document that is already a JSON value (the admin API's body).
@@ -178,7 +237,7 @@ pub fn from_value(value: &Value) -> Result<AuthorizationPolicy, Problems> {
     }
 }
 
-pub(super) fn join(base: &str, field: &str) -> String {
+pub(crate) fn join(base: &str, field: &str) -> String {
     if base.is_empty() {
         field.to_owned()
     } else {
@@ -187,20 +246,20 @@ pub(super) fn join(base: &str, field: &str) -> String {
 }
 
 /// Walks a generic value, collecting every problem with its location.
-pub(super) struct Walk<'p> {
-    pub(super) problems: &'p mut Vec<Problem>,
+pub(crate) struct Walk<'p> {
+    pub(crate) problems: &'p mut Vec<Problem>,
 }
 
 /// The common parts of a document, as [`Walk::envelope`] found them.
-pub(super) struct Envelope<'v> {
-    pub(super) name: Option<String>,
-    pub(super) namespace: Option<String>,
-    pub(super) spec: &'v Map<String, Value>,
-    pub(super) spec_loc: String,
+pub(crate) struct Envelope<'v> {
+    pub(crate) name: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) spec: &'v Map<String, Value>,
+    pub(crate) spec_loc: String,
 }
 
 impl Walk<'_> {
-    pub(super) fn problem(&mut self, location: &str, message: impl Into<String>) {
+    pub(crate) fn problem(&mut self, location: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             location: if location.is_empty() {
                 "document".into()
@@ -212,7 +271,7 @@ impl Walk<'_> {
     }
 
     /// The value as an object whose fields are all in `known`; unknown fields are reported.
-    pub(super) fn object<'v>(
+    pub(crate) fn object<'v>(
         &mut self,
         v: &'v Value,
         loc: &str,
@@ -233,7 +292,7 @@ impl Walk<'_> {
         Some(map)
     }
 
-    pub(super) fn string<'v>(&mut self, v: &'v Value, loc: &str) -> Option<&'v str> {
+    pub(crate) fn string<'v>(&mut self, v: &'v Value, loc: &str) -> Option<&'v str> {
         match v.as_str() {
             Some(s) if s.len() <= MAX_VALUE_LEN => Some(s),
             Some(_) => {
@@ -247,7 +306,7 @@ impl Walk<'_> {
         }
     }
 
-    pub(super) fn list<'v>(&mut self, v: Option<&'v Value>, loc: &str) -> &'v [Value] {
+    pub(crate) fn list<'v>(&mut self, v: Option<&'v Value>, loc: &str) -> &'v [Value] {
         match v {
             None | Some(Value::Null) => &[],
             Some(Value::Array(items)) if items.len() <= MAX_VALUES => items,
@@ -263,7 +322,7 @@ impl Walk<'_> {
     }
 
     /// The list `field` of `map`, each entry parsed by `parse` (at most [`MAX_RULES`]).
-    pub(super) fn rules<T>(
+    pub(crate) fn rules<T>(
         &mut self,
         map: &Map<String, Value>,
         base: &str,
@@ -283,7 +342,7 @@ impl Walk<'_> {
     }
 
     /// A list of strings, each checked by `check` (which returns why a value is wrong).
-    pub(super) fn strings(
+    pub(crate) fn strings(
         &mut self,
         map: &Map<String, Value>,
         base: &str,
@@ -327,7 +386,7 @@ impl Walk<'_> {
 
     /// The parts every document kind shares: `apiVersion`, `kind`, `metadata` (name and
     /// namespace) and a `spec` object with the given fields.
-    pub(super) fn envelope<'v>(
+    pub(crate) fn envelope<'v>(
         &mut self,
         v: &'v Value,
         root: &str,
@@ -360,7 +419,7 @@ impl Walk<'_> {
     }
 
     /// `spec.selector`: `Ok(None)` protects the whole namespace; `Err` was reported.
-    pub(super) fn selector(
+    pub(crate) fn selector(
         &mut self,
         spec: &Map<String, Value>,
         spec_loc: &str,

@@ -13,7 +13,8 @@ pub mod index;
 
 pub use authentication::{Authenticator, EndUser, RequestAuthentication};
 pub use document::{
-    Action, AuthorizationPolicy, PolicyDocuments, Problem, Problems, parse_documents,
+    Action, AuthorizationPolicy, Document, KINDS, PolicyDocuments, Problem, Problems,
+    parse_documents, parse_values, validate_values,
 };
 pub use evaluate::{
     Basis, Decision, DefaultMode, PolicyRef, PolicySet, Request, Verdict, Workload,
