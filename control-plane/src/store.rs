@@ -892,7 +892,7 @@ mod tests {
             ..put("b", 0, Expect::Version(1))
         };
         let (v3, out) = store
-            .apply(&[delete.clone()], &actor("carol"))
+            .apply(std::slice::from_ref(&delete), &actor("carol"))
             .await
             .unwrap();
         assert_eq!((v3, out[0].action), (3, "deleted"));
