@@ -4,6 +4,7 @@
 //! - [`certs`]: reading certificates and PEM bundles, and what makes a valid workload leaf.
 //! - [`tls`]: mTLS by SPIFFE ID (verifiers, trust bundles, live certificate swaps).
 //! - [`identity_api`]: the certificate issuance and renewal protocol.
+//! - [`config_api`]: how sidecars follow the mesh configuration.
 //! - [`jwt`]: strict JWT and JWKS verification (bootstrap and end-user tokens alike).
 //! - [`path`]: request path normalization (policies match the path that is forwarded).
 //! - [`policy`]: the authorization policy model and its evaluator.
@@ -13,6 +14,7 @@
 //! - [`telemetry`]: log and metrics conventions shared by both binaries.
 
 pub mod certs;
+pub mod config_api;
 pub mod identity_api;
 pub mod jwt;
 pub mod path;

@@ -4,22 +4,26 @@
 //! caller may do: `viewer` reads, `editor` also writes mesh configuration, `admin` may do
 //! everything (join tokens, CA rotation), `auditor` reads the audit trail.
 //!
-//! This issue brings the identity routes; the policy routes arrive with the control-plane
-//! issue on the same router and the same authentication.
+//! Which role each route needs is written once, in [`ROUTES`]: a middleware enforces it for
+//! every route, the role-matrix test walks it, and a test compares it with the OpenAPI
+//! document served at `/v1/openapi.json` (kept in the repository as `openapi.json`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::admin_mesh;
 use crate::ca::{CaError, CaStatus, CertificateAuthority};
 use crate::join_tokens::{DEFAULT_JOIN_TOKEN_TTL, JoinTokenError, JoinTokenIssuer};
+use crate::mesh_config::MeshConfig;
 use crate::sidecar_api::{bearer_token, error_response};
 use crate::tokens::TokenKey;
 
@@ -114,6 +118,63 @@ pub struct AdminState {
     pub ca: Arc<CertificateAuthority>,
     pub token_key: Arc<TokenKey>,
     pub join_tokens: JoinTokenIssuer,
+    pub mesh: Arc<MeshConfig>,
+}
+
+/// Every route of the API but `/healthz`, with the role it needs: the one place roles are
+/// decided.
+pub const ROUTES: &[(&str, &str, Role)] = &[
+    ("POST", "/v1/join-tokens", Role::Admin),
+    ("GET", "/v1/trust-bundle", Role::Viewer),
+    ("GET", "/v1/ca", Role::Viewer),
+    ("POST", "/v1/ca/rotation/{step}", Role::Admin),
+    ("GET", "/v1/resources", Role::Viewer),
+    (
+        "GET",
+        "/v1/namespaces/{namespace}/{plural}/{name}",
+        Role::Viewer,
+    ),
+    (
+        "PUT",
+        "/v1/namespaces/{namespace}/{plural}/{name}",
+        Role::Editor,
+    ),
+    (
+        "DELETE",
+        "/v1/namespaces/{namespace}/{plural}/{name}",
+        Role::Editor,
+    ),
+    ("POST", "/v1/apply", Role::Editor),
+    ("POST", "/v1/validate", Role::Viewer),
+    ("POST", "/v1/simulate", Role::Viewer),
+    ("GET", "/v1/workloads", Role::Viewer),
+    ("GET", "/v1/audit", Role::Auditor),
+    ("GET", "/v1/openapi.json", Role::Viewer),
+];
+
+/// The OpenAPI 3 document of this API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// Authenticates the caller and checks the role [`ROUTES`] gives the matched route.
+async fn authorize(
+    State(state): State<Arc<AdminState>>,
+    matched: MatchedPath,
+    request: axum::extract::Request,
+    next: Next,
+) -> Result<Response, AdminError> {
+    let (mut parts, body) = request.into_parts();
+    let principal = Principal::from_request_parts(&mut parts, &state).await?;
+    let needed = ROUTES
+        .iter()
+        .find(|(method, path, _)| *path == matched.as_str() && *method == parts.method.as_str())
+        .map(|(_, _, role)| *role)
+        // A route missing from the table is for admins only (and fails the tests).
+        .unwrap_or(Role::Admin);
+    principal.require(needed)?;
+    parts.extensions.insert(principal);
+    Ok(next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await)
 }
 
 /// An authenticated caller of the admin API.
@@ -140,6 +201,9 @@ impl FromRequestParts<Arc<AdminState>> for Principal {
         parts: &mut Parts,
         state: &Arc<AdminState>,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(p.clone());
+        }
         let token = bearer_token(&parts.headers)
             .ok_or(AdminError::Unauthenticated("missing bearer token"))?;
         let claims = state.token_key.verify_admin(token).map_err(|e| {
@@ -155,14 +219,37 @@ impl FromRequestParts<Arc<AdminState>> for Principal {
     }
 }
 
+/// Largest request body (an apply of many documents).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+    let ns_doc = "/v1/namespaces/{namespace}/{plural}/{name}";
+    let authenticated = Router::new()
         .route("/v1/join-tokens", post(create_join_token))
         .route("/v1/trust-bundle", get(trust_bundle))
         .route("/v1/ca", get(ca_status))
         .route("/v1/ca/rotation/{step}", post(rotate))
-        .layer(DefaultBodyLimit::max(64 * 1024))
+        .route("/v1/resources", get(admin_mesh::list))
+        .route(
+            ns_doc,
+            get(admin_mesh::get_one)
+                .put(admin_mesh::put_one)
+                .delete(admin_mesh::delete_one),
+        )
+        .route("/v1/apply", post(admin_mesh::apply))
+        .route("/v1/validate", post(admin_mesh::validate_only))
+        .route("/v1/simulate", post(admin_mesh::simulate))
+        .route("/v1/workloads", get(admin_mesh::workloads))
+        .route("/v1/audit", get(admin_mesh::audit))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(authenticated)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -181,7 +268,6 @@ async fn create_join_token(
     principal: Principal,
     body: Result<Json<JoinTokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AdminError> {
-    principal.require(Role::Admin)?;
     let invalid = |detail: String| AdminError::Invalid {
         error: "invalid join token request".into(),
         details: vec![detail],
@@ -206,11 +292,7 @@ async fn create_join_token(
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
-async fn trust_bundle(
-    State(state): State<Arc<AdminState>>,
-    principal: Principal,
-) -> Result<Response, AdminError> {
-    principal.require(Role::Viewer)?;
+async fn trust_bundle(State(state): State<Arc<AdminState>>) -> Result<Response, AdminError> {
     Ok((
         [(header::CONTENT_TYPE, "application/x-pem-file")],
         state.ca.bundle_pem(),
@@ -218,11 +300,7 @@ async fn trust_bundle(
         .into_response())
 }
 
-async fn ca_status(
-    State(state): State<Arc<AdminState>>,
-    principal: Principal,
-) -> Result<Json<CaStatus>, AdminError> {
-    principal.require(Role::Viewer)?;
+async fn ca_status(State(state): State<Arc<AdminState>>) -> Result<Json<CaStatus>, AdminError> {
     Ok(Json(state.ca.status()))
 }
 
@@ -231,7 +309,6 @@ async fn rotate(
     principal: Principal,
     axum::extract::Path(step): axum::extract::Path<String>,
 ) -> Result<Json<CaStatus>, AdminError> {
-    principal.require(Role::Admin)?;
     let status = match step.as_str() {
         "prepare" => state.ca.rotation_prepare(),
         "activate" => state.ca.rotation_activate(),

@@ -48,6 +48,11 @@ pub struct Config {
     #[arg(long, env = "PALISADE_DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// Mesh documents (AuthorizationPolicy, RequestAuthentication, Service; YAML or JSON)
+    /// applied at start-up, as `palisade apply -f` would: local mode without the CLI.
+    #[arg(long, env = "PALISADE_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
     /// Plugged-in CA: the signing certificate (PEM; a root or an intermediate).
     #[arg(long, env = "PALISADE_CA_CERT", requires_all = ["ca_key", "ca_roots"])]
     pub ca_cert: Option<PathBuf>,
@@ -118,6 +123,7 @@ impl Config {
             workload_ttl: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
             database_url: None,
+            config_file: None,
             ca_cert: None,
             ca_key: None,
             ca_roots: None,

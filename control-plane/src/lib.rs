@@ -7,16 +7,19 @@
 //! - [`join_tokens`]: creating single-use join tokens.
 //! - [`store`]: persistent state (SQLite or PostgreSQL).
 //! - [`sidecar_api`]: the TLS listener sidecars talk to.
-//! - [`admin_api`]: the authenticated administration API.
+//! - [`mesh_config`]: the stored mesh configuration and the sidecars following it.
+//! - [`admin_api`] and [`admin_mesh`]: the authenticated administration API.
 //! - [`server`]: how the pieces are assembled and served.
 
 pub mod admin_api;
+pub mod admin_mesh;
 pub mod bootstrap;
 pub mod ca;
 pub mod config;
 pub mod issuance;
 pub mod join_tokens;
 pub mod k8s_discovery;
+pub mod mesh_config;
 pub mod metrics;
 pub mod server;
 pub mod sidecar_api;

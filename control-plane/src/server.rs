@@ -32,6 +32,7 @@ use crate::config::Config;
 use crate::issuance::IdentityService;
 use crate::join_tokens::{JoinToken, JoinTokenError, JoinTokenIssuer};
 use crate::k8s_discovery::{self, Discovery};
+use crate::mesh_config::{MeshConfig, validate};
 use crate::metrics::CaMetrics;
 use crate::sidecar_api;
 use crate::store::Store;
@@ -145,10 +146,26 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     };
     let mut tasks = JoinSet::new();
 
+    let mesh = Arc::new(
+        MeshConfig::new(store.clone(), ca.clone())
+            .await
+            .context("reading the mesh version")?,
+    );
+    if let Some(path) = &config.config_file {
+        load_config_file(&mesh, path).await?;
+    }
+    let follower = mesh.clone();
+    let stop_follow = until_stopped();
+    tasks.spawn(async move {
+        follower.follow(stop_follow).await;
+        // Shutting down: release the sidecars' long polls so draining does not wait.
+        follower.close();
+    });
+
     tasks.spawn(sidecar_api::serve_tls(
         sidecar_listener,
         tls,
-        sidecar_api::router(service.clone()),
+        sidecar_api::router(service.clone(), mesh.clone()),
         config.handshake_timeout,
         until_stopped(),
     ));
@@ -162,6 +179,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         ca: ca.clone(),
         token_key: token_key.clone(),
         join_tokens: join_tokens.clone(),
+        mesh: mesh.clone(),
     }));
     let stop_admin = until_stopped();
     tasks.spawn(async move {
@@ -276,6 +294,29 @@ async fn kubernetes_verifier(
         .await
         .context("fetching the Kubernetes token keys by OIDC discovery")?;
     Ok((Some(verifier), Some(discovery)))
+}
+
+/// Applies the documents of `--config-file` at start-up (local mode), as the principal
+/// `config-file`; documents already stored unchanged leave the mesh version alone.
+async fn load_config_file(mesh: &MeshConfig, path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --config-file {}", path.display()))?;
+    let docs = validate(&text)
+        .map_err(|problems| anyhow::anyhow!("--config-file {}: {problems}", path.display()))?;
+    let (version, outcomes) = mesh
+        .apply_documents(
+            &docs,
+            &crate::store::Actor {
+                principal: "config-file",
+                request_id: "start-up",
+                now: crate::ca::unix_now(),
+            },
+        )
+        .await
+        .with_context(|| format!("storing --config-file {}", path.display()))?;
+    tracing::info!(path = %path.display(), version, documents = outcomes.len(),
+        "applied the configuration file");
+    Ok(())
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

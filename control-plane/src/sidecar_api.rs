@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,6 +20,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use palisade_contract::SpiffeId;
+use palisade_contract::config_api::{CONFIG_PATH, ConfigQuery};
 use palisade_contract::identity_api::{
     CertificateRequest, CertificateResponse, ErrorBody, ISSUE_PATH, MAX_REQUEST_BYTES, RENEW_PATH,
     TRUST_BUNDLE_PATH,
@@ -33,6 +34,7 @@ use tower::ServiceExt;
 
 use crate::ca::IssuedCertificate;
 use crate::issuance::{IdentityService, IssueError};
+use crate::mesh_config::MeshConfig;
 
 /// The caller as the TLS layer saw it.
 #[derive(Debug, Clone)]
@@ -52,13 +54,60 @@ impl Peer {
     }
 }
 
-pub fn router(service: Arc<IdentityService>) -> Router {
+pub fn router(service: Arc<IdentityService>, mesh: Arc<MeshConfig>) -> Router {
     Router::new()
         .route(ISSUE_PATH, post(issue))
         .route(RENEW_PATH, post(renew))
         .route(TRUST_BUNDLE_PATH, get(trust_bundle))
+        .route(CONFIG_PATH, get(config))
+        .layer(Extension(mesh))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(service)
+}
+
+/// The configuration long poll ([`palisade_contract::config_api`]): mTLS only; the
+/// certificate says which namespace's documents the caller gets.
+async fn config(
+    Extension(peer): Extension<Peer>,
+    Extension(mesh): Extension<Arc<MeshConfig>>,
+    query: Result<Query<ConfigQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(id) = peer.current_identity() else {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "the configuration needs a valid client certificate",
+            Vec::new(),
+        );
+    };
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad query", vec![e.body_text()]),
+    };
+    let Some(namespace) = id.namespace() else {
+        return error_response(StatusCode::FORBIDDEN, "not a workload identity", Vec::new());
+    };
+    let seen = crate::store::Workload {
+        spiffe_id: id.to_string(),
+        instance: q.instance.chars().take(64).collect(),
+        applied_version: q.applied,
+        certificate_expiry: peer.cert_not_after,
+        last_seen: crate::ca::unix_now(),
+    };
+    if let Err(e) = mesh.store().workload_seen(&seen).await {
+        tracing::warn!(error = %e, "recording a sidecar's poll failed");
+    }
+    match mesh.wait_for_newer(namespace, q.version).await {
+        Ok(Some(config)) => Json(config).into_response(),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "reading the mesh configuration failed");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+                Vec::new(),
+            )
+        }
+    }
 }
 
 async fn issue(

@@ -656,6 +656,24 @@ impl Store {
     }
 }
 
+/// For tests: a database URL for a new, empty schema in the PostgreSQL the tests use
+/// (`PALISADE_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`), so tests
+/// run in parallel and leave the shared database clean.
+pub async fn fresh_postgres_schema() -> String {
+    let url = std::env::var("PALISADE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_{}", crate::tokens::random_id().expect("randomness"));
+    let admin = PgPool::connect(&url)
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432 (see .ci/run)");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("creating a test schema");
+    admin.close().await;
+    format!("{url}?options=-c%20search_path%3D{schema}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,20 +681,9 @@ mod tests {
     /// Each test gets its own PostgreSQL schema, so tests run in parallel and leave the
     /// shared `test` database clean.
     pub(crate) async fn postgres_store() -> Store {
-        let url = std::env::var("PALISADE_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("t_{}", crate::tokens::random_id().unwrap());
-        let admin = PgPool::connect(&url)
+        Store::open_url(&fresh_postgres_schema().await)
             .await
-            .expect("PostgreSQL at 127.0.0.1:5432 (see .ci/run)");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let options = PgConnectOptions::from_str(&url)
             .unwrap()
-            .options([("search_path", schema.as_str())]);
-        Store::postgres(options).await.unwrap()
     }
 
     async fn sqlite_store(dir: &tempfile::TempDir) -> Store {

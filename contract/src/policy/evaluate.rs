@@ -282,6 +282,7 @@ impl CompiledRule {
     /// [`CompiledCondition::matches`]). On an opaque connection (`req.l4`), as in Istio: an
     /// ALLOW rule that needs HTTP fields never matches (it cannot be satisfied), while a
     /// DENY or AUDIT rule is applied without its HTTP fields, so it matches more, never less.
+    /// The hot path: no allocation. [`Self::mismatches`] says the same at length.
     fn matches(&self, req: &Request<'_>, unreadable_matches: bool) -> bool {
         if req.l4 && self.uses_http_fields && !unreadable_matches {
             return false;
@@ -290,6 +291,48 @@ impl CompiledRule {
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(req)))
             && self.when.iter().all(|c| c.matches(req, unreadable_matches))
     }
+
+    /// The parts of the rule that do not match `req` (empty: the rule matches).
+    fn mismatches(&self, req: &Request<'_>, unreadable_matches: bool) -> Vec<String> {
+        if req.l4 && self.uses_http_fields && !unreadable_matches {
+            return vec!["needs HTTP fields (the request is an opaque connection)".into()];
+        }
+        let mut failed = Vec::new();
+        if !(self.from.is_empty() || self.from.iter().any(|s| s.matches(req))) {
+            failed.push("from".to_owned());
+        }
+        if !(self.to.is_empty() || self.to.iter().any(|o| o.matches(req))) {
+            failed.push("to".to_owned());
+        }
+        for (i, c) in self.when.iter().enumerate() {
+            if !c.matches(req, unreadable_matches) {
+                failed.push(format!("when[{i}]"));
+            }
+        }
+        failed
+    }
+}
+
+/// How one policy fared against a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    /// `namespace/name`.
+    pub policy: String,
+    pub action: Action,
+    pub dry_run: bool,
+    /// The first rule that matched, if any.
+    pub matched_rule: Option<usize>,
+    pub rules: Vec<RuleExplanation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleExplanation {
+    pub index: usize,
+    pub matched: bool,
+    /// The parts that did not match: `from`, `to`, `when[i]`.
+    pub failed: Vec<String>,
 }
 
 /// Which policy (and rule) a decision rests on.
@@ -481,6 +524,36 @@ impl PolicySet {
     /// How many policies a request for `workload` looks at.
     pub fn candidate_count(&self, workload: &Workload<'_>) -> usize {
         self.candidates(workload).count()
+    }
+
+    /// Why each policy that applies to `workload` did or did not match `req`, in the order
+    /// [`Self::evaluate`] looks at them (for the control plane's simulate endpoint).
+    pub fn explain(&self, workload: &Workload<'_>, req: &Request<'_>) -> Vec<Explanation> {
+        self.candidates(workload)
+            .map(|policy| {
+                let unreadable_matches = policy.action != Action::Allow;
+                let rules: Vec<RuleExplanation> = policy
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(index, rule)| {
+                        let failed = rule.mismatches(req, unreadable_matches);
+                        RuleExplanation {
+                            index,
+                            matched: failed.is_empty(),
+                            failed,
+                        }
+                    })
+                    .collect();
+                Explanation {
+                    policy: policy.id.to_string(),
+                    action: policy.action,
+                    dry_run: policy.dry_run,
+                    matched_rule: rules.iter().find(|r| r.matched).map(|r| r.index),
+                    rules,
+                }
+            })
+            .collect()
     }
 
     pub fn evaluate(&self, workload: &Workload<'_>, req: &Request<'_>) -> Decision {

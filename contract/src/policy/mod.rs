@@ -17,5 +17,6 @@ pub use document::{
     parse_documents, parse_values, validate_values,
 };
 pub use evaluate::{
-    Basis, Decision, DefaultMode, PolicyRef, PolicySet, Request, Verdict, Workload,
+    Basis, Decision, DefaultMode, Explanation, PolicyRef, PolicySet, Request, RuleExplanation,
+    Verdict, Workload,
 };

@@ -42,6 +42,13 @@ impl Harness {
         Self::start_with(|_| {}).await
     }
 
+    /// A control plane on PostgreSQL (127.0.0.1:5432, database `test`), in a schema of its
+    /// own so tests run in parallel and leave the database clean.
+    pub async fn start_postgres() -> Self {
+        let database_url = palisade_control_plane::store::fresh_postgres_schema().await;
+        Self::start_with(|c| c.database_url = Some(database_url)).await
+    }
+
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_data_dir(dir.path().join("data"));
@@ -86,6 +93,21 @@ impl Harness {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let (status, _, value) = self.admin_raw(method, path, token, &[], body).await;
+        (status, value)
+    }
+
+    /// An admin API call with extra headers and a raw body (YAML, say); returns the status,
+    /// the response headers and the body as JSON (or a JSON string).
+    pub async fn admin_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> (StatusCode, http::HeaderMap, Value) {
         let tcp = TcpStream::connect(self.cp().admin_addr).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
@@ -98,19 +120,30 @@ impl Harness {
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        if !body.is_empty() {
+        if body.starts_with('{') {
             req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let resp = sender
             .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
             .await
             .unwrap();
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, value)
+        (status, headers, value)
+    }
+
+    /// A token of the control plane for `role`.
+    pub fn token_for(&self, subject: &str, role: &str) -> String {
+        palisade_control_plane::tokens::TokenKey::load_or_create(&self.config.data_dir, &td())
+            .unwrap()
+            .mint_admin(subject, role, Duration::from_secs(600))
+            .unwrap()
     }
 
     pub async fn join_token(&self, ns: &str, sa: &str) -> String {
