@@ -68,6 +68,23 @@ impl ApiClient {
         parse_json(&body)
     }
 
+    /// POSTs documents as they are (YAML or JSON).
+    pub async fn post_documents(
+        &self,
+        path: &str,
+        documents: String,
+    ) -> Result<serde_json::Value, ApiError> {
+        let body = self
+            .send(Method::POST, path, Some(documents.into_bytes()))
+            .await?;
+        parse_json(&body)
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<serde_json::Value, ApiError> {
+        let body = self.send(Method::DELETE, path, None).await?;
+        parse_json(&body)
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -80,8 +97,16 @@ impl ApiClient {
         if let Some(token) = &self.token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
+        if let Some(b) = &body {
+            let json = b.first() == Some(&b'{');
+            request = request.header(
+                header::CONTENT_TYPE,
+                if json {
+                    "application/json"
+                } else {
+                    "application/yaml"
+                },
+            );
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))

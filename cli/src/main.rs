@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod client;
+mod mesh;
 
 use client::{ApiClient, ApiError};
 
@@ -40,9 +41,11 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Output {
+pub enum Output {
     Table,
     Json,
+    /// The stored documents themselves (`get` only; elsewhere as json).
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +56,68 @@ enum Command {
     /// The mesh's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Create or replace the documents of a file (YAML or JSON, several `---`-separated),
+    /// all or nothing.
+    Apply {
+        /// The file, or - for standard input.
+        #[arg(short, long)]
+        file: String,
+        /// Show what would change (a diff per document), change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List documents of a type: policies, requestauthentications or services.
+    Get {
+        kind: String,
+        /// Only this namespace.
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Delete one document.
+    Delete {
+        /// policy, requestauthentication or service.
+        kind: String,
+        name: String,
+        #[arg(short, long)]
+        namespace: String,
+    },
+    /// Ask the control plane what a sidecar would decide for a request, and why.
+    Simulate {
+        /// The caller's SPIFFE ID.
+        #[arg(long)]
+        from: String,
+        /// The destination service: NAME.NAMESPACE, or NAME in the caller's namespace.
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// A request header, NAME=VALUE (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The destination port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Evaluate as if these documents (a file, or -) were applied.
+        #[arg(long)]
+        proposed: Option<String>,
+    },
+    /// The sidecars following the configuration, with the version each has applied.
+    Workloads,
+    /// The admin audit trail (needs the auditor or admin role).
+    Audit {
+        /// Only entries this recent (e.g. 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only changes by this principal.
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Lint the mesh: wildcard ALLOW rules, policies selecting unknown services, services no
+    /// ALLOW policy selects, sidecars behind on configuration or near certificate expiry.
+    /// Exits 1 when a finding is an error.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,7 +163,8 @@ enum RotationStep {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e}");
             match e {
@@ -109,7 +175,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), ApiError> {
+/// Ok(false): the command ran and found a problem (`check`).
+async fn run(cli: Cli) -> Result<bool, ApiError> {
     let token = match (&cli.token, &cli.token_file) {
         (Some(t), _) => Some(t.trim().to_owned()),
         (None, Some(path)) => Some(
@@ -136,7 +203,7 @@ async fn run(cli: Cli) -> Result<(), ApiError> {
             });
             let response = api.post_json("/v1/join-tokens", &body).await?;
             match cli.output {
-                Output::Json => println!("{response:#}"),
+                Output::Json | Output::Yaml => println!("{response:#}"),
                 Output::Table => println!("{}", response["token"].as_str().unwrap_or_default()),
             }
         }
@@ -156,12 +223,48 @@ async fn run(cli: Cli) -> Result<(), ApiError> {
                 .await?;
             print_ca_status(&status, cli.output);
         }
+        Command::Apply { file, dry_run } => mesh::apply(&api, &file, dry_run, cli.output).await?,
+        Command::Get { kind, namespace } => {
+            mesh::get(&api, &kind, namespace.as_deref(), cli.output).await?
+        }
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+        } => mesh::delete(&api, &kind, &name, &namespace, cli.output).await?,
+        Command::Simulate {
+            from,
+            to,
+            method,
+            path,
+            headers,
+            port,
+            proposed,
+        } => {
+            mesh::simulate(
+                &api,
+                &from,
+                &to,
+                &method,
+                &path,
+                &headers,
+                port,
+                proposed.as_deref(),
+                cli.output,
+            )
+            .await?
+        }
+        Command::Workloads => mesh::workloads(&api, cli.output).await?,
+        Command::Audit { since, principal } => {
+            mesh::audit(&api, since, principal.as_deref(), cli.output).await?
+        }
+        Command::Check => return mesh::check(&api, cli.output).await,
     }
-    Ok(())
+    Ok(true)
 }
 
 fn print_ca_status(status: &serde_json::Value, output: Output) {
-    if let Output::Json = output {
+    if let Output::Json | Output::Yaml = output {
         println!("{status:#}");
         return;
     }

@@ -25,7 +25,7 @@ fn parse_mode(s: &str) -> Result<DefaultMode, String> {
 
 /// Palisade sidecar proxy.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "palisade-proxy", version, about, long_about = None)]
+#[command(name = "palisade-proxy", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// The control plane's sidecar-facing address (host:port).
     #[arg(

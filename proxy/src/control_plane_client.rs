@@ -14,6 +14,7 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use palisade_contract::SpiffeId;
+use palisade_contract::config_api::{self, CONFIG_PATH, ConfigQuery, MeshConfig};
 use palisade_contract::identity_api::{
     CertificateRequest, CertificateResponse, ErrorBody, ISSUE_PATH, RENEW_PATH,
 };
@@ -27,7 +28,7 @@ use tokio_rustls::TlsConnector;
 /// Time allowed for one call, connection and TLS handshake included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response body read.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
@@ -103,18 +104,50 @@ impl ControlPlaneClient {
         token: Option<&str>,
         csr: String,
     ) -> Result<CertificateResponse, ControlPlaneError> {
-        tokio::time::timeout(CALL_TIMEOUT, self.call_inner(tls, path, token, csr))
-            .await
-            .map_err(|_| ControlPlaneError::Timeout(CALL_TIMEOUT))?
+        let body = serde_json::to_vec(&CertificateRequest { csr })
+            .map_err(|e| ControlPlaneError::Http(e.to_string()))?;
+        let (status, bytes) = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.send(tls, Method::POST, path, token, Some(body)),
+        )
+        .await
+        .map_err(|_| ControlPlaneError::Timeout(CALL_TIMEOUT))??;
+        json_answer(status, &bytes)
     }
 
-    async fn call_inner(
+    /// Waits for configuration newer than `query.version` ([`config_api`]): `None` when the
+    /// control plane's long poll ended without a change.
+    pub async fn config(
+        &self,
+        query: &ConfigQuery,
+    ) -> Result<Option<MeshConfig>, ControlPlaneError> {
+        let path = format!(
+            "{CONFIG_PATH}?version={}&applied={}&instance={}",
+            query.version, query.applied, query.instance
+        );
+        let limit = config_api::LONG_POLL + CALL_TIMEOUT;
+        let (status, bytes) = tokio::time::timeout(
+            limit,
+            self.send(&self.authenticated, Method::GET, &path, None, None),
+        )
+        .await
+        .map_err(|_| ControlPlaneError::Timeout(limit))??;
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        json_answer(status, &bytes).map(Some)
+    }
+
+    /// One request on a fresh connection; the status and the body (at most
+    /// `MAX_RESPONSE_BYTES`).
+    async fn send(
         &self,
         tls: &Arc<ClientConfig>,
+        method: Method,
         path: &str,
         token: Option<&str>,
-        csr: String,
-    ) -> Result<CertificateResponse, ControlPlaneError> {
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ControlPlaneError> {
         let tcp = TcpStream::connect(&self.addr).await.map_err(|source| {
             ControlPlaneError::Unreachable {
                 addr: self.addr.clone(),
@@ -132,18 +165,18 @@ impl ControlPlaneClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let body = serde_json::to_vec(&CertificateRequest { csr })
-            .map_err(|e| ControlPlaneError::Http(e.to_string()))?;
         let mut request = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
-            .header(header::HOST, self.addr.as_str())
-            .header(header::CONTENT_TYPE, "application/json");
+            .header(header::HOST, self.addr.as_str());
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ControlPlaneError::Http(e.to_string()))?;
         let response = sender
             .send_request(request)
@@ -155,13 +188,21 @@ impl ControlPlaneClient {
             .await
             .map_err(|e| ControlPlaneError::BadResponse(e.to_string()))?
             .to_bytes();
-        if !status.is_success() {
-            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-                details: Vec::new(),
-            });
-            return Err(ControlPlaneError::Refused { status, body });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ControlPlaneError::BadResponse(e.to_string()))
+        Ok((status, bytes))
     }
+}
+
+/// A JSON answer, or the control plane's refusal.
+fn json_answer<T: serde::de::DeserializeOwned>(
+    status: StatusCode,
+    bytes: &[u8],
+) -> Result<T, ControlPlaneError> {
+    if !status.is_success() {
+        let body = serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
+            error: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+            details: Vec::new(),
+        });
+        return Err(ControlPlaneError::Refused { status, body });
+    }
+    serde_json::from_slice(bytes).map_err(|e| ControlPlaneError::BadResponse(e.to_string()))
 }

@@ -152,6 +152,31 @@ impl IdentityManager {
         self.bundle.clone()
     }
 
+    /// The client for the control plane, which presents the current certificate.
+    pub fn control_plane(&self) -> &ControlPlaneClient {
+        &self.client
+    }
+
+    /// Takes a trust bundle pushed with the mesh configuration (root rotation reaches the
+    /// sidecar before its next renewal). Refused when the current certificate would not
+    /// verify against it: a sidecar must never lock itself out of its own mTLS.
+    pub fn update_bundle(&self, pem: &str) -> Result<bool, IdentityError> {
+        let bad = |e: &dyn std::fmt::Display| IdentityError::BadCertificate(e.to_string());
+        let bundle = TrustBundle::from_pem(self.settings.trust_domain.clone(), pem.as_bytes())
+            .map_err(|e| bad(&e))?;
+        if bundle.to_pem() == self.bundle.load().to_pem() {
+            return Ok(false);
+        }
+        if let Some(identity) = self.slot.get() {
+            verify_against(&bundle, &identity).map_err(|e| bad(&e))?;
+        }
+        self.metrics.bundle_roots.set(bundle.len() as i64);
+        tracing::info!(target: "palisade::identity", event = "bundle.updated",
+            roots = bundle.len(), "trust bundle updated from the mesh configuration");
+        self.bundle.store(Arc::new(bundle));
+        Ok(true)
+    }
+
     /// Ready means: a certificate that is valid right now.
     pub fn is_ready(&self) -> bool {
         self.slot.valid().is_some()

@@ -1,7 +1,8 @@
 //! Palisade's sidecar proxy.
 //!
 //! - [`identity`]: obtaining, renewing and hot-swapping the workload certificate.
-//! - [`control_plane_client`]: the identity protocol, client side.
+//! - [`control_plane_client`]: the identity and configuration protocols, client side.
+//! - [`config_watch`]: following the mesh configuration, with a last-good cache.
 //! - [`inbound`]: mTLS in, authorize, forward to the application.
 //! - [`outbound`]: from the application to other services, over pooled mTLS, with secure naming.
 //! - [`tcp`]: opaque TCP ports, authorized on identity and port, piped both ways.
@@ -13,6 +14,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod config_watch;
 pub mod control_plane_client;
 pub mod forwarding;
 pub mod identity;

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use crate::admin::{self, AdminState};
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::config_watch::ConfigWatch;
 use crate::identity::{IdentityManager, IdentitySettings};
 use crate::inbound::{self, Inbound, Policies};
 use crate::metrics::HttpMetrics;
@@ -86,6 +87,9 @@ pub struct RunningSidecar {
     pub policies: Arc<ArcSwap<Policies>>,
     pub identity: Arc<IdentityManager>,
     pub registry: Registry,
+    /// Following the control plane's configuration (when no policy or registry file is
+    /// given).
+    pub config_watch: Option<Arc<ConfigWatch>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -129,6 +133,23 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         .await
         .context("opening the audit log")?;
     let services = Arc::new(ArcSwap::from_pointee(load_registry(config)?));
+    // Without policy or registry files, the configuration comes from the control plane
+    // (starting from the cached one, if any).
+    let config_watch = if config.policy_file.is_none() && config.registry_file.is_none() {
+        let watch = Arc::new(ConfigWatch::new(
+            identity.clone(),
+            policies.clone(),
+            services.clone(),
+            config.default_mode,
+            config.identity_dir.clone(),
+            http_metrics.policy_version.clone(),
+            &registry,
+        )?);
+        watch.load_cache();
+        Some(watch)
+    } else {
+        None
+    };
     let outbound_listener = TcpListener::bind(config.outbound_listen)
         .await
         .with_context(|| {
@@ -190,6 +211,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(identity.clone().run(stopped.clone()));
+    if let Some(watch) = &config_watch {
+        tasks.spawn(watch.clone().run(stopped.clone()));
+    }
     let mut admin_stop = stopped.clone();
     tasks.spawn(admin::serve(
         admin_listener,
@@ -238,6 +262,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         policies,
         identity,
         registry,
+        config_watch,
         stop,
         tasks,
     })

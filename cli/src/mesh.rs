@@ -1,0 +1,524 @@
+//! The mesh-configuration commands: apply, get, delete, simulate, workloads, audit, check.
+//! Each is a thin shell over one admin API route; the output is a table for people and the
+//! API's JSON with `-o json` for scripts.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::Output;
+use crate::client::{ApiClient, ApiError};
+
+/// The API's plural for a resource type as people type it.
+pub fn plural(kind: &str) -> Result<&'static str, ApiError> {
+    match kind.to_ascii_lowercase().as_str() {
+        "policy" | "policies" | "authorizationpolicy" | "authorizationpolicies" | "ap" => {
+            Ok("authorizationpolicies")
+        }
+        "requestauthentication" | "requestauthentications" | "ra" => Ok("requestauthentications"),
+        "service" | "services" | "svc" => Ok("services"),
+        other => Err(ApiError::Usage(format!(
+            "unknown resource type {other:?}: use policies, requestauthentications or services"
+        ))),
+    }
+}
+
+fn kind_of_plural(plural: &str) -> &'static str {
+    match plural {
+        "authorizationpolicies" => "AuthorizationPolicy",
+        "requestauthentications" => "RequestAuthentication",
+        _ => "Service",
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn read_input(file: &str) -> Result<String, ApiError> {
+    if file == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| ApiError::Usage(format!("reading standard input: {e}")))
+    } else {
+        std::fs::read_to_string(file).map_err(|e| ApiError::Usage(format!("reading {file}: {e}")))
+    }
+}
+
+pub async fn apply(
+    api: &ApiClient,
+    file: &str,
+    dry_run: bool,
+    output: Output,
+) -> Result<(), ApiError> {
+    let input = read_input(file)?;
+    let path = if dry_run {
+        "/v1/apply?dryRun=true"
+    } else {
+        "/v1/apply"
+    };
+    let result = api.post_documents(path, input).await?;
+    if let Output::Json | Output::Yaml = output {
+        println!("{result:#}");
+        return Ok(());
+    }
+    for item in result["results"].as_array().into_iter().flatten() {
+        let kind = item["kind"].as_str().unwrap_or_default();
+        let target = format!(
+            "{}/{}",
+            item["namespace"].as_str().unwrap_or_default(),
+            item["name"].as_str().unwrap_or_default()
+        );
+        let action = item["action"].as_str().unwrap_or_default();
+        if dry_run {
+            println!("{kind} {target} would be {action}");
+            if action == "updated" {
+                print_diff(&item["before"], &item["after"]);
+            }
+        } else {
+            println!("{kind} {target} {action}");
+        }
+    }
+    if !dry_run {
+        println!("mesh version {}", result["meshVersion"]);
+    }
+    Ok(())
+}
+
+/// The lines of `before` and `after` (as YAML) that differ, `-`/`+` prefixed, in order
+/// (longest common subsequence, which is plenty for documents of policy size).
+fn print_diff(before: &Value, after: &Value) {
+    let yaml = |v: &Value| serde_saphyr::to_string(v).unwrap_or_else(|_| format!("{v:#}"));
+    let (a, b) = (yaml(before), yaml(after));
+    let a: Vec<&str> = a.lines().collect();
+    let b: Vec<&str> = b.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            println!("    {}", a[i]);
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            println!("  + {}", b[j]);
+            j += 1;
+        } else {
+            println!("  - {}", a[i]);
+            i += 1;
+        }
+    }
+}
+
+pub async fn get(
+    api: &ApiClient,
+    kind: &str,
+    namespace: Option<&str>,
+    output: Output,
+) -> Result<(), ApiError> {
+    let kind = kind_of_plural(plural(kind)?);
+    let mut path = format!("/v1/resources?kind={kind}");
+    if let Some(ns) = namespace {
+        path.push_str(&format!("&namespace={ns}"));
+    }
+    let list = api.get_json(&path).await?;
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    match output {
+        Output::Json => println!("{list:#}"),
+        Output::Yaml => {
+            let docs: Vec<&Value> = items.iter().map(|r| &r["document"]).collect();
+            print!(
+                "{}",
+                serde_saphyr::to_string_multiple(&docs)
+                    .map_err(|e| ApiError::Usage(e.to_string()))?
+            );
+        }
+        Output::Table => {
+            println!(
+                "{:<16} {:<32} {:>8}  UPDATED BY",
+                "NAMESPACE", "NAME", "VERSION"
+            );
+            for r in &items {
+                println!(
+                    "{:<16} {:<32} {:>8}  {}",
+                    r["namespace"].as_str().unwrap_or_default(),
+                    r["name"].as_str().unwrap_or_default(),
+                    r["resourceVersion"],
+                    r["updatedBy"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete(
+    api: &ApiClient,
+    kind: &str,
+    name: &str,
+    namespace: &str,
+    output: Output,
+) -> Result<(), ApiError> {
+    let plural = plural(kind)?;
+    let result = api
+        .delete(&format!("/v1/namespaces/{namespace}/{plural}/{name}"))
+        .await?;
+    match output {
+        Output::Table => println!("{} {namespace}/{name} deleted", kind_of_plural(plural)),
+        _ => println!("{result:#}"),
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn simulate(
+    api: &ApiClient,
+    from: &str,
+    to: &str,
+    method: &str,
+    path: &str,
+    headers: &[String],
+    port: u16,
+    proposed: Option<&str>,
+    output: Output,
+) -> Result<(), ApiError> {
+    let (service, namespace) = match to.split_once('.') {
+        Some((s, ns)) => (s.to_owned(), ns.to_owned()),
+        None => {
+            let ns = from
+                .split("/ns/")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                .ok_or_else(|| {
+                    ApiError::Usage(
+                        "--to SERVICE.NAMESPACE (or --from a SPIFFE ID with a namespace)".into(),
+                    )
+                })?;
+            (to.to_owned(), ns.to_owned())
+        }
+    };
+    let mut header_map = serde_json::Map::new();
+    for h in headers {
+        let (k, v) = h
+            .split_once('=')
+            .or_else(|| h.split_once(':'))
+            .ok_or_else(|| ApiError::Usage(format!("-H {h:?} is not NAME=VALUE")))?;
+        header_map.insert(k.trim().to_owned(), json!(v.trim()));
+    }
+    let mut request = json!({
+        "source": from,
+        "namespace": namespace,
+        "service": service,
+        "http": {"method": method, "path": path, "headers": header_map, "port": port},
+    });
+    if let Some(file) = proposed {
+        request["proposed"] = json!(read_input(file)?);
+    }
+    let result = api.post_json("/v1/simulate", &request).await?;
+    if let Output::Json | Output::Yaml = output {
+        println!("{result:#}");
+        return Ok(());
+    }
+    println!(
+        "decision: {}",
+        result["decision"].as_str().unwrap_or_default()
+    );
+    let basis = &result["detail"]["basis"];
+    match basis["kind"].as_str() {
+        Some("policy") => println!(
+            "by:       {}/{} rule {}",
+            basis["policy"]["namespace"].as_str().unwrap_or_default(),
+            basis["policy"]["name"].as_str().unwrap_or_default(),
+            basis["rule"]
+        ),
+        Some(other) => println!("by:       {other}"),
+        None => {}
+    }
+    if let Some(p) = result["normalizedPath"].as_str() {
+        println!("path:     {p}");
+    }
+    for c in result["candidates"].as_array().into_iter().flatten() {
+        let state = match c["matchedRule"].as_u64() {
+            Some(r) => format!("matched rule {r}"),
+            None => "no rule matched".into(),
+        };
+        let dry = if c["dryRun"].as_bool() == Some(true) {
+            " (dry run)"
+        } else {
+            ""
+        };
+        println!(
+            "  {} {}{dry}: {state}",
+            c["action"].as_str().unwrap_or_default(),
+            c["policy"].as_str().unwrap_or_default()
+        );
+        for r in c["rules"].as_array().into_iter().flatten() {
+            if r["matched"].as_bool() != Some(true) {
+                let failed: Vec<&str> = r["failed"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "    rule {}: {} did not match",
+                    r["index"],
+                    failed.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn workloads(api: &ApiClient, output: Output) -> Result<(), ApiError> {
+    let list = api.get_json("/v1/workloads").await?;
+    if let Output::Json | Output::Yaml = output {
+        println!("{list:#}");
+        return Ok(());
+    }
+    let mesh = list["meshVersion"].as_i64().unwrap_or_default();
+    println!("mesh version {mesh}");
+    println!(
+        "{:<52} {:>8} {:>14} {:>10}",
+        "SPIFFE ID", "APPLIED", "CERT EXPIRES", "LAST SEEN"
+    );
+    for w in list["items"].as_array().into_iter().flatten() {
+        println!(
+            "{:<52} {:>8} {:>14} {:>10}",
+            w["spiffeId"].as_str().unwrap_or_default(),
+            w["appliedVersion"],
+            format!(
+                "in {}s",
+                w["certificateExpiry"].as_i64().unwrap_or_default() - now()
+            ),
+            format!(
+                "{}s ago",
+                now() - w["lastSeen"].as_i64().unwrap_or_default()
+            ),
+        );
+    }
+    Ok(())
+}
+
+pub async fn audit(
+    api: &ApiClient,
+    since: Option<Duration>,
+    principal: Option<&str>,
+    output: Output,
+) -> Result<(), ApiError> {
+    let mut path = String::from("/v1/audit?limit=1000");
+    if let Some(since) = since {
+        path.push_str(&format!("&since={}", now() - since.as_secs() as i64));
+    }
+    if let Some(p) = principal {
+        path.push_str(&format!("&principal={p}"));
+    }
+    let trail = api.get_json(&path).await?;
+    if let Output::Json | Output::Yaml = output {
+        println!("{trail:#}");
+        return Ok(());
+    }
+    println!(
+        "{:>8} {:>11} {:<16} {:<8} TARGET",
+        "VERSION", "TIME", "PRINCIPAL", "ACTION"
+    );
+    for e in trail.as_array().into_iter().flatten() {
+        println!(
+            "{:>8} {:>11} {:<16} {:<8} {} {}/{}",
+            e["meshVersion"],
+            e["time"],
+            e["principal"].as_str().unwrap_or_default(),
+            e["action"].as_str().unwrap_or_default(),
+            e["kind"].as_str().unwrap_or_default(),
+            e["namespace"].as_str().unwrap_or_default(),
+            e["name"].as_str().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+/// One finding of `palisade check`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: &'static str,
+    pub target: String,
+    pub message: String,
+}
+
+/// Lints the mesh as `istioctl analyze` does, from the stored documents and the sidecars'
+/// reports.
+pub fn findings(resources: &[Value], workloads: &[Value], mesh_version: i64) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let doc_of = |r: &Value| r["document"].clone();
+    let policies: Vec<Value> = resources
+        .iter()
+        .filter(|r| r["kind"] == "AuthorizationPolicy")
+        .map(doc_of)
+        .collect();
+    let services: Vec<Value> = resources
+        .iter()
+        .filter(|r| r["kind"] == "Service")
+        .map(doc_of)
+        .collect();
+    let name = |d: &Value| {
+        format!(
+            "{}/{}",
+            d["metadata"]["namespace"].as_str().unwrap_or_default(),
+            d["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    };
+    let is_allow = |p: &Value| p["spec"]["action"].as_str().unwrap_or("ALLOW") == "ALLOW";
+    for p in &policies {
+        let wildcard = p["spec"]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["from"].as_array().into_iter().flatten())
+            .flat_map(|f| f["principals"].as_array().into_iter().flatten())
+            .any(|v| v == "*");
+        if is_allow(p) && wildcard {
+            out.push(Finding {
+                severity: "warning",
+                target: format!("AuthorizationPolicy {}", name(p)),
+                message: "ALLOW rule with principals [\"*\"]: any workload of the mesh may call"
+                    .into(),
+            });
+        }
+        if let Some(svc) = p["spec"]["selector"]["service"].as_str() {
+            let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+            let exists = services.iter().any(|s| {
+                s["metadata"]["name"] == svc
+                    && (s["metadata"]["namespace"] == ns || ns == "palisade-system")
+            });
+            if !exists {
+                out.push(Finding {
+                    severity: "warning",
+                    target: format!("AuthorizationPolicy {}", name(p)),
+                    message: format!("selects service {svc:?}, which is not in the registry"),
+                });
+            }
+        }
+    }
+    for s in &services {
+        let ns = s["metadata"]["namespace"].as_str().unwrap_or_default();
+        let svc = s["metadata"]["name"].as_str().unwrap_or_default();
+        let allowed = policies.iter().any(|p| {
+            let pns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+            is_allow(p)
+                && (pns == ns || pns == "palisade-system")
+                && p["spec"]["selector"]["service"]
+                    .as_str()
+                    .is_none_or(|sel| sel == svc)
+        });
+        if !allowed {
+            out.push(Finding {
+                severity: "warning",
+                target: format!("Service {}", name(s)),
+                message: "no ALLOW policy selects it: every request to it is denied".into(),
+            });
+        }
+    }
+    for w in workloads {
+        let id = w["spiffeId"].as_str().unwrap_or_default();
+        let applied = w["appliedVersion"].as_i64().unwrap_or_default();
+        if applied < mesh_version {
+            out.push(Finding {
+                severity: "warning",
+                target: format!("sidecar {id}"),
+                message: format!("has applied version {applied}; the mesh is at {mesh_version}"),
+            });
+        }
+        let left = w["certificateExpiry"].as_i64().unwrap_or_default() - now();
+        if left < 600 {
+            out.push(Finding {
+                severity: "error",
+                target: format!("sidecar {id}"),
+                message: format!("certificate expires in {left}s"),
+            });
+        }
+    }
+    out
+}
+
+/// Exit status 1 when there is a finding of severity error.
+pub async fn check(api: &ApiClient, output: Output) -> Result<bool, ApiError> {
+    let resources = api.get_json("/v1/resources").await?;
+    let workloads = api.get_json("/v1/workloads").await?;
+    let mesh_version = resources["meshVersion"].as_i64().unwrap_or_default();
+    let found = findings(
+        resources["items"].as_array().map_or(&[][..], Vec::as_slice),
+        workloads["items"].as_array().map_or(&[][..], Vec::as_slice),
+        mesh_version,
+    );
+    match output {
+        Output::Json | Output::Yaml => {
+            let list: Vec<Value> = found
+                .iter()
+                .map(|f| json!({"severity": f.severity, "target": f.target, "message": f.message}))
+                .collect();
+            println!("{:#}", Value::Array(list));
+        }
+        _ if found.is_empty() => println!("no problems found (mesh version {mesh_version})"),
+        _ => {
+            for f in &found {
+                println!("{:<8} {}: {}", f.severity, f.target, f.message);
+            }
+        }
+    }
+    Ok(!found.iter().any(|f| f.severity == "error"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(kind: &str, doc: Value) -> Value {
+        json!({"kind": kind, "document": doc})
+    }
+
+    #[test]
+    fn check_finds_what_istioctl_analyze_would() {
+        let resources = vec![
+            resource(
+                "AuthorizationPolicy",
+                json!({"metadata": {"name": "open", "namespace": "shop"},
+                       "spec": {"selector": {"service": "ghost"}, "rules": [{"from": [{"principals": ["*"]}]}]}}),
+            ),
+            resource(
+                "Service",
+                json!({"metadata": {"name": "payments", "namespace": "shop"}}),
+            ),
+        ];
+        let workloads = vec![json!({"spiffeId": "spiffe://td/ns/shop/sa/payments",
+                                    "appliedVersion": 3, "certificateExpiry": now() + 60})];
+        let found = findings(&resources, &workloads, 5);
+        let messages: Vec<String> = found
+            .iter()
+            .map(|f| format!("{} {}: {}", f.severity, f.target, f.message))
+            .collect();
+        assert_eq!(messages.len(), 5, "{messages:#?}");
+        assert!(messages[0].contains("principals [\"*\"]"));
+        assert!(messages[1].contains("\"ghost\", which is not in the registry"));
+        assert!(messages[2].contains("Service shop/payments: no ALLOW policy"));
+        assert!(messages[3].contains("applied version 3; the mesh is at 5"));
+        assert!(messages[4].starts_with("error sidecar"));
+        assert!(findings(&[], &[], 0).is_empty());
+    }
+
+    #[test]
+    fn resource_type_aliases() {
+        assert_eq!(plural("policy").unwrap(), "authorizationpolicies");
+        assert_eq!(plural("svc").unwrap(), "services");
+        assert!(plural("pods").is_err());
+    }
+}
