@@ -263,9 +263,42 @@ pub struct JoinTokenRequest {
     pub ttl_seconds: Option<u64>,
 }
 
+/// Records a non-configuration administrative action in the audit trail.
+#[allow(clippy::too_many_arguments)]
+async fn audit_event(
+    state: &AdminState,
+    principal: &Principal,
+    headers: &axum::http::HeaderMap,
+    action: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    detail: serde_json::Value,
+) -> Result<(), AdminError> {
+    let request_id = admin_mesh::request_id(headers);
+    state
+        .mesh
+        .store()
+        .record_admin_event(
+            &crate::store::Actor {
+                principal: &principal.subject,
+                request_id: &request_id,
+                now: crate::ca::unix_now(),
+            },
+            action,
+            kind,
+            namespace,
+            name,
+            &detail,
+        )
+        .await
+        .map_err(|e| AdminError::Internal(e.to_string()))
+}
+
 async fn create_join_token(
     State(state): State<Arc<AdminState>>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     body: Result<Json<JoinTokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AdminError> {
     let invalid = |detail: String| AdminError::Invalid {
@@ -289,6 +322,18 @@ async fn create_join_token(
             JoinTokenError::Invalid(detail) => invalid(detail),
             JoinTokenError::Internal(detail) => AdminError::Internal(detail),
         })?;
+    // The token itself is a credential: the trail records whom it is for, never the token.
+    audit_event(
+        &state,
+        &principal,
+        &headers,
+        "created",
+        "JoinToken",
+        &request.namespace,
+        &request.service_account,
+        serde_json::json!({"spiffeId": token.spiffe_id, "expiresAt": token.expires_at}),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
@@ -307,6 +352,7 @@ async fn ca_status(State(state): State<Arc<AdminState>>) -> Result<Json<CaStatus
 async fn rotate(
     State(state): State<Arc<AdminState>>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     axum::extract::Path(step): axum::extract::Path<String>,
 ) -> Result<Json<CaStatus>, AdminError> {
     let status = match step.as_str() {
@@ -325,5 +371,16 @@ async fn rotate(
     })?;
     tracing::info!(target: "palisade::admin", event = "ca.rotation", step = %step,
         principal = %principal.subject, "CA rotation step done");
+    audit_event(
+        &state,
+        &principal,
+        &headers,
+        &format!("rotation-{step}"),
+        "CertificateAuthority",
+        palisade_contract::identity_api::CONTROL_PLANE_NAMESPACE,
+        "ca",
+        serde_json::to_value(&status).unwrap_or_default(),
+    )
+    .await?;
     Ok(Json(status))
 }

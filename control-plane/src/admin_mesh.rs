@@ -66,7 +66,7 @@ fn now() -> i64 {
 }
 
 /// A request id for the audit trail: the caller's `x-request-id` when it sends a sane one.
-fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

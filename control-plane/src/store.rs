@@ -577,6 +577,40 @@ impl Store {
         Ok(all.into_iter().find(|r| r.name == name))
     }
 
+    /// Records an administrative action that is not a configuration change (a join token
+    /// created, a CA rotation step) in the audit trail, at the current mesh version, after
+    /// that version's changes (its `seq` is the time in nanoseconds).
+    pub async fn record_admin_event(
+        &self,
+        actor: &Actor<'_>,
+        action: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        detail: &Value,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO admin_audit
+                   (mesh_version, seq, time, principal, request_id, action, kind, namespace, name, before, after)
+                 VALUES ((SELECT version FROM mesh_version WHERE id = 1), $1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)";
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(seq)
+            .bind(actor.now)
+            .bind(actor.principal)
+            .bind(actor.request_id)
+            .bind(action)
+            .bind(kind)
+            .bind(namespace)
+            .bind(name)
+            .bind(detail.to_string())
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
     /// The admin audit trail, oldest first.
     pub async fn audit_trail(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         const SQL: &str = "SELECT mesh_version, time, principal, request_id, action, kind,

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use http::{Method, StatusCode};
 use palisade_control_plane::admin_api::{OPENAPI, ROUTES, Role};
 use serde_json::{Value, json};
-use support::Harness;
+use support::{Harness, csr, identity_from};
 
 const POLICY: &str = r#"apiVersion: palisade.dev/v1
 kind: AuthorizationPolicy
@@ -357,6 +357,16 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
     );
     assert!(!second["requestId"].as_str().unwrap().is_empty());
 
+    // Join tokens are administrative actions too: recorded, without the token itself.
+    let token = h.join_token("shop", "orders").await;
+    let (_, _, trail) = h
+        .admin_raw(Method::GET, "/v1/audit?kind=JoinToken", Some(&auditor), &[], String::new())
+        .await;
+    let entry = &trail[0];
+    assert_eq!(entry["action"], "created");
+    assert_eq!(entry["after"]["spiffeId"], "spiffe://palisade.local/ns/shop/sa/orders");
+    assert!(!trail.to_string().contains(&token), "the trail must not hold the token");
+
     // Everything survives a restart.
     h.restart().await;
     let viewer = h.token_for("vic", "viewer");
@@ -442,4 +452,70 @@ async fn simulate_explains_the_decision() {
     // A path the sidecar would refuse is a 400 here too.
     let (status, _, body) = simulate(call("orders", "GET", "/a%2Fb")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn a_change_through_one_postgres_replica_reaches_sidecars_of_another() {
+    let a = Harness::start_postgres().await;
+    let url = a.config.database_url.clone();
+    let b = Harness::start_with(|c| c.database_url = url).await;
+    // A sidecar of replica B, waiting for configuration newer than the current version.
+    let token = b.join_token("shop", "payments").await;
+    let (key, request) = csr();
+    let (status, issued) = b.issue(Some(&token), &request).await;
+    assert_eq!(status, StatusCode::OK, "{issued}");
+    let identity = identity_from(&issued, &key);
+    let (_, list) = b
+        .admin(Method::GET, "/v1/resources", Some(&b.admin_token()), None)
+        .await;
+    let version = list["meshVersion"].as_i64().unwrap();
+    let path = format!("/v1/config?version={version}&applied={version}&instance=t1");
+    let poll = b.sidecar_request(
+        Method::GET,
+        &path,
+        None,
+        Some(identity.clone()),
+        String::new(),
+    );
+    let write = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let (status, _, body) = a
+            .admin_raw(
+                Method::POST,
+                "/v1/apply",
+                Some(&a.admin_token()),
+                &[],
+                POLICY.into(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        std::time::Instant::now()
+    };
+    let ((status, config), written_at) = tokio::join!(poll, write);
+    let delay = written_at.elapsed();
+    assert_eq!(status, StatusCode::OK, "{config}");
+    assert_eq!(config["version"], version + 1);
+    assert_eq!(
+        config["documents"][0]["metadata"]["name"],
+        "payments-from-orders"
+    );
+    assert!(
+        config["trustBundle"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    eprintln!("replica B's sidecar heard of replica A's change after {delay:?}");
+    assert!(delay < std::time::Duration::from_secs(2), "{delay:?}");
+    // Without a client certificate there is no configuration.
+    let (status, _) = b
+        .sidecar_request(
+            Method::GET,
+            "/v1/config?version=0&applied=0&instance=x",
+            None,
+            None,
+            String::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -168,6 +168,18 @@ impl Harness {
         identity: Option<Arc<IdentitySlot>>,
         body: String,
     ) -> (StatusCode, Value) {
+        self.sidecar_request(Method::POST, path, token, identity, body)
+            .await
+    }
+
+    pub async fn sidecar_request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        identity: Option<Arc<IdentitySlot>>,
+        body: String,
+    ) -> (StatusCode, Value) {
         let config = client_config(
             identity,
             self.bundle(),
@@ -184,7 +196,7 @@ impl Harness {
             .unwrap();
         tokio::spawn(conn);
         let mut req = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(path)
             .header(header::HOST, "cp")
             .header(header::CONTENT_TYPE, "application/json");
@@ -192,7 +204,7 @@ impl Harness {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let resp = tokio::time::timeout(
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             sender.send_request(req.body(Full::new(Bytes::from(body))).unwrap()),
         )
         .await
