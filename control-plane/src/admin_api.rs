@@ -119,6 +119,42 @@ pub struct AdminState {
     pub token_key: Arc<TokenKey>,
     pub join_tokens: JoinTokenIssuer,
     pub mesh: Arc<MeshConfig>,
+    /// Operators' tokens from an OIDC provider, when configured.
+    pub oidc: Option<OidcAdmins>,
+}
+
+/// Admin tokens from an OIDC issuer: verified strictly (the shared JWT rules), the role
+/// read from one claim. Principals are `oidc:<sub>` so they never pass for local ones.
+#[derive(Debug)]
+pub struct OidcAdmins {
+    pub issuer: String,
+    pub audience: String,
+    pub role_claim: String,
+    pub keys: palisade_contract::jwt::Jwks,
+}
+
+impl OidcAdmins {
+    fn principal(&self, token: &str) -> Result<Principal, AdminError> {
+        let claims: serde_json::Value = self
+            .keys
+            .verify(token, &self.issuer, &[self.audience.as_str()])
+            .map_err(|e| {
+                tracing::info!(target: "palisade::admin", reason = e.label(), "OIDC admin token refused");
+                AdminError::Unauthenticated("invalid bearer token")
+            })?;
+        let sub = claims["sub"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or(AdminError::Unauthenticated("token has no subject"))?;
+        let role = claims[self.role_claim.as_str()]
+            .as_str()
+            .and_then(Role::parse)
+            .ok_or(AdminError::Unauthenticated("token has no known role"))?;
+        Ok(Principal {
+            subject: format!("oidc:{sub}"),
+            role,
+        })
+    }
 }
 
 /// Every route of the API but `/healthz`, with the role it needs: the one place roles are
@@ -206,6 +242,14 @@ impl FromRequestParts<Arc<AdminState>> for Principal {
         }
         let token = bearer_token(&parts.headers)
             .ok_or(AdminError::Unauthenticated("missing bearer token"))?;
+        if let Some(oidc) = &state.oidc
+            && palisade_contract::jwt::unverified_issuer(token)
+                .ok()
+                .as_deref()
+                == Some(oidc.issuer.as_str())
+        {
+            return oidc.principal(token);
+        }
         let claims = state.token_key.verify_admin(token).map_err(|e| {
             tracing::info!(target: "palisade::admin", reason = e.label(), "admin token refused");
             AdminError::Unauthenticated("invalid bearer token")

@@ -105,6 +105,28 @@ pub struct Config {
     #[arg(long, env = "PALISADE_K8S_AUDIENCE", default_value = "palisade")]
     pub k8s_audience: String,
 
+    /// Admin API: also accept bearer JWTs from this OIDC issuer (operators' single sign-on).
+    /// Needs --admin-oidc-jwks.
+    #[arg(long, env = "PALISADE_ADMIN_OIDC_ISSUER")]
+    pub admin_oidc_issuer: Option<String>,
+
+    /// Admin API: the OIDC issuer's JWKS as a file.
+    #[arg(long, env = "PALISADE_ADMIN_OIDC_JWKS", requires = "admin_oidc_issuer")]
+    pub admin_oidc_jwks: Option<PathBuf>,
+
+    /// Admin API: the audience OIDC tokens must carry.
+    #[arg(long, env = "PALISADE_ADMIN_OIDC_AUDIENCE", default_value = "palisade")]
+    pub admin_oidc_audience: String,
+
+    /// Admin API: the OIDC token claim holding the caller's role (viewer, editor, admin,
+    /// auditor).
+    #[arg(
+        long,
+        env = "PALISADE_ADMIN_OIDC_ROLE_CLAIM",
+        default_value = "palisade_role"
+    )]
+    pub admin_oidc_role_claim: String,
+
     /// Log format on stderr: text or json.
     #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -134,6 +156,10 @@ impl Config {
             k8s_ca_file: "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into(),
             k8s_token_file: None,
             k8s_audience: "palisade".into(),
+            admin_oidc_issuer: None,
+            admin_oidc_jwks: None,
+            admin_oidc_audience: "palisade".into(),
+            admin_oidc_role_claim: "palisade_role".into(),
             log_format: LogFormat::Text,
         }
     }
@@ -160,6 +186,7 @@ impl Config {
             ("--ca-roots", &self.ca_roots),
             ("--ca-chain", &self.ca_chain),
             ("--k8s-jwks", &self.k8s_jwks),
+            ("--admin-oidc-jwks", &self.admin_oidc_jwks),
         ] {
             if let Some(p) = path
                 && !p.is_file()
@@ -191,6 +218,9 @@ impl Config {
             {
                 problems.push(format!("--k8s-token-file {}: no such file", t.display()));
             }
+        }
+        if self.admin_oidc_issuer.is_some() && self.admin_oidc_jwks.is_none() {
+            problems.push("--admin-oidc-issuer needs --admin-oidc-jwks".into());
         }
         if self.k8s_audience.is_empty() {
             problems.push("--k8s-audience must not be empty".into());

@@ -180,6 +180,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         token_key: token_key.clone(),
         join_tokens: join_tokens.clone(),
         mesh: mesh.clone(),
+        oidc: oidc_admins(config)?,
     }));
     let stop_admin = until_stopped();
     tasks.spawn(async move {
@@ -294,6 +295,22 @@ async fn kubernetes_verifier(
         .await
         .context("fetching the Kubernetes token keys by OIDC discovery")?;
     Ok((Some(verifier), Some(discovery)))
+}
+
+/// The OIDC issuer whose tokens the admin API accepts, if configured.
+fn oidc_admins(config: &Config) -> anyhow::Result<Option<admin_api::OidcAdmins>> {
+    let (Some(issuer), Some(jwks)) = (&config.admin_oidc_issuer, &config.admin_oidc_jwks) else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(jwks).with_context(|| format!("reading {}", jwks.display()))?;
+    let keys = palisade_contract::jwt::Jwks::from_json(&bytes)
+        .with_context(|| format!("loading --admin-oidc-jwks {}", jwks.display()))?;
+    Ok(Some(admin_api::OidcAdmins {
+        issuer: issuer.clone(),
+        audience: config.admin_oidc_audience.clone(),
+        role_claim: config.admin_oidc_role_claim.clone(),
+        keys,
+    }))
 }
 
 /// Applies the documents of `--config-file` at start-up (local mode), as the principal

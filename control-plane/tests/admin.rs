@@ -360,12 +360,24 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
     // Join tokens are administrative actions too: recorded, without the token itself.
     let token = h.join_token("shop", "orders").await;
     let (_, _, trail) = h
-        .admin_raw(Method::GET, "/v1/audit?kind=JoinToken", Some(&auditor), &[], String::new())
+        .admin_raw(
+            Method::GET,
+            "/v1/audit?kind=JoinToken",
+            Some(&auditor),
+            &[],
+            String::new(),
+        )
         .await;
     let entry = &trail[0];
     assert_eq!(entry["action"], "created");
-    assert_eq!(entry["after"]["spiffeId"], "spiffe://palisade.local/ns/shop/sa/orders");
-    assert!(!trail.to_string().contains(&token), "the trail must not hold the token");
+    assert_eq!(
+        entry["after"]["spiffeId"],
+        "spiffe://palisade.local/ns/shop/sa/orders"
+    );
+    assert!(
+        !trail.to_string().contains(&token),
+        "the trail must not hold the token"
+    );
 
     // Everything survives a restart.
     h.restart().await;
@@ -516,6 +528,81 @@ async fn a_change_through_one_postgres_replica_reaches_sidecars_of_another() {
             None,
             String::new(),
         )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn operators_can_sign_in_with_an_oidc_provider() {
+    use palisade_contract::jwt::testing::{TestIssuer, now};
+    let idp = TestIssuer::new("sso-1");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("sso.jwks");
+    std::fs::write(&jwks, idp.jwks.to_string()).unwrap();
+    let h = Harness::start_with(|c| {
+        c.admin_oidc_issuer = Some("https://sso.example".into());
+        c.admin_oidc_jwks = Some(jwks);
+    })
+    .await;
+    let token = |patch: Value| {
+        let t = now();
+        let mut claims = json!({"iss": "https://sso.example", "sub": "dana", "aud": "palisade",
+                                "exp": t + 300, "palisade_role": "editor"});
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        idp.sign(&claims)
+    };
+    let (status, _, body) = h
+        .admin_raw(
+            Method::POST,
+            "/v1/apply",
+            Some(&token(json!({}))),
+            &[],
+            POLICY.into(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, trail) = h
+        .admin_raw(
+            Method::GET,
+            "/v1/audit",
+            Some(&h.admin_token()),
+            &[],
+            String::new(),
+        )
+        .await;
+    assert_eq!(trail[0]["principal"], "oidc:dana");
+    // Editors may not create join tokens; bad tokens are 401.
+    let (status, _) = h
+        .admin(
+            Method::POST,
+            "/v1/join-tokens",
+            Some(&token(json!({}))),
+            Some(json!({"namespace": "shop", "serviceAccount": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for bad in [
+        json!({"aud": "other"}),
+        json!({"exp": now() - 60}),
+        json!({"palisade_role": "root"}),
+        json!({"sub": ""}),
+    ] {
+        let (status, _) = h
+            .admin(
+                Method::GET,
+                "/v1/resources",
+                Some(&token(bad.clone())),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}");
+    }
+    let forged = TestIssuer::new("sso-1").sign(&json!({"iss": "https://sso.example", "sub": "eve",
+        "aud": "palisade", "exp": now() + 300, "palisade_role": "admin"}));
+    let (status, _) = h
+        .admin(Method::GET, "/v1/resources", Some(&forged), None)
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
