@@ -159,9 +159,61 @@ enum RotationStep {
     Finish,
 }
 
+/// Settings from the config file (`--config`, `PALISADE_CONFIG`, or
+/// `~/.config/palisade/config.yaml`), used where neither a flag nor the environment gave
+/// one:
+///
+/// ```yaml
+/// server: http://127.0.0.1:15080
+/// tokenFile: /var/lib/palisade/admin-token
+/// ```
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileSettings {
+    server: Option<String>,
+    token_file: Option<std::path::PathBuf>,
+}
+
+fn config_path() -> Option<std::path::PathBuf> {
+    if let Ok(p) = std::env::var("PALISADE_CONFIG") {
+        return Some(p.into());
+    }
+    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".config/palisade/config.yaml"))
+}
+
+/// Parses the command line, then fills what it left at defaults from the config file.
+fn parse_cli() -> Result<Cli, ApiError> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|e| ApiError::Usage(e.to_string()))?;
+    let Some(path) = config_path().filter(|p| p.is_file()) else {
+        return Ok(cli);
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| ApiError::Usage(format!("reading {}: {e}", path.display())))?;
+    let file: FileSettings = serde_saphyr::from_str(&text)
+        .map_err(|e| ApiError::Usage(format!("{}: {e}", path.display())))?;
+    if matches.value_source("server") == Some(ValueSource::DefaultValue)
+        && let Some(server) = file.server
+    {
+        cli.server = server;
+    }
+    if cli.token.is_none() && cli.token_file.is_none() {
+        cli.token_file = file.token_file;
+    }
+    Ok(cli)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,

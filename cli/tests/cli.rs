@@ -156,3 +156,39 @@ async fn ca_rotation_through_the_cli() {
     assert_eq!(stdout(&out).matches("BEGIN CERTIFICATE").count(), 1);
     cp.shutdown().await;
 }
+
+#[tokio::test]
+async fn server_and_token_can_come_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path()).await;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: http://{}\ntokenFile: {}\n",
+            cp.admin_addr,
+            cp.admin_token_path.display()
+        ),
+    )
+    .unwrap();
+    let run = |config: std::path::PathBuf| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["ca", "status", "-o", "json"])
+            .env("PALISADE_CONFIG", config)
+            .env_remove("PALISADE_SERVER")
+            .env_remove("PALISADE_TOKEN")
+            .env_remove("PALISADE_TOKEN_FILE")
+            .output()
+            .await
+            .unwrap()
+    };
+    let out = run(config.clone()).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("palisade.local"));
+    // Unknown keys are refused, as everywhere.
+    std::fs::write(&config, "servr: http://x\n").unwrap();
+    let out = run(config).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("servr"), "{}", stderr(&out));
+    cp.shutdown().await;
+}
