@@ -28,22 +28,129 @@ pub struct ApiClient {
     base: String,
     token: Option<String>,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// For `https://` servers (the control plane with `--admin-tls`).
+    tls: Option<Tls>,
+}
+
+/// mTLS to the control plane's admin port: its certificate must name the control plane's
+/// SPIFFE ID under the bundle's roots; ours, when given, is an operator's mesh certificate.
+#[derive(Clone)]
+pub struct Tls {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+    addr: String,
+}
+
+/// Where the TLS material comes from (flags).
+pub struct TlsFiles<'a> {
+    pub ca_bundle: Option<&'a std::path::Path>,
+    pub cert: Option<&'a std::path::Path>,
+    pub key: Option<&'a std::path::Path>,
+    pub trust_domain: &'a str,
+}
+
+fn read(path: &std::path::Path, flag: &str) -> Result<Vec<u8>, ApiError> {
+    std::fs::read(path)
+        .map_err(|e| ApiError::Usage(format!("reading {flag} {}: {e}", path.display())))
+}
+
+impl Tls {
+    fn new(authority: &str, files: &TlsFiles<'_>) -> Result<Self, ApiError> {
+        use palisade_contract::tls::{
+            ExpectedServer, IdentitySlot, TrustBundle, WorkloadIdentity, client_config,
+            server_name_for, shared_bundle,
+        };
+        let usage = |m: String| ApiError::Usage(m);
+        let td = palisade_contract::TrustDomain::parse(files.trust_domain)
+            .map_err(|e| usage(format!("--trust-domain: {e}")))?;
+        let bundle_path = files.ca_bundle.ok_or_else(|| {
+            usage("an https:// server needs --ca-bundle (the mesh's trust bundle)".into())
+        })?;
+        let bundle = TrustBundle::from_pem(td.clone(), &read(bundle_path, "--ca-bundle")?)
+            .map_err(|e| usage(format!("--ca-bundle: {e}")))?;
+        let identity = match (files.cert, files.key) {
+            (Some(cert), Some(key)) => {
+                let slot = IdentitySlot::new();
+                slot.set(
+                    WorkloadIdentity::from_pem(&read(cert, "--cert")?, &read(key, "--key")?)
+                        .map_err(|e| usage(format!("--cert/--key: {e}")))?,
+                );
+                Some(slot)
+            }
+            (None, None) => None,
+            _ => return Err(usage("--cert and --key go together".into())),
+        };
+        let server = palisade_contract::identity_api::control_plane_id(&td);
+        let config = client_config(
+            identity,
+            shared_bundle(bundle),
+            ExpectedServer::Exact(server.clone()),
+            &[b"http/1.1"],
+        );
+        Ok(Self {
+            config: std::sync::Arc::new(config),
+            server_name: server_name_for(&server),
+            addr: authority.to_owned(),
+        })
+    }
+
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl ApiClient {
-    pub fn new(server: &str, token: Option<String>) -> Result<Self, ApiError> {
+    pub fn new(
+        server: &str,
+        token: Option<String>,
+        tls_files: &TlsFiles<'_>,
+    ) -> Result<Self, ApiError> {
         let base = server.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
-            return Err(ApiError::Usage(format!(
-                "--server {server:?} must be an http:// URL (the admin API listens on loopback by default)"
-            )));
-        }
-        base.parse::<Uri>()
+        let uri = base
+            .parse::<Uri>()
             .map_err(|e| ApiError::Usage(format!("--server {server:?}: {e}")))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => None,
+            Some("https") => {
+                let authority = uri
+                    .authority()
+                    .ok_or_else(|| ApiError::Usage(format!("--server {server:?} has no host")))?;
+                let authority = if authority.port().is_some() {
+                    authority.to_string()
+                } else {
+                    format!("{authority}:443")
+                };
+                Some(Tls::new(&authority, tls_files)?)
+            }
+            _ => {
+                return Err(ApiError::Usage(format!(
+                    "--server {server:?} must be an http:// or https:// URL"
+                )));
+            }
+        };
         Ok(Self {
             base,
             token,
             http: Client::builder(TokioExecutor::new()).build_http(),
+            tls,
         })
     }
 
@@ -111,16 +218,18 @@ impl ApiClient {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ApiError::Usage(e.to_string()))?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| ApiError::Unreachable {
-                server: self.base.clone(),
-                detail: std::error::Error::source(&e)
+        let response = match &self.tls {
+            Some(tls) => tls.send(request).await,
+            None => self.http.request(request).await.map_err(|e| {
+                std::error::Error::source(&e)
                     .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.to_string()),
-            })?;
+                    .unwrap_or_else(|| e.to_string())
+            }),
+        }
+        .map_err(|detail| ApiError::Unreachable {
+            server: self.base.clone(),
+            detail,
+        })?;
         let status = response.status();
         let bytes = response
             .into_body()

@@ -32,6 +32,29 @@ struct Cli {
     #[arg(long, env = "PALISADE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
 
+    /// With an https:// server: the mesh's trust bundle (PEM) to verify the control plane.
+    #[arg(long, env = "PALISADE_CA_BUNDLE", global = true)]
+    ca_bundle: Option<std::path::PathBuf>,
+
+    /// With an https:// server: a client certificate chain (PEM) naming an operator's SPIFFE
+    /// ID, instead of a token.
+    #[arg(long, env = "PALISADE_CERT", global = true, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+
+    /// The private key of --cert (PEM, PKCS#8).
+    #[arg(long, env = "PALISADE_KEY", global = true, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+
+    /// The mesh's trust domain (the control plane presents
+    /// spiffe://<trust-domain>/ns/palisade-system/sa/control-plane).
+    #[arg(
+        long,
+        env = "PALISADE_TRUST_DOMAIN",
+        default_value = "palisade.local",
+        global = true
+    )]
+    trust_domain: String,
+
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table", global = true)]
     output: Output,
@@ -241,7 +264,16 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
         ),
         (None, None) => None,
     };
-    let api = ApiClient::new(&cli.server, token)?;
+    let api = ApiClient::new(
+        &cli.server,
+        token,
+        &client::TlsFiles {
+            ca_bundle: cli.ca_bundle.as_deref(),
+            cert: cli.cert.as_deref(),
+            key: cli.key.as_deref(),
+            trust_domain: &cli.trust_domain,
+        },
+    )?;
     match cli.command {
         Command::Token(TokenCommand::Create {
             namespace,

@@ -293,3 +293,56 @@ async fn cli_changes_reach_sidecars_and_survive_a_control_plane_outage() {
     payments.shutdown().await;
     orders.shutdown().await;
 }
+
+#[tokio::test]
+async fn operators_can_use_a_client_certificate_over_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        palisade_control_plane::Config::for_data_dir(dir.path().join("cp").to_path_buf());
+    config.admin_tls = true;
+    config.admin_spiffe_id = vec![
+        "spiffe://palisade.local/ns/palisade-system/sa/ops=editor"
+            .parse()
+            .unwrap(),
+    ];
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    // The operator's certificate, obtained like any workload's (here by a sidecar process
+    // that caches it in its identity dir).
+    let files = support::sidecar_files_in(&cp, dir.path(), "palisade-system", "ops").await;
+    let agent = support::start_ready(&cp, bundle.clone(), &files, &[]).await;
+    agent.shutdown().await;
+
+    let https = |args: &[&str], with_cert: bool| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"));
+        cmd.args(["--server", &format!("https://{}", cp.admin_addr)])
+            .args(["--ca-bundle", bundle.to_str().unwrap()])
+            .args(args)
+            .env_remove("PALISADE_TOKEN")
+            .env_remove("PALISADE_TOKEN_FILE")
+            .env("PALISADE_CONFIG", dir.path().join("none.yaml"));
+        if with_cert {
+            cmd.args(["--cert", files.cache.join("cert.pem").to_str().unwrap()])
+                .args(["--key", files.cache.join("key.pem").to_str().unwrap()]);
+        }
+        cmd.output()
+    };
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let out = https(&["apply", "-f", policy.to_str().unwrap()], true)
+        .await
+        .unwrap();
+    let text = ok_stdout(&out);
+    assert!(text.contains("created"), "{text}");
+    // The editor role from --admin-spiffe-id: no join tokens.
+    let out = https(&["token", "create", "-n", "shop", "-s", "x"], true)
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
+    // Without a certificate (and no token): not authenticated.
+    let out = https(&["get", "policies"], false).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not authenticated"));
+    cp.shutdown().await;
+}

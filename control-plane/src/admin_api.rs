@@ -20,6 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use palisade_contract::SpiffeId;
+
 use crate::admin_mesh;
 use crate::ca::{CaError, CaStatus, CertificateAuthority};
 use crate::join_tokens::{DEFAULT_JOIN_TOKEN_TTL, JoinTokenError, JoinTokenIssuer};
@@ -46,7 +48,7 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "viewer" => Some(Role::Viewer),
             "editor" => Some(Role::Editor),
@@ -121,6 +123,30 @@ pub struct AdminState {
     pub mesh: Arc<MeshConfig>,
     /// Operators' tokens from an OIDC provider, when configured.
     pub oidc: Option<OidcAdmins>,
+    /// With `--admin-tls`: SPIFFE IDs whose client certificate stands for a role.
+    pub spiffe_admins: Vec<(SpiffeId, Role)>,
+}
+
+/// One `--admin-spiffe-id ID=ROLE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeAdmin {
+    pub id: SpiffeId,
+    pub role: Role,
+}
+
+impl std::str::FromStr for SpiffeAdmin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (id, role) = s
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{s:?} is not SPIFFE_ID=ROLE"))?;
+        Ok(SpiffeAdmin {
+            id: SpiffeId::parse(id).map_err(|e| format!("{id:?} is not a SPIFFE ID: it {e}"))?,
+            role: Role::parse(role)
+                .ok_or_else(|| format!("{role:?} is not viewer, editor, admin or auditor"))?,
+        })
+    }
 }
 
 /// Admin tokens from an OIDC issuer: verified strictly (the shared JWT rules), the role
@@ -240,8 +266,20 @@ impl FromRequestParts<Arc<AdminState>> for Principal {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(p.clone());
         }
-        let token = bearer_token(&parts.headers)
-            .ok_or(AdminError::Unauthenticated("missing bearer token"))?;
+        let Some(token) = bearer_token(&parts.headers) else {
+            // No token: a client certificate naming an admin SPIFFE ID (with --admin-tls).
+            let peer = parts
+                .extensions
+                .get::<crate::sidecar_api::Peer>()
+                .and_then(|p| p.current_identity());
+            return match peer.and_then(|id| state.spiffe_admins.iter().find(|(a, _)| a == id)) {
+                Some((id, role)) => Ok(Principal {
+                    subject: id.to_string(),
+                    role: *role,
+                }),
+                None => Err(AdminError::Unauthenticated("missing bearer token")),
+            };
+        };
         if let Some(oidc) = &state.oidc
             && palisade_contract::jwt::unverified_issuer(token)
                 .ok()

@@ -127,6 +127,22 @@ pub struct Config {
     )]
     pub admin_oidc_role_claim: String,
 
+    /// Serve the admin API over TLS (the control plane's own certificate, as on the sidecar
+    /// port), so operators may authenticate with a client certificate (--admin-spiffe-id).
+    #[arg(long, env = "PALISADE_ADMIN_TLS")]
+    pub admin_tls: bool,
+
+    /// With --admin-tls: a SPIFFE ID whose client certificate acts with a role,
+    /// ID=ROLE (repeatable or comma-separated), e.g.
+    /// spiffe://palisade.local/ns/palisade-system/sa/ops=admin.
+    #[arg(
+        long,
+        env = "PALISADE_ADMIN_SPIFFE_IDS",
+        value_delimiter = ',',
+        requires = "admin_tls"
+    )]
+    pub admin_spiffe_id: Vec<crate::admin_api::SpiffeAdmin>,
+
     /// Log format on stderr: text or json.
     #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -160,6 +176,8 @@ impl Config {
             admin_oidc_jwks: None,
             admin_oidc_audience: "palisade".into(),
             admin_oidc_role_claim: "palisade_role".into(),
+            admin_tls: false,
+            admin_spiffe_id: Vec::new(),
             log_format: LogFormat::Text,
         }
     }

@@ -164,7 +164,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
 
     tasks.spawn(sidecar_api::serve_tls(
         sidecar_listener,
-        tls,
+        tls.clone(),
         sidecar_api::router(service.clone(), mesh.clone()),
         config.handshake_timeout,
         until_stopped(),
@@ -181,16 +181,33 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         join_tokens: join_tokens.clone(),
         mesh: mesh.clone(),
         oidc: oidc_admins(config)?,
+        spiffe_admins: config
+            .admin_spiffe_id
+            .iter()
+            .map(|a| (a.id.clone(), a.role))
+            .collect(),
     }));
-    let stop_admin = until_stopped();
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(stop_admin)
-            .await
-        {
-            tracing::error!(error = %e, "admin listener failed");
-        }
-    });
+    if config.admin_tls {
+        // The same TLS as the sidecar port: the control plane's own certificate, client
+        // certificates optional (a bearer token still works), peers' SPIFFE IDs passed on.
+        tasks.spawn(sidecar_api::serve_tls(
+            admin_listener,
+            tls.clone(),
+            admin,
+            config.handshake_timeout,
+            until_stopped(),
+        ));
+    } else {
+        let stop_admin = until_stopped();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(stop_admin)
+                .await
+            {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+    }
 
     let metrics_ca = ca.clone();
     let metrics_router = Router::new().route(

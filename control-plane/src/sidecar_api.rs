@@ -38,7 +38,7 @@ use crate::mesh_config::MeshConfig;
 
 /// The caller as the TLS layer saw it.
 #[derive(Debug, Clone)]
-struct Peer {
+pub(crate) struct Peer {
     addr: SocketAddr,
     spiffe_id: Option<SpiffeId>,
     /// When the client certificate expires: a keep-alive connection can outlive it, so each
@@ -47,7 +47,7 @@ struct Peer {
 }
 
 impl Peer {
-    fn current_identity(&self) -> Option<&SpiffeId> {
+    pub(crate) fn current_identity(&self) -> Option<&SpiffeId> {
         self.spiffe_id
             .as_ref()
             .filter(|_| crate::ca::unix_now() < self.cert_not_after)

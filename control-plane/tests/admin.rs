@@ -606,3 +606,77 @@ async fn operators_can_sign_in_with_an_oidc_provider() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn operators_can_authenticate_with_a_client_certificate() {
+    let ops = "spiffe://palisade.local/ns/palisade-system/sa/ops";
+    let h = Harness::start_with(|c| {
+        c.admin_tls = true;
+        c.admin_spiffe_id = vec![format!("{ops}=editor").parse().unwrap()];
+    })
+    .await;
+    let cert_for = |ns: &'static str, sa: &'static str| {
+        let h = &h;
+        async move {
+            let token = h.token_for("setup", "admin");
+            let (status, body) = h
+                .tls_request(
+                    h.cp().admin_addr,
+                    Method::POST,
+                    "/v1/join-tokens",
+                    Some(&token),
+                    None,
+                    json!({"namespace": ns, "serviceAccount": sa}).to_string(),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let (key, request) = csr();
+            let (status, issued) = h.issue(body["token"].as_str(), &request).await;
+            assert_eq!(status, StatusCode::OK, "{issued}");
+            identity_from(&issued, &key)
+        }
+    };
+    let operator = cert_for("palisade-system", "ops").await;
+    let stranger = cert_for("shop", "orders").await;
+    let admin_addr = h.cp().admin_addr;
+    let call = |identity, method: Method, path: &'static str, body: String| {
+        let h = &h;
+        async move {
+            h.tls_request(admin_addr, method, path, None, identity, body)
+                .await
+        }
+    };
+    let (status, body) = call(
+        Some(operator.clone()),
+        Method::POST,
+        "/v1/apply",
+        POLICY.into(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, trail) = h
+        .tls_request(
+            admin_addr,
+            Method::GET,
+            "/v1/audit?kind=AuthorizationPolicy",
+            Some(&h.admin_token()),
+            None,
+            String::new(),
+        )
+        .await;
+    assert_eq!(trail[0]["principal"], ops);
+    // The role is the one configured for the ID: an editor may not create join tokens.
+    let (status, _) = call(
+        Some(operator),
+        Method::POST,
+        "/v1/join-tokens",
+        json!({"namespace": "shop", "serviceAccount": "x"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A mesh certificate that is not listed, or none: not authenticated.
+    for identity in [Some(stranger), None] {
+        let (status, _) = call(identity, Method::GET, "/v1/resources", String::new()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+}

@@ -180,13 +180,27 @@ impl Harness {
         identity: Option<Arc<IdentitySlot>>,
         body: String,
     ) -> (StatusCode, Value) {
+        self.tls_request(self.cp().sidecar_addr, method, path, token, identity, body)
+            .await
+    }
+
+    /// A request over TLS to `addr` (the sidecar port, or the admin port with --admin-tls).
+    pub async fn tls_request(
+        &self,
+        addr: std::net::SocketAddr,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        identity: Option<Arc<IdentitySlot>>,
+        body: String,
+    ) -> (StatusCode, Value) {
         let config = client_config(
             identity,
             self.bundle(),
             ExpectedServer::Exact(control_plane_id(&td())),
             &[b"http/1.1"],
         );
-        let tcp = TcpStream::connect(self.cp().sidecar_addr).await.unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
         let tls = TlsConnector::from(Arc::new(config))
             .connect(server_name_for(&control_plane_id(&td())), tcp)
             .await

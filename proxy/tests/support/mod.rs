@@ -27,8 +27,17 @@ pub struct SidecarFiles {
 }
 
 pub async fn sidecar_files(cp: &RunningControlPlane, dir: &Path, sa: &str) -> SidecarFiles {
+    sidecar_files_in(cp, dir, "shop", sa).await
+}
+
+pub async fn sidecar_files_in(
+    cp: &RunningControlPlane,
+    dir: &Path,
+    namespace: &str,
+    sa: &str,
+) -> SidecarFiles {
     let token = cp
-        .create_join_token("shop", sa, Duration::from_secs(300))
+        .create_join_token(namespace, sa, Duration::from_secs(300))
         .await
         .unwrap();
     let files = SidecarFiles {
@@ -110,6 +119,20 @@ pub async fn wait_ready(sidecar: &RunningSidecar) {
     .await;
 }
 
+/// A sidecar of `cp` with `files`, once it is ready.
+pub async fn start_ready(
+    cp: &RunningControlPlane,
+    bundle: PathBuf,
+    files: &SidecarFiles,
+    extra: &[&str],
+) -> RunningSidecar {
+    let sidecar = palisade_proxy::start(&sidecar_config(cp.sidecar_addr, bundle, files, extra))
+        .await
+        .unwrap();
+    wait_ready(&sidecar).await;
+    sidecar
+}
+
 /// A control plane with `ttl` and one ready sidecar per service account (namespace shop).
 pub async fn mesh(
     dir: &Path,
@@ -121,16 +144,7 @@ pub async fn mesh(
     let mut sidecars = Vec::new();
     for sa in service_accounts {
         let files = sidecar_files(&cp, dir, sa).await;
-        let sidecar = palisade_proxy::start(&sidecar_config(
-            cp.sidecar_addr,
-            bundle.clone(),
-            &files,
-            &[],
-        ))
-        .await
-        .unwrap();
-        wait_ready(&sidecar).await;
-        sidecars.push(sidecar);
+        sidecars.push(start_ready(&cp, bundle.clone(), &files, &[]).await);
     }
     (cp, sidecars)
 }
