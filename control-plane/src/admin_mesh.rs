@@ -479,6 +479,7 @@ pub async fn simulate(
                 port: h.port,
                 headers: &headers,
                 l4: false,
+                amqp: None,
             };
         }
         (None, Some(port)) => {

@@ -320,6 +320,7 @@ impl Inbound {
                 port,
                 headers: req.headers(),
                 l4: false,
+                amqp: None,
             },
         );
         event.apply_decision(&decision);

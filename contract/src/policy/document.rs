@@ -70,6 +70,8 @@ pub struct Operation {
     pub not_paths: Vec<String>,
     pub ports: Vec<u16>,
     pub not_ports: Vec<u16>,
+    /// An AMQP operation instead of an HTTP one ([`super::amqp`]).
+    pub amqp: Option<super::amqp::AmqpTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -599,8 +601,18 @@ impl Walk<'_> {
             "notPaths",
             "ports",
             "notPorts",
+            "amqp",
         ];
         let map = self.object(v, loc, FIELDS)?;
+        let amqp = map
+            .get("amqp")
+            .and_then(|a| self.amqp(a, &join(loc, "amqp")));
+        if map.contains_key("amqp") && map.len() > 1 {
+            self.problem(
+                loc,
+                "amqp cannot be combined with HTTP fields in one entry; use another entry of to",
+            );
+        }
         let op = Operation {
             methods: self.strings(map, loc, "methods", check_method),
             not_methods: self.strings(map, loc, "notMethods", check_method),
@@ -608,11 +620,51 @@ impl Walk<'_> {
             not_paths: self.strings(map, loc, "notPaths", check_path),
             ports: self.ports(map, loc, "ports"),
             not_ports: self.ports(map, loc, "notPorts"),
+            amqp,
         };
         if map.is_empty() {
             self.problem(loc, "is empty; remove it to match any operation");
         }
         Some(op)
+    }
+
+    fn amqp(&mut self, v: &Value, loc: &str) -> Option<super::amqp::AmqpTarget> {
+        use super::amqp::{OPERATIONS, check_topic};
+        let map = self.object(
+            v,
+            loc,
+            &["operations", "vhosts", "exchanges", "routingKeys", "queues"],
+        )?;
+        let target = super::amqp::AmqpTarget {
+            operations: self.strings(map, loc, "operations", |s| {
+                if OPERATIONS.contains(&s) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "is not an AMQP operation (one of: {})",
+                        OPERATIONS.join(", ")
+                    ))
+                }
+            }),
+            vhosts: self.strings(map, loc, "vhosts", check_pattern),
+            // "" is the default exchange, a name of its own.
+            exchanges: self.strings(map, loc, "exchanges", |s| {
+                if s.is_empty() {
+                    Ok(())
+                } else {
+                    check_pattern(s)
+                }
+            }),
+            routing_keys: self.strings(map, loc, "routingKeys", check_topic),
+            queues: self.strings(map, loc, "queues", check_pattern),
+        };
+        if map.is_empty() {
+            self.problem(
+                loc,
+                "is empty; name at least one of operations, vhosts, exchanges, routingKeys, queues",
+            );
+        }
+        Some(target)
     }
 
     fn condition(&mut self, v: &Value, loc: &str) -> Option<Condition> {

@@ -129,6 +129,57 @@ impl CompiledSource {
 }
 
 #[derive(Debug)]
+struct CompiledAmqp {
+    operations: Vec<String>,
+    vhosts: Vec<StringMatch>,
+    /// Patterns; the default exchange `""` only when named (`default_exchange`).
+    exchanges: Vec<StringMatch>,
+    default_exchange: bool,
+    routing_keys: Vec<super::amqp::Topic>,
+    queues: Vec<StringMatch>,
+}
+
+impl CompiledAmqp {
+    fn new(t: &super::amqp::AmqpTarget) -> Self {
+        Self {
+            operations: t.operations.clone(),
+            vhosts: compile_all(&t.vhosts),
+            exchanges: t
+                .exchanges
+                .iter()
+                .filter(|e| !e.is_empty())
+                .map(|e| StringMatch::compile(e))
+                .collect(),
+            default_exchange: t.exchanges.iter().any(String::is_empty),
+            routing_keys: t
+                .routing_keys
+                .iter()
+                .map(|k| super::amqp::Topic::new(k))
+                .collect(),
+            queues: compile_all(&t.queues),
+        }
+    }
+
+    fn matches(&self, r: &super::amqp::AmqpRequest<'_>) -> bool {
+        let exchange_ok = match r.exchange {
+            None => true,
+            Some("") => self.default_exchange,
+            Some(e) => {
+                (self.exchanges.is_empty() && !self.default_exchange)
+                    || any_matches(&self.exchanges, e)
+            }
+        };
+        (self.operations.is_empty() || self.operations.iter().any(|o| o == r.operation))
+            && positive(&self.vhosts, Some(r.vhost))
+            && exchange_ok
+            && (self.routing_keys.is_empty()
+                || r.routing_key
+                    .is_some_and(|k| self.routing_keys.iter().any(|t| t.matches(k))))
+            && positive(&self.queues, r.queue)
+    }
+}
+
+#[derive(Debug)]
 struct CompiledOperation {
     methods: Vec<StringMatch>,
     not_methods: Vec<StringMatch>,
@@ -136,6 +187,7 @@ struct CompiledOperation {
     not_paths: Vec<StringMatch>,
     ports: Vec<u16>,
     not_ports: Vec<u16>,
+    amqp: Option<CompiledAmqp>,
 }
 
 impl CompiledOperation {
@@ -147,6 +199,7 @@ impl CompiledOperation {
             not_paths: compile_all(&o.not_paths),
             ports: o.ports.clone(),
             not_ports: o.not_ports.clone(),
+            amqp: o.amqp.as_ref().map(CompiledAmqp::new),
         }
     }
 
@@ -158,6 +211,10 @@ impl CompiledOperation {
     }
 
     fn matches(&self, req: &Request<'_>) -> bool {
+        if let Some(amqp) = &self.amqp {
+            // An AMQP entry matches AMQP operations only.
+            return req.amqp.as_ref().is_some_and(|r| amqp.matches(r));
+        }
         (req.l4
             || positive(&self.methods, Some(req.method))
                 && negative(&self.not_methods, Some(req.method))
@@ -382,8 +439,11 @@ pub struct Request<'a> {
     /// The destination port the request arrived for.
     pub port: u16,
     pub headers: &'a http::HeaderMap,
-    /// Only the connection is known (an opaque TCP port): see [`Request::connection`].
+    /// Only the connection is known (an opaque TCP port, or an AMQP operation): see
+    /// [`Request::connection`].
     pub l4: bool,
+    /// The AMQP operation, for [`Request::amqp`].
+    pub amqp: Option<super::amqp::AmqpRequest<'a>>,
 }
 
 impl<'a> Request<'a> {
@@ -400,6 +460,16 @@ impl<'a> Request<'a> {
             port,
             headers: &NO_HEADERS,
             l4: true,
+            amqp: None,
+        }
+    }
+
+    /// An AMQP operation by `source` (the workload's own identity, at its own sidecar).
+    /// HTTP fields are judged as for an opaque connection.
+    pub fn amqp(source: Option<&'a SpiffeId>, op: super::amqp::AmqpRequest<'a>) -> Self {
+        Request {
+            amqp: Some(op),
+            ..Self::connection(source, 0)
         }
     }
 }
@@ -685,6 +755,7 @@ mod tests {
                     port: self.port,
                     headers: &self.headers,
                     l4: false,
+                    amqp: None,
                 },
             )
         }
@@ -1120,5 +1191,106 @@ mod tests {
                 .verdict,
             Verdict::Deny
         );
+    }
+
+    #[test]
+    fn amqp_operations_are_matched_by_amqp_targets_only() {
+        use crate::policy::amqp::AmqpRequest;
+        let s = set(
+            &[
+                policy(
+                    "orders-publish",
+                    "shop",
+                    SELECT_PAYMENTS,
+                    "ALLOW",
+                    r#"[ { to: [ { amqp: { operations: [publish], vhosts: ["/"], exchanges: ["shop.events"], routingKeys: ["order.*"] } } ] },
+                         { to: [ { amqp: { operations: [publish], exchanges: [""], routingKeys: ["replies.#"] } } ] },
+                         { to: [ { amqp: { operations: [consume, get], queues: ["payments.*"] } } ] },
+                         { to: [ { methods: ["GET"] } ] } ]"#,
+                ),
+                policy(
+                    "no-secrets",
+                    "shop",
+                    SELECT_PAYMENTS,
+                    "DENY",
+                    r#"[ { to: [ { amqp: { routingKeys: ["order.secret"] } } ] } ]"#,
+                ),
+            ]
+            .concat(),
+            DefaultMode::Deny,
+        );
+        let me = SpiffeId::parse("spiffe://palisade.local/ns/shop/sa/payments").unwrap();
+        let publish = |exchange: &'static str, key: &'static str| AmqpRequest {
+            operation: "publish",
+            vhost: "/",
+            exchange: Some(exchange),
+            routing_key: Some(key),
+            queue: None,
+        };
+        let decide =
+            |op: AmqpRequest<'static>| s.evaluate(&PAYMENTS, &Request::amqp(Some(&me), op));
+        assert_eq!(
+            decide(publish("shop.events", "order.created")).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            decide(publish("shop.events", "order.created.eu")).verdict,
+            Verdict::Deny
+        );
+        assert_eq!(
+            decide(publish("other", "order.created")).verdict,
+            Verdict::Deny
+        );
+        let d = decide(publish("shop.events", "order.secret"));
+        assert_eq!(basis_policy(&d), Some(("shop/no-secrets".into(), 0)));
+        // The default exchange is its own name.
+        assert_eq!(decide(publish("", "replies.42")).verdict, Verdict::Allow);
+        assert_eq!(decide(publish("", "order.created")).verdict, Verdict::Deny);
+        let consume = |queue: &'static str| AmqpRequest {
+            operation: "consume",
+            vhost: "/",
+            exchange: None,
+            routing_key: None,
+            queue: Some(queue),
+        };
+        assert_eq!(decide(consume("payments.in")).verdict, Verdict::Allow);
+        assert_eq!(decide(consume("orders.in")).verdict, Verdict::Deny);
+        // The HTTP rule (GET) neither allows AMQP nor is allowed by AMQP rules.
+        assert_eq!(
+            call("payments", "GET", "/x").eval(&s, &PAYMENTS).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            call("payments", "POST", "/x").eval(&s, &PAYMENTS).verdict,
+            Verdict::Deny
+        );
+    }
+
+    #[test]
+    fn amqp_targets_are_validated() {
+        let bad = policy(
+            "x",
+            "shop",
+            "",
+            "ALLOW",
+            r#"[ { to: [ { amqp: { operations: [publsh], routingKeys: ["order*"], colour: 1 }, methods: ["GET"] } ] } ]"#,
+        );
+        let problems: Vec<String> = parse_documents(&bad)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for want in [
+            "spec.rules[0].to[0]: amqp cannot be combined",
+            "spec.rules[0].to[0].amqp.colour: unknown field",
+            "spec.rules[0].to[0].amqp.operations[0]: \"publsh\" is not an AMQP operation",
+            "spec.rules[0].to[0].amqp.routingKeys[0]: \"order*\" has \"order*\"",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want} in {problems:#?}"
+            );
+        }
     }
 }

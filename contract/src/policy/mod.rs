@@ -2,15 +2,18 @@
 //! plane (which stores, validates and simulates it) use, so they can never disagree.
 //!
 //! - [`document`]: parsing and validating `AuthorizationPolicy` documents.
+//! - [`amqp`]: the AMQP target of a rule and topic matching.
 //! - [`authentication`]: `RequestAuthentication` documents and end-user JWTs.
 //! - [`evaluate`]: the compiled, indexed policy set and its decisions.
 //! - [`index`]: which documents apply to which workload.
 
+pub mod amqp;
 pub mod authentication;
 pub mod document;
 pub mod evaluate;
 pub mod index;
 
+pub use amqp::AmqpRequest;
 pub use authentication::{Authenticator, EndUser, RequestAuthentication};
 pub use document::{
     Action, AuthorizationPolicy, Document, KINDS, PolicyDocuments, Problem, Problems,
