@@ -115,11 +115,7 @@ impl Topic {
                         next[j] = on;
                     }
                 }
-                Word::One => {
-                    for j in 0..words.len() {
-                        next[j + 1] = reachable[j];
-                    }
-                }
+                Word::One => next[1..].copy_from_slice(&reachable[..words.len()]),
                 Word::Literal(lit) => {
                     for j in 0..words.len() {
                         next[j + 1] = reachable[j] && words[j] == lit;
