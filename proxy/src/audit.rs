@@ -50,6 +50,24 @@ pub struct AuditEvent {
     /// The AUDIT policy that matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_policy: Option<String>,
+    /// For AMQP operations: what was asked of the broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp: Option<AmqpAudit>,
+}
+
+/// The AMQP side of an audit event.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AmqpAudit {
+    pub channel: Option<u16>,
+    pub operation: String,
+    pub vhost: String,
+    pub exchange: Option<String>,
+    /// The routing key this decision was about.
+    pub routing_key: Option<String>,
+    /// For a publish, every key it would be routed with (the key, then `CC` and `BCC`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routing_keys: Vec<String>,
+    pub queue: Option<String>,
 }
 
 impl AuditEvent {
@@ -75,6 +93,7 @@ impl AuditEvent {
             reason: None,
             dry_run: Vec::new(),
             audit_policy: None,
+            amqp: None,
         }
     }
 

@@ -146,6 +146,26 @@ pub struct Config {
     #[arg(long, env = "PALISADE_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// AMQP listener for the application (loopback): it connects here as if to RabbitMQ, and
+    /// every operation is authorized before the broker sees it. Off unless given.
+    #[arg(long, env = "PALISADE_AMQP_LISTEN")]
+    pub amqp_listen: Option<SocketAddr>,
+
+    /// The real broker: amqp://USER:PASSWORD@HOST:PORT/VHOST (vhost percent-encoded, %2f for
+    /// /). The sidecar logs in with these credentials, whatever the application sends.
+    #[arg(
+        long,
+        env = "PALISADE_AMQP_UPSTREAM",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_upstream: String,
+
+    /// A file holding the broker password (replaces the URL's; keeps it out of flags and
+    /// the environment).
+    #[arg(long, env = "PALISADE_AMQP_PASSWORD_FILE")]
+    pub amqp_password_file: Option<PathBuf>,
+
     /// Longest wait between retries when the control plane cannot be reached (e.g. 30s).
     #[arg(long, env = "PALISADE_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_backoff: Duration,
@@ -212,6 +232,17 @@ impl Config {
             || self.max_connections == 0
         {
             problems.push("--max-header-bytes must be at least 1024, --max-headers, --max-streams and --max-connections at least 1".into());
+        }
+        if let Err(e) = crate::amqp::Upstream::parse(&self.amqp_upstream, None) {
+            problems.push(format!("--amqp-upstream: {e}"));
+        }
+        if let Some(p) = &self.amqp_password_file
+            && !p.is_file()
+        {
+            problems.push(format!(
+                "--amqp-password-file {}: no such file",
+                p.display()
+            ));
         }
         if self.opaque_ports.contains(&0) {
             problems.push("--opaque-ports: 0 is not a port".into());

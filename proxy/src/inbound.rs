@@ -38,6 +38,17 @@ use crate::metrics::HttpMetrics;
 use crate::server::{Limits, http_server, serve_http};
 use crate::tcp;
 
+/// The service policies select a workload by: `--service`, else its service account.
+pub fn service_name(configured: Option<&str>, own: Option<&SpiffeId>) -> String {
+    configured
+        .map(str::to_owned)
+        .or_else(|| {
+            own.and_then(SpiffeId::namespace_and_service_account)
+                .map(|(_, sa)| sa.to_owned())
+        })
+        .unwrap_or_default()
+}
+
 /// What the inbound path enforces, swapped whole when it changes.
 #[derive(Debug, Default)]
 pub struct Policies {
@@ -184,15 +195,8 @@ pub async fn serve(
 }
 
 impl Inbound {
-    /// The service policies select this sidecar by: `--service`, else its service account.
     pub(crate) fn service_name(&self, own: Option<&SpiffeId>) -> String {
-        self.service
-            .clone()
-            .or_else(|| {
-                own.and_then(SpiffeId::namespace_and_service_account)
-                    .map(|(_, sa)| sa.to_owned())
-            })
-            .unwrap_or_default()
+        service_name(self.service.as_deref(), own)
     }
 
     async fn handle(&self, peer: &SpiffeId, req: Request<Incoming>) -> Response<ProxyBody> {

@@ -5,6 +5,7 @@
 //! - [`config_watch`]: following the mesh configuration, with a last-good cache.
 //! - [`inbound`]: mTLS in, authorize, forward to the application.
 //! - [`outbound`]: from the application to other services, over pooled mTLS, with secure naming.
+//! - [`amqp`]: the AMQP 0-9-1 proxy: credential injection and authorization of every operation.
 //! - [`tcp`]: opaque TCP ports, authorized on identity and port, piped both ways.
 //! - [`server`]: HTTP limits and idle connections, for both listeners.
 //! - [`audit`]: one JSON line per decision; [`metrics`]: data-plane counters.
@@ -12,6 +13,7 @@
 //! - [`sidecar`]: how the pieces are assembled.
 
 pub mod admin;
+pub mod amqp;
 pub mod audit;
 pub mod config;
 pub mod config_watch;

@@ -19,6 +19,7 @@ pub struct HttpMetrics {
     open: IntGaugeVec,
     tcp_connections: IntCounterVec,
     tcp_bytes: IntCounterVec,
+    amqp_operations: IntCounterVec,
     pub policy_version: IntGauge,
     pub audit_dropped: IntCounter,
 }
@@ -88,6 +89,13 @@ impl HttpMetrics {
             ),
             &["direction", "flow"],
         )?;
+        let amqp_operations = IntCounterVec::new(
+            Opts::new(
+                "palisade_proxy_amqp_operations_total",
+                "AMQP operations authorized, by operation and decision.",
+            ),
+            &["operation", "decision"],
+        )?;
         let policy_version = IntGauge::new(
             "palisade_proxy_policy_version",
             "Version of the policy set in force.",
@@ -103,6 +111,7 @@ impl HttpMetrics {
         registry.register(Box::new(open.clone()))?;
         registry.register(Box::new(tcp_connections.clone()))?;
         registry.register(Box::new(tcp_bytes.clone()))?;
+        registry.register(Box::new(amqp_operations.clone()))?;
         registry.register(Box::new(policy_version.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
         Ok(Self {
@@ -113,6 +122,7 @@ impl HttpMetrics {
             open,
             tcp_connections,
             tcp_bytes,
+            amqp_operations,
             policy_version,
             audit_dropped,
         })
@@ -164,6 +174,12 @@ impl HttpMetrics {
         self.tcp_bytes
             .with_label_values(&[direction, "received"])
             .inc_by(received);
+    }
+
+    pub fn amqp_operation(&self, operation: &str, decision: &str) {
+        self.amqp_operations
+            .with_label_values(&[operation, decision])
+            .inc();
     }
 
     pub fn handshake(&self, direction: &str, result: &str) {

@@ -81,6 +81,8 @@ pub struct RunningSidecar {
     pub admin_addr: SocketAddr,
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
+    /// The AMQP listener, when `--amqp-listen` is given.
+    pub amqp_addr: Option<SocketAddr>,
     /// The `--tcp-outbound` listeners, in the order given.
     pub tcp_outbound_addrs: Vec<SocketAddr>,
     /// The policies in force; replace to change decisions without a restart.
@@ -203,6 +205,38 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         tcp_outbound_addrs.push(listener.local_addr()?);
         tcp_listeners.push((listener, target.clone()));
     }
+    let amqp = match config.amqp_listen {
+        Some(addr) => {
+            let password = match &config.amqp_password_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading --amqp-password-file {}", p.display()))?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let upstream = crate::amqp::Upstream::parse(&config.amqp_upstream, password)
+                .map_err(|e| anyhow::anyhow!("--amqp-upstream: {e}"))?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the AMQP listener on {addr}"))?;
+            let amqp = Arc::new(crate::amqp::Amqp {
+                identity: identity.clone(),
+                policies: policies.clone(),
+                service: config.service.clone(),
+                upstream,
+                audit: inbound.audit.clone(),
+                metrics: inbound.metrics.clone(),
+            });
+            Some((listener, amqp))
+        }
+        None => None,
+    };
+    let amqp_addr = match &amqp {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
@@ -244,6 +278,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
             },
         ));
     }
+    if let Some((listener, amqp)) = amqp {
+        let mut amqp_stop = stopped.clone();
+        tasks.spawn(crate::amqp::serve(listener, amqp, async move {
+            let _ = amqp_stop.wait_for(|s| *s).await;
+        }));
+    }
     let mut outbound_stop = stopped.clone();
     tasks.spawn(outbound::serve(outbound_listener, outbound, async move {
         let _ = outbound_stop.wait_for(|s| *s).await;
@@ -258,6 +298,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         admin_addr,
         inbound_addr,
         outbound_addr,
+        amqp_addr,
         tcp_outbound_addrs,
         policies,
         identity,

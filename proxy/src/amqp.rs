@@ -1,0 +1,1012 @@
+//! The AMQP 0-9-1 proxy: the application talks to its sidecar as if it were RabbitMQ; the
+//! sidecar logs in to the real broker with its own credentials and authorizes every
+//! operation before the broker sees it.
+//!
+//! Frames are read with their 7-byte header first, so a frame larger than the negotiated
+//! `frame_max` is refused before its payload is buffered; they are parsed with amq-protocol's
+//! codec, and forwarded as the original bytes unless changed (the login, and the content
+//! header of an allowed publish, which gets `x-palisade-publisher`).
+//!
+//! Each socket has exactly one writer: the task that reads the other socket. A frame the
+//! sidecar makes for a socket (a channel close, a close-ok) is handed to that writer, which
+//! sends it between frames and never inside a content sequence of the same channel.
+//!
+//! A denied operation closes only its channel, as RabbitMQ does: `channel.close 403
+//! ACCESS_REFUSED` (with the class and method of the refused operation) toward the
+//! application, `channel.close 200` toward the broker, the refused publish's content
+//! swallowed, every frame of that channel dropped until each side's `close-ok` (a crossing
+//! `close` is answered with `close-ok`), and frames for a channel re-opened with the same
+//! number held until the broker has confirmed the close. Other channels carry on.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, basic, channel, connection, exchange, queue};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use arc_swap::ArcSwap;
+use palisade_contract::SpiffeId;
+use palisade_contract::policy::{AmqpRequest, Request, Verdict, Workload};
+use palisade_contract::process::accept;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::audit::{AmqpAudit, AuditEvent, AuditLog};
+use crate::identity::IdentityManager;
+use crate::inbound::Policies;
+use crate::metrics::HttpMetrics;
+
+/// AMQP 0-9-1's protocol header.
+pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+const FRAME_END: u8 = 0xCE;
+/// Largest frame accepted before `tune` has negotiated one (RabbitMQ's default frame_max).
+const INITIAL_FRAME_MAX: u32 = 128 * 1024;
+/// Time allowed for the protocol header and the login.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The header the sidecar sets on every publish it allows.
+pub const PUBLISHER_HEADER: &str = "x-palisade-publisher";
+
+/// AMQP reply codes used here.
+mod reply {
+    pub const SUCCESS: u16 = 200;
+    pub const ACCESS_REFUSED: u16 = 403;
+    pub const NOT_ALLOWED: u16 = 530;
+    pub const FRAME_ERROR: u16 = 501;
+    pub const SYNTAX_ERROR: u16 = 502;
+    pub const UNEXPECTED_FRAME: u16 = 505;
+}
+
+/// Where and how the sidecar reaches the broker.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: String,
+    pub vhost: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl Upstream {
+    /// From `amqp://user:pass@host:port/vhost` (vhost percent-encoded, `%2f` for `/`).
+    /// `password` (from a file) replaces the URL's password.
+    pub fn parse(url: &str, password: Option<String>) -> Result<Self, String> {
+        let rest = url.strip_prefix("amqp://").ok_or_else(|| {
+            if url.starts_with("amqps://") {
+                "amqps:// upstreams are not supported yet; use amqp:// on a trusted network"
+                    .to_owned()
+            } else {
+                format!("{url:?} is not an amqp:// URL")
+            }
+        })?;
+        let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (username, url_password) = match userinfo {
+            Some(u) => {
+                let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+                (decode(user)?, decode(pass)?)
+            }
+            None => ("guest".to_owned(), "guest".to_owned()),
+        };
+        if hostport.is_empty() {
+            return Err(format!("{url:?} names no host"));
+        }
+        let addr = if hostport
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            hostport.to_owned()
+        } else {
+            format!("{hostport}:5672")
+        };
+        let vhost = if vhost.is_empty() {
+            "/".to_owned()
+        } else {
+            decode(vhost)?
+        };
+        Ok(Upstream {
+            addr,
+            vhost,
+            username,
+            password: password.unwrap_or(url_password),
+        })
+    }
+}
+
+fn decode(s: &str) -> Result<String, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent-encoding in {s:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+}
+
+/// Everything the AMQP path needs; shared by all connections.
+pub struct Amqp {
+    pub identity: Arc<IdentityManager>,
+    pub policies: Arc<ArcSwap<Policies>>,
+    pub service: Option<String>,
+    pub upstream: Upstream,
+    pub audit: AuditLog,
+    pub metrics: HttpMetrics,
+}
+
+impl std::fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Amqp")
+            .field("upstream", &self.upstream.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serves the application's AMQP connections until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, amqp: Arc<Amqp>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    while let Some((client, addr)) = accept(&listener, &mut shutdown, "amqp").await {
+        let amqp = amqp.clone();
+        tokio::spawn(async move {
+            let _open = amqp.metrics.open_connection("amqp");
+            if let Err(e) = amqp.connection(client).await {
+                tracing::debug!(peer = %addr, error = %e, "AMQP connection ended");
+            }
+        });
+    }
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{text}")]
+    Protocol { code: u16, text: String },
+    #[error("the broker at {0} is unreachable: {1}")]
+    Upstream(String, std::io::Error),
+    #[error("the handshake took too long")]
+    Timeout,
+}
+
+fn protocol(code: u16, text: impl Into<String>) -> AmqpError {
+    AmqpError::Protocol {
+        code,
+        text: text.into(),
+    }
+}
+
+/// One frame: its parsed form and its original bytes.
+struct Frame {
+    parsed: AMQPFrame,
+    raw: Vec<u8>,
+}
+
+/// Reads one frame, refusing one larger than `frame_max` before reading its payload.
+/// `Ok(None)` on a clean end of stream between frames.
+async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    frame_max: u32,
+) -> Result<Option<Frame>, AmqpError> {
+    let mut head = [0u8; 7];
+    match r.read_exact(&mut head[..1]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    r.read_exact(&mut head[1..]).await?;
+    if !matches!(head[0], 1..=4 | 8) {
+        return Err(protocol(
+            reply::FRAME_ERROR,
+            format!("FRAME_ERROR - unknown frame type {}", head[0]),
+        ));
+    }
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]);
+    // frame_max counts the whole frame: 7 bytes of header and the end octet.
+    if frame_max != 0 && size.saturating_add(8) > frame_max {
+        return Err(protocol(
+            reply::FRAME_ERROR,
+            format!("FRAME_ERROR - frame of {size} bytes exceeds frame_max {frame_max}"),
+        ));
+    }
+    let mut raw = Vec::with_capacity(size as usize + 8);
+    raw.extend_from_slice(&head);
+    raw.resize(size as usize + 8, 0);
+    r.read_exact(&mut raw[7..]).await?;
+    if raw[raw.len() - 1] != FRAME_END {
+        return Err(protocol(
+            reply::FRAME_ERROR,
+            "FRAME_ERROR - frame does not end with 0xCE",
+        ));
+    }
+    match parse_frame(&raw[..]) {
+        Ok((_, parsed)) => Ok(Some(Frame { parsed, raw })),
+        Err(_) => Err(protocol(
+            reply::SYNTAX_ERROR,
+            "SYNTAX_ERROR - a frame could not be decoded",
+        )),
+    }
+}
+
+fn encode(frame: &AMQPFrame) -> Vec<u8> {
+    match gen_frame(frame)(WriteContext::from(Vec::new())) {
+        Ok(ctx) => ctx.write,
+        Err(e) => {
+            // Only frames built here are encoded; they are small and well-formed.
+            tracing::error!(error = ?e, "encoding an AMQP frame failed");
+            Vec::new()
+        }
+    }
+}
+
+fn channel_close(ch: u16, code: u16, text: &str, class_id: u16, method_id: u16) -> Vec<u8> {
+    encode(&AMQPFrame::Method(
+        ch,
+        AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: code,
+            reply_text: ShortString::from(text),
+            class_id,
+            method_id,
+        })),
+    ))
+}
+
+fn channel_close_ok(ch: u16) -> Vec<u8> {
+    encode(&AMQPFrame::Method(
+        ch,
+        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+    ))
+}
+
+fn connection_close(code: u16, text: &str) -> Vec<u8> {
+    encode(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: code,
+            reply_text: ShortString::from(text.chars().take(250).collect::<String>()),
+            class_id: 0,
+            method_id: 0,
+        })),
+    ))
+}
+
+/// Where a channel stands after a denial.
+#[derive(Debug, Default)]
+struct Closing {
+    client_close_ok: bool,
+    broker_close_ok: bool,
+    /// Frames from the application for the channel re-opened before the broker confirmed.
+    held: VecDeque<Vec<u8>>,
+}
+
+/// What both directions of one connection share.
+#[derive(Debug, Default)]
+struct Shared {
+    closing: HashMap<u16, Closing>,
+}
+
+/// A frame made by the sidecar, for the writer of one socket.
+enum Inject {
+    /// For the application, on a channel (sent when that channel is not mid-content).
+    ToClient(u16, Vec<u8>),
+    /// For the broker: frames the broker-side close-ok released.
+    ToBroker(Vec<u8>),
+}
+
+impl Amqp {
+    fn service_name(&self, own: Option<&SpiffeId>) -> String {
+        crate::inbound::service_name(self.service.as_deref(), own)
+    }
+
+    async fn connection(self: &Arc<Self>, mut client: TcpStream) -> Result<(), AmqpError> {
+        let mut header = [0u8; 8];
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, client.read_exact(&mut header))
+            .await
+            .map_err(|_| AmqpError::Timeout)??;
+        if &header != PROTOCOL_HEADER {
+            // The spec's answer: the header we speak, then close.
+            let _ = client.write_all(PROTOCOL_HEADER).await;
+            let _ = client.shutdown().await;
+            // Read what the client sent on, so closing does not reset the connection before
+            // it has read the header.
+            let mut sink = [0u8; 4096];
+            let drain = async { while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+            self.record_error(None, "the client does not speak AMQP 0-9-1");
+            return Ok(());
+        }
+        let mut broker = TcpStream::connect(&self.upstream.addr)
+            .await
+            .map_err(|e| AmqpError::Upstream(self.upstream.addr.clone(), e))?;
+        let _ = broker.set_nodelay(true);
+        broker.write_all(PROTOCOL_HEADER).await?;
+        let negotiated =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut client, &mut broker))
+                .await
+                .map_err(|_| AmqpError::Timeout)?;
+        let (frame_max, vhost) = match negotiated {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                self.fail(&mut client, &e).await;
+                return Err(e);
+            }
+        };
+        self.relay(client, broker, frame_max, vhost).await
+    }
+
+    /// Relays the login, replacing the application's credentials with the sidecar's.
+    /// Returns the negotiated frame_max and the vhost, or `None` when the broker refused.
+    async fn handshake(
+        &self,
+        client: &mut TcpStream,
+        broker: &mut TcpStream,
+    ) -> Result<Option<(u32, String)>, AmqpError> {
+        let mut frame_max = INITIAL_FRAME_MAX;
+        let mut vhost = None;
+        loop {
+            tokio::select! {
+                from_broker = read_frame(broker, INITIAL_FRAME_MAX) => {
+                    let Some(f) = from_broker? else { return Ok(None) };
+                    client.write_all(&f.raw).await?;
+                    match f.parsed {
+                        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) => {
+                            let vhost = vhost.unwrap_or_else(|| self.upstream.vhost.clone());
+                            return Ok(Some((frame_max, vhost)));
+                        }
+                        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                            return Ok(None);
+                        }
+                        _ => {}
+                    }
+                }
+                from_client = read_frame(client, INITIAL_FRAME_MAX) => {
+                    let Some(f) = from_client? else { return Ok(None) };
+                    match f.parsed {
+                        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::StartOk(ok))) => {
+                            // Whatever the application sent as credentials stays here.
+                            let response = format!("\0{}\0{}", self.upstream.username, self.upstream.password);
+                            let replaced = AMQPFrame::Method(0, AMQPClass::Connection(
+                                connection::AMQPMethod::StartOk(connection::StartOk {
+                                    client_properties: ok.client_properties,
+                                    mechanism: ShortString::from("PLAIN"),
+                                    response: LongString::from(response.into_bytes()),
+                                    locale: ok.locale,
+                                })));
+                            broker.write_all(&encode(&replaced)).await?;
+                        }
+                        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(t))) => {
+                            if t.frame_max != 0 {
+                                frame_max = t.frame_max;
+                            }
+                            broker.write_all(&f.raw).await?;
+                        }
+                        AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open))) => {
+                            let asked = open.virtual_host.as_str();
+                            if asked != self.upstream.vhost {
+                                return Err(protocol(reply::NOT_ALLOWED, format!(
+                                    "NOT_ALLOWED - this sidecar connects to vhost {:?} only", self.upstream.vhost)));
+                            }
+                            vhost = Some(asked.to_owned());
+                            broker.write_all(&f.raw).await?;
+                        }
+                        _ => broker.write_all(&f.raw).await?,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the application why its connection ends, and records it.
+    async fn fail<W: AsyncWrite + Unpin>(&self, client: &mut W, e: &AmqpError) {
+        if let AmqpError::Protocol { code, text } = e {
+            let _ = client.write_all(&connection_close(*code, text)).await;
+        }
+        self.record_error(None, &e.to_string());
+    }
+
+    fn record_error(&self, channel: Option<u16>, reason: &str) {
+        let own = self.identity.spiffe_id();
+        let mut event = AuditEvent::begin("outbound", "amqp");
+        event.source = own.as_ref().map(ToString::to_string);
+        event.destination = self.upstream.addr.clone();
+        event.reason = Some(reason.to_owned());
+        event.amqp = Some(AmqpAudit {
+            channel,
+            ..AmqpAudit::default()
+        });
+        self.audit.record(&event);
+    }
+
+    async fn relay(
+        self: &Arc<Self>,
+        client: TcpStream,
+        broker: TcpStream,
+        frame_max: u32,
+        vhost: String,
+    ) -> Result<(), AmqpError> {
+        let (client_r, client_w) = client.into_split();
+        let (broker_r, broker_w) = broker.into_split();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (to_client, to_client_rx) = mpsc::unbounded_channel();
+        let (to_broker, to_broker_rx) = mpsc::unbounded_channel();
+        let upward = {
+            let this = self.clone();
+            let shared = shared.clone();
+            let to_client = to_client.clone();
+            async move {
+                this.client_to_broker(
+                    client_r,
+                    broker_w,
+                    frame_max,
+                    &vhost,
+                    shared,
+                    to_client,
+                    to_broker_rx,
+                )
+                .await
+            }
+        };
+        let downward = {
+            let this = self.clone();
+            async move {
+                this.broker_to_client(
+                    broker_r,
+                    client_w,
+                    frame_max,
+                    shared,
+                    to_client_rx,
+                    to_broker,
+                )
+                .await
+            }
+        };
+        // When either side goes away, the other leg is closed too.
+        tokio::select! {
+            r = upward => r,
+            r = downward => r,
+        }
+    }
+
+    /// Reads the application's frames, authorizes, and is the broker socket's only writer.
+    #[allow(clippy::too_many_arguments)]
+    async fn client_to_broker(
+        &self,
+        mut client: tokio::net::tcp::OwnedReadHalf,
+        mut broker: tokio::net::tcp::OwnedWriteHalf,
+        frame_max: u32,
+        vhost: &str,
+        shared: Arc<Mutex<Shared>>,
+        to_client: mpsc::UnboundedSender<Inject>,
+        mut injected: mpsc::UnboundedReceiver<Inject>,
+    ) -> Result<(), AmqpError> {
+        // A publish waiting for its content header: (channel, method bytes, exchange, key).
+        let mut pending: HashMap<u16, (Vec<u8>, String, String)> = HashMap::new();
+        // Body bytes still to come per channel: (remaining, forward?).
+        let mut content: HashMap<u16, (u64, bool)> = HashMap::new();
+        loop {
+            let frame = tokio::select! {
+                f = read_frame(&mut client, frame_max) => f,
+                Some(Inject::ToBroker(bytes)) = injected.recv() => {
+                    broker.write_all(&bytes).await?;
+                    continue;
+                }
+            };
+            let frame = match frame {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    if let AmqpError::Protocol { code, text } = &e {
+                        let _ = to_client.send(Inject::ToClient(0, connection_close(*code, text)));
+                        self.record_error(None, text);
+                        // Give the writer a moment to deliver the close.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let ch = frame.parsed.channel_id();
+            // Frames of a channel closed after a denial.
+            if let Some(release) = client_frame_on_closing(&shared, ch, &frame, &to_client) {
+                for f in release {
+                    broker.write_all(&f).await?;
+                }
+                continue;
+            }
+            match frame.parsed {
+                AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Publish(p))) => {
+                    if pending.contains_key(&ch) || content.contains_key(&ch) {
+                        return self
+                            .unexpected(
+                                &to_client,
+                                "UNEXPECTED_FRAME - publish inside a content sequence",
+                            )
+                            .await;
+                    }
+                    pending.insert(
+                        ch,
+                        (
+                            frame.raw,
+                            p.exchange.as_str().to_owned(),
+                            p.routing_key.as_str().to_owned(),
+                        ),
+                    );
+                }
+                AMQPFrame::Header(_, header) => {
+                    let Some((method, exchange, key)) = pending.remove(&ch) else {
+                        return self
+                            .unexpected(
+                                &to_client,
+                                "UNEXPECTED_FRAME - content header without a publish",
+                            )
+                            .await;
+                    };
+                    let mut keys = vec![key];
+                    for name in ["CC", "BCC"] {
+                        if let Some(AMQPValue::FieldArray(list)) = header
+                            .properties
+                            .headers()
+                            .as_ref()
+                            .and_then(|h| h.inner().get(name))
+                        {
+                            for v in list.as_slice() {
+                                match v {
+                                    AMQPValue::LongString(s) => keys
+                                        .push(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                                    AMQPValue::ShortString(s) => keys.push(s.as_str().to_owned()),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                    let allowed = self.authorize_publish(vhost, ch, &exchange, &keys);
+                    // A refused publish's body is swallowed with the closing channel.
+                    if allowed && header.body_size > 0 {
+                        content.insert(ch, (header.body_size, true));
+                    }
+                    if allowed {
+                        let own = self
+                            .identity
+                            .spiffe_id()
+                            .map(|id| id.to_string())
+                            .unwrap_or_default();
+                        let mut headers = header.properties.headers().clone().unwrap_or_default();
+                        headers.insert(
+                            ShortString::from(PUBLISHER_HEADER),
+                            AMQPValue::LongString(LongString::from(own.into_bytes())),
+                        );
+                        let stamped = AMQPFrame::Header(
+                            ch,
+                            amq_protocol::frame::AMQPContentHeader {
+                                class_id: header.class_id,
+                                body_size: header.body_size,
+                                properties: header.properties.clone().with_headers(headers),
+                            },
+                        );
+                        broker.write_all(&method).await?;
+                        broker.write_all(&encode(&stamped)).await?;
+                    } else {
+                        self.deny(ch, 60, 40, &shared, &to_client, &mut broker)
+                            .await?;
+                        if header.body_size == 0 {
+                            content.remove(&ch);
+                        }
+                    }
+                }
+                AMQPFrame::Body(_, ref body) => {
+                    let Some((remaining, forward)) = content.get_mut(&ch) else {
+                        return self
+                            .unexpected(
+                                &to_client,
+                                "UNEXPECTED_FRAME - body without a content header",
+                            )
+                            .await;
+                    };
+                    *remaining = remaining.saturating_sub(body.len() as u64);
+                    let (done, forward) = (*remaining == 0, *forward);
+                    if done {
+                        content.remove(&ch);
+                    }
+                    if forward {
+                        broker.write_all(&frame.raw).await?;
+                    }
+                }
+                AMQPFrame::Method(_, ref method) => {
+                    if pending.contains_key(&ch) || content.contains_key(&ch) {
+                        return self
+                            .unexpected(
+                                &to_client,
+                                "UNEXPECTED_FRAME - a method inside a content sequence",
+                            )
+                            .await;
+                    }
+                    match self.check_method(vhost, ch, method) {
+                        Some((class_id, method_id)) => {
+                            self.deny(ch, class_id, method_id, &shared, &to_client, &mut broker)
+                                .await?;
+                        }
+                        None => broker.write_all(&frame.raw).await?,
+                    }
+                }
+                _ => broker.write_all(&frame.raw).await?,
+            }
+        }
+    }
+
+    async fn unexpected(
+        &self,
+        to_client: &mpsc::UnboundedSender<Inject>,
+        text: &str,
+    ) -> Result<(), AmqpError> {
+        let _ = to_client.send(Inject::ToClient(
+            0,
+            connection_close(reply::UNEXPECTED_FRAME, text),
+        ));
+        self.record_error(None, text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err(protocol(reply::UNEXPECTED_FRAME, text))
+    }
+
+    /// Closes channel `ch` on both legs after a denial.
+    async fn deny<W: AsyncWrite + Unpin>(
+        &self,
+        ch: u16,
+        class_id: u16,
+        method_id: u16,
+        shared: &Mutex<Shared>,
+        to_client: &mpsc::UnboundedSender<Inject>,
+        broker: &mut W,
+    ) -> Result<(), AmqpError> {
+        shared
+            .lock()
+            .expect("not poisoned")
+            .closing
+            .insert(ch, Closing::default());
+        broker
+            .write_all(&channel_close(
+                ch,
+                reply::SUCCESS,
+                "palisade: operation refused",
+                0,
+                0,
+            ))
+            .await?;
+        let _ = to_client.send(Inject::ToClient(
+            ch,
+            channel_close(
+                ch,
+                reply::ACCESS_REFUSED,
+                "ACCESS_REFUSED - refused by mesh policy (palisade)",
+                class_id,
+                method_id,
+            ),
+        ));
+        Ok(())
+    }
+
+    /// Authorizes a non-publish method; `Some((class, method))` when it is refused.
+    fn check_method(&self, vhost: &str, ch: u16, method: &AMQPClass) -> Option<(u16, u16)> {
+        let s = |v: &ShortString| Some(v.as_str().to_owned());
+        let op = |operation, exchange, routing_key, queue| Op {
+            operation,
+            exchange,
+            routing_key,
+            queue,
+        };
+        // Each operation, and what its arguments would make the broker do.
+        let (checks, ids): (Vec<Op>, (u16, u16)) = match method {
+            AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => {
+                (vec![op("consume", None, None, s(&c.queue))], (60, 20))
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Get(g)) => {
+                (vec![op("get", None, None, s(&g.queue))], (60, 70))
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => {
+                let mut v = vec![op("exchange.declare", s(&d.exchange), None, None)];
+                if let Some(alt) = string_arg(&d.arguments, "alternate-exchange") {
+                    // Unroutable messages are published there.
+                    v.push(op("publish", Some(alt), None, None));
+                }
+                (v, (40, 10))
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => (
+                vec![op("exchange.delete", s(&d.exchange), None, None)],
+                (40, 20),
+            ),
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => (
+                vec![op(
+                    "exchange.bind",
+                    s(&b.destination),
+                    s(&b.routing_key),
+                    None,
+                )],
+                (40, 30),
+            ),
+            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => (
+                vec![op(
+                    "exchange.unbind",
+                    s(&b.destination),
+                    s(&b.routing_key),
+                    None,
+                )],
+                (40, 40),
+            ),
+            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
+                let mut v = vec![op("queue.declare", None, None, s(&d.queue))];
+                if let Some(dlx) = string_arg(&d.arguments, "x-dead-letter-exchange") {
+                    // Dead letters are published there.
+                    let key = string_arg(&d.arguments, "x-dead-letter-routing-key");
+                    v.push(op("publish", Some(dlx), key, None));
+                }
+                (v, (50, 10))
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => (
+                vec![op(
+                    "queue.bind",
+                    s(&b.exchange),
+                    s(&b.routing_key),
+                    s(&b.queue),
+                )],
+                (50, 20),
+            ),
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => (
+                vec![op(
+                    "queue.unbind",
+                    s(&b.exchange),
+                    s(&b.routing_key),
+                    s(&b.queue),
+                )],
+                (50, 50),
+            ),
+            AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
+                (vec![op("queue.purge", None, None, s(&p.queue))], (50, 30))
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
+                (vec![op("queue.delete", None, None, s(&d.queue))], (50, 40))
+            }
+            _ => return None,
+        };
+        let refused = checks.iter().any(|c| {
+            let request = AmqpRequest {
+                operation: c.operation,
+                vhost,
+                exchange: c.exchange.as_deref(),
+                routing_key: c.routing_key.as_deref(),
+                queue: c.queue.as_deref(),
+            };
+            !self.authorize(ch, &request, None)
+        });
+        refused.then_some(ids)
+    }
+
+    /// Every routing key of a publish must be allowed.
+    fn authorize_publish(&self, vhost: &str, ch: u16, exchange: &str, keys: &[String]) -> bool {
+        keys.iter().all(|k| {
+            self.authorize(
+                ch,
+                &AmqpRequest {
+                    operation: "publish",
+                    vhost,
+                    exchange: Some(exchange),
+                    routing_key: Some(k),
+                    queue: None,
+                },
+                Some(keys),
+            )
+        })
+    }
+
+    /// One decision: evaluated, counted and audited.
+    fn authorize(&self, ch: u16, op: &AmqpRequest<'_>, all_keys: Option<&[String]>) -> bool {
+        let own = self.identity.spiffe_id();
+        let service = self.service_name(own.as_ref());
+        let policies = self.policies.load();
+        let decision = match own.as_ref().and_then(SpiffeId::namespace) {
+            Some(namespace) => policies.authorization.evaluate(
+                &Workload {
+                    namespace,
+                    service: &service,
+                },
+                &Request::amqp(own.as_ref(), *op),
+            ),
+            None => return false,
+        };
+        let mut event = AuditEvent::begin("outbound", "amqp");
+        event.source = own.as_ref().map(ToString::to_string);
+        event.destination_service = service.clone();
+        event.destination = self.upstream.addr.clone();
+        event.method = op.operation.to_owned();
+        event.apply_decision(&decision);
+        event.amqp = Some(AmqpAudit {
+            channel: Some(ch),
+            operation: op.operation.to_owned(),
+            vhost: op.vhost.to_owned(),
+            exchange: op.exchange.map(str::to_owned),
+            routing_key: op.routing_key.map(str::to_owned),
+            routing_keys: all_keys.map(<[String]>::to_vec).unwrap_or_default(),
+            queue: op.queue.map(str::to_owned),
+        });
+        self.audit.record(&event);
+        self.metrics.decision(&decision);
+        self.metrics.amqp_operation(op.operation, decision.label());
+        decision.verdict == Verdict::Allow
+    }
+
+    /// Reads the broker's frames and is the application socket's only writer.
+    async fn broker_to_client(
+        &self,
+        mut broker: tokio::net::tcp::OwnedReadHalf,
+        mut client: tokio::net::tcp::OwnedWriteHalf,
+        frame_max: u32,
+        shared: Arc<Mutex<Shared>>,
+        mut injected: mpsc::UnboundedReceiver<Inject>,
+        to_broker: mpsc::UnboundedSender<Inject>,
+    ) -> Result<(), AmqpError> {
+        // Body bytes still to come per channel, toward the application.
+        let mut content: HashMap<u16, u64> = HashMap::new();
+        // Frames made here, waiting for their channel's content sequence to finish.
+        let mut waiting: VecDeque<(u16, Vec<u8>)> = VecDeque::new();
+        loop {
+            // Deliver what may go now.
+            let mut i = 0;
+            while i < waiting.len() {
+                if !content.contains_key(&waiting[i].0) {
+                    let (_, bytes) = waiting.remove(i).expect("in range");
+                    client.write_all(&bytes).await?;
+                } else {
+                    i += 1;
+                }
+            }
+            let frame = tokio::select! {
+                f = read_frame(&mut broker, frame_max) => f,
+                Some(inject) = injected.recv() => {
+                    if let Inject::ToClient(ch, bytes) = inject {
+                        waiting.push_back((ch, bytes));
+                    }
+                    continue;
+                }
+            };
+            let Some(frame) = frame? else { return Ok(()) };
+            let ch = frame.parsed.channel_id();
+            if broker_frame_on_closing(&shared, ch, &frame, &to_broker).is_some() {
+                continue;
+            }
+            match &frame.parsed {
+                AMQPFrame::Header(_, header) if header.body_size > 0 => {
+                    content.insert(ch, header.body_size);
+                }
+                AMQPFrame::Body(_, body) => {
+                    if let Some(remaining) = content.get_mut(&ch) {
+                        *remaining = remaining.saturating_sub(body.len() as u64);
+                        if *remaining == 0 {
+                            content.remove(&ch);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            client.write_all(&frame.raw).await?;
+        }
+    }
+}
+
+/// What to do with an application frame on a channel closed after a denial: `None` if the
+/// channel is not closing; otherwise the held frames it releases (usually none).
+fn client_frame_on_closing(
+    shared: &Mutex<Shared>,
+    ch: u16,
+    frame: &Frame,
+    to_client: &mpsc::UnboundedSender<Inject>,
+) -> Option<VecDeque<Vec<u8>>> {
+    let mut s = shared.lock().expect("not poisoned");
+    let closing = s.closing.get_mut(&ch)?;
+    match &frame.parsed {
+        AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)))
+            if !closing.client_close_ok =>
+        {
+            closing.client_close_ok = true;
+        }
+        AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(_)))
+            if !closing.client_close_ok =>
+        {
+            // Crossing close: answer it; the application is done with the channel.
+            closing.client_close_ok = true;
+            let _ = to_client.send(Inject::ToClient(ch, channel_close_ok(ch)));
+        }
+        // A re-opened channel: held until the broker confirms the close.
+        _ if closing.client_close_ok => closing.held.push_back(frame.raw.clone()),
+        _ => {}
+    }
+    if closing.client_close_ok && closing.broker_close_ok {
+        return s.closing.remove(&ch).map(|c| c.held);
+    }
+    Some(VecDeque::new())
+}
+
+/// The same for a broker frame: `None` if the channel is not closing. When the closing
+/// completes, the held application frames go to the broker's writer.
+fn broker_frame_on_closing(
+    shared: &Mutex<Shared>,
+    ch: u16,
+    frame: &Frame,
+    to_broker: &mpsc::UnboundedSender<Inject>,
+) -> Option<()> {
+    let mut s = shared.lock().expect("not poisoned");
+    let closing = s.closing.get_mut(&ch)?;
+    match &frame.parsed {
+        AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
+            closing.broker_close_ok = true;
+        }
+        AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
+            // Crossing close from the broker: answer it; it counts as confirmed.
+            closing.broker_close_ok = true;
+            let _ = to_broker.send(Inject::ToBroker(channel_close_ok(ch)));
+        }
+        _ => {}
+    }
+    if closing.client_close_ok && closing.broker_close_ok {
+        let done = s.closing.remove(&ch).expect("present");
+        if !done.held.is_empty() {
+            let held: Vec<u8> = done.held.into_iter().flatten().collect();
+            let _ = to_broker.send(Inject::ToBroker(held));
+        }
+    }
+    Some(())
+}
+
+/// A string argument of a declare (`x-dead-letter-exchange` and the like).
+fn string_arg(args: &FieldTable, name: &str) -> Option<String> {
+    match args.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// An operation to authorize, with owned names (they may come from declare arguments).
+struct Op {
+    operation: &'static str,
+    exchange: Option<String>,
+    routing_key: Option<String>,
+    queue: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u = Upstream::parse("amqp://app:s%3Acret@rabbit:5673/%2f", None).unwrap();
+        assert_eq!((u.addr.as_str(), u.vhost.as_str()), ("rabbit:5673", "/"));
+        assert_eq!(
+            (u.username.as_str(), u.password.as_str()),
+            ("app", "s:cret")
+        );
+        let u = Upstream::parse("amqp://rabbit/shop", Some("from-file".into())).unwrap();
+        assert_eq!(
+            (u.addr.as_str(), u.vhost.as_str(), u.password.as_str()),
+            ("rabbit:5672", "shop", "from-file")
+        );
+        assert!(Upstream::parse("http://x", None).is_err());
+        assert!(
+            Upstream::parse("amqps://x", None)
+                .unwrap_err()
+                .contains("not supported yet")
+        );
+    }
+}

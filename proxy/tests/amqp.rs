@@ -1,0 +1,495 @@
+//! The AMQP proxy against the real RabbitMQ on 127.0.0.1:5672, with lapin as the client:
+//! the application talks to its sidecar, the sidecar to the broker with its own
+//! credentials, and every operation is authorized on the way.
+
+mod support;
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use palisade_proxy::RunningSidecar;
+use support::{sidecar_files, start_ready};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    cp: palisade_control_plane::RunningControlPlane,
+    sidecar: RunningSidecar,
+    audit: std::path::PathBuf,
+    exchange: String,
+    queue: String,
+    secret_queue: String,
+    /// A direct connection to the broker, to check what really arrived.
+    direct: Connection,
+}
+
+fn s(v: &str) -> ShortString {
+    ShortString::from(v)
+}
+
+async fn setup() -> Setup {
+    let id = palisade_control_plane::tokens::random_id().unwrap();
+    let exchange = format!("palisade.test.{id}");
+    let queue = format!("palisade.q.{id}");
+    let secret_queue = format!("palisade.secret.{id}");
+    let direct = Connection::connect(BROKER, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ at 127.0.0.1:5672 (see scripts/services)");
+    let ch = direct.create_channel().await.unwrap();
+    ch.exchange_declare(
+        s(&exchange),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for (q, binding) in [(&queue, "order.#"), (&secret_queue, "payment.#")] {
+        ch.queue_declare(
+            s(q),
+            QueueDeclareOptions {
+                auto_delete: false,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            s(q),
+            s(&exchange),
+            s(binding),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let policy = format!(
+        r#"
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: {{ name: orders-amqp, namespace: shop }}
+spec:
+  selector: {{ service: orders }}
+  rules:
+    - from: [ {{ principals: ["spiffe://palisade.local/ns/shop/sa/orders"] }} ]
+      to:
+        - amqp: {{ operations: [publish], vhosts: ["/"], exchanges: ["{exchange}"], routingKeys: ["order.*"] }}
+        - amqp: {{ operations: [consume, get], queues: ["{queue}"] }}
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cp = support::control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, policy).unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let sidecar = start_ready(
+        &cp,
+        dir.path().join("cp/trust-bundle.pem"),
+        &files,
+        &[
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--amqp-upstream",
+            BROKER,
+            "--policy-file",
+            policy_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    Setup {
+        _dir: dir,
+        cp,
+        audit: files.audit,
+        sidecar,
+        exchange,
+        queue,
+        secret_queue,
+        direct,
+    }
+}
+
+impl Setup {
+    /// The application's connection, through its sidecar, with credentials the broker
+    /// would refuse: the sidecar's own are used.
+    async fn app(&self) -> Connection {
+        let uri = format!(
+            "amqp://app:wrong-password@{}/%2f",
+            self.sidecar.amqp_addr.unwrap()
+        );
+        Connection::connect(&uri, ConnectionProperties::default())
+            .await
+            .expect("through the sidecar")
+    }
+
+    /// The next message in `queue`, read straight from the broker.
+    async fn take(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+        let ch = self.direct.create_channel().await.unwrap();
+        for _ in 0..20 {
+            if let Some(m) = ch
+                .basic_get(s(queue), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                return Some(m);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
+
+    async fn stop(self) {
+        let ch = self.direct.create_channel().await.unwrap();
+        for q in [&self.queue, &self.secret_queue] {
+            let _ = ch.queue_delete(s(q), QueueDeleteOptions::default()).await;
+        }
+        self.sidecar.shutdown().await;
+        self.cp.shutdown().await;
+    }
+}
+
+/// A channel in confirm mode on `app`.
+async fn confirming(app: &Connection) -> lapin::Channel {
+    let ch = app.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch
+}
+
+/// Publishes and waits for the broker's confirm (or the channel's refusal).
+async fn publish(
+    ch: &lapin::Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<lapin::Confirmation> {
+    ch.basic_publish(
+        s(exchange),
+        s(key),
+        BasicPublishOptions::default(),
+        body,
+        properties,
+    )
+    .await?
+    .await
+}
+
+fn header(m: &lapin::message::BasicGetMessage, name: &str) -> Option<String> {
+    match m
+        .delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(name)?
+    {
+        AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+#[tokio::test]
+async fn publishes_are_authorized_stamped_and_denials_close_only_their_channel() {
+    let t = setup().await;
+    let app = t.app().await;
+    let ch = confirming(&app).await;
+
+    // Allowed, with a forged publisher header: it arrives stamped with the real one.
+    let mut forged = FieldTable::default();
+    forged.insert(
+        s("x-palisade-publisher"),
+        AMQPValue::LongString(LongString::from("spiffe://evil/ns/x/sa/y")),
+    );
+    let confirm = publish(
+        &ch,
+        &t.exchange,
+        "order.created",
+        b"first",
+        BasicProperties::default().with_headers(forged),
+    )
+    .await
+    .unwrap();
+    assert!(confirm.is_ack());
+    let m = t.take(&t.queue).await.expect("the allowed publish arrives");
+    assert_eq!(m.delivery.data, b"first");
+    assert_eq!(
+        header(&m, "x-palisade-publisher").as_deref(),
+        Some("spiffe://palisade.local/ns/shop/sa/orders")
+    );
+
+    // A second channel, to show it is unaffected by the denial on the first.
+    let other = confirming(&app).await;
+
+    // Denied routing key: 403 on that channel, nothing reaches any queue.
+    let outcome = publish(
+        &ch,
+        &t.exchange,
+        "payment.captured",
+        b"nope",
+        BasicProperties::default(),
+    )
+    .await;
+    let err = outcome.expect_err("a denied publish fails");
+    assert!(
+        err.to_string().contains("ACCESS_REFUSED") || err.to_string().contains("403"),
+        "{err}"
+    );
+    assert!(
+        t.take(&t.queue).await.is_none(),
+        "the denied message reached the queue"
+    );
+    assert!(
+        t.take(&t.secret_queue).await.is_none(),
+        "the denied message reached the queue bound to payment.#"
+    );
+
+    // The other channel keeps publishing with confirms.
+    for i in 0..20 {
+        let c = publish(
+            &other,
+            &t.exchange,
+            "order.paid",
+            format!("m{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+        assert!(c.is_ack(), "confirm {i}");
+    }
+    for i in 0..20 {
+        let m = t
+            .take(&t.queue)
+            .await
+            .expect("published on the other channel");
+        assert_eq!(m.delivery.data, format!("m{i}").as_bytes());
+    }
+
+    // A routing key smuggled in CC is refused too.
+    let again = confirming(&app).await;
+    let mut cc = FieldTable::default();
+    cc.insert(
+        s("CC"),
+        AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::LongString(
+            LongString::from("payment.secret"),
+        )])),
+    );
+    let smuggled = publish(
+        &again,
+        &t.exchange,
+        "order.created",
+        b"cc",
+        BasicProperties::default().with_headers(cc),
+    )
+    .await;
+    assert!(
+        smuggled.is_err(),
+        "a CC routing key outside the policy must be refused"
+    );
+    assert!(t.take(&t.secret_queue).await.is_none());
+    assert!(t.take(&t.queue).await.is_none());
+
+    // A re-opened channel works.
+    let reopened = confirming(&app).await;
+    let c = publish(
+        &reopened,
+        &t.exchange,
+        "order.created",
+        b"after",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    assert!(c.is_ack());
+    assert_eq!(t.take(&t.queue).await.unwrap().delivery.data, b"after");
+
+    // Every decision is audited, with the AMQP detail.
+    let audit = std::fs::read_to_string(&t.audit).unwrap_or_default();
+    let denial = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["decision"] == "deny" && v["amqp"]["routing_key"] == "payment.captured")
+        .expect("an audit line for the denied publish");
+    assert_eq!(denial["protocol"], "amqp");
+    assert_eq!(denial["amqp"]["exchange"], t.exchange.as_str());
+    let _ = app.close(200, s("bye")).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn large_messages_many_confirms_and_refused_consumes() {
+    let t = setup().await;
+    let app = t.app().await;
+    let ch = confirming(&app).await;
+    // Larger than frame_max: several body frames, intact.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let c = publish(
+        &ch,
+        &t.exchange,
+        "order.big",
+        &big,
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    assert!(c.is_ack());
+    assert_eq!(t.take(&t.queue).await.unwrap().delivery.data, big);
+
+    // A stream of 10,000 publishes with confirms, all acknowledged.
+    let mut confirms = Vec::with_capacity(10_000);
+    for i in 0..10_000u32 {
+        confirms.push(
+            ch.basic_publish(
+                s(&t.exchange),
+                s("order.bulk"),
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for (i, c) in confirms.into_iter().enumerate() {
+        assert!(c.await.unwrap().is_ack(), "confirm {i}");
+    }
+    let direct = t.direct.create_channel().await.unwrap();
+    let q = direct
+        .queue_declare(
+            s(&t.queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 10_000);
+
+    // Consuming a queue the policy does not name: 403.
+    let other = app.create_channel().await.unwrap();
+    let refused = other
+        .basic_consume(
+            s(&t.secret_queue),
+            s("c1"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let err = refused.expect_err("consume of an unauthorized queue is refused");
+    assert!(
+        err.to_string().contains("ACCESS_REFUSED") || err.to_string().contains("403"),
+        "{err}"
+    );
+    // Consuming the allowed one works.
+    let ok = app.create_channel().await.unwrap();
+    ok.basic_consume(
+        s(&t.queue),
+        s("c2"),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("consume of the allowed queue");
+    let _ = app.close(200, s("bye")).await;
+    t.stop().await;
+}
+
+/// Reads frames from a raw socket until a connection.close arrives; returns its reply code.
+async fn close_code(tcp: &mut tokio::net::TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        // frames: type(1) channel(2) size(4) payload end(1); method payload: class(2) method(2) args
+        let mut at = 0;
+        while buf.len() >= at + 7 {
+            let size =
+                u32::from_be_bytes([buf[at + 3], buf[at + 4], buf[at + 5], buf[at + 6]]) as usize;
+            if buf.len() < at + 8 + size {
+                break;
+            }
+            let payload = &buf[at + 7..at + 7 + size];
+            if buf[at] == 1 && payload.len() >= 6 && payload[0..4] == [0, 10, 0, 50] {
+                return Some(u16::from_be_bytes([payload[4], payload[5]]));
+            }
+            at += 8 + size;
+        }
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn malformed_input_ends_that_connection_with_the_right_error() {
+    let t = setup().await;
+    let addr = t.sidecar.amqp_addr.unwrap();
+    // Another protocol: the sidecar answers with the header it speaks, then closes.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut back = Vec::new();
+    let mut chunk = [0u8; 64];
+    while let Ok(n) = tcp.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        back.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(back, b"AMQP\x00\x00\x09\x01");
+
+    // A frame announcing 16 MB: refused before it is read (501 FRAME_ERROR).
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+    tcp.write_all(&[1, 0, 0, 0x01, 0, 0, 0]).await.unwrap();
+    assert_eq!(close_code(&mut tcp).await, Some(501));
+
+    // A frame with a bad end octet (501).
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+    tcp.write_all(&[8, 0, 0, 0, 0, 0, 0, 0xAB]).await.unwrap();
+    assert_eq!(close_code(&mut tcp).await, Some(501));
+
+    // A method frame that does not decode (502 SYNTAX_ERROR): connection.start-ok with a
+    // truncated argument list.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+    tcp.write_all(&[1, 0, 0, 0, 0, 0, 5, 0, 10, 0, 11, 0xFF, 0xCE])
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut tcp).await, Some(502));
+
+    // The sidecar still serves others.
+    let app = t.app().await;
+    let ch = confirming(&app).await;
+    let c = publish(
+        &ch,
+        &t.exchange,
+        "order.ok",
+        b"ok",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    assert!(c.is_ack());
+    let _ = app.close(200, s("bye")).await;
+    t.stop().await;
+}
