@@ -23,7 +23,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame, parse_frame};
 use amq_protocol::protocol::{AMQPClass, basic, channel, connection, exchange, queue};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use arc_swap::ArcSwap;
@@ -38,6 +38,7 @@ use crate::audit::{AmqpAudit, AuditEvent, AuditLog};
 use crate::identity::IdentityManager;
 use crate::inbound::Policies;
 use crate::metrics::HttpMetrics;
+use crate::provenance;
 
 /// AMQP 0-9-1's protocol header.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -146,6 +147,109 @@ pub struct Amqp {
     pub upstream: Upstream,
     pub audit: AuditLog,
     pub metrics: HttpMetrics,
+    pub provenance: ProvenanceSettings,
+}
+
+/// Publisher provenance ([`crate::provenance`]), switchable per sidecar.
+#[derive(Debug, Clone)]
+pub struct ProvenanceSettings {
+    /// Sign the messages this workload publishes.
+    pub sign: bool,
+    /// Verify the messages this workload receives (and strip what does not verify).
+    pub verify: bool,
+    /// Messages larger than this are passed on unsigned / unverified (they would have to
+    /// be held whole), and counted.
+    pub max_message_bytes: u64,
+    /// Oldest signature accepted.
+    pub max_age: Duration,
+}
+
+/// A content sequence from the application in progress on one channel.
+struct Outgoing {
+    remaining: u64,
+    /// With signing: everything held until the body is complete.
+    held: Option<Held>,
+}
+
+/// A message held whole: its method, header and body frames, and the running body hash.
+struct Held {
+    method: Vec<u8>,
+    header: Option<AMQPContentHeader>,
+    exchange: String,
+    routing_key: String,
+    bodies: Vec<Vec<u8>>,
+    hash: ring::digest::Context,
+    remaining: u64,
+}
+
+impl Held {
+    /// The message with its header restamped by `headers` (given the header, exchange,
+    /// routing key and body hash), ready to write.
+    fn finish(
+        self,
+        ch: u16,
+        headers: impl FnOnce(&AMQPContentHeader, &str, &str, &[u8]) -> Vec<(&'static str, String)>,
+    ) -> Vec<u8> {
+        let header = self.header.expect("held after its header");
+        let digest = self.hash.finish();
+        let set = headers(&header, &self.exchange, &self.routing_key, digest.as_ref());
+        let mut out = self.method;
+        out.extend(restamp(ch, &header, &set));
+        for b in self.bodies {
+            out.extend(b);
+        }
+        out
+    }
+
+    fn new(method: Vec<u8>, exchange: String, routing_key: String) -> Self {
+        Held {
+            method,
+            header: None,
+            exchange,
+            routing_key,
+            bodies: Vec::new(),
+            hash: ring::digest::Context::new(&ring::digest::SHA256),
+            remaining: 0,
+        }
+    }
+}
+
+/// The header frame with `set` added and the provenance headers an application could forge
+/// removed.
+fn restamp(ch: u16, header: &AMQPContentHeader, set: &[(&str, String)]) -> Vec<u8> {
+    let mut headers = header.properties.headers().clone().unwrap_or_default();
+    let mut kept = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != PUBLISHER_HEADER
+            && k.as_str() != provenance::SIGNATURE_HEADER
+            && k.as_str() != provenance::VERIFIED_HEADER
+        {
+            kept.insert(k.clone(), v.clone());
+        }
+    }
+    headers = kept;
+    for (k, v) in set {
+        headers.insert(
+            ShortString::from(*k),
+            AMQPValue::LongString(LongString::from(v.clone().into_bytes())),
+        );
+    }
+    encode(&AMQPFrame::Header(
+        ch,
+        AMQPContentHeader {
+            class_id: header.class_id,
+            body_size: header.body_size,
+            properties: header.properties.clone().with_headers(headers),
+        },
+    ))
+}
+
+fn header_text(header: &AMQPContentHeader, name: &str) -> Option<String> {
+    match header.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(v) => String::from_utf8(v.as_bytes().to_vec()).ok(),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Amqp {
@@ -496,8 +600,8 @@ impl Amqp {
     ) -> Result<(), AmqpError> {
         // A publish waiting for its content header: (channel, method bytes, exchange, key).
         let mut pending: HashMap<u16, (Vec<u8>, String, String)> = HashMap::new();
-        // Body bytes still to come per channel: (remaining, forward?).
-        let mut content: HashMap<u16, (u64, bool)> = HashMap::new();
+        // Content sequences in progress, per channel.
+        let mut content: HashMap<u16, Outgoing> = HashMap::new();
         loop {
             let frame = tokio::select! {
                 f = read_frame(&mut client, frame_max) => f,
@@ -574,41 +678,55 @@ impl Amqp {
                         }
                     }
                     let allowed = self.authorize_publish(vhost, ch, &exchange, &keys);
-                    // A refused publish's body is swallowed with the closing channel.
-                    if allowed && header.body_size > 0 {
-                        content.insert(ch, (header.body_size, true));
+                    if !allowed {
+                        // The body is swallowed with the closing channel.
+                        self.deny(ch, 60, 40, &shared, &to_client, &mut broker)
+                            .await?;
+                        continue;
                     }
-                    if allowed {
+                    let sign = self.provenance.sign
+                        && header.body_size <= self.provenance.max_message_bytes;
+                    if self.provenance.sign && !sign {
+                        self.metrics.provenance("sign", "too_large");
+                    }
+                    if sign {
+                        let mut held = Held::new(method, exchange, keys.swap_remove(0));
+                        held.remaining = header.body_size;
+                        held.header = Some(header);
+                        if held.remaining == 0 {
+                            broker.write_all(&self.signed(ch, held)).await?;
+                        } else {
+                            content.insert(
+                                ch,
+                                Outgoing {
+                                    remaining: 0,
+                                    held: Some(held),
+                                },
+                            );
+                        }
+                    } else {
                         let own = self
                             .identity
                             .spiffe_id()
                             .map(|id| id.to_string())
                             .unwrap_or_default();
-                        let mut headers = header.properties.headers().clone().unwrap_or_default();
-                        headers.insert(
-                            ShortString::from(PUBLISHER_HEADER),
-                            AMQPValue::LongString(LongString::from(own.into_bytes())),
-                        );
-                        let stamped = AMQPFrame::Header(
-                            ch,
-                            amq_protocol::frame::AMQPContentHeader {
-                                class_id: header.class_id,
-                                body_size: header.body_size,
-                                properties: header.properties.clone().with_headers(headers),
-                            },
-                        );
                         broker.write_all(&method).await?;
-                        broker.write_all(&encode(&stamped)).await?;
-                    } else {
-                        self.deny(ch, 60, 40, &shared, &to_client, &mut broker)
+                        broker
+                            .write_all(&restamp(ch, &header, &[(PUBLISHER_HEADER, own)]))
                             .await?;
-                        if header.body_size == 0 {
-                            content.remove(&ch);
+                        if header.body_size > 0 {
+                            content.insert(
+                                ch,
+                                Outgoing {
+                                    remaining: header.body_size,
+                                    held: None,
+                                },
+                            );
                         }
                     }
                 }
                 AMQPFrame::Body(_, ref body) => {
-                    let Some((remaining, forward)) = content.get_mut(&ch) else {
+                    let Some(out) = content.get_mut(&ch) else {
                         return self
                             .unexpected(
                                 &to_client,
@@ -616,13 +734,24 @@ impl Amqp {
                             )
                             .await;
                     };
-                    *remaining = remaining.saturating_sub(body.len() as u64);
-                    let (done, forward) = (*remaining == 0, *forward);
-                    if done {
-                        content.remove(&ch);
-                    }
-                    if forward {
-                        broker.write_all(&frame.raw).await?;
+                    match &mut out.held {
+                        Some(held) => {
+                            held.hash.update(body);
+                            held.remaining = held.remaining.saturating_sub(body.len() as u64);
+                            held.bodies.push(frame.raw);
+                            if held.remaining == 0 {
+                                let held =
+                                    content.remove(&ch).and_then(|o| o.held).expect("present");
+                                broker.write_all(&self.signed(ch, held)).await?;
+                            }
+                        }
+                        None => {
+                            out.remaining = out.remaining.saturating_sub(body.len() as u64);
+                            if out.remaining == 0 {
+                                content.remove(&ch);
+                            }
+                            broker.write_all(&frame.raw).await?;
+                        }
                     }
                 }
                 AMQPFrame::Method(_, ref method) => {
@@ -645,6 +774,72 @@ impl Amqp {
                 _ => broker.write_all(&frame.raw).await?,
             }
         }
+    }
+
+    /// A held delivery with its provenance checked: the application sees
+    /// `x-palisade-verified-publisher` only for a valid signature, and never the signature
+    /// itself or a forged verified header.
+    fn verified(&self, ch: u16, held: Held) -> Vec<u8> {
+        held.finish(ch, |header, exchange, routing_key, digest| {
+            let publisher = header_text(header, PUBLISHER_HEADER);
+            let outcome = match (
+                header_text(header, provenance::SIGNATURE_HEADER),
+                &publisher,
+            ) {
+                (Some(jws), Some(publisher)) => provenance::verify(
+                    &self.identity.bundle().load(),
+                    &jws,
+                    publisher,
+                    provenance::Message {
+                        exchange,
+                        routing_key,
+                        body_sha256: digest,
+                    },
+                    self.provenance.max_age,
+                ),
+                _ => Err(provenance::ProvenanceError::Missing),
+            };
+            let mut set = Vec::with_capacity(2);
+            if let Some(p) = publisher {
+                // Kept as information; only the verified header is to be trusted.
+                set.push((PUBLISHER_HEADER, p));
+            }
+            match outcome {
+                Ok(id) => {
+                    self.metrics.provenance("verify", "ok");
+                    set.push((provenance::VERIFIED_HEADER, id.to_string()));
+                }
+                Err(e) => {
+                    self.metrics.provenance("verify", e.label());
+                    tracing::debug!(target: "palisade::provenance", reason = %e, %exchange,
+                        %routing_key, "message without a verified publisher");
+                }
+            }
+            set
+        })
+    }
+
+    /// A held publish, stamped with the publisher and its signature, ready for the broker.
+    fn signed(&self, ch: u16, held: Held) -> Vec<u8> {
+        held.finish(ch, |_, exchange, routing_key, digest| {
+            let mut set = Vec::with_capacity(2);
+            if let Some(identity) = self.identity.slot().get() {
+                set.push((PUBLISHER_HEADER, identity.spiffe_id.to_string()));
+                let message = provenance::Message {
+                    exchange,
+                    routing_key,
+                    body_sha256: digest,
+                };
+                match provenance::sign(&identity, message) {
+                    Some(jws) => {
+                        set.push((provenance::SIGNATURE_HEADER, jws));
+                        self.metrics.provenance("sign", "ok");
+                    }
+                    None => self.metrics.provenance("sign", "failed"),
+                }
+            }
+            set
+        })
     }
 
     async fn unexpected(
@@ -858,6 +1053,8 @@ impl Amqp {
     ) -> Result<(), AmqpError> {
         // Body bytes still to come per channel, toward the application.
         let mut content: HashMap<u16, u64> = HashMap::new();
+        // Deliveries held whole for verification, per channel.
+        let mut holding: HashMap<u16, Held> = HashMap::new();
         // Frames made here, waiting for their channel's content sequence to finish.
         let mut waiting: VecDeque<(u16, Vec<u8>)> = VecDeque::new();
         loop {
@@ -884,6 +1081,56 @@ impl Amqp {
             let ch = frame.parsed.channel_id();
             if broker_frame_on_closing(&shared, ch, &frame, &to_broker).is_some() {
                 continue;
+            }
+            if self.provenance.verify {
+                match &frame.parsed {
+                    // A delivery starts: hold it until its body is complete.
+                    AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Deliver(d))) => {
+                        holding.insert(
+                            ch,
+                            Held::new(frame.raw, d.exchange.to_string(), d.routing_key.to_string()),
+                        );
+                        continue;
+                    }
+                    AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::GetOk(g))) => {
+                        holding.insert(
+                            ch,
+                            Held::new(frame.raw, g.exchange.to_string(), g.routing_key.to_string()),
+                        );
+                        continue;
+                    }
+                    AMQPFrame::Header(_, header) if holding.contains_key(&ch) => {
+                        let mut held = holding.remove(&ch).expect("present");
+                        if header.body_size > self.provenance.max_message_bytes {
+                            // Too large to hold: passed on without a verified publisher.
+                            self.metrics.provenance("verify", "too_large");
+                            client.write_all(&held.method).await?;
+                            client.write_all(&restamp(ch, header, &[])).await?;
+                            content.insert(ch, header.body_size);
+                            continue;
+                        }
+                        held.remaining = header.body_size;
+                        held.header = Some(header.clone());
+                        if held.remaining == 0 {
+                            client.write_all(&self.verified(ch, held)).await?;
+                        } else {
+                            holding.insert(ch, held);
+                        }
+                        continue;
+                    }
+                    AMQPFrame::Body(_, body) if holding.contains_key(&ch) => {
+                        let held = holding.get_mut(&ch).expect("present");
+                        held.hash.update(body);
+                        held.remaining = held.remaining.saturating_sub(body.len() as u64);
+                        held.bodies.push(frame.raw);
+                        if held.remaining == 0 {
+                            let held = holding.remove(&ch).expect("present");
+                            client.write_all(&self.verified(ch, held)).await?;
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
             }
             match &frame.parsed {
                 AMQPFrame::Header(_, header) if header.body_size > 0 => {

@@ -166,6 +166,25 @@ pub struct Config {
     #[arg(long, env = "PALISADE_AMQP_PASSWORD_FILE")]
     pub amqp_password_file: Option<PathBuf>,
 
+    /// Sign every message this workload publishes (x-palisade-signature: the publisher,
+    /// exchange, routing key, time and body hash, signed with the workload's key).
+    #[arg(long, env = "PALISADE_AMQP_SIGN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub amqp_sign: bool,
+
+    /// Verify the signature of every message this workload receives; the application sees
+    /// x-palisade-verified-publisher only for a valid one.
+    #[arg(long, env = "PALISADE_AMQP_VERIFY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub amqp_verify: bool,
+
+    /// Largest message signed or verified (it is held whole for the body hash); larger ones
+    /// pass unsigned / unverified, and are counted.
+    #[arg(long, env = "PALISADE_AMQP_MAX_SIGNED_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub amqp_max_signed_bytes: u64,
+
+    /// Oldest signature a consumer accepts (messages can wait in queues).
+    #[arg(long, env = "PALISADE_AMQP_SIGNATURE_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub amqp_signature_max_age: Duration,
+
     /// Longest wait between retries when the control plane cannot be reached (e.g. 30s).
     #[arg(long, env = "PALISADE_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_backoff: Duration,

@@ -6,6 +6,7 @@
 //! - [`inbound`]: mTLS in, authorize, forward to the application.
 //! - [`outbound`]: from the application to other services, over pooled mTLS, with secure naming.
 //! - [`amqp`]: the AMQP 0-9-1 proxy: credential injection and authorization of every operation.
+//! - [`provenance`]: signing and verifying who published an AMQP message.
 //! - [`tcp`]: opaque TCP ports, authorized on identity and port, piped both ways.
 //! - [`server`]: HTTP limits and idle connections, for both listeners.
 //! - [`audit`]: one JSON line per decision; [`metrics`]: data-plane counters.
@@ -23,6 +24,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod provenance;
 pub mod server;
 pub mod sidecar;
 pub mod tcp;

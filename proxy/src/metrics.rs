@@ -20,6 +20,7 @@ pub struct HttpMetrics {
     tcp_connections: IntCounterVec,
     tcp_bytes: IntCounterVec,
     amqp_operations: IntCounterVec,
+    provenance: IntCounterVec,
     pub policy_version: IntGauge,
     pub audit_dropped: IntCounter,
 }
@@ -96,6 +97,13 @@ impl HttpMetrics {
             ),
             &["operation", "decision"],
         )?;
+        let provenance = IntCounterVec::new(
+            Opts::new(
+                "palisade_proxy_amqp_provenance_total",
+                "Publisher signatures made (sign) and checked (verify), by result.",
+            ),
+            &["operation", "result"],
+        )?;
         let policy_version = IntGauge::new(
             "palisade_proxy_policy_version",
             "Version of the policy set in force.",
@@ -112,6 +120,7 @@ impl HttpMetrics {
         registry.register(Box::new(tcp_connections.clone()))?;
         registry.register(Box::new(tcp_bytes.clone()))?;
         registry.register(Box::new(amqp_operations.clone()))?;
+        registry.register(Box::new(provenance.clone()))?;
         registry.register(Box::new(policy_version.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
         Ok(Self {
@@ -123,6 +132,7 @@ impl HttpMetrics {
             tcp_connections,
             tcp_bytes,
             amqp_operations,
+            provenance,
             policy_version,
             audit_dropped,
         })
@@ -179,6 +189,12 @@ impl HttpMetrics {
     pub fn amqp_operation(&self, operation: &str, decision: &str) {
         self.amqp_operations
             .with_label_values(&[operation, decision])
+            .inc();
+    }
+
+    pub fn provenance(&self, operation: &str, result: &str) {
+        self.provenance
+            .with_label_values(&[operation, result])
             .inc();
     }
 

@@ -228,6 +228,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
                 upstream,
                 audit: inbound.audit.clone(),
                 metrics: inbound.metrics.clone(),
+                provenance: crate::amqp::ProvenanceSettings {
+                    sign: config.amqp_sign,
+                    verify: config.amqp_verify,
+                    max_message_bytes: config.amqp_max_signed_bytes,
+                    max_age: config.amqp_signature_max_age,
+                },
             });
             Some((listener, amqp))
         }

@@ -22,6 +22,8 @@ struct Setup {
     _dir: tempfile::TempDir,
     cp: palisade_control_plane::RunningControlPlane,
     sidecar: RunningSidecar,
+    /// The consumer's sidecar (shop/payments), which verifies provenance.
+    consumer: RunningSidecar,
     audit: std::path::PathBuf,
     exchange: String,
     queue: String,
@@ -87,31 +89,50 @@ spec:
       to:
         - amqp: {{ operations: [publish], vhosts: ["/"], exchanges: ["{exchange}"], routingKeys: ["order.*"] }}
         - amqp: {{ operations: [consume, get], queues: ["{queue}"] }}
+---
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: {{ name: payments-amqp, namespace: shop }}
+spec:
+  selector: {{ service: payments }}
+  rules:
+    - to: [ {{ amqp: {{ operations: [consume, get], queues: ["{queue}"] }} }} ]
 "#
     );
     let dir = tempfile::tempdir().unwrap();
     let cp = support::control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
     let policy_file = dir.path().join("policy.yaml");
     std::fs::write(&policy_file, policy).unwrap();
-    let files = sidecar_files(&cp, dir.path(), "orders").await;
-    let sidecar = start_ready(
-        &cp,
-        dir.path().join("cp/trust-bundle.pem"),
-        &files,
-        &[
-            "--amqp-listen",
-            "127.0.0.1:0",
-            "--amqp-upstream",
-            BROKER,
-            "--policy-file",
-            policy_file.to_str().unwrap(),
-        ],
-    )
-    .await;
+    // The publisher (shop/orders) and the consumer (shop/payments), each with its sidecar.
+    let mut sidecars = Vec::new();
+    let mut audit_files = Vec::new();
+    for sa in ["orders", "payments"] {
+        let files = sidecar_files(&cp, dir.path(), sa).await;
+        sidecars.push(
+            start_ready(
+                &cp,
+                dir.path().join("cp/trust-bundle.pem"),
+                &files,
+                &[
+                    "--amqp-listen",
+                    "127.0.0.1:0",
+                    "--amqp-upstream",
+                    BROKER,
+                    "--policy-file",
+                    policy_file.to_str().unwrap(),
+                ],
+            )
+            .await,
+        );
+        audit_files.push(files.audit);
+    }
+    let consumer = sidecars.pop().unwrap();
+    let sidecar = sidecars.pop().unwrap();
     Setup {
         _dir: dir,
         cp,
-        audit: files.audit,
+        consumer,
+        audit: audit_files.swap_remove(0),
         sidecar,
         exchange,
         queue,
@@ -131,6 +152,14 @@ impl Setup {
         Connection::connect(&uri, ConnectionProperties::default())
             .await
             .expect("through the sidecar")
+    }
+
+    /// The consumer application's connection, through its own sidecar.
+    async fn consumer_app(&self) -> Connection {
+        let uri = format!("amqp://{}/%2f", self.consumer.amqp_addr.unwrap());
+        Connection::connect(&uri, ConnectionProperties::default())
+            .await
+            .expect("through the consumer's sidecar")
     }
 
     /// The next message in `queue`, read straight from the broker.
@@ -155,6 +184,7 @@ impl Setup {
             let _ = ch.queue_delete(s(q), QueueDeleteOptions::default()).await;
         }
         self.sidecar.shutdown().await;
+        self.consumer.shutdown().await;
         self.cp.shutdown().await;
     }
 }
@@ -491,5 +521,129 @@ async fn malformed_input_ends_that_connection_with_the_right_error() {
     .unwrap();
     assert!(c.is_ack());
     let _ = app.close(200, s("bye")).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn consumers_see_a_verified_publisher_only_for_valid_signatures() {
+    use futures_lite::StreamExt;
+    let t = setup().await;
+    let publisher = t.app().await;
+    let ch = confirming(&publisher).await;
+    publish(
+        &ch,
+        &t.exchange,
+        "order.signed",
+        b"genuine",
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap();
+    // Straight from the broker: signed, with the publisher.
+    let raw = t.take(&t.queue).await.expect("published");
+    let signature =
+        header(&raw, "x-palisade-signature").expect("signed by the publisher's sidecar");
+    let orders = "spiffe://palisade.local/ns/shop/sa/orders";
+
+    // Put back: the genuine message, a tampered copy, and a forgery without a signature.
+    let direct = confirming(&t.direct).await;
+    let with = |extra: &[(&str, &str)]| {
+        let mut h = FieldTable::default();
+        for (k, v) in extra {
+            h.insert(
+                s(k),
+                AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+            );
+        }
+        BasicProperties::default().with_headers(h)
+    };
+    let genuine = [
+        ("x-palisade-publisher", orders),
+        ("x-palisade-signature", signature.as_str()),
+    ];
+    let forged = [
+        ("x-palisade-publisher", orders),
+        ("x-palisade-verified-publisher", orders),
+    ];
+    for (body, headers) in [
+        (&b"genuine"[..], &genuine),
+        (b"tampered", &genuine),
+        (b"forged", &forged),
+    ] {
+        publish(&direct, &t.exchange, "order.signed", body, with(headers))
+            .await
+            .unwrap();
+    }
+
+    // The consumer reads through its sidecar (basic.get, then basic.consume).
+    let app = t.consumer_app().await;
+    let rx = app.create_channel().await.unwrap();
+    let first = rx
+        .basic_get(s(&t.queue), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the genuine message");
+    assert_eq!(first.delivery.data, b"genuine");
+    assert_eq!(
+        header(&first, "x-palisade-verified-publisher").as_deref(),
+        Some(orders)
+    );
+    assert_eq!(
+        header(&first, "x-palisade-signature"),
+        None,
+        "the signature is not passed on"
+    );
+    let mut consumer = rx
+        .basic_consume(
+            s(&t.queue),
+            s("verify"),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for body in [&b"tampered"[..], b"forged"] {
+        let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .expect("delivered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.data, body);
+        let verified = d
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-palisade-verified-publisher"))
+            .map(|v| format!("{v:?}"));
+        assert_eq!(
+            verified,
+            None,
+            "{:?} must not look verified",
+            String::from_utf8_lossy(body)
+        );
+    }
+    let (_, metrics) = support::admin_get(&t.consumer, "/metrics").await;
+    assert!(
+        metrics
+            .contains(r#"palisade_proxy_amqp_provenance_total{operation="verify",result="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"palisade_proxy_amqp_provenance_total{operation="verify",result="bad_signature"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"palisade_proxy_amqp_provenance_total{operation="verify",result="missing"} 1"#
+        ),
+        "{metrics}"
+    );
+    let _ = app.close(200, s("bye")).await;
+    let _ = publisher.close(200, s("bye")).await;
     t.stop().await;
 }
