@@ -109,9 +109,14 @@ enum Command {
         /// The caller's SPIFFE ID.
         #[arg(long)]
         from: String,
-        /// The destination service: NAME.NAMESPACE, or NAME in the caller's namespace.
+        /// The destination service: NAME.NAMESPACE, or NAME in the caller's namespace. For
+        /// AMQP, the publishing workload's own service (default: --from's service account).
         #[arg(long)]
-        to: String,
+        to: Option<String>,
+        /// Simulate an AMQP publish instead of an HTTP request: EXCHANGE:ROUTING_KEY, with
+        /// more keys comma-separated as CC would add them (e.g. shop.events:order.created).
+        #[arg(long)]
+        amqp_publish: Option<String>,
         #[arg(long, default_value = "GET")]
         method: String,
         #[arg(long, default_value = "/")]
@@ -319,20 +324,27 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
         Command::Simulate {
             from,
             to,
+            amqp_publish,
             method,
             path,
             headers,
             port,
             proposed,
         } => {
+            let target = match &amqp_publish {
+                Some(spec) => mesh::Target::AmqpPublish(spec),
+                None => mesh::Target::Http {
+                    method: &method,
+                    path: &path,
+                    headers: &headers,
+                    port,
+                },
+            };
             mesh::simulate(
                 &api,
                 &from,
-                &to,
-                &method,
-                &path,
-                &headers,
-                port,
+                to.as_deref(),
+                target,
                 proposed.as_deref(),
                 cli.output,
             )

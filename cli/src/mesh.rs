@@ -179,47 +179,74 @@ pub async fn delete(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What `simulate` asks about.
+pub enum Target<'a> {
+    Http {
+        method: &'a str,
+        path: &'a str,
+        headers: &'a [String],
+        port: u16,
+    },
+    /// `EXCHANGE:KEY[,KEY...]`.
+    AmqpPublish(&'a str),
+}
+
 pub async fn simulate(
     api: &ApiClient,
     from: &str,
-    to: &str,
-    method: &str,
-    path: &str,
-    headers: &[String],
-    port: u16,
+    to: Option<&str>,
+    target: Target<'_>,
     proposed: Option<&str>,
     output: Output,
 ) -> Result<(), ApiError> {
-    let (service, namespace) = match to.split_once('.') {
-        Some((s, ns)) => (s.to_owned(), ns.to_owned()),
-        None => {
-            let ns = from
-                .split("/ns/")
-                .nth(1)
-                .and_then(|rest| rest.split('/').next())
-                .ok_or_else(|| {
-                    ApiError::Usage(
-                        "--to SERVICE.NAMESPACE (or --from a SPIFFE ID with a namespace)".into(),
-                    )
-                })?;
-            (to.to_owned(), ns.to_owned())
+    let (from_ns, from_sa) = from
+        .split("/ns/")
+        .nth(1)
+        .and_then(|rest| rest.split_once("/sa/"))
+        .ok_or_else(|| ApiError::Usage(format!("--from {from:?} is not a workload SPIFFE ID")))?;
+    let to = match (to, &target) {
+        (Some(t), _) => t.to_owned(),
+        (None, Target::AmqpPublish(_)) => from_sa.to_owned(),
+        (None, Target::Http { .. }) => {
+            return Err(ApiError::Usage(
+                "--to SERVICE[.NAMESPACE] is required".into(),
+            ));
         }
     };
-    let mut header_map = serde_json::Map::new();
-    for h in headers {
-        let (k, v) = h
-            .split_once('=')
-            .or_else(|| h.split_once(':'))
-            .ok_or_else(|| ApiError::Usage(format!("-H {h:?} is not NAME=VALUE")))?;
-        header_map.insert(k.trim().to_owned(), json!(v.trim()));
+    let (service, namespace) = match to.split_once('.') {
+        Some((s, ns)) => (s.to_owned(), ns.to_owned()),
+        None => (to.clone(), from_ns.to_owned()),
+    };
+    let mut request = json!({"source": from, "namespace": namespace, "service": service});
+    match target {
+        Target::Http {
+            method,
+            path,
+            headers,
+            port,
+        } => {
+            let mut header_map = serde_json::Map::new();
+            for h in headers {
+                let (k, v) = h
+                    .split_once('=')
+                    .or_else(|| h.split_once(':'))
+                    .ok_or_else(|| ApiError::Usage(format!("-H {h:?} is not NAME=VALUE")))?;
+                header_map.insert(k.trim().to_owned(), json!(v.trim()));
+            }
+            request["http"] =
+                json!({"method": method, "path": path, "headers": header_map, "port": port});
+        }
+        Target::AmqpPublish(spec) => {
+            let (exchange, keys) = spec.split_once(':').ok_or_else(|| {
+                ApiError::Usage(format!(
+                    "--amqp-publish {spec:?} is not EXCHANGE:ROUTING_KEY"
+                ))
+            })?;
+            let keys: Vec<&str> = keys.split(',').collect();
+            request["amqp"] =
+                json!({"operation": "publish", "exchange": exchange, "routingKeys": keys});
+        }
     }
-    let mut request = json!({
-        "source": from,
-        "namespace": namespace,
-        "service": service,
-        "http": {"method": method, "path": path, "headers": header_map, "port": port},
-    });
     if let Some(file) = proposed {
         request["proposed"] = json!(read_input(file)?);
     }
@@ -396,15 +423,24 @@ pub fn findings(resources: &[Value], workloads: &[Value], mesh_version: i64) -> 
         }
         if let Some(svc) = p["spec"]["selector"]["service"].as_str() {
             let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
-            let exists = services.iter().any(|s| {
+            let registered = services.iter().any(|s| {
                 s["metadata"]["name"] == svc
                     && (s["metadata"]["namespace"] == ns || ns == "palisade-system")
             });
-            if !exists {
+            // A workload that only publishes or calls out has no Service entry, but its
+            // sidecar reports in (service = its service account by default).
+            let running = workloads.iter().any(|w| {
+                let id = w["spiffeId"].as_str().unwrap_or_default();
+                id.ends_with(&format!("/sa/{svc}"))
+                    && (ns == "palisade-system" || id.contains(&format!("/ns/{ns}/")))
+            });
+            if !registered && !running {
                 out.push(Finding {
                     severity: "warning",
                     target: format!("AuthorizationPolicy {}", name(p)),
-                    message: format!("selects service {svc:?}, which is not in the registry"),
+                    message: format!(
+                        "selects service {svc:?}, which is neither in the registry nor a running workload"
+                    ),
                 });
             }
         }
@@ -508,7 +544,7 @@ mod tests {
             .collect();
         assert_eq!(messages.len(), 5, "{messages:#?}");
         assert!(messages[0].contains("principals [\"*\"]"));
-        assert!(messages[1].contains("\"ghost\", which is not in the registry"));
+        assert!(messages[1].contains("\"ghost\", which is neither in the registry"));
         assert!(messages[2].contains("Service shop/payments: no ALLOW policy"));
         assert!(messages[3].contains("applied version 3; the mesh is at 5"));
         assert!(messages[4].starts_with("error sidecar"));

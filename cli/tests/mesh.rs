@@ -209,6 +209,39 @@ async fn cli_changes_reach_sidecars_and_survive_a_control_plane_outage() {
         assert_eq!(actual, expected, "{method} {path}: {simulated}");
     }
 
+    // simulate speaks AMQP too: every routing key (CC included) is judged.
+    let amqp = dir.path().join("amqp.yaml");
+    std::fs::write(
+        &amqp,
+        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: orders-publish, namespace: shop }\n\
+         spec:\n  selector: { service: orders }\n  rules: [ { to: [ { amqp: { operations: [publish], exchanges: [shop.events], routingKeys: [\"order.*\"] } } ] } ]\n",
+    )
+    .unwrap();
+    ok_stdout(&palisade(&cp, &["apply", "-f", amqp.to_str().unwrap()]).await);
+    for (spec, want) in [
+        ("shop.events:order.created", "allow"),
+        ("shop.events:order.created,payment.secret", "deny"),
+        ("other:order.created", "deny"),
+    ] {
+        let out = ok_stdout(
+            &palisade(
+                &cp,
+                &[
+                    "simulate",
+                    "-o",
+                    "json",
+                    "--from",
+                    "spiffe://palisade.local/ns/shop/sa/orders",
+                    "--amqp-publish",
+                    spec,
+                ],
+            )
+            .await,
+        );
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["decision"], want, "{spec}: {v}");
+    }
+
     // Both sidecars report the version they applied.
     let version = {
         let out = ok_stdout(&palisade(&cp, &["get", "policies", "-o", "json"]).await);

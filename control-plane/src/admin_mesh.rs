@@ -361,6 +361,9 @@ pub struct SimulateRequest {
     pub http: Option<SimulatedHttp>,
     /// An opaque TCP connection to this port, instead of `http`.
     pub tcp_port: Option<u16>,
+    /// An AMQP operation by the workload itself (`source` is its identity, `namespace` and
+    /// `service` name it), instead of `http`.
+    pub amqp: Option<SimulatedAmqp>,
     /// The end user (`iss/sub`) and claims of a verified JWT, if the request carries one.
     pub request_principal: Option<String>,
     pub claims: Option<Value>,
@@ -381,6 +384,24 @@ pub struct SimulatedHttp {
     pub headers: HashMap<String, String>,
     #[serde(default = "default_port")]
     pub port: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SimulatedAmqp {
+    /// `publish`, `consume`, `get`, `exchange.declare`, ...
+    pub operation: String,
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    pub exchange: Option<String>,
+    /// For a publish: the routing key, then any `CC`/`BCC` keys; every one must be allowed.
+    #[serde(default)]
+    pub routing_keys: Vec<String>,
+    pub queue: Option<String>,
+}
+
+fn default_vhost() -> String {
+    "/".into()
 }
 
 fn default_port() -> u16 {
@@ -458,6 +479,18 @@ pub async fn simulate(
                 .collect()
         })
         .unwrap_or_default();
+    if let Some(amqp) = &req.amqp {
+        if req.http.is_some() || req.tcp_port.is_some() {
+            return Err(bad("give exactly one of http, tcpPort and amqp".into()));
+        }
+        return Ok(Json(simulate_amqp(
+            &set,
+            &workload,
+            &req,
+            amqp,
+            mesh_version,
+        )));
+    }
     let (request, normalized_path);
     match (&req.http, req.tcp_port) {
         (Some(h), None) => {
@@ -486,7 +519,7 @@ pub async fn simulate(
             normalized_path = None;
             request = Request::connection(Some(&req.source), port);
         }
-        _ => return Err(bad("give exactly one of http and tcpPort".into())),
+        _ => return Err(bad("give exactly one of http, tcpPort and amqp".into())),
     }
     let detail = set.evaluate(&workload, &request);
     let candidates = set.explain(&workload, &request);
@@ -497,6 +530,49 @@ pub async fn simulate(
         candidates,
         detail,
     }))
+}
+
+/// An AMQP operation: each routing key is a decision of its own (as the sidecar makes them);
+/// the first refused one is the answer, else the last allowed one.
+fn simulate_amqp(
+    set: &PolicySet,
+    workload: &Workload<'_>,
+    req: &SimulateRequest,
+    amqp: &SimulatedAmqp,
+    mesh_version: i64,
+) -> SimulateResult {
+    let keys: Vec<Option<&str>> = if amqp.routing_keys.is_empty() {
+        vec![None]
+    } else {
+        amqp.routing_keys.iter().map(|k| Some(k.as_str())).collect()
+    };
+    let mut answer = None;
+    for key in keys {
+        let request = Request::amqp(
+            Some(&req.source),
+            palisade_contract::policy::AmqpRequest {
+                operation: &amqp.operation,
+                vhost: &amqp.vhost,
+                exchange: amqp.exchange.as_deref(),
+                routing_key: key,
+                queue: amqp.queue.as_deref(),
+            },
+        );
+        let detail = set.evaluate(workload, &request);
+        let refused = detail.verdict == palisade_contract::policy::Verdict::Deny;
+        answer = Some((detail, set.explain(workload, &request)));
+        if refused {
+            break;
+        }
+    }
+    let (detail, candidates) = answer.expect("at least one decision");
+    SimulateResult {
+        decision: detail.label(),
+        mesh_version,
+        normalized_path: None,
+        candidates,
+        detail,
+    }
 }
 
 #[derive(Debug, Deserialize)]

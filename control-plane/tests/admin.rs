@@ -461,6 +461,28 @@ async fn simulate_explains_the_decision() {
         )
         .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    // AMQP operations, every routing key judged.
+    let amqp_policy = "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: orders-publish, namespace: shop }\nspec:\n  selector: { service: orders }\n  rules: [ { to: [ { amqp: { operations: [publish], exchanges: [shop.events], routingKeys: [\"order.*\"] } } ] } ]\n";
+    let (status, _, body) = h
+        .admin_raw(
+            Method::POST,
+            "/v1/apply",
+            Some(&admin),
+            &[],
+            amqp_policy.into(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let publish = |keys: Value| {
+        json!({"source": "spiffe://palisade.local/ns/shop/sa/orders", "namespace": "shop",
+               "service": "orders", "amqp": {"operation": "publish", "exchange": "shop.events",
+               "routingKeys": keys}})
+    };
+    let (_, _, ok) = simulate(publish(json!(["order.created"]))).await;
+    assert_eq!(ok["decision"], "allow", "{ok}");
+    let (_, _, cc) = simulate(publish(json!(["order.created", "payment.secret"]))).await;
+    assert_eq!(cc["decision"], "deny", "{cc}");
+
     // A path the sidecar would refuse is a 400 here too.
     let (status, _, body) = simulate(call("orders", "GET", "/a%2Fb")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");

@@ -54,6 +54,7 @@ pub const PUBLISHER_HEADER: &str = "x-palisade-publisher";
 /// AMQP reply codes used here.
 mod reply {
     pub const SUCCESS: u16 = 200;
+    pub const CONNECTION_FORCED: u16 = 320;
     pub const ACCESS_REFUSED: u16 = 403;
     pub const NOT_ALLOWED: u16 = 530;
     pub const FRAME_ERROR: u16 = 501;
@@ -1055,6 +1056,9 @@ impl Amqp {
         let mut content: HashMap<u16, u64> = HashMap::new();
         // Deliveries held whole for verification, per channel.
         let mut holding: HashMap<u16, Held> = HashMap::new();
+        // Whether the connection is being closed in the protocol (then an end of stream is
+        // expected).
+        let mut connection_closing = false;
         // Frames made here, waiting for their channel's content sequence to finish.
         let mut waiting: VecDeque<(u16, Vec<u8>)> = VecDeque::new();
         loop {
@@ -1077,7 +1081,32 @@ impl Amqp {
                     continue;
                 }
             };
-            let Some(frame) = frame? else { return Ok(()) };
+            let frame = match frame {
+                Ok(Some(f)) => f,
+                // The broker went away without closing the connection: tell the application
+                // in protocol terms rather than with a reset socket.
+                Ok(None) | Err(AmqpError::Io(_)) if !connection_closing => {
+                    let _ = client
+                        .write_all(&connection_close(
+                            reply::CONNECTION_FORCED,
+                            "CONNECTION_FORCED - the broker connection was lost",
+                        ))
+                        .await;
+                    self.record_error(None, "the broker connection was lost");
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if let AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(
+                    connection::AMQPMethod::Close(_) | connection::AMQPMethod::CloseOk(_),
+                ),
+            ) = &frame.parsed
+            {
+                connection_closing = true;
+            }
             let ch = frame.parsed.channel_id();
             if broker_frame_on_closing(&shared, ch, &frame, &to_broker).is_some() {
                 continue;

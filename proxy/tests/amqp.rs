@@ -647,3 +647,142 @@ async fn consumers_see_a_verified_publisher_only_for_valid_signatures() {
     let _ = publisher.close(200, s("bye")).await;
     t.stop().await;
 }
+
+/// A TCP forwarder to RabbitMQ that the test can stop (dropping every connection) and
+/// start again on the same port: a broker that goes down and comes back.
+struct Flaky {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Flaky {
+    async fn start_on(addr: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut app, _)) = accepted else { return };
+                        conns.spawn(async move {
+                            let mut broker = tokio::net::TcpStream::connect("127.0.0.1:5672").await.unwrap();
+                            let _ = tokio::io::copy_bidirectional(&mut app, &mut broker).await;
+                        });
+                    }
+                    _ = &mut stopped => {
+                        conns.abort_all();
+                        return;
+                    }
+                }
+            }
+        });
+        Flaky {
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.stop.take().map(|s| s.send(()));
+    }
+}
+
+#[tokio::test]
+async fn a_broker_outage_is_a_clean_error_and_reconnects_work_after() {
+    let mut broker = Flaky::start_on("127.0.0.1:0".parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = support::control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy_file,
+        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: all, namespace: shop }\nspec:\n  rules: [ {} ]\n",
+    )
+    .unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let upstream = format!("amqp://guest:guest@{}/%2f", broker.addr);
+    let sidecar = start_ready(
+        &cp,
+        dir.path().join("cp/trust-bundle.pem"),
+        &files,
+        &[
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--amqp-upstream",
+            &upstream,
+            "--policy-file",
+            policy_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let uri = format!("amqp://{}/%2f", sidecar.amqp_addr.unwrap());
+    let app = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = confirming(&app).await;
+    assert!(
+        publish(
+            &ch,
+            "",
+            "palisade.nowhere",
+            b"x",
+            BasicProperties::default()
+        )
+        .await
+        .unwrap()
+        .is_ack()
+    );
+
+    // The broker goes away: the open connection ends with a protocol-level error.
+    broker.stop();
+    let failed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if publish(
+                &ch,
+                "",
+                "palisade.nowhere",
+                b"x",
+                BasicProperties::default(),
+            )
+            .await
+            .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(failed.is_ok(), "publishing kept working without a broker");
+    assert!(!app.status().connected());
+    // New connections fail while it is down...
+    assert!(
+        Connection::connect(&uri, ConnectionProperties::default())
+            .await
+            .is_err()
+    );
+    // ...and succeed once it is back.
+    let _back = Flaky::start_on(broker.addr).await;
+    let again = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .expect("reconnects once the broker is back");
+    let ch = confirming(&again).await;
+    assert!(
+        publish(
+            &ch,
+            "",
+            "palisade.nowhere",
+            b"y",
+            BasicProperties::default()
+        )
+        .await
+        .unwrap()
+        .is_ack()
+    );
+    let audit = std::fs::read_to_string(&files.audit).unwrap_or_default();
+    assert!(audit.contains("the broker connection was lost"), "{audit}");
+    let _ = again.close(200, s("bye")).await;
+    sidecar.shutdown().await;
+    cp.shutdown().await;
+}
