@@ -149,6 +149,9 @@ pub struct Amqp {
     pub audit: AuditLog,
     pub metrics: HttpMetrics,
     pub provenance: ProvenanceSettings,
+    /// Record one allowed publish in this many (denials and other operations always).
+    pub audit_sample: u64,
+    pub allowed_publishes: std::sync::atomic::AtomicU64,
 }
 
 /// Publisher provenance ([`crate::provenance`]), switchable per sidecar.
@@ -404,6 +407,39 @@ struct Shared {
     closing: HashMap<u16, Closing>,
 }
 
+/// The channels open on one connection, counted in a gauge; dropping closes them all.
+struct OpenChannels {
+    open: std::collections::HashSet<u16>,
+    gauge: prometheus::IntGauge,
+}
+
+impl OpenChannels {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        Self {
+            open: std::collections::HashSet::new(),
+            gauge,
+        }
+    }
+
+    fn opened(&mut self, ch: u16) {
+        if self.open.insert(ch) {
+            self.gauge.inc();
+        }
+    }
+
+    fn closed(&mut self, ch: u16) {
+        if self.open.remove(&ch) {
+            self.gauge.dec();
+        }
+    }
+}
+
+impl Drop for OpenChannels {
+    fn drop(&mut self) {
+        self.gauge.sub(self.open.len() as i64);
+    }
+}
+
 /// A frame made by the sidecar, for the writer of one socket.
 enum Inject {
     /// For the application, on a channel (sent when that channel is not mid-content).
@@ -625,6 +661,7 @@ impl Amqp {
                 }
             };
             let ch = frame.parsed.channel_id();
+            self.metrics.amqp_bytes("from_client", frame.raw.len());
             // Frames of a channel closed after a denial.
             if let Some(release) = client_frame_on_closing(&shared, ch, &frame, &to_client) {
                 for f in release {
@@ -1021,6 +1058,17 @@ impl Amqp {
             ),
             None => return false,
         };
+        self.metrics.decision(&decision);
+        self.metrics.amqp_operation(op.operation, decision.label());
+        let allowed = decision.verdict == Verdict::Allow;
+        if allowed && op.operation == "publish" && self.audit_sample > 1 {
+            let n = self
+                .allowed_publishes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !n.is_multiple_of(self.audit_sample) {
+                return true;
+            }
+        }
         let mut event = AuditEvent::begin("outbound", "amqp");
         event.source = own.as_ref().map(ToString::to_string);
         event.destination_service = service.clone();
@@ -1037,9 +1085,7 @@ impl Amqp {
             queue: op.queue.map(str::to_owned),
         });
         self.audit.record(&event);
-        self.metrics.decision(&decision);
-        self.metrics.amqp_operation(op.operation, decision.label());
-        decision.verdict == Verdict::Allow
+        allowed
     }
 
     /// Reads the broker's frames and is the application socket's only writer.
@@ -1059,6 +1105,8 @@ impl Amqp {
         // Whether the connection is being closed in the protocol (then an end of stream is
         // expected).
         let mut connection_closing = false;
+        // Open channels, for the gauge (all closed when the connection ends).
+        let mut channels = OpenChannels::new(self.metrics.amqp_channels.clone());
         // Frames made here, waiting for their channel's content sequence to finish.
         let mut waiting: VecDeque<(u16, Vec<u8>)> = VecDeque::new();
         loop {
@@ -1108,6 +1156,20 @@ impl Amqp {
                 connection_closing = true;
             }
             let ch = frame.parsed.channel_id();
+            self.metrics.amqp_bytes("from_broker", frame.raw.len());
+            // Channels the broker opened or closed (a closing after a denial ends below).
+            match &frame.parsed {
+                AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) => {
+                    channels.opened(ch);
+                }
+                AMQPFrame::Method(
+                    _,
+                    AMQPClass::Channel(
+                        channel::AMQPMethod::CloseOk(_) | channel::AMQPMethod::Close(_),
+                    ),
+                ) => channels.closed(ch),
+                _ => {}
+            }
             if broker_frame_on_closing(&shared, ch, &frame, &to_broker).is_some() {
                 continue;
             }

@@ -185,6 +185,11 @@ pub struct Config {
     #[arg(long, env = "PALISADE_AMQP_SIGNATURE_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub amqp_signature_max_age: Duration,
 
+    /// Record one allowed AMQP publish in this many in the audit log (denials and every
+    /// other operation are always recorded). 1 records every publish.
+    #[arg(long, env = "PALISADE_AMQP_AUDIT_SAMPLE", default_value_t = 1)]
+    pub amqp_audit_sample: u64,
+
     /// Longest wait between retries when the control plane cannot be reached (e.g. 30s).
     #[arg(long, env = "PALISADE_MAX_BACKOFF", default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_backoff: Duration,
@@ -262,6 +267,9 @@ impl Config {
                 "--amqp-password-file {}: no such file",
                 p.display()
             ));
+        }
+        if self.amqp_audit_sample == 0 {
+            problems.push("--amqp-audit-sample must be at least 1".into());
         }
         if self.opaque_ports.contains(&0) {
             problems.push("--opaque-ports: 0 is not a port".into());

@@ -21,6 +21,8 @@ pub struct HttpMetrics {
     tcp_bytes: IntCounterVec,
     amqp_operations: IntCounterVec,
     provenance: IntCounterVec,
+    amqp_bytes: IntCounterVec,
+    pub amqp_channels: IntGauge,
     pub policy_version: IntGauge,
     pub audit_dropped: IntCounter,
 }
@@ -104,6 +106,17 @@ impl HttpMetrics {
             ),
             &["operation", "result"],
         )?;
+        let amqp_bytes = IntCounterVec::new(
+            Opts::new(
+                "palisade_proxy_amqp_bytes_total",
+                "AMQP frame bytes read, by flow (from_client, from_broker).",
+            ),
+            &["flow"],
+        )?;
+        let amqp_channels = IntGauge::new(
+            "palisade_proxy_amqp_channels",
+            "AMQP channels open through the sidecar.",
+        )?;
         let policy_version = IntGauge::new(
             "palisade_proxy_policy_version",
             "Version of the policy set in force.",
@@ -121,6 +134,8 @@ impl HttpMetrics {
         registry.register(Box::new(tcp_bytes.clone()))?;
         registry.register(Box::new(amqp_operations.clone()))?;
         registry.register(Box::new(provenance.clone()))?;
+        registry.register(Box::new(amqp_bytes.clone()))?;
+        registry.register(Box::new(amqp_channels.clone()))?;
         registry.register(Box::new(policy_version.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
         Ok(Self {
@@ -133,6 +148,8 @@ impl HttpMetrics {
             tcp_bytes,
             amqp_operations,
             provenance,
+            amqp_bytes,
+            amqp_channels,
             policy_version,
             audit_dropped,
         })
@@ -196,6 +213,12 @@ impl HttpMetrics {
         self.provenance
             .with_label_values(&[operation, result])
             .inc();
+    }
+
+    pub fn amqp_bytes(&self, flow: &str, bytes: usize) {
+        self.amqp_bytes
+            .with_label_values(&[flow])
+            .inc_by(bytes as u64);
     }
 
     pub fn handshake(&self, direction: &str, result: &str) {

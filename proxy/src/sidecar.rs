@@ -228,6 +228,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
                 upstream,
                 audit: inbound.audit.clone(),
                 metrics: inbound.metrics.clone(),
+                audit_sample: config.amqp_audit_sample,
+                allowed_publishes: std::sync::atomic::AtomicU64::new(0),
                 provenance: crate::amqp::ProvenanceSettings {
                     sign: config.amqp_sign,
                     verify: config.amqp_verify,

@@ -354,7 +354,25 @@ async fn publishes_are_authorized_stamped_and_denials_close_only_their_channel()
         .expect("an audit line for the denied publish");
     assert_eq!(denial["protocol"], "amqp");
     assert_eq!(denial["amqp"]["exchange"], t.exchange.as_str());
+    let (_, metrics) = support::admin_get(&t.sidecar, "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"palisade_proxy_amqp_operations_total{decision="deny",operation="publish"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("palisade_proxy_amqp_channels 2"),
+        "{metrics}"
+    );
     let _ = app.close(200, s("bye")).await;
+    support::wait_until("channels are closed", Duration::from_secs(5), async || {
+        support::admin_get(&t.sidecar, "/metrics")
+            .await
+            .1
+            .contains("palisade_proxy_amqp_channels 0")
+    })
+    .await;
     t.stop().await;
 }
 
