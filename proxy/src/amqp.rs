@@ -62,27 +62,71 @@ mod reply {
     pub const UNEXPECTED_FRAME: u16 = 505;
 }
 
+/// The connection to the broker: TCP, or TLS over it.
+trait BrokerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> BrokerIo for T {}
+type BrokerStream = Box<dyn BrokerIo>;
+
 /// Where and how the sidecar reaches the broker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Upstream {
     pub addr: String,
+    /// The host name the broker's certificate must carry (amqps).
+    pub host: String,
     pub vhost: String,
     pub username: String,
     pub password: String,
+    /// For `amqps://`: the TLS client configuration (roots from `--amqp-ca-bundle`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("vhost", &self.vhost)
+            .field("username", &self.username)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// A TLS client configuration trusting the PEM roots in `ca_pem` (for `amqps://`).
+pub fn broker_tls(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = palisade_contract::certs::certs_from_pem(ca_pem).map_err(|e| e.to_string())?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("a root was refused: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl Upstream {
-    /// From `amqp://user:pass@host:port/vhost` (vhost percent-encoded, `%2f` for `/`).
-    /// `password` (from a file) replaces the URL's password.
-    pub fn parse(url: &str, password: Option<String>) -> Result<Self, String> {
-        let rest = url.strip_prefix("amqp://").ok_or_else(|| {
-            if url.starts_with("amqps://") {
-                "amqps:// upstreams are not supported yet; use amqp:// on a trusted network"
-                    .to_owned()
-            } else {
-                format!("{url:?} is not an amqp:// URL")
-            }
-        })?;
+    /// From `amqp://user:pass@host:port/vhost` or `amqps://...` (vhost percent-encoded,
+    /// `%2f` for `/`). `password` (from a file) replaces the URL's; `ca_pem` holds the roots
+    /// an `amqps://` broker's certificate must chain to.
+    pub fn parse(
+        url: &str,
+        password: Option<String>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("amqp://") {
+            (r, false, 5672)
+        } else if let Some(r) = url.strip_prefix("amqps://") {
+            (r, true, 5671)
+        } else {
+            return Err(format!("{url:?} is not an amqp:// or amqps:// URL"));
+        };
         let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
         let (userinfo, hostport) = match authority.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
@@ -98,24 +142,27 @@ impl Upstream {
         if hostport.is_empty() {
             return Err(format!("{url:?} names no host"));
         }
-        let addr = if hostport
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            hostport.to_owned()
-        } else {
-            format!("{hostport}:5672")
+        let (host, addr) = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), hostport.to_owned()),
+            _ => (hostport.to_owned(), format!("{hostport}:{default_port}")),
         };
         let vhost = if vhost.is_empty() {
             "/".to_owned()
         } else {
             decode(vhost)?
         };
+        let tls = match (tls, ca_pem) {
+            (false, _) => None,
+            (true, Some(pem)) => Some(broker_tls(pem)?),
+            (true, None) => return Err("an amqps:// upstream needs --amqp-ca-bundle".into()),
+        };
         Ok(Upstream {
             addr,
+            host,
             vhost,
             username,
             password: password.unwrap_or(url_password),
+            tls,
         })
     }
 }
@@ -470,10 +517,7 @@ impl Amqp {
             self.record_error(None, "the client does not speak AMQP 0-9-1");
             return Ok(());
         }
-        let mut broker = TcpStream::connect(&self.upstream.addr)
-            .await
-            .map_err(|e| AmqpError::Upstream(self.upstream.addr.clone(), e))?;
-        let _ = broker.set_nodelay(true);
+        let mut broker = self.connect_broker().await?;
         broker.write_all(PROTOCOL_HEADER).await?;
         let negotiated =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut client, &mut broker))
@@ -490,12 +534,36 @@ impl Amqp {
         self.relay(client, broker, frame_max, vhost).await
     }
 
+    /// TCP, and TLS for an `amqps://` upstream (the broker's certificate checked against
+    /// `--amqp-ca-bundle` for the URL's host name).
+    async fn connect_broker(&self) -> Result<BrokerStream, AmqpError> {
+        let unreachable = |e| AmqpError::Upstream(self.upstream.addr.clone(), e);
+        let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&self.upstream.addr))
+            .await
+            .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(unreachable)?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.upstream.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let name = rustls_pki_types::ServerName::try_from(self.upstream.host.clone())
+            .map_err(|e| unreachable(std::io::Error::other(e)))?;
+        let stream = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(unreachable)?;
+        Ok(Box::new(stream))
+    }
+
     /// Relays the login, replacing the application's credentials with the sidecar's.
     /// Returns the negotiated frame_max and the vhost, or `None` when the broker refused.
     async fn handshake(
         &self,
         client: &mut TcpStream,
-        broker: &mut TcpStream,
+        broker: &mut BrokerStream,
     ) -> Result<Option<(u32, String)>, AmqpError> {
         let mut frame_max = INITIAL_FRAME_MAX;
         let mut vhost = None;
@@ -576,12 +644,12 @@ impl Amqp {
     async fn relay(
         self: &Arc<Self>,
         client: TcpStream,
-        broker: TcpStream,
+        broker: BrokerStream,
         frame_max: u32,
         vhost: String,
     ) -> Result<(), AmqpError> {
         let (client_r, client_w) = client.into_split();
-        let (broker_r, broker_w) = broker.into_split();
+        let (broker_r, broker_w) = tokio::io::split(broker);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (to_client, to_client_rx) = mpsc::unbounded_channel();
         let (to_broker, to_broker_rx) = mpsc::unbounded_channel();
@@ -628,7 +696,7 @@ impl Amqp {
     async fn client_to_broker(
         &self,
         mut client: tokio::net::tcp::OwnedReadHalf,
-        mut broker: tokio::net::tcp::OwnedWriteHalf,
+        mut broker: tokio::io::WriteHalf<BrokerStream>,
         frame_max: u32,
         vhost: &str,
         shared: Arc<Mutex<Shared>>,
@@ -1091,7 +1159,7 @@ impl Amqp {
     /// Reads the broker's frames and is the application socket's only writer.
     async fn broker_to_client(
         &self,
-        mut broker: tokio::net::tcp::OwnedReadHalf,
+        mut broker: tokio::io::ReadHalf<BrokerStream>,
         mut client: tokio::net::tcp::OwnedWriteHalf,
         frame_max: u32,
         shared: Arc<Mutex<Shared>>,
@@ -1329,22 +1397,26 @@ mod tests {
 
     #[test]
     fn upstream_urls() {
-        let u = Upstream::parse("amqp://app:s%3Acret@rabbit:5673/%2f", None).unwrap();
+        let u = Upstream::parse("amqp://app:s%3Acret@rabbit:5673/%2f", None, None).unwrap();
         assert_eq!((u.addr.as_str(), u.vhost.as_str()), ("rabbit:5673", "/"));
         assert_eq!(
             (u.username.as_str(), u.password.as_str()),
             ("app", "s:cret")
         );
-        let u = Upstream::parse("amqp://rabbit/shop", Some("from-file".into())).unwrap();
+        let u = Upstream::parse("amqp://rabbit/shop", Some("from-file".into()), None).unwrap();
         assert_eq!(
             (u.addr.as_str(), u.vhost.as_str(), u.password.as_str()),
             ("rabbit:5672", "shop", "from-file")
         );
-        assert!(Upstream::parse("http://x", None).is_err());
         assert!(
-            Upstream::parse("amqps://x", None)
+            !format!("{u:?}").contains("from-file"),
+            "the password is never printed"
+        );
+        assert!(Upstream::parse("http://x", None, None).is_err());
+        assert!(
+            Upstream::parse("amqps://x", None, None)
                 .unwrap_err()
-                .contains("not supported yet")
+                .contains("--amqp-ca-bundle")
         );
     }
 }

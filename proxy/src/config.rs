@@ -161,6 +161,10 @@ pub struct Config {
     )]
     pub amqp_upstream: String,
 
+    /// For an amqps:// upstream: the roots (PEM) the broker's certificate must chain to.
+    #[arg(long, env = "PALISADE_AMQP_CA_BUNDLE")]
+    pub amqp_ca_bundle: Option<PathBuf>,
+
     /// A file holding the broker password (replaces the URL's; keeps it out of flags and
     /// the environment).
     #[arg(long, env = "PALISADE_AMQP_PASSWORD_FILE")]
@@ -257,8 +261,20 @@ impl Config {
         {
             problems.push("--max-header-bytes must be at least 1024, --max-headers, --max-streams and --max-connections at least 1".into());
         }
-        if let Err(e) = crate::amqp::Upstream::parse(&self.amqp_upstream, None) {
-            problems.push(format!("--amqp-upstream: {e}"));
+        let needs_ca = self.amqp_upstream.starts_with("amqps://");
+        if !self.amqp_upstream.starts_with("amqp://") && !needs_ca {
+            problems.push(format!(
+                "--amqp-upstream {:?} is not an amqp:// or amqps:// URL",
+                self.amqp_upstream
+            ));
+        }
+        if needs_ca && self.amqp_ca_bundle.is_none() {
+            problems.push("an amqps:// --amqp-upstream needs --amqp-ca-bundle".into());
+        }
+        if let Some(p) = &self.amqp_ca_bundle
+            && !p.is_file()
+        {
+            problems.push(format!("--amqp-ca-bundle {}: no such file", p.display()));
         }
         if let Some(p) = &self.amqp_password_file
             && !p.is_file()

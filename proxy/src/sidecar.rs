@@ -216,8 +216,16 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
                 ),
                 None => None,
             };
-            let upstream = crate::amqp::Upstream::parse(&config.amqp_upstream, password)
-                .map_err(|e| anyhow::anyhow!("--amqp-upstream: {e}"))?;
+            let ca = match &config.amqp_ca_bundle {
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .with_context(|| format!("reading --amqp-ca-bundle {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let upstream =
+                crate::amqp::Upstream::parse(&config.amqp_upstream, password, ca.as_deref())
+                    .map_err(|e| anyhow::anyhow!("--amqp-upstream: {e}"))?;
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the AMQP listener on {addr}"))?;

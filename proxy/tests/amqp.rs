@@ -804,3 +804,103 @@ async fn a_broker_outage_is_a_clean_error_and_reconnects_work_after() {
     sidecar.shutdown().await;
     cp.shutdown().await;
 }
+
+/// A TLS front for RabbitMQ (as a broker with an amqps listener): a certificate for
+/// `localhost` from a CA of its own. Returns the address and the CA's PEM.
+async fn tls_broker() -> (std::net::SocketAddr, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, &ca_key);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut broker = tokio::net::TcpStream::connect("127.0.0.1:5672")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
+    (addr, ca_cert.pem())
+}
+
+#[tokio::test]
+async fn an_amqps_upstream_is_verified_against_the_ca_bundle() {
+    let (addr, ca_pem) = tls_broker().await;
+    let (_, other_ca) = tls_broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = support::control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy_file,
+        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: all, namespace: shop }\nspec:\n  rules: [ {} ]\n",
+    )
+    .unwrap();
+    let upstream = format!("amqps://guest:guest@localhost:{}/%2f", addr.port());
+    for (sa, ca, works) in [("orders", &ca_pem, true), ("payments", &other_ca, false)] {
+        let ca_file = dir.path().join(format!("{sa}-ca.pem"));
+        std::fs::write(&ca_file, ca).unwrap();
+        let files = sidecar_files(&cp, dir.path(), sa).await;
+        let sidecar = start_ready(
+            &cp,
+            dir.path().join("cp/trust-bundle.pem"),
+            &files,
+            &[
+                "--amqp-listen",
+                "127.0.0.1:0",
+                "--amqp-upstream",
+                &upstream,
+                "--amqp-ca-bundle",
+                ca_file.to_str().unwrap(),
+                "--policy-file",
+                policy_file.to_str().unwrap(),
+            ],
+        )
+        .await;
+        let uri = format!("amqp://{}/%2f", sidecar.amqp_addr.unwrap());
+        let connected = Connection::connect(&uri, ConnectionProperties::default()).await;
+        assert_eq!(connected.is_ok(), works, "{sa}");
+        if let Ok(app) = connected {
+            let ch = confirming(&app).await;
+            let c = publish(
+                &ch,
+                "",
+                "palisade.nowhere",
+                b"tls",
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+            assert!(c.is_ack());
+            let _ = app.close(200, s("bye")).await;
+        }
+        sidecar.shutdown().await;
+    }
+    cp.shutdown().await;
+}
