@@ -904,3 +904,62 @@ async fn an_amqps_upstream_is_verified_against_the_ca_bundle() {
     }
     cp.shutdown().await;
 }
+
+/// One frame read from a raw socket: (type, channel, payload).
+async fn raw_frame(tcp: &mut tokio::net::TcpStream) -> (u8, u16, Vec<u8>) {
+    let mut head = [0u8; 7];
+    tcp.read_exact(&mut head).await.unwrap();
+    let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+    let mut payload = vec![0u8; size + 1];
+    tcp.read_exact(&mut payload).await.unwrap();
+    payload.pop();
+    (head[0], u16::from_be_bytes([head[1], head[2]]), payload)
+}
+
+fn method_frame(channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![1];
+    f.extend(channel.to_be_bytes());
+    f.extend((payload.len() as u32).to_be_bytes());
+    f.extend(payload);
+    f.push(0xCE);
+    f
+}
+
+#[tokio::test]
+async fn a_publish_to_a_non_utf8_exchange_ends_the_connection_with_502() {
+    let t = setup().await;
+    let mut tcp = tokio::net::TcpStream::connect(t.sidecar.amqp_addr.unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+    // connection.start from the broker (relayed), answered with a start-ok (PLAIN; the
+    // sidecar replaces the credentials anyway).
+    let (kind, _, start) = raw_frame(&mut tcp).await;
+    assert_eq!((kind, &start[..4]), (1, &[0u8, 10, 0, 10][..]));
+    let mut start_ok = vec![0, 10, 0, 11];
+    start_ok.extend(0u32.to_be_bytes()); // client properties: empty table
+    start_ok.extend([5]);
+    start_ok.extend(b"PLAIN");
+    let response = b"\0x\0y";
+    start_ok.extend((response.len() as u32).to_be_bytes());
+    start_ok.extend(response);
+    start_ok.extend([5]);
+    start_ok.extend(b"en_US");
+    tcp.write_all(&method_frame(0, &start_ok)).await.unwrap();
+    // connection.tune, answered with tune-ok; then open the default vhost.
+    let (_, _, tune) = raw_frame(&mut tcp).await;
+    assert_eq!(&tune[..4], &[0, 10, 0, 30]);
+    let mut tune_ok = vec![0, 10, 0, 31];
+    tune_ok.extend(&tune[4..]);
+    tcp.write_all(&method_frame(0, &tune_ok)).await.unwrap();
+    tcp.write_all(&method_frame(0, &[0, 10, 0, 40, 1, b'/', 0, 0]))
+        .await
+        .unwrap();
+    let (_, _, open_ok) = raw_frame(&mut tcp).await;
+    assert_eq!(&open_ok[..4], &[0, 10, 0, 41]);
+    // basic.publish on channel 1 to the exchange "\xff\xfe".
+    let publish = [0, 60, 0, 40, 0, 0, 2, 0xFF, 0xFE, 0, 0];
+    tcp.write_all(&method_frame(1, &publish)).await.unwrap();
+    assert_eq!(close_code(&mut tcp).await, Some(502));
+    t.stop().await;
+}
