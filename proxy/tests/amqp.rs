@@ -671,6 +671,8 @@ async fn consumers_see_a_verified_publisher_only_for_valid_signatures() {
 struct Flaky {
     addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Broker connections open through it right now.
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Flaky {
@@ -678,15 +680,21 @@ impl Flaky {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = open.clone();
         tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((mut app, _)) = accepted else { return };
+                        let counter = counter.clone();
                         conns.spawn(async move {
+                            use std::sync::atomic::Ordering::SeqCst;
+                            counter.fetch_add(1, SeqCst);
                             let mut broker = tokio::net::TcpStream::connect("127.0.0.1:5672").await.unwrap();
                             let _ = tokio::io::copy_bidirectional(&mut app, &mut broker).await;
+                            counter.fetch_sub(1, SeqCst);
                         });
                     }
                     _ = &mut stopped => {
@@ -699,6 +707,7 @@ impl Flaky {
         Flaky {
             addr,
             stop: Some(stop),
+            open,
         }
     }
 
@@ -962,4 +971,79 @@ async fn a_publish_to_a_non_utf8_exchange_ends_the_connection_with_502() {
     tcp.write_all(&method_frame(1, &publish)).await.unwrap();
     assert_eq!(close_code(&mut tcp).await, Some(502));
     t.stop().await;
+}
+
+#[tokio::test]
+async fn an_application_that_goes_away_takes_its_broker_connection_with_it() {
+    let broker = Flaky::start_on("127.0.0.1:0".parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = support::control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let policy_file = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy_file,
+        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: all, namespace: shop }\nspec:\n  rules: [ {} ]\n",
+    )
+    .unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let upstream = format!("amqp://guest:guest@{}/%2f", broker.addr);
+    let sidecar = start_ready(
+        &cp,
+        dir.path().join("cp/trust-bundle.pem"),
+        &files,
+        &[
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--amqp-upstream",
+            &upstream,
+            "--policy-file",
+            policy_file.to_str().unwrap(),
+            "--amqp-audit-sample",
+            "10",
+        ],
+    )
+    .await;
+    let uri = format!("amqp://{}/%2f", sidecar.amqp_addr.unwrap());
+    let app = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = confirming(&app).await;
+    for _ in 0..30 {
+        publish(
+            &ch,
+            "",
+            "palisade.nowhere",
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(broker.open.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Sampling: 30 allowed publishes, one audit line in ten.
+    let publish_lines = || {
+        std::fs::read_to_string(&files.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"operation\":\"publish\""))
+            .count()
+    };
+    support::wait_until(
+        "the sampled lines are written",
+        Duration::from_secs(5),
+        async || publish_lines() >= 3,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(publish_lines(), 3, "one allowed publish in 10 is recorded");
+    // The application vanishes without closing: the broker leg is closed too.
+    drop(ch);
+    drop(app);
+    support::wait_until(
+        "the broker connection is closed",
+        Duration::from_secs(5),
+        async || broker.open.load(std::sync::atomic::Ordering::SeqCst) == 0,
+    )
+    .await;
+    sidecar.shutdown().await;
+    cp.shutdown().await;
 }
