@@ -50,8 +50,9 @@ pub struct Config {
 
     /// Mesh documents (AuthorizationPolicy, RequestAuthentication, Service; YAML or JSON)
     /// applied at start-up, as `palisade apply -f` would: local mode without the CLI.
-    #[arg(long, env = "PALISADE_CONFIG_FILE")]
-    pub config_file: Option<PathBuf>,
+    /// Several files: repeat the flag or separate with commas.
+    #[arg(long, env = "PALISADE_CONFIG_FILE", value_delimiter = ',')]
+    pub config_file: Vec<PathBuf>,
 
     /// Plugged-in CA: the signing certificate (PEM; a root or an intermediate).
     #[arg(long, env = "PALISADE_CA_CERT", requires_all = ["ca_key", "ca_roots"])]
@@ -161,7 +162,7 @@ impl Config {
             workload_ttl: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
             database_url: None,
-            config_file: None,
+            config_file: Vec::new(),
             ca_cert: None,
             ca_key: None,
             ca_roots: None,

@@ -151,7 +151,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
             .await
             .context("reading the mesh version")?,
     );
-    if let Some(path) = &config.config_file {
+    for path in &config.config_file {
         load_config_file(&mesh, path).await?;
     }
     let follower = mesh.clone();

@@ -38,6 +38,9 @@ const ORDERS_ID: &str = "spiffe://palisade.local/ns/shop/sa/orders";
 #[derive(Debug, Parser)]
 #[command(name = "palisade-shop", about = "The shop demo's services")]
 struct Cli {
+    /// Check the arguments and exit (used to validate docker-compose.yml).
+    #[arg(long, global = true, hide = true)]
+    check: bool,
     #[command(subcommand)]
     service: Service,
 }
@@ -73,15 +76,19 @@ enum Service {
         sidecar_http: SocketAddr,
         #[arg(long)]
         sidecar_amqp: SocketAddr,
-        /// payments' sidecar inbound port, to try without a mesh certificate.
+        /// payments' sidecar inbound port (host:port), to try without a mesh certificate.
         #[arg(long)]
-        payments_inbound: SocketAddr,
+        payments_inbound: String,
     },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    match Cli::parse().service {
+    let cli = Cli::parse();
+    if cli.check {
+        return Ok(());
+    }
+    match cli.service {
         Service::Payments { listen } => payments(listen).await,
         Service::Orders {
             listen,
@@ -96,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
             sidecar_http,
             sidecar_amqp,
             payments_inbound,
-        } => rogue(sidecar_http, sidecar_amqp, payments_inbound).await,
+        } => rogue(sidecar_http, sidecar_amqp, &payments_inbound).await,
     }
 }
 
@@ -359,7 +366,7 @@ async fn inventory(listen: SocketAddr, sidecar_amqp: SocketAddr) -> anyhow::Resu
 async fn rogue(
     sidecar_http: SocketAddr,
     sidecar_amqp: SocketAddr,
-    payments_inbound: SocketAddr,
+    payments_inbound: &str,
 ) -> anyhow::Result<()> {
     let report = |attempt: &str, outcome: Value| {
         println!("{}", json!({"attempt": attempt, "outcome": outcome}))
