@@ -70,6 +70,10 @@ enum Service {
         #[arg(long)]
         sidecar_amqp: SocketAddr,
     },
+    /// Reads JSON on standard input and prints the value at PATH (keys and indices separated
+    /// by dots; `len:PATH` prints an array's length). For the demo script, so that it
+    /// needs no JSON tool of its own.
+    Json { path: String },
     /// Tries what a compromised workload would; prints each outcome as a JSON line.
     Rogue {
         #[arg(long)]
@@ -80,6 +84,21 @@ enum Service {
         #[arg(long)]
         payments_inbound: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_paths() {
+        let v = json!({"a": [{"b": "x"}, {"b": 2}], "t": true});
+        assert_eq!(json_path(&v, "a.0.b"), "x");
+        assert_eq!(json_path(&v, "a.1.b"), "2");
+        assert_eq!(json_path(&v, "len:a"), "2");
+        assert_eq!(json_path(&v, "t"), "true");
+        assert_eq!(json_path(&v, "missing.path"), "");
+    }
 }
 
 #[tokio::main]
@@ -99,11 +118,38 @@ async fn main() -> anyhow::Result<()> {
             listen,
             sidecar_amqp,
         } => inventory(listen, sidecar_amqp).await,
+        Service::Json { path } => {
+            let input: Value = serde_json::from_reader(std::io::stdin()).context("reading JSON")?;
+            println!("{}", json_path(&input, &path));
+            Ok(())
+        }
         Service::Rogue {
             sidecar_http,
             sidecar_amqp,
             payments_inbound,
         } => rogue(sidecar_http, sidecar_amqp, &payments_inbound).await,
+    }
+}
+
+/// The value at `path` (see `Service::Json`), or an empty string.
+fn json_path(v: &Value, path: &str) -> String {
+    let (len, path) = match path.strip_prefix("len:") {
+        Some(p) => (true, p),
+        None => (false, path),
+    };
+    let mut node = v;
+    for key in path.split('.').filter(|k| !k.is_empty()) {
+        node = match key.parse::<usize>() {
+            Ok(i) => &node[i],
+            Err(_) => &node[key],
+        };
+    }
+    match (len, node) {
+        (true, Value::Array(a)) => a.len().to_string(),
+        (true, _) => String::new(),
+        (false, Value::String(s)) => s.clone(),
+        (false, Value::Null) => String::new(),
+        (false, other) => other.to_string(),
     }
 }
 
