@@ -716,9 +716,16 @@ impl Flaky {
     }
 }
 
-#[tokio::test]
-async fn a_broker_outage_is_a_clean_error_and_reconnects_work_after() {
-    let mut broker = Flaky::start_on("127.0.0.1:0".parse().unwrap()).await;
+/// A control plane and one sidecar (shop/orders) whose policy allows everything, with its
+/// AMQP listener in front of `upstream`; `extra` adds flags.
+struct OpenMesh {
+    _dir: tempfile::TempDir,
+    cp: palisade_control_plane::RunningControlPlane,
+    sidecar: RunningSidecar,
+    audit: std::path::PathBuf,
+}
+
+async fn open_mesh(upstream: &str, extra: &[&str]) -> OpenMesh {
     let dir = tempfile::tempdir().unwrap();
     let cp = support::control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
     let policy_file = dir.path().join("policy.yaml");
@@ -728,22 +735,40 @@ async fn a_broker_outage_is_a_clean_error_and_reconnects_work_after() {
     )
     .unwrap();
     let files = sidecar_files(&cp, dir.path(), "orders").await;
-    let upstream = format!("amqp://guest:guest@{}/%2f", broker.addr);
-    let sidecar = start_ready(
-        &cp,
-        dir.path().join("cp/trust-bundle.pem"),
-        &files,
-        &[
-            "--amqp-listen",
-            "127.0.0.1:0",
-            "--amqp-upstream",
-            &upstream,
-            "--policy-file",
-            policy_file.to_str().unwrap(),
-        ],
-    )
-    .await;
-    let uri = format!("amqp://{}/%2f", sidecar.amqp_addr.unwrap());
+    let mut flags = vec![
+        "--amqp-listen",
+        "127.0.0.1:0",
+        "--amqp-upstream",
+        upstream,
+        "--policy-file",
+        policy_file.to_str().unwrap(),
+    ];
+    flags.extend_from_slice(extra);
+    let sidecar = start_ready(&cp, dir.path().join("cp/trust-bundle.pem"), &files, &flags).await;
+    OpenMesh {
+        _dir: dir,
+        cp,
+        sidecar,
+        audit: files.audit,
+    }
+}
+
+impl OpenMesh {
+    fn uri(&self) -> String {
+        format!("amqp://{}/%2f", self.sidecar.amqp_addr.unwrap())
+    }
+
+    async fn stop(self) {
+        self.sidecar.shutdown().await;
+        self.cp.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_broker_outage_is_a_clean_error_and_reconnects_work_after() {
+    let mut broker = Flaky::start_on("127.0.0.1:0".parse().unwrap()).await;
+    let mesh = open_mesh(&format!("amqp://guest:guest@{}/%2f", broker.addr), &[]).await;
+    let uri = mesh.uri();
     let app = Connection::connect(&uri, ConnectionProperties::default())
         .await
         .unwrap();
@@ -807,11 +832,10 @@ async fn a_broker_outage_is_a_clean_error_and_reconnects_work_after() {
         .unwrap()
         .is_ack()
     );
-    let audit = std::fs::read_to_string(&files.audit).unwrap_or_default();
+    let audit = std::fs::read_to_string(&mesh.audit).unwrap_or_default();
     assert!(audit.contains("the broker connection was lost"), "{audit}");
     let _ = again.close(200, s("bye")).await;
-    sidecar.shutdown().await;
-    cp.shutdown().await;
+    mesh.stop().await;
 }
 
 /// A TLS front for RabbitMQ (as a broker with an amqps listener): a certificate for
@@ -976,33 +1000,12 @@ async fn a_publish_to_a_non_utf8_exchange_ends_the_connection_with_502() {
 #[tokio::test]
 async fn an_application_that_goes_away_takes_its_broker_connection_with_it() {
     let broker = Flaky::start_on("127.0.0.1:0".parse().unwrap()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let cp = support::control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
-    let policy_file = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy_file,
-        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: all, namespace: shop }\nspec:\n  rules: [ {} ]\n",
-    )
-    .unwrap();
-    let files = sidecar_files(&cp, dir.path(), "orders").await;
-    let upstream = format!("amqp://guest:guest@{}/%2f", broker.addr);
-    let sidecar = start_ready(
-        &cp,
-        dir.path().join("cp/trust-bundle.pem"),
-        &files,
-        &[
-            "--amqp-listen",
-            "127.0.0.1:0",
-            "--amqp-upstream",
-            &upstream,
-            "--policy-file",
-            policy_file.to_str().unwrap(),
-            "--amqp-audit-sample",
-            "10",
-        ],
+    let mesh = open_mesh(
+        &format!("amqp://guest:guest@{}/%2f", broker.addr),
+        &["--amqp-audit-sample", "10"],
     )
     .await;
-    let uri = format!("amqp://{}/%2f", sidecar.amqp_addr.unwrap());
+    let uri = mesh.uri();
     let app = Connection::connect(&uri, ConnectionProperties::default())
         .await
         .unwrap();
@@ -1021,7 +1024,7 @@ async fn an_application_that_goes_away_takes_its_broker_connection_with_it() {
     assert_eq!(broker.open.load(std::sync::atomic::Ordering::SeqCst), 1);
     // Sampling: 30 allowed publishes, one audit line in ten.
     let publish_lines = || {
-        std::fs::read_to_string(&files.audit)
+        std::fs::read_to_string(&mesh.audit)
             .unwrap_or_default()
             .lines()
             .filter(|l| l.contains("\"operation\":\"publish\""))
@@ -1044,6 +1047,5 @@ async fn an_application_that_goes_away_takes_its_broker_connection_with_it() {
         async || broker.open.load(std::sync::atomic::Ordering::SeqCst) == 0,
     )
     .await;
-    sidecar.shutdown().await;
-    cp.shutdown().await;
+    mesh.stop().await;
 }
