@@ -10,6 +10,9 @@
 //!   so a slow response cannot hide the requests queued behind it).
 //! - Sidecar footprint: resident memory idle and at peak, CPU seconds per 10,000 requests.
 //! - Policy evaluation: time per decision with 10, 1,000 and 100,000 rules in the mesh.
+//! - Policy propagation: time from an API change until 100 and 1,000 simulated sidecars
+//!   (long polls on the configuration endpoint, over mTLS with a real sidecar's
+//!   certificate) have received it.
 //!
 //! `--smoke` runs each scenario for a moment, so CI keeps the harness working; the numbers
 //! of a smoke run mean nothing.
@@ -316,6 +319,104 @@ async fn latency(
     Ok(([pct(0.50), pct(0.99), pct(0.999)], errors))
 }
 
+/// `watchers` long polls on the configuration endpoint, then one policy applied through the
+/// admin API: milliseconds until each poll answered with the new version, sorted.
+async fn propagation(
+    cp: SocketAddr,
+    admin: SocketAddr,
+    admin_token: &str,
+    identity_dir: &Path,
+    watchers: usize,
+    round: usize,
+) -> anyhow::Result<Vec<f64>> {
+    use palisade_contract::tls::{
+        ExpectedServer, IdentitySlot, TrustBundle, WorkloadIdentity, client_config,
+        server_name_for, shared_bundle,
+    };
+    let td = palisade_contract::TrustDomain::parse("palisade.local")?;
+    let identity = WorkloadIdentity::from_pem(
+        &std::fs::read(identity_dir.join("cert.pem"))?,
+        &std::fs::read(identity_dir.join("key.pem"))?,
+    )?;
+    let bundle =
+        TrustBundle::from_pem(td.clone(), &std::fs::read(identity_dir.join("bundle.pem"))?)?;
+    let slot = IdentitySlot::new();
+    slot.set(identity);
+    let server = palisade_contract::identity_api::control_plane_id(&td);
+    let tls = Arc::new(client_config(
+        Some(slot),
+        shared_bundle(bundle),
+        ExpectedServer::Exact(server.clone()),
+        &[b"http/1.1"],
+    ));
+    let admin_call = |method: http::Method, path: &str, body: String| {
+        let (token, path) = (admin_token.to_owned(), path.to_owned());
+        async move {
+            let tcp = TcpStream::connect(admin).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "cp")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Full::new(Bytes::from(body)))?;
+            let resp = sender.send_request(req).await?;
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok(serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+        }
+    };
+    let version =
+        admin_call(http::Method::GET, "/v1/resources", String::new()).await?["meshVersion"]
+            .as_i64()
+            .unwrap_or(0);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut polls = Vec::with_capacity(watchers);
+    for i in 0..watchers {
+        let (tls, server, ready) = (tls.clone(), server.clone(), ready_tx.clone());
+        polls.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(cp).await?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(server_name_for(&server), tcp)
+                .await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let req = Request::get(format!(
+                "/v1/config?version={version}&applied={version}&instance=bench-{round}-{i}"
+            ))
+            .header("host", "cp")
+            .body(Empty::<Bytes>::new())?;
+            let _ = ready.send(());
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let _ = resp.into_body().collect().await?;
+            if status != http::StatusCode::OK {
+                bail!("poll answered {status}");
+            }
+            anyhow::Ok(Instant::now())
+        }));
+    }
+    for _ in 0..watchers {
+        ready_rx.recv().await;
+    }
+    // Let the last requests reach the control plane and start waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let policy = format!(
+        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: bench-{round}, namespace: shop }}\nspec:\n  selector: {{ service: payments }}\n  rules: [ {{ to: [ {{ methods: [\"HEAD\"] }} ] }} ]\n"
+    );
+    let started = Instant::now();
+    admin_call(http::Method::POST, "/v1/apply", policy).await?;
+    let mut times = Vec::with_capacity(watchers);
+    for p in polls {
+        let arrived = p.await??;
+        times.push(arrived.saturating_duration_since(started).as_secs_f64() * 1000.0);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times)
+}
+
 /// Time per decision with `rules` rules spread over the mesh (10 per policy, one policy per
 /// service, 100 services per namespace), the evaluated workload holding one policy.
 fn policy_eval(rules: usize, iterations: u64) -> f64 {
@@ -492,6 +593,8 @@ async fn run(
             app.to_string(),
             "--audit-log".into(),
             work.join(format!("{sa}-audit.jsonl")).display().to_string(),
+            "--identity-dir".into(),
+            work.join(format!("{sa}-id")).display().to_string(),
         ];
         if sa == "payments" {
             args.extend(["--policy-file".into(), policy.display().to_string()]);
@@ -558,6 +661,31 @@ async fn run(
             peak as f64 / 1024.0
         ));
         results.push(json!({"scenario": "footprint", "sidecar": s, "idle_rss_kib": idle[i].0, "peak_rss_kib": peak, "cpu_s_per_10k": per_10k}));
+    }
+    // Propagation: simulated sidecars (orders' certificate, many instances) wait on the
+    // configuration long poll; one policy change; how long until each has it.
+    md.push_str("\n| policy propagation (API change -> watcher has it) | watchers | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n");
+    let cp_sidecar_addr: SocketAddr = format!("127.0.0.1:{cp_sidecar}").parse()?;
+    let admin_token = std::fs::read_to_string(data.join("admin-token"))?
+        .trim()
+        .to_owned();
+    let counts: &[usize] = if smoke { &[10] } else { &[100, 1000] };
+    for (round, &watchers) in counts.iter().enumerate() {
+        let times = propagation(
+            cp_sidecar_addr,
+            format!("127.0.0.1:{cp_admin}").parse()?,
+            &admin_token,
+            &work.join("orders-id"),
+            watchers,
+            round,
+        )
+        .await?;
+        let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+        let (p50, p99, max) = (pct(0.5), pct(0.99), times[times.len() - 1]);
+        md.push_str(&format!(
+            "| one AuthorizationPolicy applied | {watchers} | {p50:.1} | {p99:.1} | {max:.1} |\n"
+        ));
+        results.push(json!({"scenario": "propagation", "watchers": watchers, "p50_ms": p50, "p99_ms": p99, "max_ms": max}));
     }
     drop(procs);
     std::fs::create_dir_all(out)?;
