@@ -448,10 +448,45 @@ struct Closing {
     held: VecDeque<Vec<u8>>,
 }
 
-/// What both directions of one connection share.
+/// What both directions of one connection share: the channels closing after a denial.
 #[derive(Debug, Default)]
 struct Shared {
-    closing: HashMap<u16, Closing>,
+    closing: Mutex<HashMap<u16, Closing>>,
+    /// How many channels are closing, so that every frame need not take the lock to learn
+    /// that none is.
+    closing_now: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    fn start_closing(&self, ch: u16) {
+        let mut closing = self.closing.lock().expect("not poisoned");
+        if closing.insert(ch, Closing::default()).is_none() {
+            self.closing_now
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// Applies `update` to channel `ch` if it is closing; `None` if it is not. When both
+    /// sides have confirmed, the closing ends and its held application frames are returned.
+    fn on_closing(
+        &self,
+        ch: u16,
+        update: impl FnOnce(&mut Closing),
+    ) -> Option<Option<VecDeque<Vec<u8>>>> {
+        if self.closing_now.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut closing = self.closing.lock().expect("not poisoned");
+        let state = closing.get_mut(&ch)?;
+        update(state);
+        if !(state.client_close_ok && state.broker_close_ok) {
+            return Some(None);
+        }
+        let done = closing.remove(&ch).expect("present");
+        self.closing_now
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        Some(Some(done.held))
+    }
 }
 
 /// The channels open on one connection, counted in a gauge; dropping closes them all.
@@ -650,7 +685,7 @@ impl Amqp {
     ) -> Result<(), AmqpError> {
         let (client_r, client_w) = client.into_split();
         let (broker_r, broker_w) = tokio::io::split(broker);
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Shared::default());
         let (to_client, to_client_rx) = mpsc::unbounded_channel();
         let (to_broker, to_broker_rx) = mpsc::unbounded_channel();
         let upward = {
@@ -699,7 +734,7 @@ impl Amqp {
         mut broker: tokio::io::WriteHalf<BrokerStream>,
         frame_max: u32,
         vhost: &str,
-        shared: Arc<Mutex<Shared>>,
+        shared: Arc<Shared>,
         to_client: mpsc::UnboundedSender<Inject>,
         mut injected: mpsc::UnboundedReceiver<Inject>,
     ) -> Result<(), AmqpError> {
@@ -968,15 +1003,11 @@ impl Amqp {
         ch: u16,
         class_id: u16,
         method_id: u16,
-        shared: &Mutex<Shared>,
+        shared: &Shared,
         to_client: &mpsc::UnboundedSender<Inject>,
         broker: &mut W,
     ) -> Result<(), AmqpError> {
-        shared
-            .lock()
-            .expect("not poisoned")
-            .closing
-            .insert(ch, Closing::default());
+        shared.start_closing(ch);
         broker
             .write_all(&channel_close(
                 ch,
@@ -1162,7 +1193,7 @@ impl Amqp {
         mut broker: tokio::io::ReadHalf<BrokerStream>,
         mut client: tokio::net::tcp::OwnedWriteHalf,
         frame_max: u32,
-        shared: Arc<Mutex<Shared>>,
+        shared: Arc<Shared>,
         mut injected: mpsc::UnboundedReceiver<Inject>,
         to_broker: mpsc::UnboundedSender<Inject>,
     ) -> Result<(), AmqpError> {
@@ -1313,14 +1344,12 @@ impl Amqp {
 /// What to do with an application frame on a channel closed after a denial: `None` if the
 /// channel is not closing; otherwise the held frames it releases (usually none).
 fn client_frame_on_closing(
-    shared: &Mutex<Shared>,
+    shared: &Shared,
     ch: u16,
     frame: &Frame,
     to_client: &mpsc::UnboundedSender<Inject>,
 ) -> Option<VecDeque<Vec<u8>>> {
-    let mut s = shared.lock().expect("not poisoned");
-    let closing = s.closing.get_mut(&ch)?;
-    match &frame.parsed {
+    let released = shared.on_closing(ch, |closing| match &frame.parsed {
         AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)))
             if !closing.client_close_ok =>
         {
@@ -1336,24 +1365,19 @@ fn client_frame_on_closing(
         // A re-opened channel: held until the broker confirms the close.
         _ if closing.client_close_ok => closing.held.push_back(frame.raw.clone()),
         _ => {}
-    }
-    if closing.client_close_ok && closing.broker_close_ok {
-        return s.closing.remove(&ch).map(|c| c.held);
-    }
-    Some(VecDeque::new())
+    })?;
+    Some(released.unwrap_or_default())
 }
 
 /// The same for a broker frame: `None` if the channel is not closing. When the closing
 /// completes, the held application frames go to the broker's writer.
 fn broker_frame_on_closing(
-    shared: &Mutex<Shared>,
+    shared: &Shared,
     ch: u16,
     frame: &Frame,
     to_broker: &mpsc::UnboundedSender<Inject>,
 ) -> Option<()> {
-    let mut s = shared.lock().expect("not poisoned");
-    let closing = s.closing.get_mut(&ch)?;
-    match &frame.parsed {
+    let released = shared.on_closing(ch, |closing| match &frame.parsed {
         AMQPFrame::Method(_, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
             closing.broker_close_ok = true;
         }
@@ -1363,13 +1387,9 @@ fn broker_frame_on_closing(
             let _ = to_broker.send(Inject::ToBroker(channel_close_ok(ch)));
         }
         _ => {}
-    }
-    if closing.client_close_ok && closing.broker_close_ok {
-        let done = s.closing.remove(&ch).expect("present");
-        if !done.held.is_empty() {
-            let held: Vec<u8> = done.held.into_iter().flatten().collect();
-            let _ = to_broker.send(Inject::ToBroker(held));
-        }
+    })?;
+    if let Some(held) = released.filter(|h| !h.is_empty()) {
+        let _ = to_broker.send(Inject::ToBroker(held.into_iter().flatten().collect()));
     }
     Some(())
 }

@@ -226,19 +226,6 @@ pub fn parse_documents(input: &str) -> Result<PolicyDocuments, Problems> {
     validate_values(&values).map(PolicyDocuments::from_documents)
 }
 
-/// Parses a single document that is already a JSON value (the admin API's body).
-pub fn from_value(value: &Value) -> Result<AuthorizationPolicy, Problems> {
-    let mut problems = Vec::new();
-    let policy = Walk {
-        problems: &mut problems,
-    }
-    .policy(value, "");
-    match policy {
-        Some(p) if problems.is_empty() => Ok(p),
-        _ => Err(Problems(problems)),
-    }
-}
-
 pub(crate) fn join(base: &str, field: &str) -> String {
     if base.is_empty() {
         field.to_owned()
