@@ -1112,6 +1112,7 @@ impl Amqp {
             }
             _ => return None,
         };
+        let actor = self.actor();
         let refused = checks.iter().any(|c| {
             let request = AmqpRequest {
                 operation: c.operation,
@@ -1120,15 +1121,17 @@ impl Amqp {
                 routing_key: c.routing_key.as_deref(),
                 queue: c.queue.as_deref(),
             };
-            !self.authorize(ch, &request, None)
+            !self.authorize(&actor, ch, &request, None)
         });
         refused.then_some(ids)
     }
 
     /// Every routing key of a publish must be allowed.
     fn authorize_publish(&self, vhost: &str, ch: u16, exchange: &str, keys: &[String]) -> bool {
+        let actor = self.actor();
         keys.iter().all(|k| {
             self.authorize(
+                &actor,
                 ch,
                 &AmqpRequest {
                     operation: "publish",
@@ -1142,17 +1145,29 @@ impl Amqp {
         })
     }
 
-    /// One decision: evaluated, counted and audited.
-    fn authorize(&self, ch: u16, op: &AmqpRequest<'_>, all_keys: Option<&[String]>) -> bool {
+    /// Who is acting: this workload, as its policies select it. Looked up once per
+    /// operation, not once per routing key.
+    fn actor(&self) -> Actor {
         let own = self.identity.spiffe_id();
-        let service = self.service_name(own.as_ref());
+        Actor {
+            service: self.service_name(own.as_ref()),
+            own,
+        }
+    }
+
+    /// One decision: evaluated, counted and audited.
+    fn authorize(
+        &self,
+        actor: &Actor,
+        ch: u16,
+        op: &AmqpRequest<'_>,
+        all_keys: Option<&[String]>,
+    ) -> bool {
+        let (own, service) = (&actor.own, &actor.service);
         let policies = self.policies.load();
         let decision = match own.as_ref().and_then(SpiffeId::namespace) {
             Some(namespace) => policies.authorization.evaluate(
-                &Workload {
-                    namespace,
-                    service: &service,
-                },
+                &Workload { namespace, service },
                 &Request::amqp(own.as_ref(), *op),
             ),
             None => return false,
@@ -1401,6 +1416,12 @@ fn string_arg(args: &FieldTable, name: &str) -> Option<String> {
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,
     }
+}
+
+/// The workload performing AMQP operations.
+struct Actor {
+    own: Option<SpiffeId>,
+    service: String,
 }
 
 /// An operation to authorize, with owned names (they may come from declare arguments).
