@@ -256,4 +256,19 @@ mod tests {
         );
         assert_eq!(validate(doc).unwrap()[0].name, "a");
     }
+
+    #[test]
+    fn a_batch_has_a_size_limit() {
+        let many: String = (0..=MAX_BATCH)
+            .map(|i| format!("apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: p{i}, namespace: shop }}\nspec: {{}}\n---\n"))
+            .collect();
+        let problems = validate(&many).unwrap_err().0;
+        assert_eq!(
+            problems[0].to_string(),
+            format!(
+                "input: has {} documents; at most {MAX_BATCH} at once",
+                MAX_BATCH + 1
+            )
+        );
+    }
 }

@@ -193,6 +193,18 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
+    // Bodies are limited (1 MiB).
+    let (status, _, _) = h
+        .admin_raw(
+            Method::POST,
+            "/v1/validate",
+            Some(&viewer),
+            &[],
+            "#".repeat(2 << 20),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
     // A viewer may not write.
     let (status, _, _) = put(viewer.clone(), vec![], POLICY.into()).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
