@@ -1,40 +1,55 @@
-//! Palisade's benchmark harness: Palisade against no proxy, on one machine, in one run.
+//! Palisade's benchmark harness: Palisade against no proxy and against an nginx pair doing
+//! the same mTLS job, on one machine, in one run.
 //!
-//! `palisade-bench run` starts the real binaries (control plane, two sidecars, an upstream
-//! application) on loopback, drives them with its own load generator, and writes a results
-//! table (Markdown and JSON). Scenarios so far:
-//! - HTTP/1.1 with 1 KiB responses, direct (client -> app) and through Palisade (client ->
-//!   outbound sidecar -> mTLS -> inbound sidecar evaluating an ALLOW policy -> app):
-//!   throughput at fixed concurrency (closed loop), and latency percentiles at a fixed
-//!   offered rate measured open loop (each request's latency counts from when it was due,
-//!   so a slow response cannot hide the requests queued behind it).
-//! - Sidecar footprint: resident memory idle and at peak, CPU seconds per 10,000 requests.
-//! - Policy evaluation: time per decision with 10, 1,000 and 100,000 rules in the mesh.
-//! - Policy propagation: time from an API change until 100 and 1,000 simulated sidecars
-//!   (long polls on the configuration endpoint, over mTLS with a real sidecar's
-//!   certificate) have received it.
+//! `palisade-bench run` starts the real binaries (control plane, sidecars, nginx, an
+//! upstream application) on loopback, drives them with its own load generator
+//! ([`load`]), and writes a results table (Markdown and JSON) with the ratios to direct
+//! and to nginx, and the targets met or missed. Scenarios:
+//! 1. HTTP/1.1 with 1 KiB responses: direct (client -> app), Palisade (client -> outbound
+//!    sidecar -> mTLS -> inbound sidecar evaluating an ALLOW policy -> app), nginx (the
+//!    same two hops, [`nginx`]): closed-loop throughput and open-loop latency percentiles.
+//! 2. The same with HTTP/2 between the client and the first hop.
+//! 3. AMQP publishes of 1 KiB messages, direct and through a sidecar with signing on and
+//!    off, with and without publisher confirms ([`amqp`]).
+//! 4. Footprint: resident memory idle and at peak during scenario 1, CPU seconds per
+//!    10,000 requests, for the sidecars and the nginx pair.
+//! 5. Policy evaluation: time per decision with 10, 1,000 and 100,000 rules in the mesh.
+//! 6. Certificate issuance: CSRs signed per second ([`issuance`]).
+//! 7. Policy propagation: time from an API change until 100 and 1,000 simulated sidecars
+//!    (long polls on the configuration endpoint, over mTLS with a real sidecar's
+//!    certificate) have received it.
 //!
 //! `--smoke` runs each scenario for a moment, so CI keeps the harness working; the numbers
 //! of a smoke run mean nothing.
+
+mod amqp;
+mod issuance;
+mod load;
+mod mesh;
+mod nginx;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use palisade_contract::tls::{IdentitySlot, SharedBundle};
+use palisade_contract::{SpiffeId, TrustDomain};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
+
+use load::{Proto, percentile};
+use mesh::{Procs, cpu_seconds, free_addr, memory, wait_status};
 
 #[derive(Debug, Parser)]
 #[command(name = "palisade-bench", about = "Palisade's benchmark harness")]
@@ -45,7 +60,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// The upstream application: 1 KiB responses over HTTP/1.1.
+    /// The upstream application: 1 KiB responses over HTTP/1.1 or HTTP/2 (prior knowledge).
     App {
         #[arg(long)]
         listen: SocketAddr,
@@ -67,6 +82,13 @@ enum Cmd {
         /// Offered rate for the latency runs (requests per second).
         #[arg(long, default_value_t = 2000)]
         rate: u64,
+        /// The broker for the AMQP scenario.
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        broker: String,
+        /// Run only these scenarios (comma-separated: eval, http1, http2, amqp, issuance,
+        /// propagation), for investigating one; a published run runs them all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -82,241 +104,58 @@ fn main() -> anyhow::Result<()> {
             smoke,
             concurrency,
             rate,
-        } => runtime.block_on(run(&bin_dir, &out, smoke, concurrency, rate)),
+            broker,
+            only,
+        } => runtime.block_on(run(Settings {
+            bin_dir,
+            out,
+            smoke,
+            concurrency,
+            rate,
+            broker,
+            only,
+        })),
     }
 }
 
 async fn app(listen: SocketAddr) -> anyhow::Result<()> {
     let body = Bytes::from(vec![b'x'; 1024]);
     let listener = TcpListener::bind(listen).await?;
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
     loop {
         let (tcp, _) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);
-        let body = body.clone();
+        let (body, builder) = (body.clone(), builder.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
                 let body = body.clone();
                 async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
         });
     }
 }
 
-/// Child processes, killed when dropped.
-struct Procs(Vec<(String, Child)>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Procs {
-    fn spawn(
-        &mut self,
-        name: &str,
-        program: &Path,
-        args: &[String],
-        log: &Path,
-    ) -> anyhow::Result<u32> {
-        let child = Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        let pid = child.id();
-        self.0.push((name.to_owned(), child));
-        Ok(pid)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn get_status(addr: SocketAddr, host: &str, path: &str) -> Option<u16> {
-    let tcp = TcpStream::connect(addr).await.ok()?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .ok()?;
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", host)
-        .body(Empty::<Bytes>::new())
-        .ok()?;
-    let resp = sender.send_request(req).await.ok()?;
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    Some(status)
-}
-
-async fn wait_status(addr: SocketAddr, host: &str, path: &str, want: u16) -> anyhow::Result<()> {
-    for _ in 0..200 {
-        if get_status(addr, host, path).await == Some(want) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{addr}{path} never answered {want}")
-}
-
-/// (resident KiB now, peak resident KiB) of a process.
-fn memory(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the file, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// A keep-alive HTTP/1.1 connection.
-async fn connect(
-    addr: SocketAddr,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-async fn one(
-    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-    host: &str,
-) -> anyhow::Result<()> {
-    sender.ready().await?;
-    let req = Request::get("/item")
-        .header("host", host)
-        .body(Empty::new())?;
-    let resp = sender.send_request(req).await?;
-    if !resp.status().is_success() {
-        bail!("status {}", resp.status());
-    }
-    resp.into_body().collect().await?;
-    Ok(())
-}
-
-/// Closed loop: `concurrency` connections, each sending as fast as answered, for `duration`.
-async fn throughput(
-    addr: SocketAddr,
-    host: &str,
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<(f64, u64)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let mut sender = connect(addr).await?;
-        let (stop, done, errors, host) =
-            (stop.clone(), done.clone(), errors.clone(), host.to_owned());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match one(&mut sender, &host).await {
-                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let n = done.load(Ordering::Relaxed);
+/// What a simulated sidecar needs to speak to the control plane as `orders`: its identity,
+/// its trust bundle, and the control plane's SPIFFE ID.
+fn sidecar_tls(identity_dir: &Path) -> anyhow::Result<(Arc<IdentitySlot>, SharedBundle, SpiffeId)> {
+    use palisade_contract::tls::{TrustBundle, WorkloadIdentity, shared_bundle};
+    let td = TrustDomain::parse("palisade.local")?;
+    let identity = WorkloadIdentity::from_pem(
+        &std::fs::read(identity_dir.join("cert.pem"))?,
+        &std::fs::read(identity_dir.join("key.pem"))?,
+    )?;
+    let bundle =
+        TrustBundle::from_pem(td.clone(), &std::fs::read(identity_dir.join("bundle.pem"))?)?;
+    let slot = IdentitySlot::new();
+    slot.set(identity);
     Ok((
-        n as f64 / started.elapsed().as_secs_f64(),
-        errors.load(Ordering::Relaxed),
+        slot,
+        shared_bundle(bundle),
+        palisade_contract::identity_api::control_plane_id(&td),
     ))
-}
-
-/// Open loop at `rate` requests per second for `duration`: latency from when each request
-/// was due. Returns (p50, p99, p99.9) in milliseconds, and errors.
-async fn latency(
-    addr: SocketAddr,
-    host: &str,
-    rate: u64,
-    duration: Duration,
-) -> anyhow::Result<([f64; 3], u64)> {
-    // Enough connections that the pool is never the bottleneck at this rate.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    for _ in 0..64 {
-        tx.send(connect(addr).await?).ok();
-    }
-    let pool = Arc::new(tokio::sync::Mutex::new(rx));
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let total = (rate as f64 * duration.as_secs_f64()) as u64;
-    let started = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let due = started + interval * i as u32;
-        tokio::time::sleep_until(due).await;
-        let (pool, tx, host) = (pool.clone(), tx.clone(), host.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let mut sender = pool
-                .lock()
-                .await
-                .recv()
-                .await
-                .expect("pool never empties for good");
-            let ok = one(&mut sender, &host).await.is_ok();
-            let took = due.elapsed();
-            let _ = tx.send(sender);
-            (took, ok)
-        }));
-    }
-    let mut samples = Vec::with_capacity(tasks.len());
-    let mut errors = 0;
-    for t in tasks {
-        let (took, ok) = t.await?;
-        if ok {
-            samples.push(took.as_secs_f64() * 1000.0);
-        } else {
-            errors += 1;
-        }
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        samples
-            .get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
-    Ok(([pct(0.50), pct(0.99), pct(0.999)], errors))
 }
 
 /// `watchers` long polls on the configuration endpoint, then one policy applied through the
@@ -329,23 +168,11 @@ async fn propagation(
     watchers: usize,
     round: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    use palisade_contract::tls::{
-        ExpectedServer, IdentitySlot, TrustBundle, WorkloadIdentity, client_config,
-        server_name_for, shared_bundle,
-    };
-    let td = palisade_contract::TrustDomain::parse("palisade.local")?;
-    let identity = WorkloadIdentity::from_pem(
-        &std::fs::read(identity_dir.join("cert.pem"))?,
-        &std::fs::read(identity_dir.join("key.pem"))?,
-    )?;
-    let bundle =
-        TrustBundle::from_pem(td.clone(), &std::fs::read(identity_dir.join("bundle.pem"))?)?;
-    let slot = IdentitySlot::new();
-    slot.set(identity);
-    let server = palisade_contract::identity_api::control_plane_id(&td);
+    use palisade_contract::tls::{ExpectedServer, client_config, server_name_for};
+    let (slot, bundle, server) = sidecar_tls(identity_dir)?;
     let tls = Arc::new(client_config(
         Some(slot),
-        shared_bundle(bundle),
+        bundle,
         ExpectedServer::Exact(server.clone()),
         &[b"http/1.1"],
     ));
@@ -476,111 +303,70 @@ fn policy_eval(rules: usize, iterations: u64) -> f64 {
     started.elapsed().as_nanos() as f64 / iterations as f64
 }
 
-async fn run(
-    bin_dir: &Path,
-    out: &Path,
+struct Settings {
+    bin_dir: PathBuf,
+    out: PathBuf,
     smoke: bool,
     concurrency: usize,
     rate: u64,
-) -> anyhow::Result<()> {
-    let dur = if smoke {
-        Duration::from_millis(500)
-    } else {
-        Duration::from_secs(10)
-    };
-    let rate = if smoke { rate.min(200) } else { rate };
-    let work = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let mut procs = Procs(Vec::new());
-    let bin = |name: &str| bin_dir.join(name);
-    let me = std::env::current_exe()?;
-    let mut results: Vec<Value> = Vec::new();
-    let mut md = String::new();
+    broker: String,
+    only: Vec<String>,
+}
 
-    // Policy evaluation, in process.
-    md.push_str("| policy evaluation | rules in the mesh | ns per decision |\n|---|---:|---:|\n");
-    for rules in [10, 1_000, 100_000] {
-        let iterations = if smoke { 10_000 } else { 2_000_000 };
-        let ns = policy_eval(rules, iterations);
-        md.push_str(&format!(
-            "| HTTP request, allowed by rule 9 of 10 | {rules} | {ns:.0} |\n"
-        ));
-        results.push(json!({"scenario": "policy-eval", "rules": rules, "ns_per_decision": ns}));
+impl Settings {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == scenario)
     }
+}
 
-    // The mesh: control plane, the app, payments' sidecar in front of it, orders' sidecar.
-    let (cp_sidecar, cp_admin, cp_metrics) = (free_port(), free_port(), free_port());
-    let data = work.join("cp");
-    procs.spawn(
-        "control-plane",
-        &bin("palisade-control-plane"),
-        &[
-            "--data-dir".into(),
-            data.display().to_string(),
-            "--sidecar-listen".into(),
-            format!("127.0.0.1:{cp_sidecar}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{cp_admin}"),
-            "--metrics-listen".into(),
-            format!("127.0.0.1:{cp_metrics}"),
-        ],
-        &work.join("cp.log"),
-    )?;
-    wait_status(
-        format!("127.0.0.1:{cp_admin}").parse()?,
-        "cp",
-        "/healthz",
-        200,
-    )
-    .await?;
-    let app: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    procs.spawn(
-        "app",
-        &me,
-        &["app".into(), "--listen".into(), app.to_string()],
-        &work.join("app.log"),
-    )?;
-    let policy = work.join("policy.yaml");
-    std::fs::write(
-        &policy,
-        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: bench, namespace: shop }\nspec:\n  selector: { service: payments }\n  rules:\n    - from: [ { principals: [\"spiffe://palisade.local/ns/shop/sa/orders\"] } ]\n      to: [ { methods: [\"GET\"], paths: [\"/item\"] } ]\n",
-    )?;
-    let mut sidecars: HashMap<&str, (u32, SocketAddr, SocketAddr)> = HashMap::new();
-    let payments_inbound: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let registry = work.join("registry.yaml");
-    std::fs::write(
-        &registry,
-        format!(
-            "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: payments, namespace: shop }}\nspec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/payments\", endpoints: [\"{payments_inbound}\"] }}\n"
-        ),
-    )?;
-    for sa in ["payments", "orders"] {
-        let token = Command::new(bin("palisade"))
+/// A running sidecar.
+struct Sidecar {
+    pid: u32,
+    outbound: SocketAddr,
+    amqp: Option<SocketAddr>,
+}
+
+/// The running control plane and application, and how to start sidecars next to them.
+struct Mesh {
+    bin_dir: PathBuf,
+    work: PathBuf,
+    data: PathBuf,
+    cp_sidecar: SocketAddr,
+    cp_admin: SocketAddr,
+    app: SocketAddr,
+}
+
+impl Mesh {
+    /// Starts the sidecar of service account `sa` in namespace `shop` (a join token from
+    /// the CLI, as an operator would make one) and waits until it is ready.
+    async fn sidecar(
+        &self,
+        procs: &mut Procs,
+        sa: &str,
+        inbound: SocketAddr,
+        extra: &[String],
+    ) -> anyhow::Result<Sidecar> {
+        let token = Command::new(self.bin_dir.join("palisade"))
             .args([
                 "--server",
-                &format!("http://127.0.0.1:{cp_admin}"),
+                &format!("http://{}", self.cp_admin),
                 "--token-file",
             ])
-            .arg(data.join("admin-token"))
+            .arg(self.data.join("admin-token"))
             .args(["token", "create", "-n", "shop", "-s", sa])
             .output()?;
         if !token.status.success() {
             bail!("token create: {}", String::from_utf8_lossy(&token.stderr));
         }
-        let token_file = work.join(format!("{sa}.token"));
+        let token_file = self.work.join(format!("{sa}.token"));
         std::fs::write(&token_file, token.stdout)?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let outbound: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let inbound = if sa == "payments" {
-            payments_inbound
-        } else {
-            format!("127.0.0.1:{}", free_port()).parse()?
-        };
+        let (admin, outbound) = (free_addr(), free_addr());
+        let amqp = extra.iter().any(|a| a == "--amqp-upstream").then(free_addr);
         let mut args: Vec<String> = vec![
             "--control-plane".into(),
-            format!("127.0.0.1:{cp_sidecar}"),
+            self.cp_sidecar.to_string(),
             "--ca-bundle".into(),
-            data.join("trust-bundle.pem").display().to_string(),
+            self.data.join("trust-bundle.pem").display().to_string(),
             "--token-file".into(),
             token_file.display().to_string(),
             "--admin-listen".into(),
@@ -590,111 +376,540 @@ async fn run(
             "--outbound-listen".into(),
             outbound.to_string(),
             "--app".into(),
-            app.to_string(),
+            self.app.to_string(),
             "--audit-log".into(),
-            work.join(format!("{sa}-audit.jsonl")).display().to_string(),
+            self.work
+                .join(format!("{sa}-audit.jsonl"))
+                .display()
+                .to_string(),
             "--identity-dir".into(),
-            work.join(format!("{sa}-id")).display().to_string(),
+            self.work.join(format!("{sa}-id")).display().to_string(),
         ];
-        if sa == "payments" {
-            args.extend(["--policy-file".into(), policy.display().to_string()]);
-        } else {
-            args.extend(["--registry-file".into(), registry.display().to_string()]);
+        if let Some(a) = amqp {
+            args.extend(["--amqp-listen".into(), a.to_string()]);
         }
+        args.extend(extra.iter().cloned());
         let pid = procs.spawn(
             sa,
-            &bin("palisade-proxy"),
+            &self.bin_dir.join("palisade-proxy"),
             &args,
-            &work.join(format!("{sa}.log")),
+            &self.work.join(format!("{sa}.log")),
         )?;
         wait_status(admin, "admin", "/ready", 200).await?;
-        sidecars.insert(sa, (pid, admin, outbound));
+        Ok(Sidecar {
+            pid,
+            outbound,
+            amqp,
+        })
     }
-    let via = sidecars["orders"].2;
-    wait_status(via, "payments", "/item", 200).await?;
+}
+
+/// The results as they are measured: a Markdown report, the same figures as JSON, and the
+/// verdict on each target.
+#[derive(Default)]
+struct Report {
+    md: String,
+    results: Vec<Value>,
+    targets: Vec<(String, bool, String)>,
+}
+
+impl Report {
+    fn target(&mut self, what: &str, met: bool, detail: String) {
+        self.targets.push((what.to_owned(), met, detail));
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+fn write_policy(path: &Path, name: &str, rules: &str) -> anyhow::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n{rules}"
+        ),
+    )?;
+    Ok(())
+}
+
+/// One path of the HTTP scenarios: where the client connects for each protocol, and the
+/// processes whose CPU and memory it costs.
+struct HttpPath {
+    name: &'static str,
+    key: &'static str,
+    http1: SocketAddr,
+    http2: SocketAddr,
+    host: &'static str,
+    /// (label, pid) of each proxy on the path.
+    proxies: Vec<(&'static str, u32)>,
+}
+
+/// What one HTTP path measured.
+#[derive(Clone, Copy)]
+struct HttpFigures {
+    rps: f64,
+    p99: f64,
+    cpu_per_10k: f64,
+}
+
+async fn run(s: Settings) -> anyhow::Result<()> {
+    let dur = if s.smoke {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(10)
+    };
+    let rate = if s.smoke { s.rate.min(200) } else { s.rate };
+    let work = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let mut procs = Procs(Vec::new());
+    let me = std::env::current_exe()?;
+    let mut r = Report::default();
+
+    // 5. Policy evaluation, in process.
+    r.md.push_str("| policy evaluation | rules in the mesh | ns per decision |\n|---|---:|---:|\n");
+    let mut eval_100k = f64::NAN;
+    let rule_counts: &[usize] = if s.runs("eval") {
+        &[10, 1_000, 100_000]
+    } else {
+        &[]
+    };
+    for &rules in rule_counts {
+        let iterations = if s.smoke { 10_000 } else { 2_000_000 };
+        let ns = policy_eval(rules, iterations);
+        r.md.push_str(&format!(
+            "| HTTP request, allowed by rule 9 of 10 | {rules} | {ns:.0} |\n"
+        ));
+        r.results
+            .push(json!({"scenario": "policy-eval", "rules": rules, "ns_per_decision": ns}));
+        eval_100k = ns;
+    }
+    if s.runs("eval") {
+        r.target(
+            "policy evaluation under 1 µs per decision at 100,000 rules",
+            eval_100k < 1000.0,
+            format!("{eval_100k:.0} ns"),
+        );
+    }
+
+    // The mesh: control plane, the app, payments' sidecar in front of it, orders' sidecar
+    // calling it, and two publishers' sidecars for AMQP.
+    let (cp_sidecar, cp_admin, cp_metrics) = (free_addr(), free_addr(), free_addr());
+    let data = work.join("cp");
+    procs.spawn(
+        "control-plane",
+        &s.bin_dir.join("palisade-control-plane"),
+        &[
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--sidecar-listen".into(),
+            cp_sidecar.to_string(),
+            "--admin-listen".into(),
+            cp_admin.to_string(),
+            "--metrics-listen".into(),
+            cp_metrics.to_string(),
+        ],
+        &work.join("cp.log"),
+    )?;
+    wait_status(cp_admin, "cp", "/healthz", 200).await?;
+    let app = free_addr();
+    procs.spawn(
+        "app",
+        &me,
+        &["app".into(), "--listen".into(), app.to_string()],
+        &work.join("app.log"),
+    )?;
+    let mesh = Mesh {
+        bin_dir: s.bin_dir.clone(),
+        work: work.clone(),
+        data: data.clone(),
+        cp_sidecar,
+        cp_admin,
+        app,
+    };
+    let http_policy = work.join("policy.yaml");
+    write_policy(
+        &http_policy,
+        "bench",
+        "  selector: { service: payments }\n  rules:\n    - from: [ { principals: [\"spiffe://palisade.local/ns/shop/sa/orders\"] } ]\n      to: [ { methods: [\"GET\"], paths: [\"/item\"] } ]\n",
+    )?;
+    let amqp_policy = work.join("amqp-policy.yaml");
+    write_policy(
+        &amqp_policy,
+        "bench-publish",
+        &format!(
+            "  rules:\n    - to: [ {{ amqp: {{ operations: [publish], vhosts: [\"/\"], exchanges: [\"\"], routingKeys: [\"{}\"] }} }} ]\n",
+            amqp::QUEUE
+        ),
+    )?;
+    let payments_inbound = free_addr();
+    let registry = work.join("registry.yaml");
+    std::fs::write(
+        &registry,
+        format!(
+            "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: payments, namespace: shop }}\nspec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/payments\", endpoints: [\"{payments_inbound}\"] }}\n"
+        ),
+    )?;
+    let path_arg = |flag: &str, p: &Path| [flag.to_owned(), p.display().to_string()];
+    let payments = mesh
+        .sidecar(
+            &mut procs,
+            "payments",
+            payments_inbound,
+            &path_arg("--policy-file", &http_policy),
+        )
+        .await?;
+    let orders = mesh
+        .sidecar(
+            &mut procs,
+            "orders",
+            free_addr(),
+            &path_arg("--registry-file", &registry),
+        )
+        .await?;
+    let mut publishers = Vec::new();
+    for (sa, sign) in [("publisher", "true"), ("publisher-unsigned", "false")] {
+        let mut extra = path_arg("--policy-file", &amqp_policy).to_vec();
+        extra.extend([
+            "--amqp-upstream".into(),
+            s.broker.clone(),
+            "--amqp-sign".into(),
+            sign.into(),
+        ]);
+        publishers.push(mesh.sidecar(&mut procs, sa, free_addr(), &extra).await?);
+    }
+    wait_status(orders.outbound, "payments", "/item", 200).await?;
     wait_status(app, "app", "/item", 200).await?;
-    let idle: Vec<(u64, u64)> = ["orders", "payments"]
+
+    let mut paths = vec![
+        HttpPath {
+            name: "direct",
+            key: "direct",
+            http1: app,
+            http2: app,
+            host: "app",
+            proxies: vec![],
+        },
+        HttpPath {
+            name: "Palisade (2 sidecars, mTLS, policy, audit)",
+            key: "palisade",
+            http1: orders.outbound,
+            http2: orders.outbound,
+            host: "payments",
+            proxies: vec![
+                ("orders sidecar", orders.pid),
+                ("payments sidecar", payments.pid),
+            ],
+        },
+    ];
+    match nginx::find() {
+        Some(bin) => {
+            let ports = nginx::Ports {
+                out_http1: free_addr(),
+                out_http2: free_addr(),
+                inbound: free_addr(),
+            };
+            let [inbound, outbound] =
+                nginx::start(&mut procs, &bin, &work.join("nginx"), app, ports)?;
+            wait_status(ports.out_http1, "payments", "/item", 200).await?;
+            paths.push(HttpPath {
+                name: "nginx (2 instances, mTLS, subject check, access log)",
+                key: "nginx",
+                http1: ports.out_http1,
+                http2: ports.out_http2,
+                host: "payments",
+                proxies: vec![("nginx outbound", outbound), ("nginx inbound", inbound)],
+            });
+        }
+        None => {
+            r.md.push_str("\n**nginx was not found: the nginx rows are missing from this run.**\n");
+        }
+    }
+    let idle: HashMap<u32, u64> = paths
         .iter()
-        .map(|s| memory(sidecars[s].0))
+        .flat_map(|p| p.proxies.iter())
+        .map(|&(_, pid)| (pid, memory(pid).0))
         .collect();
 
-    md.push_str(&format!(
-        "\n| HTTP/1.1, 1 KiB responses | throughput (req/s, {concurrency} connections) | p50 ms | p99 ms | p99.9 ms (open loop, {rate} req/s) | errors |\n|---|---:|---:|---:|---:|---:|\n"
-    ));
-    let mut cpu = 0.0;
-    let mut palisade_requests = 0.0;
-    for (name, addr, host) in [
-        ("direct", app, "app"),
-        ("palisade (2 sidecars, mTLS, policy)", via, "payments"),
-    ] {
-        let cpu_before: f64 = ["orders", "payments"]
-            .iter()
-            .map(|s| cpu_seconds(sidecars[s].0))
-            .sum();
-        let (rps, errors_t) = throughput(addr, host, concurrency, dur).await?;
-        let cpu_after: f64 = ["orders", "payments"]
-            .iter()
-            .map(|s| cpu_seconds(sidecars[s].0))
-            .sum();
-        if host == "payments" {
-            cpu = cpu_after - cpu_before;
-            palisade_requests = rps * dur.as_secs_f64();
+    // 1 and 2. HTTP, each protocol over every path; 4. footprint after scenario 1.
+    for proto in [Proto::Http1, Proto::Http2] {
+        if !s.runs(proto.key()) {
+            continue;
         }
-        let ([p50, p99, p999], errors_l) = latency(addr, host, rate, dur).await?;
-        md.push_str(&format!(
-            "| {name} | {rps:.0} | {p50:.2} | {p99:.2} | {p999:.2} | {} |\n",
-            errors_t + errors_l
+        r.md.push_str(&format!(
+            "\n| {}, 1 KiB responses | req/s ({} connections) | vs direct | vs nginx | p50 ms | p99 ms | p99.9 ms | p99 vs nginx | CPU s / 10k req (proxies) | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            proto.label(),
+            s.concurrency
         ));
-        results.push(json!({"scenario": "http1", "path": name, "throughput_rps": rps, "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "errors": errors_t + errors_l}));
+        let mut measured: Vec<(HttpFigures, [f64; 3], u64)> = Vec::new();
+        for path in &paths {
+            let addr = match proto {
+                Proto::Http1 => path.http1,
+                Proto::Http2 => path.http2,
+            };
+            let cpu = || -> f64 { path.proxies.iter().map(|&(_, p)| cpu_seconds(p)).sum() };
+            let before = cpu();
+            let (rps, errors_t) =
+                load::throughput(addr, proto, path.host, s.concurrency, dur).await?;
+            let used = cpu() - before;
+            let requests = rps * dur.as_secs_f64();
+            let cpu_per_10k = if path.proxies.is_empty() || requests == 0.0 {
+                f64::NAN
+            } else {
+                used / requests * 10_000.0
+            };
+            let (lat, errors_l) = load::latency(addr, proto, path.host, rate, dur).await?;
+            measured.push((
+                HttpFigures {
+                    rps,
+                    p99: lat[1],
+                    cpu_per_10k,
+                },
+                lat,
+                errors_t + errors_l,
+            ));
+        }
+        let direct = measured[0].0;
+        let nginx = paths
+            .iter()
+            .position(|p| p.key == "nginx")
+            .map(|i| measured[i].0);
+        for (path, (f, [p50, p99, p999], errors)) in paths.iter().zip(&measured) {
+            let vs_nginx = nginx.map_or(f64::NAN, |n| n.rps);
+            let p99_nginx = nginx.map_or(f64::NAN, |n| n.p99);
+            r.md.push_str(&format!(
+                "| {} | {:.0} | {} | {} | {p50:.2} | {p99:.2} | {p999:.2} | {} | {} | {errors} |\n",
+                path.name,
+                f.rps,
+                ratio(f.rps, direct.rps),
+                ratio(f.rps, vs_nginx),
+                ratio(*p99, p99_nginx),
+                if f.cpu_per_10k.is_nan() {
+                    "–".to_owned()
+                } else {
+                    format!("{:.2}", f.cpu_per_10k)
+                },
+            ));
+            r.results.push(json!({
+                "scenario": proto.key(), "path": path.key, "throughput_rps": f.rps,
+                "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
+                "cpu_s_per_10k_requests": f.cpu_per_10k, "errors": errors,
+                "offered_rate_rps": rate, "connections": s.concurrency,
+            }));
+        }
+        if let (Some(n), Some(i)) = (nginx, paths.iter().position(|p| p.key == "palisade")) {
+            let p = measured[i].0;
+            r.target(
+                &format!("{} throughput at least the nginx pair's", proto.label()),
+                p.rps >= n.rps,
+                format!(
+                    "{:.0} vs {:.0} req/s ({})",
+                    p.rps,
+                    n.rps,
+                    ratio(p.rps, n.rps)
+                ),
+            );
+            r.target(
+                &format!(
+                    "{} p99 at {rate} req/s no worse than the nginx pair's",
+                    proto.label()
+                ),
+                p.p99 <= n.p99,
+                format!("{:.2} vs {:.2} ms", p.p99, n.p99),
+            );
+        }
+        if proto == Proto::Http1 {
+            r.md.push_str(
+                "\n| footprint (scenario 1) | idle RSS MiB | peak RSS MiB |\n|---|---:|---:|\n",
+            );
+            let mut sidecar_peak: u64 = 0;
+            for path in paths.iter().filter(|p| !p.proxies.is_empty()) {
+                for &(label, pid) in &path.proxies {
+                    let (_, peak) = memory(pid);
+                    if path.key == "palisade" {
+                        sidecar_peak = sidecar_peak.max(peak);
+                    }
+                    r.md.push_str(&format!(
+                        "| {label}{} | {:.1} | {:.1} |\n",
+                        if path.key == "nginx" {
+                            " (master + workers)"
+                        } else {
+                            ""
+                        },
+                        idle[&pid] as f64 / 1024.0,
+                        peak as f64 / 1024.0
+                    ));
+                    r.results.push(json!({"scenario": "footprint", "process": label, "idle_rss_kib": idle[&pid], "peak_rss_kib": peak}));
+                }
+            }
+            r.target(
+                "sidecar resident memory under 20 MB at peak in scenario 1",
+                sidecar_peak * 1024 < 20_000_000,
+                format!("{:.1} MB", sidecar_peak as f64 * 1024.0 / 1e6),
+            );
+        }
     }
-    md.push_str("\n| sidecar footprint | idle RSS MiB | peak RSS MiB | CPU s per 10,000 requests (both sidecars) |\n|---|---:|---:|---:|\n");
-    for (i, s) in ["orders", "payments"].iter().enumerate() {
-        let (_, peak) = memory(sidecars[s].0);
-        let per_10k = if palisade_requests > 0.0 {
-            cpu / palisade_requests * 10_000.0
-        } else {
-            f64::NAN
-        };
-        md.push_str(&format!(
-            "| {s} | {:.1} | {:.1} | {per_10k:.2} |\n",
-            idle[i].0 as f64 / 1024.0,
-            peak as f64 / 1024.0
+
+    // 3. AMQP publishes.
+    if s.runs("amqp") {
+        amqp_scenario(&s, &mut r, &publishers, dur).await?;
+    }
+
+    // 6. Certificate issuance.
+    if s.runs("issuance") {
+        let (slot, bundle, server) = sidecar_tls(&work.join("orders-id"))?;
+        let (signed, p50, p99, errors) =
+            issuance::rate(cp_sidecar, slot, bundle, server, 8, dur).await?;
+        r.md.push_str(&format!(
+            "\n| certificate issuance (renewal: mTLS + CSR + sign) | CSRs signed/s (8 clients) | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|\n| control plane, SQLite | {signed:.0} | {p50:.2} | {p99:.2} | {errors} |\n"
         ));
-        results.push(json!({"scenario": "footprint", "sidecar": s, "idle_rss_kib": idle[i].0, "peak_rss_kib": peak, "cpu_s_per_10k": per_10k}));
+        r.results.push(json!({"scenario": "issuance", "clients": 8, "signed_per_s": signed, "p50_ms": p50, "p99_ms": p99, "errors": errors}));
     }
-    // Propagation: simulated sidecars (orders' certificate, many instances) wait on the
+
+    // 7. Propagation: simulated sidecars (orders' certificate, many instances) wait on the
     // configuration long poll; one policy change; how long until each has it.
-    md.push_str("\n| policy propagation (API change -> watcher has it) | watchers | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n");
-    let cp_sidecar_addr: SocketAddr = format!("127.0.0.1:{cp_sidecar}").parse()?;
-    let admin_token = std::fs::read_to_string(data.join("admin-token"))?
-        .trim()
-        .to_owned();
-    let counts: &[usize] = if smoke { &[10] } else { &[100, 1000] };
+    if s.runs("propagation") {
+        let admin_token = std::fs::read_to_string(data.join("admin-token"))?
+            .trim()
+            .to_owned();
+        propagation_scenario(&s, &mut r, cp_sidecar, cp_admin, &admin_token, &work).await?;
+    }
+    drop(procs);
+    finish(&s, r)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+async fn amqp_scenario(
+    s: &Settings,
+    r: &mut Report,
+    publishers: &[Sidecar],
+    dur: Duration,
+) -> anyhow::Result<()> {
+    amqp::prepare(&s.broker).await?;
+    let direct_amqp = s.broker.clone();
+    let via = |sc: &Sidecar| {
+        format!(
+            "amqp://guest:guest@{}/%2f",
+            sc.amqp.expect("an AMQP sidecar")
+        )
+    };
+    let amqp_paths = [
+        ("direct", "direct", direct_amqp),
+        (
+            "through the sidecar, signing on",
+            "sidecar-signed",
+            via(&publishers[0]),
+        ),
+        (
+            "through the sidecar, signing off",
+            "sidecar-unsigned",
+            via(&publishers[1]),
+        ),
+    ];
+    r.md.push_str("\n| AMQP publishes, 1 KiB | with confirms msg/s | vs direct | without confirms msg/s | vs direct |\n|---|---:|---:|---:|---:|\n");
+    let mut direct_rates = [f64::NAN; 2];
+    for (i, (name, key, url)) in amqp_paths.iter().enumerate() {
+        let mut rates = [0.0; 2];
+        for (j, confirms) in [true, false].into_iter().enumerate() {
+            rates[j] = amqp::publish_rate(url, confirms, dur).await?;
+            r.results.push(json!({"scenario": "amqp-publish", "path": key, "confirms": confirms, "messages_per_s": rates[j], "confirm_window": amqp::CONFIRM_WINDOW}));
+        }
+        if i == 0 {
+            direct_rates = rates;
+        }
+        r.md.push_str(&format!(
+            "| {name} | {:.0} | {} | {:.0} | {} |\n",
+            rates[0],
+            ratio(rates[0], direct_rates[0]),
+            rates[1],
+            ratio(rates[1], direct_rates[1])
+        ));
+        if i == 1 {
+            r.target(
+                "AMQP through the sidecar at least 85 % of direct, with confirms (signing on)",
+                rates[0] >= 0.85 * direct_rates[0],
+                format!("{:.0} %", 100.0 * rates[0] / direct_rates[0]),
+            );
+        }
+    }
+
+    Ok(())
+}
+
+async fn propagation_scenario(
+    s: &Settings,
+    r: &mut Report,
+    cp_sidecar: SocketAddr,
+    cp_admin: SocketAddr,
+    admin_token: &str,
+    work: &Path,
+) -> anyhow::Result<()> {
+    r.md.push_str("\n| policy propagation (API change -> watcher has it) | watchers | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|---:|\n");
+    let counts: &[usize] = if s.smoke { &[10] } else { &[100, 1000] };
     for (round, &watchers) in counts.iter().enumerate() {
         let times = propagation(
-            cp_sidecar_addr,
-            format!("127.0.0.1:{cp_admin}").parse()?,
-            &admin_token,
+            cp_sidecar,
+            cp_admin,
+            admin_token,
             &work.join("orders-id"),
             watchers,
             round,
         )
         .await?;
-        let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
-        let (p50, p99, max) = (pct(0.5), pct(0.99), times[times.len() - 1]);
-        md.push_str(&format!(
+        let (p50, p99, max) = (
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times[times.len() - 1],
+        );
+        r.md.push_str(&format!(
             "| one AuthorizationPolicy applied | {watchers} | {p50:.1} | {p99:.1} | {max:.1} |\n"
         ));
-        results.push(json!({"scenario": "propagation", "watchers": watchers, "p50_ms": p50, "p99_ms": p99, "max_ms": max}));
+        r.results.push(json!({"scenario": "propagation", "watchers": watchers, "p50_ms": p50, "p99_ms": p99, "max_ms": max}));
+        if watchers == 1000 {
+            r.target(
+                "propagation p99 under 1 s to 1,000 watchers",
+                p99 < 1000.0,
+                format!("{p99:.0} ms"),
+            );
+        }
     }
-    drop(procs);
-    std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("results.md"), &md)?;
+    Ok(())
+}
+
+/// The targets table, then results.md and results.json.
+fn finish(s: &Settings, mut r: Report) -> anyhow::Result<()> {
+    r.md.push_str(&format!(
+        "\n| target{} | met | measured |\n|---|---|---|\n",
+        if s.smoke {
+            " (smoke run: means nothing)"
+        } else {
+            ""
+        }
+    ));
+    for (what, met, detail) in &r.targets {
+        r.md.push_str(&format!(
+            "| {what} | {} | {detail} |\n",
+            if *met { "yes" } else { "**no**" }
+        ));
+    }
+    let targets: Vec<Value> = r
+        .targets
+        .iter()
+        .map(|(what, met, detail)| json!({"target": what, "met": met, "measured": detail}))
+        .collect();
+    std::fs::create_dir_all(&s.out)?;
+    std::fs::write(s.out.join("results.md"), &r.md)?;
     std::fs::write(
-        out.join("results.json"),
-        serde_json::to_string_pretty(&json!({"smoke": smoke, "results": results}))?,
+        s.out.join("results.json"),
+        serde_json::to_string_pretty(
+            &json!({"smoke": s.smoke, "results": r.results, "targets": targets}),
+        )?,
     )?;
-    println!("{md}");
-    let _ = std::fs::remove_dir_all(&work);
+    println!("{}", r.md);
     Ok(())
 }

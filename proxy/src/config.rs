@@ -201,9 +201,23 @@ pub struct Config {
     /// Log format on stderr: text or json.
     #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Threads serving traffic (default: the CPUs this process may use, cgroup limits
+    /// included). With 1, the sidecar runs on a single-threaded runtime: no hand-offs
+    /// between threads, the cheapest per request when the pod has one core or less (as
+    /// Linkerd's proxy does with LINKERD2_PROXY_CORES=1).
+    #[arg(long, env = "PALISADE_PROXY_CORES")]
+    pub cores: Option<usize>,
 }
 
 impl Config {
+    /// Threads serving traffic: `--cores`, or the CPUs available to this process.
+    pub fn worker_threads(&self) -> usize {
+        self.cores.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     /// Every problem with the configuration, or nothing.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
@@ -286,6 +300,9 @@ impl Config {
         }
         if self.amqp_audit_sample == 0 {
             problems.push("--amqp-audit-sample must be at least 1".into());
+        }
+        if self.cores == Some(0) {
+            problems.push("--cores must be at least 1".into());
         }
         if self.opaque_ports.contains(&0) {
             problems.push("--opaque-ports: 0 is not a port".into());

@@ -1,4 +1,8 @@
 //! `palisade-proxy`: parse and validate flags, start, run until SIGINT or SIGTERM.
+//!
+//! The runtime is built here rather than by `#[tokio::main]` because its shape is
+//! configuration: one core gets tokio's single-threaded scheduler (no work stealing, no
+//! cross-thread wake-ups on the request path), more get the multi-threaded one.
 
 use std::process::ExitCode;
 
@@ -7,21 +11,41 @@ use palisade_contract::process::{report_problems, shutdown_signal};
 use palisade_contract::telemetry::init_tracing;
 use palisade_proxy::{Config, start};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
     init_tracing(config.log_format);
     if let Some(code) = report_problems(config.validate()) {
         return code;
     }
-    let running = match start(&config).await {
+    let threads = config.worker_threads();
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    shutdown_signal().await;
-    running.shutdown().await;
-    ExitCode::SUCCESS
+    runtime.block_on(async {
+        let running = match start(&config).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(threads, "serving");
+        shutdown_signal().await;
+        running.shutdown().await;
+        ExitCode::SUCCESS
+    })
 }

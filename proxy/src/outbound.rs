@@ -110,6 +110,9 @@ impl Outbound {
             .await
             .map_err(|_| unreachable(format!("{endpoint}: connect timed out")))?
             .map_err(|e| unreachable(format!("{endpoint}: {e}")))?;
+        // Without this, Nagle's algorithm holds small HTTP/2 frames until the previous
+        // segment is acknowledged: the benchmark's p99 was 6x nginx's until this was set.
+        let _ = tcp.set_nodelay(true);
         let tls_config = client_config(
             Some(self.identity.slot()),
             self.identity.bundle(),

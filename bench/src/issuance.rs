@@ -1,0 +1,70 @@
+//! Certificate issuance: CSRs signed per second by the control plane, through the
+//! sidecars' own client ([`palisade_proxy::control_plane_client`]) on the renewal path: a
+//! fresh mTLS connection per call (as sidecars make), CSR signature checked, a leaf
+//! signed, the workload recorded. The CSRs are made before the clock starts, so key
+//! generation (the sidecar's cost, not the control plane's) is not counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use palisade_contract::tls::IdentitySlot;
+use palisade_proxy::control_plane_client::ControlPlaneClient;
+use rcgen::{CertificateParams, DistinguishedName, KeyPair};
+
+use crate::load::percentile;
+
+/// Signed per second, p50 and p99 milliseconds per call, errors.
+pub async fn rate(
+    cp: std::net::SocketAddr,
+    identity: Arc<IdentitySlot>,
+    bundle: palisade_contract::tls::SharedBundle,
+    server: palisade_contract::SpiffeId,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64, f64, u64)> {
+    let mut csrs = Vec::with_capacity(64);
+    for _ in 0..64 {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        csrs.push(params.serialize_request(&key)?.pem()?);
+    }
+    let csrs = Arc::new(csrs);
+    let client = ControlPlaneClient::new(cp.to_string(), server, bundle, identity);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for i in 0..concurrency {
+        let (client, csrs, stop) = (client.clone(), csrs.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut times, mut errors) = (Vec::new(), 0u64);
+            let mut n = i;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match client.renew(csrs[n % csrs.len()].clone()).await {
+                    Ok(_) => times.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Err(_) => errors += 1,
+                }
+                n += concurrency;
+            }
+            (times, errors)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut times, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (t, e) = t.await?;
+        times.extend(t);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok((
+        times.len() as f64 / elapsed,
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        errors,
+    ))
+}
