@@ -27,10 +27,10 @@ use amq_protocol::frame::{AMQPContentHeader, AMQPFrame, WriteContext, gen_frame,
 use amq_protocol::protocol::{AMQPClass, basic, channel, connection, exchange, queue};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use arc_swap::ArcSwap;
+use bytes::BytesMut;
 use palisade_contract::SpiffeId;
 use palisade_contract::policy::{AmqpRequest, Request, Verdict, Workload};
 use palisade_contract::process::accept;
-use bytes::BytesMut;
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf,
 };
@@ -380,8 +380,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn has_frame(&self) -> bool {
         self.buf.len() >= 7
             && self.buf.len()
-                >= u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]])
-                    as usize
+                >= u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]) as usize
                     + 8
     }
 
@@ -1545,7 +1544,10 @@ mod tests {
         rest.extend_from_slice(&heartbeat);
         tx.write_all(&rest).await.unwrap();
         let first = reader.next(INITIAL_FRAME_MAX).await.unwrap().unwrap();
-        assert_eq!(first.raw, close, "the bytes read before the cancel were kept");
+        assert_eq!(
+            first.raw, close,
+            "the bytes read before the cancel were kept"
+        );
         assert!(reader.has_frame(), "the heartbeat came in the same read");
         let second = reader.next(INITIAL_FRAME_MAX).await.unwrap().unwrap();
         assert!(matches!(second.parsed, AMQPFrame::Heartbeat));

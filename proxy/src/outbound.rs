@@ -2,9 +2,12 @@
 //!
 //! app -> plain HTTP/1.1 (as an explicit proxy with absolute-form targets, or with a `Host`
 //! naming the service) or HTTP/2 (prior knowledge) on loopback -> resolve the host in the
-//! service registry -> one pooled HTTP/2 connection over mTLS per destination service,
-//! which must present the SPIFFE ID the registry names (secure naming: anything else is a
-//! 502 and an audit event) -> the destination's inbound sidecar, which authorizes.
+//! service registry -> pooled HTTP/2 connections over mTLS per destination service, which
+//! must present the SPIFFE ID the registry names (secure naming: anything else is a 502
+//! and an audit event) -> the destination's inbound sidecar, which authorizes.
+//! The pool keeps one connection per worker thread (as Envoy keeps a pool per worker):
+//! with a single connection, every stream of the mesh hop went through one connection
+//! task on each side, and the benchmark left a fifth of the CPU idle at 21k req/s.
 //! HTTP/1.1 semantics survive the HTTP/2 hop: hop-by-hop headers are per connection on
 //! both sides, and `Host` travels as `:authority`.
 
@@ -43,9 +46,12 @@ pub struct Outbound {
     pub audit: AuditLog,
     pub metrics: HttpMetrics,
     pub limits: Limits,
-    /// One HTTP/2 connection per destination service (`namespace/name`).
-    pool: Mutex<HashMap<String, SendRequest<ProxyBody>>>,
+    /// Up to `connections_per_service` HTTP/2 connections per destination service
+    /// (`namespace/name`), used in turn.
+    pool: Mutex<HashMap<String, Vec<SendRequest<ProxyBody>>>>,
+    connections_per_service: usize,
     next_endpoint: AtomicUsize,
+    next_connection: AtomicUsize,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -80,6 +86,7 @@ impl Outbound {
         audit: AuditLog,
         metrics: HttpMetrics,
         limits: Limits,
+        connections_per_service: usize,
     ) -> Self {
         Self {
             identity,
@@ -88,7 +95,9 @@ impl Outbound {
             metrics,
             limits,
             pool: Mutex::new(HashMap::new()),
+            connections_per_service: connections_per_service.max(1),
             next_endpoint: AtomicUsize::new(0),
+            next_connection: AtomicUsize::new(0),
         }
     }
 
@@ -152,10 +161,14 @@ impl Outbound {
         entry: &ServiceEntry,
     ) -> Result<SendRequest<ProxyBody>, ForwardError> {
         let key = format!("{}/{}", entry.namespace, entry.name);
-        if let Some(sender) = self.pool.lock().await.get(&key)
-            && !sender.is_closed()
         {
-            return Ok(sender.clone());
+            let mut pool = self.pool.lock().await;
+            let senders = pool.entry(key.clone()).or_default();
+            senders.retain(|s| !s.is_closed());
+            if senders.len() >= self.connections_per_service {
+                let i = self.next_connection.fetch_add(1, Ordering::Relaxed);
+                return Ok(senders[i % senders.len()].clone());
+            }
         }
         let tls = self.dial(entry, b"h2".to_vec()).await?;
         let endpoint = tls
@@ -181,7 +194,12 @@ impl Outbound {
                 tracing::debug!(error = %e, "outbound connection ended with an error");
             }
         });
-        self.pool.lock().await.insert(key, sender.clone());
+        let mut pool = self.pool.lock().await;
+        let senders = pool.entry(key).or_default();
+        // Requests that all found the pool short dialled at once: keep what fits.
+        if senders.len() < self.connections_per_service {
+            senders.push(sender.clone());
+        }
         Ok(sender)
     }
 
@@ -296,11 +314,15 @@ impl Outbound {
                 Ok(Response::from_parts(parts, body.boxed()))
             }
             Err(e) => {
-                // The pooled connection is broken: forget it so the next request reconnects.
-                self.pool
+                // A pooled connection is broken: forget it so the next request reconnects.
+                if let Some(senders) = self
+                    .pool
                     .lock()
                     .await
-                    .remove(&format!("{}/{}", entry.namespace, entry.name));
+                    .get_mut(&format!("{}/{}", entry.namespace, entry.name))
+                {
+                    senders.retain(|s| !s.is_closed());
+                }
                 Err(ForwardError::Unreachable {
                     service: entry.name.clone(),
                     detail: e.to_string(),

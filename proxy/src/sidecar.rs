@@ -175,6 +175,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         audit.clone(),
         http_metrics.clone(),
         limits.clone(),
+        config.worker_threads(),
     ));
     let inbound_listener = TcpListener::bind(config.inbound_listen)
         .await

@@ -844,7 +844,7 @@ async fn limits_on_headers_and_slow_clients() {
 }
 
 #[tokio::test]
-async fn a_call_crosses_both_sidecars_over_one_pooled_mtls_connection() {
+async fn a_call_crosses_both_sidecars_over_pooled_mtls_connections() {
     let m = mesh(Some(POLICIES)).await;
     let calls = [
         (false, "/charge", Some("payments")),
@@ -873,14 +873,27 @@ async fn a_call_crosses_both_sidecars_over_one_pooled_mtls_connection() {
         (status, body.as_str()),
         (StatusCode::FORBIDDEN, "RBAC: access denied\n")
     );
-    // All of it over one mTLS connection from orders to payments.
-    let (_, metrics) = support::admin_get(&m.orders, "/metrics").await;
-    assert!(
-        metrics.contains(
-            r#"palisade_proxy_tls_handshakes_total{direction="outbound",result="success"} 1"#
-        ),
-        "{metrics}"
-    );
+    // All of it over the pooled mTLS connections from orders to payments (one per worker
+    // thread), which more calls reuse rather than add to.
+    let handshakes = async || {
+        let (_, metrics) = support::admin_get(&m.orders, "/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    r#"palisade_proxy_tls_handshakes_total{direction="outbound",result="success"} "#,
+                )
+            })
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    let pooled = handshakes().await;
+    let threads = std::thread::available_parallelism().unwrap().get() as u64;
+    assert!((1..=threads).contains(&pooled), "{pooled} handshakes");
+    for _ in 0..20 {
+        let (status, _, _) = m.app_call(false, "POST", "/charge", Some("payments")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(handshakes().await, pooled, "the pool was reused");
     m.stop().await;
 }
 
