@@ -146,6 +146,26 @@ enum Command {
     /// ALLOW policy selects, sidecars behind on configuration or near certificate expiry.
     /// Exits 1 when a finding is an error.
     Check,
+    /// Add the sidecar to the pods of Kubernetes manifests, offline: the same code as the
+    /// control plane's admission webhook. Prints the manifests (YAML) with Pods and the pod
+    /// templates of Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and CronJobs
+    /// injected; other kinds, opted-out and already-injected pods unchanged. Needs no
+    /// control plane.
+    Inject {
+        /// The manifests (YAML or JSON, several `---`-separated), or - for standard input.
+        #[arg(short, long)]
+        file: String,
+        /// The sidecar image.
+        #[arg(long, default_value_t = palisade_inject::Settings::default().image)]
+        image: String,
+        /// The control plane's sidecar-facing address, as pods reach it.
+        #[arg(long, default_value_t = palisade_inject::Settings::default().control_plane)]
+        control_plane: String,
+        /// Add the sidecar as a regular first container instead of a native sidecar (for
+        /// clusters before Kubernetes 1.29).
+        #[arg(long)]
+        no_native_sidecar: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,6 +289,23 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
         ),
         (None, None) => None,
     };
+    if let Command::Inject {
+        file,
+        image,
+        control_plane,
+        no_native_sidecar,
+    } = &cli.command
+    {
+        let settings = palisade_inject::Settings {
+            image: image.clone(),
+            control_plane: control_plane.clone(),
+            trust_domain: cli.trust_domain.clone(),
+            native_sidecar: !no_native_sidecar,
+            ..palisade_inject::Settings::default()
+        };
+        mesh::inject(file, &settings)?;
+        return Ok(true);
+    }
     let api = ApiClient::new(
         &cli.server,
         token,
@@ -355,6 +392,7 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
             mesh::audit(&api, since, principal.as_deref(), cli.output).await?
         }
         Command::Check => return mesh::check(&api, cli.output).await,
+        Command::Inject { .. } => unreachable!("handled before connecting"),
     }
     Ok(true)
 }

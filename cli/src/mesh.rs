@@ -46,6 +46,25 @@ fn read_input(file: &str) -> Result<String, ApiError> {
     }
 }
 
+/// `palisade inject`: the manifests of `file` with their pods injected, as YAML.
+pub fn inject(file: &str, settings: &palisade_inject::Settings) -> Result<(), ApiError> {
+    let input = read_input(file)?;
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&input)
+        .map_err(|e| ApiError::Usage(format!("{file}: not YAML or JSON manifests: {e}")))?;
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, doc) in docs.iter().filter(|d| !d.is_null()).enumerate() {
+        out.push(
+            palisade_inject::inject_object(doc, settings)
+                .map_err(|e| ApiError::Usage(format!("{file}: document {}: {e}", i + 1)))?,
+        );
+    }
+    print!(
+        "{}",
+        serde_saphyr::to_string_multiple(&out).map_err(|e| ApiError::Usage(e.to_string()))?
+    );
+    Ok(())
+}
+
 pub async fn apply(
     api: &ApiClient,
     file: &str,

@@ -192,3 +192,60 @@ async fn server_and_token_can_come_from_a_config_file() {
     assert!(stderr(&out).contains("servr"), "{}", stderr(&out));
     cp.shutdown().await;
 }
+
+#[tokio::test]
+async fn inject_adds_the_sidecar_to_pod_templates_offline_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("app.yaml");
+    std::fs::write(
+        &manifests,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: payments, namespace: shop }\n\
+         spec:\n  selector: { matchLabels: { app: payments } }\n  template:\n    metadata: { labels: { app: payments } }\n\
+         \x20   spec:\n      containers:\n        - name: web\n          image: registry.example/payments:1\n\
+         \x20         ports: [ { name: http, containerPort: 8080 } ]\n\
+         \x20         readinessProbe: { httpGet: { path: /ready, port: http } }\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: { name: payments, namespace: shop }\nspec: { ports: [ { port: 80 } ] }\n",
+    )
+    .unwrap();
+    // No control plane: --server points nowhere and inject never calls it.
+    let inject = async |file: &std::path::Path| {
+        let args = [
+            "inject",
+            "-f",
+            file.to_str().unwrap(),
+            "--image",
+            "palisade:test",
+        ];
+        palisade(None, Some("http://127.0.0.1:9".into()), &args).await
+    };
+    let out = inject(&manifests).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout(&out)).unwrap();
+    assert_eq!(docs.len(), 2);
+    let pod = &docs[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["initContainers"][0]["name"], "palisade-proxy");
+    assert_eq!(pod["initContainers"][0]["image"], "palisade:test");
+    assert_eq!(
+        pod["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/app-health/web-ready"
+    );
+    assert_eq!(docs[1]["kind"], "Service");
+    assert!(docs[1]["spec"].get("template").is_none());
+
+    // The output injected again is the same output.
+    let injected = dir.path().join("injected.yaml");
+    std::fs::write(&injected, stdout(&out)).unwrap();
+    let again = inject(&injected).await;
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(stdout(&again), stdout(&out));
+
+    // Not manifests: a clear error, exit status 2.
+    std::fs::write(&manifests, "kind: [unclosed").unwrap();
+    let bad = inject(&manifests).await;
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("not YAML or JSON manifests"),
+        "{}",
+        stderr(&bad)
+    );
+}

@@ -1,0 +1,302 @@
+//! The webhook's answer to AdmissionReviews shaped as the API server sends them (a pod
+//! created by a ReplicaSet, with the defaults and the ServiceAccount volume the API server
+//! fills in before mutating webhooks run): the returned JSON patch, applied to the pod,
+//! must give the injected spec.
+
+use base64::Engine;
+use clap::{CommandFactory, Parser};
+use palisade_inject::admission::{ReviewError, respond};
+use palisade_inject::{PROXY_CONTAINER, Settings, inject_object};
+use serde_json::{Value, json};
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// (response, the pod after its patch, if there was one).
+fn review(review: &Value) -> (Value, Option<Value>) {
+    let out = respond(review, &Settings::default()).unwrap();
+    assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(out["kind"], "AdmissionReview");
+    let response = out["response"].clone();
+    assert_eq!(
+        response["uid"], review["request"]["uid"],
+        "the uid is echoed"
+    );
+    let patched = response["patch"].as_str().map(|b64| {
+        assert_eq!(response["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let mut pod = review["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch).expect("the patch applies to the pod as sent");
+        pod
+    });
+    (response, patched)
+}
+
+fn env_of(container: &Value) -> Vec<(String, Value)> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e.get("value").cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+fn env(container: &Value, name: &str) -> Option<String> {
+    env_of(container)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_str().map(str::to_owned))
+}
+
+#[test]
+fn a_plain_pod_gets_the_native_sidecar_its_volumes_and_annotations() {
+    let input = fixture("plain-pod.json");
+    let (response, pod) = review(&input);
+    assert_eq!(response["allowed"], true);
+    let pod = pod.expect("a patch");
+    let original = &input["request"]["object"];
+
+    // The application's containers are untouched.
+    assert_eq!(pod["spec"]["containers"], original["spec"]["containers"]);
+    // The sidecar: first init container, native (restartPolicy Always), hardened.
+    let proxy = &pod["spec"]["initContainers"][0];
+    assert_eq!(proxy["name"], PROXY_CONTAINER);
+    assert_eq!(proxy["restartPolicy"], "Always");
+    assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
+    assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(proxy["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        proxy["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert!(proxy["resources"]["limits"]["memory"].is_string());
+    assert_eq!(proxy["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(proxy["livenessProbe"]["httpGet"]["path"], "/live");
+    assert_eq!(
+        env(proxy, "PALISADE_APP").as_deref(),
+        Some("127.0.0.1:8080"),
+        "the inbound sidecar forwards to the declared port"
+    );
+    assert_eq!(
+        env(proxy, "PALISADE_TOKEN_FILE").as_deref(),
+        Some("/var/run/secrets/palisade/token")
+    );
+    // Bootstrap token (audience palisade), trust bundle, identity; the API server's own
+    // ServiceAccount volume kept.
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let names: Vec<&str> = volumes
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "kube-api-access-7xq2k",
+            "palisade-token",
+            "palisade-trust-bundle",
+            "palisade-identity"
+        ]
+    );
+    assert_eq!(
+        volumes[1]["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "palisade"
+    );
+    assert_eq!(volumes[2]["configMap"]["name"], "palisade-trust-bundle");
+    for mount in proxy["volumeMounts"].as_array().unwrap() {
+        assert!(
+            names.contains(&mount["name"].as_str().unwrap()),
+            "{mount} has its volume"
+        );
+    }
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "15090");
+    let status: Value =
+        serde_json::from_str(annotations["palisade.dev/status"].as_str().unwrap()).unwrap();
+    assert_eq!(status["container"], PROXY_CONTAINER);
+
+    // Injecting the injected pod again changes nothing (the API server may call twice).
+    let mut again = input.clone();
+    again["request"]["object"] = pod;
+    let (response, patch) = review(&again);
+    assert_eq!(response["allowed"], true);
+    assert!(patch.is_none(), "no second sidecar");
+    assert_eq!(
+        response["auditAnnotations"]["palisade.dev/injection"],
+        "already injected"
+    );
+}
+
+#[test]
+fn an_opted_out_pod_and_an_injected_one_are_admitted_unchanged() {
+    for (file, why) in [
+        (
+            "opted-out-pod.json",
+            "opted out by the palisade.dev/inject annotation",
+        ),
+        ("already-injected-pod.json", "already injected"),
+    ] {
+        let (response, patch) = review(&fixture(file));
+        assert_eq!(response["allowed"], true, "{file}");
+        assert!(patch.is_none(), "{file}: no patch");
+        assert_eq!(response["auditAnnotations"]["palisade.dev/injection"], why);
+    }
+}
+
+#[test]
+fn http_probes_on_the_serving_port_go_through_the_sidecar_by_number_or_port_name() {
+    let input = fixture("probes-and-named-ports-pod.json");
+    let (_, pod) = review(&input);
+    let pod = pod.expect("a patch");
+    let web = &pod["spec"]["containers"][0];
+    let original = &input["request"]["object"]["spec"]["containers"][0];
+    // Liveness named its port ("http" = 8080), readiness gave the number: both rewritten,
+    // their timings kept.
+    assert_eq!(
+        web["livenessProbe"]["httpGet"],
+        json!({ "path": "/app-health/web-live", "port": 15090, "scheme": "HTTP" })
+    );
+    assert_eq!(web["livenessProbe"]["initialDelaySeconds"], 3);
+    assert_eq!(
+        web["readinessProbe"]["httpGet"]["path"],
+        "/app-health/web-ready"
+    );
+    assert_eq!(
+        web["readinessProbe"]["periodSeconds"],
+        original["readinessProbe"]["periodSeconds"]
+    );
+    // The startup probe is on the "metrics" port (9090), not the serving port: unchanged.
+    assert_eq!(web["startupProbe"], original["startupProbe"]);
+    // A TCP probe of another container: unchanged.
+    assert_eq!(
+        pod["spec"]["containers"][1],
+        input["request"]["object"]["spec"]["containers"][1]
+    );
+    // The sidecar asks the application at the original paths.
+    let proxy = &pod["spec"]["initContainers"][0];
+    assert_eq!(
+        env(proxy, "PALISADE_APP_PROBES").as_deref(),
+        Some("web-live=/healthz,web-ready=/ready?full=1")
+    );
+    assert_eq!(
+        env(proxy, "PALISADE_APP").as_deref(),
+        Some("127.0.0.1:8080")
+    );
+}
+
+#[test]
+fn what_cannot_be_injected_is_refused_and_what_is_not_a_review_is_an_error() {
+    // A pod without containers would run outside the mesh: refused, with the reason.
+    let mut input = fixture("plain-pod.json");
+    input["request"]["object"]["spec"]["containers"] = json!([]);
+    let (response, patch) = review(&input);
+    assert_eq!(response["allowed"], false);
+    assert!(patch.is_none());
+    assert_eq!(response["status"]["code"], 400);
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no containers"),
+        "{response}"
+    );
+    // Updates and other kinds are not mutated.
+    let mut update = fixture("plain-pod.json");
+    update["request"]["operation"] = json!("UPDATE");
+    assert!(review(&update).1.is_none());
+    // Not an AdmissionReview at all.
+    for bad in [
+        json!({}),
+        json!({ "apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": { "uid": "x" } }),
+        json!({ "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {} }),
+    ] {
+        assert_eq!(
+            respond(&bad, &Settings::default()),
+            Err(ReviewError::NotAReview),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn every_variable_the_sidecar_gets_is_a_flag_of_palisade_proxy_and_parses() {
+    let (_, pod) = review(&fixture("probes-and-named-ports-pod.json"));
+    let pod = pod.unwrap();
+    let proxy = &pod["spec"]["initContainers"][0];
+    assert_eq!(proxy["command"], json!(["palisade-proxy"]));
+    let command = palisade_proxy::Config::command();
+    let mut args = vec!["palisade-proxy".to_owned()];
+    for (name, value) in env_of(proxy) {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().and_then(|e| e.to_str()) == Some(name.as_str()))
+            .unwrap_or_else(|| panic!("palisade-proxy has no flag for {name}"));
+        // Values from the downward API (the CPU limit) are whole numbers at run time.
+        let value = value.as_str().map_or("1".to_owned(), str::to_owned);
+        args.push(format!("--{}", arg.get_long().unwrap()));
+        args.push(value);
+    }
+    let config =
+        palisade_proxy::Config::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert_eq!(config.app.port(), 8080);
+    assert_eq!(config.admin_listen.port(), palisade_inject::ADMIN_PORT);
+    assert_eq!(config.inbound_listen.port(), palisade_inject::INBOUND_PORT);
+    assert_eq!(config.app_probe.len(), 2);
+    // The ports the container declares are the ones the flags bind.
+    let ports: Vec<u64> = proxy["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            u64::from(config.inbound_listen.port()),
+            u64::from(config.admin_listen.port())
+        ]
+    );
+}
+
+#[test]
+fn workloads_get_their_pod_template_injected_and_other_kinds_pass_through() {
+    let pod = fixture("plain-pod.json")["request"]["object"].clone();
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "payments", "namespace": "shop" },
+        "spec": { "replicas": 2, "selector": { "matchLabels": { "app": "payments" } },
+                  "template": { "metadata": { "labels": { "app": "payments" } }, "spec": pod["spec"].clone() } }
+    });
+    let out = inject_object(&deployment, &Settings::default()).unwrap();
+    assert_eq!(
+        out["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        PROXY_CONTAINER
+    );
+    assert_eq!(out["spec"]["replicas"], 2);
+    assert_eq!(inject_object(&out, &Settings::default()).unwrap(), out);
+    let service = json!({ "apiVersion": "v1", "kind": "Service", "metadata": { "name": "payments" }, "spec": {} });
+    assert_eq!(
+        inject_object(&service, &Settings::default()).unwrap(),
+        service
+    );
+    // Without native sidecars, the proxy is the first container.
+    let settings = Settings {
+        native_sidecar: false,
+        ..Settings::default()
+    };
+    let out = inject_object(&deployment, &settings).unwrap();
+    let containers = &out["spec"]["template"]["spec"]["containers"];
+    assert_eq!(containers[0]["name"], PROXY_CONTAINER);
+    assert!(containers[0].get("restartPolicy").is_none());
+    assert_eq!(containers[1]["name"], "web");
+}
