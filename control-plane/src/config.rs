@@ -144,6 +144,33 @@ pub struct Config {
     )]
     pub admin_spiffe_id: Vec<crate::admin_api::SpiffeAdmin>,
 
+    /// Serve the sidecar injector's admission webhook (POST /inject) on this address, over
+    /// TLS with --webhook-cert and --webhook-key (e.g. 0.0.0.0:15017).
+    #[arg(long, env = "PALISADE_WEBHOOK_LISTEN", requires_all = ["webhook_cert", "webhook_key"])]
+    pub webhook_listen: Option<SocketAddr>,
+
+    /// The webhook's serving certificate chain (PEM), for the Service name the
+    /// MutatingWebhookConfiguration calls; its CA is that configuration's caBundle.
+    #[arg(long, env = "PALISADE_WEBHOOK_CERT")]
+    pub webhook_cert: Option<PathBuf>,
+
+    /// The webhook certificate's private key (PEM).
+    #[arg(long, env = "PALISADE_WEBHOOK_KEY")]
+    pub webhook_key: Option<PathBuf>,
+
+    /// Injection: the sidecar image.
+    #[arg(long, env = "PALISADE_INJECT_IMAGE", default_value_t = palisade_inject::Settings::default().image)]
+    pub inject_image: String,
+
+    /// Injection: the control plane's sidecar-facing address as pods reach it.
+    #[arg(long, env = "PALISADE_INJECT_CONTROL_PLANE", default_value_t = palisade_inject::Settings::default().control_plane)]
+    pub inject_control_plane: String,
+
+    /// Injection: add the sidecar as a native sidecar (Kubernetes 1.29+); false adds it as
+    /// the pod's first container.
+    #[arg(long, env = "PALISADE_INJECT_NATIVE_SIDECAR", default_value_t = true, action = clap::ArgAction::Set)]
+    pub inject_native_sidecar: bool,
+
     /// Log format on stderr: text or json.
     #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -179,13 +206,41 @@ impl Config {
             admin_oidc_role_claim: "palisade_role".into(),
             admin_tls: false,
             admin_spiffe_id: Vec::new(),
+            webhook_listen: None,
+            webhook_cert: None,
+            webhook_key: None,
+            inject_image: palisade_inject::Settings::default().image,
+            inject_control_plane: palisade_inject::Settings::default().control_plane,
+            inject_native_sidecar: true,
             log_format: LogFormat::Text,
+        }
+    }
+
+    /// What the injector puts in pods.
+    pub fn inject_settings(&self) -> palisade_inject::Settings {
+        palisade_inject::Settings {
+            image: self.inject_image.clone(),
+            control_plane: self.inject_control_plane.clone(),
+            trust_domain: self.trust_domain.to_string(),
+            token_audience: self.k8s_audience.clone(),
+            native_sidecar: self.inject_native_sidecar,
+            ..palisade_inject::Settings::default()
         }
     }
 
     /// Every problem with the configuration, or nothing.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        for (flag, file) in [
+            ("--webhook-cert", &self.webhook_cert),
+            ("--webhook-key", &self.webhook_key),
+        ] {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                problems.push(format!("{flag} {}: no such file", f.display()));
+            }
+        }
         if self.workload_ttl < Duration::from_secs(1)
             || self.workload_ttl > Duration::from_secs(24 * 3600)
         {

@@ -9,6 +9,7 @@
 //! - [`sidecar_api`]: the TLS listener sidecars talk to.
 //! - [`mesh_config`]: the stored mesh configuration and the sidecars following it.
 //! - [`admin_api`] and [`admin_mesh`]: the authenticated administration API.
+//! - [`webhook`]: the sidecar injector's admission webhook.
 //! - [`server`]: how the pieces are assembled and served.
 
 pub mod admin_api;
@@ -25,6 +26,7 @@ pub mod server;
 pub mod sidecar_api;
 pub mod store;
 pub mod tokens;
+pub mod webhook;
 
 pub use config::Config;
 pub use server::{RunningControlPlane, start};

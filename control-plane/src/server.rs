@@ -37,6 +37,7 @@ use crate::metrics::CaMetrics;
 use crate::sidecar_api;
 use crate::store::Store;
 use crate::tokens::TokenKey;
+use crate::webhook;
 
 /// Where the initial admin token is written, in the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
@@ -49,6 +50,8 @@ pub struct RunningControlPlane {
     pub sidecar_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The admission webhook's address, when --webhook-listen is set.
+    pub webhook_addr: Option<SocketAddr>,
     pub admin_token_path: PathBuf,
     pub ca: Arc<CertificateAuthority>,
     join_tokens: JoinTokenIssuer,
@@ -133,6 +136,18 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let sidecar_listener = bind(config.sidecar_listen, "sidecar").await?;
     let admin_listener = bind(config.admin_listen, "admin").await?;
     let metrics_listener = bind(config.metrics_listen, "metrics").await?;
+    // The certificate is read before anything starts, so a bad one stops the start.
+    let webhook = match (
+        &config.webhook_listen,
+        &config.webhook_cert,
+        &config.webhook_key,
+    ) {
+        (Some(addr), Some(cert), Some(key)) => Some((
+            bind(*addr, "webhook").await?,
+            Arc::new(webhook::tls_config(cert, key)?),
+        )),
+        _ => None,
+    };
     let sidecar_addr = sidecar_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
@@ -209,6 +224,21 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         });
     }
 
+    let webhook_addr = match webhook {
+        Some((listener, webhook_tls)) => {
+            let addr = listener.local_addr()?;
+            tasks.spawn(sidecar_api::serve_tls(
+                listener,
+                webhook_tls,
+                webhook::router(config.inject_settings()),
+                config.handshake_timeout,
+                until_stopped(),
+            ));
+            Some(addr)
+        }
+        None => None,
+    };
+
     let metrics_ca = ca.clone();
     let metrics_router = Router::new().route(
         "/metrics",
@@ -277,6 +307,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         sidecar_addr,
         admin_addr,
         metrics_addr,
+        webhook_addr,
         admin_token_path,
         ca,
         join_tokens,

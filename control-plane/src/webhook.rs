@@ -1,0 +1,84 @@
+//! The sidecar injector's admission webhook: `POST /inject` with an `AdmissionReview`,
+//! answered by [`palisade_inject::admission::respond`] (the same code as `palisade
+//! inject`). Served over TLS with the serving certificate the Kubernetes API server is
+//! told to trust (the `caBundle` of the MutatingWebhookConfiguration), on its own port:
+//! that certificate names a cluster DNS name, unlike the control plane's SPIFFE
+//! certificate, and the API server presents no client certificate.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http::StatusCode;
+use palisade_inject::Settings;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use serde_json::Value;
+
+use crate::sidecar_api::error_response;
+
+/// Largest AdmissionReview read (a pod with large inline env or annotations is still far
+/// below; the API server's own request limit is 3 MiB).
+pub const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
+
+pub fn router(settings: Settings) -> Router {
+    Router::new()
+        .route("/inject", post(inject))
+        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .with_state(Arc::new(settings))
+}
+
+async fn inject(State(settings): State<Arc<Settings>>, body: Bytes) -> Response {
+    let review: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "the body is not JSON",
+                vec![e.to_string()],
+            );
+        }
+    };
+    match palisade_inject::admission::respond(&review, &settings) {
+        Ok(answer) => {
+            let response = &answer["response"];
+            tracing::info!(
+                uid = response["uid"].as_str().unwrap_or_default(),
+                namespace = review["request"]["namespace"].as_str().unwrap_or_default(),
+                allowed = response["allowed"].as_bool().unwrap_or_default(),
+                injected = response.get("patch").is_some(),
+                reason = response["auditAnnotations"]["palisade.dev/injection"]
+                    .as_str()
+                    .or(response["status"]["message"].as_str())
+                    .unwrap_or_default(),
+                "admission review"
+            );
+            axum::Json(answer).into_response()
+        }
+        Err(e) => error_response(StatusCode::BAD_REQUEST, &e.to_string(), Vec::new()),
+    }
+}
+
+/// TLS for the webhook port from PEM files: the serving chain and its key.
+pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
+    use anyhow::Context;
+    let chain = palisade_contract::certs::certs_from_pem(
+        &std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+    )
+    .with_context(|| format!("{}: no certificate", cert.display()))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(
+        &std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+    )
+    .with_context(|| format!("{}: no private key", key.display()))?;
+    let mut config = ServerConfig::builder_with_provider(palisade_contract::tls::crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the webhook certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
