@@ -27,6 +27,7 @@
 //! pods on the host network (a sidecar there would capture the node's traffic).
 
 pub mod admission;
+pub mod iptables;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};

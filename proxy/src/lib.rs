@@ -8,6 +8,7 @@
 //! - [`amqp`]: the AMQP 0-9-1 proxy: credential injection and authorization of every operation.
 //! - [`provenance`]: signing and verifying who published an AMQP message.
 //! - [`tcp`]: opaque TCP ports, authorized on identity and port, piped both ways.
+//! - [`transparent`]: the original destination of a connection iptables redirected.
 //! - [`server`]: HTTP limits and idle connections, for both listeners.
 //! - [`audit`]: one JSON line per decision; [`metrics`]: data-plane counters.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
@@ -28,6 +29,7 @@ pub mod provenance;
 pub mod server;
 pub mod sidecar;
 pub mod tcp;
+pub mod transparent;
 
 pub use config::Config;
 pub use sidecar::{RunningSidecar, start};
