@@ -57,3 +57,26 @@ impl CaMetrics {
         })
     }
 }
+
+/// The sidecar injector's admission webhook.
+#[derive(Clone, Debug)]
+pub struct WebhookMetrics {
+    /// Admission reviews answered, by result: `injected`, `skipped` (opted out, already
+    /// injected, not a pod creation...), `refused` (a pod that cannot be injected),
+    /// `invalid` (not an AdmissionReview: 400).
+    pub reviews: IntCounterVec,
+}
+
+impl WebhookMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let reviews = IntCounterVec::new(
+            Opts::new(
+                "palisade_injection_reviews_total",
+                "Admission reviews the sidecar injector answered, by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(reviews.clone()))?;
+        Ok(Self { reviews })
+    }
+}

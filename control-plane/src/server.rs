@@ -33,7 +33,7 @@ use crate::issuance::IdentityService;
 use crate::join_tokens::{JoinToken, JoinTokenError, JoinTokenIssuer};
 use crate::k8s_discovery::{self, Discovery};
 use crate::mesh_config::{MeshConfig, validate};
-use crate::metrics::CaMetrics;
+use crate::metrics::{CaMetrics, WebhookMetrics};
 use crate::sidecar_api;
 use crate::store::Store;
 use crate::tokens::TokenKey;
@@ -230,7 +230,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
             tasks.spawn(sidecar_api::serve_tls(
                 listener,
                 webhook_tls,
-                webhook::router(config.inject_settings()),
+                webhook::router(
+                    config.inject_settings(),
+                    WebhookMetrics::register(&registry).context("registering metrics")?,
+                ),
                 config.handshake_timeout,
                 until_stopped(),
             ));

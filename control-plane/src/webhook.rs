@@ -19,23 +19,31 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 
+use crate::metrics::WebhookMetrics;
 use crate::sidecar_api::error_response;
 
 /// Largest AdmissionReview read (a pod with large inline env or annotations is still far
 /// below; the API server's own request limit is 3 MiB).
 pub const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
 
-pub fn router(settings: Settings) -> Router {
+struct WebhookState {
+    settings: Settings,
+    metrics: WebhookMetrics,
+}
+
+pub fn router(settings: Settings, metrics: WebhookMetrics) -> Router {
     Router::new()
         .route("/inject", post(inject))
         .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
-        .with_state(Arc::new(settings))
+        .with_state(Arc::new(WebhookState { settings, metrics }))
 }
 
-async fn inject(State(settings): State<Arc<Settings>>, body: Bytes) -> Response {
+async fn inject(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
+    let count = |result: &str| state.metrics.reviews.with_label_values(&[result]).inc();
     let review: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
+            count("invalid");
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "the body is not JSON",
@@ -43,9 +51,16 @@ async fn inject(State(settings): State<Arc<Settings>>, body: Bytes) -> Response 
             );
         }
     };
-    match palisade_inject::admission::respond(&review, &settings) {
+    match palisade_inject::admission::respond(&review, &state.settings) {
         Ok(answer) => {
             let response = &answer["response"];
+            count(if response.get("patch").is_some() {
+                "injected"
+            } else if response["allowed"] == true {
+                "skipped"
+            } else {
+                "refused"
+            });
             tracing::info!(
                 uid = response["uid"].as_str().unwrap_or_default(),
                 namespace = review["request"]["namespace"].as_str().unwrap_or_default(),
@@ -59,7 +74,10 @@ async fn inject(State(settings): State<Arc<Settings>>, body: Bytes) -> Response 
             );
             axum::Json(answer).into_response()
         }
-        Err(e) => error_response(StatusCode::BAD_REQUEST, &e.to_string(), Vec::new()),
+        Err(e) => {
+            count("invalid");
+            error_response(StatusCode::BAD_REQUEST, &e.to_string(), Vec::new())
+        }
     }
 }
 

@@ -138,6 +138,14 @@ async fn the_webhook_answers_admission_reviews_over_tls_with_the_injection_patch
     );
     let (status, _) = call(addr, &ca, review).await;
     assert_eq!(status, StatusCode::OK);
+    // Every answer is counted, by result.
+    let metrics = h.metrics().await;
+    for line in [
+        r#"palisade_injection_reviews_total{result="injected"} 2"#,
+        r#"palisade_injection_reviews_total{result="invalid"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     h.stop().await;
 }
 
