@@ -7,32 +7,17 @@
 //! Needs root (network namespaces, iptables) and `ip` and `iptables-restore`, which
 //! `scripts/services` installs; without root the test says so and does nothing.
 
+#[path = "../../proxy/tests/support/netns.rs"]
+mod netns;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
+use netns::PodNetwork;
 use nix::sched::{CloneFlags, setns};
 use palisade_proxy::transparent::original_dst;
-
-fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The namespace, removed (with its veth pair) when dropped.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// Runs `f` on a thread that has entered the namespace (a thread's network namespace is
 /// its own; the test's other threads stay where they are).
@@ -92,50 +77,17 @@ fn the_pod_network_sends_inbound_and_outbound_tcp_through_the_sidecar() {
         eprintln!("skipped: network namespaces and iptables need root");
         return;
     }
-    let name = format!("palisade-t{}", std::process::id());
-    let (host_if, pod_if) = (
-        format!("ph{}", std::process::id() % 100_000),
-        format!("pp{}", std::process::id() % 100_000),
-    );
-    run(&["ip", "netns", "add", &name]);
-    let ns = Netns(name.clone());
-    run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-    run(&[
-        "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &pod_if, "netns", &name,
-    ]);
-    run(&["ip", "addr", "add", "10.213.0.1/30", "dev", &host_if]);
-    run(&["ip", "link", "set", &host_if, "up"]);
-    run(&[
-        "ip",
-        "-n",
-        &name,
-        "addr",
-        "add",
-        "10.213.0.2/30",
-        "dev",
-        &pod_if,
-    ]);
-    run(&["ip", "-n", &name, "link", "set", &pod_if, "up"]);
-    run(&[
-        "ip",
-        "-n",
-        &name,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.213.0.1",
-    ]);
+    let net = PodNetwork::new("t", 213);
+    let name = net.name.clone();
     // The init step, as the injected init container runs it.
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &name,
-        env!("CARGO_BIN_EXE_palisade-init"),
-        "--exclude-inbound-ports=9090",
-        "--exclude-outbound-ports=5432",
-    ]);
+    net.exec(
+        &[
+            env!("CARGO_BIN_EXE_palisade-init"),
+            "--exclude-inbound-ports=9090",
+            "--exclude-outbound-ports=5432",
+        ],
+        None,
+    );
 
     // The sidecar's listeners inside the pod: inbound on all addresses, outbound on
     // loopback; and the application's metrics port, excluded from interception.
@@ -196,5 +148,5 @@ fn the_pod_network_sends_inbound_and_outbound_tcp_through_the_sidecar() {
     stream.read_to_string(&mut line).unwrap();
     app.join().unwrap();
     assert_eq!(line, "db");
-    drop(ns);
+    drop(net);
 }

@@ -137,6 +137,7 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(tokio::sync::Semaphore::new(inbound.limits.max_connections));
     let builder = Arc::new(http_server(&inbound.limits));
+    let own_port = listener.local_addr().map(|a| a.port()).ok();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -146,6 +147,12 @@ pub async fn serve(
         let Some((tcp, addr)) = accept(&listener, &mut shutdown, "inbound").await else {
             return;
         };
+        // A connection iptables redirected here (transparent interception) was addressed
+        // to an application port: requests on it go to that port.
+        let asked_port = crate::transparent::original_dst(&tcp)
+            .ok()
+            .map(|d| d.port())
+            .filter(|p| Some(*p) != own_port);
         let (acceptor, inbound, builder) = (acceptor.clone(), inbound.clone(), builder.clone());
         tokio::spawn(async move {
             let _permit = permit;
@@ -183,7 +190,7 @@ pub async fn serve(
                 let inbound = inbound.clone();
                 move |req| {
                     let (inbound, peer) = (inbound.clone(), peer.clone());
-                    async move { inbound.handle(&peer, req).await }
+                    async move { inbound.handle(&peer, asked_port, req).await }
                 }
             };
             let idle = inbound.limits.idle_timeout;
@@ -199,7 +206,14 @@ impl Inbound {
         service_name(self.service.as_deref(), own)
     }
 
-    async fn handle(&self, peer: &SpiffeId, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// `asked_port`: the application port the connection was addressed to, when it was
+    /// redirected here; otherwise requests go to `--app`.
+    async fn handle(
+        &self,
+        peer: &SpiffeId,
+        asked_port: Option<u16>,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let own = self.identity.spiffe_id();
         let service = self.service_name(own.as_ref());
@@ -218,7 +232,7 @@ impl Inbound {
         event.policy_version = self.policies.load().authorization.version();
         let request_id = event.request_id.clone();
         let response = self
-            .decide_and_forward(peer, own.as_ref(), req, &request_id, &mut event)
+            .decide_and_forward(peer, own.as_ref(), asked_port, req, &request_id, &mut event)
             .await;
         event.status = response.status().as_u16();
         self.metrics.request(
@@ -236,6 +250,7 @@ impl Inbound {
         &self,
         peer: &SpiffeId,
         own: Option<&SpiffeId>,
+        asked_port: Option<u16>,
         req: Request<Incoming>,
         request_id: &str,
         event: &mut AuditEvent,
@@ -278,8 +293,9 @@ impl Inbound {
         };
         event.path = target.path.clone();
 
+        let app = SocketAddr::new(self.app.ip(), asked_port.unwrap_or(self.app.port()));
         let (own_ns, port) = match own.and_then(SpiffeId::namespace) {
-            Some(ns) => (ns, self.app.port()),
+            Some(ns) => (ns, app.port()),
             None => {
                 event.reason = Some("the sidecar has no identity".into());
                 return local_response(StatusCode::SERVICE_UNAVAILABLE, "no identity", request_id);
@@ -337,7 +353,7 @@ impl Inbound {
         let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
         parts.uri = match Uri::builder()
             .scheme("http")
-            .authority(self.app.to_string())
+            .authority(app.to_string())
             .path_and_query(target.to_target())
             .build()
         {
@@ -374,7 +390,7 @@ impl Inbound {
                 Response::from_parts(parts, body.boxed())
             }
             Err(e) => {
-                tracing::warn!(app = %self.app, error = %e, "the application did not answer");
+                tracing::warn!(%app, error = %e, "the application did not answer");
                 event.reason = Some("the application did not answer".into());
                 local_response(StatusCode::BAD_GATEWAY, "upstream unavailable", request_id)
             }

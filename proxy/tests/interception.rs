@@ -1,0 +1,161 @@
+//! Transparent interception end to end: a pod network in a network namespace this test
+//! makes (veth pair, the init step's iptables rules), payments' sidecar and application
+//! inside it, orders' sidecar outside. Orders' registry names payments' *application*
+//! port; the pod's rules send the connection to the sidecar's inbound port, and the
+//! sidecar forwards to the port that was asked for (not `--app`'s).
+//!
+//! Needs root (network namespaces, iptables), `ip` and `iptables-restore`
+//! (`scripts/services` installs them); without root the test says so and does nothing.
+
+mod support;
+
+use support::netns::PodNetwork;
+
+use std::convert::Infallible;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use nix::sched::{CloneFlags, setns};
+use palisade_inject::iptables::Interception;
+use tokio::net::{TcpListener, TcpStream};
+
+/// An application answering every request with the port it listens on.
+async fn app(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    loop {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req| async move {
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(format!(
+                    "app port {port}"
+                )))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
+    let uid = nix::unistd::Uid::effective();
+    if !uid.is_root() {
+        eprintln!("skipped: network namespaces and iptables need root");
+        return;
+    }
+    let net = PodNetwork::new("e", 214);
+    // The init step's rules; the sidecar here runs as this test's user (root), which is
+    // therefore the exempt one, as uid 1337 is in a pod.
+    let rules = Interception {
+        proxy_uid: uid.as_raw(),
+        proxy_gid: nix::unistd::Gid::effective().as_raw(),
+        ..Interception::default()
+    }
+    .rules()
+    .unwrap();
+    net.exec(&["iptables-restore", "--noflush"], Some(&rules));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp_config = palisade_control_plane::Config::for_data_dir(dir.path().join("cp"));
+    cp_config.sidecar_listen = "0.0.0.0:0".parse().unwrap();
+    let cp = palisade_control_plane::start(&cp_config).await.unwrap();
+    let cp_from_pod: SocketAddr = format!("{}:{}", net.host_ip, cp.sidecar_addr.port())
+        .parse()
+        .unwrap();
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: p, namespace: shop }\n\
+         spec:\n  selector: { service: payments }\n  rules: [ { from: [ { principals: [\"spiffe://palisade.local/ns/shop/sa/orders\"] } ] } ]\n",
+    )
+    .unwrap();
+    let payments_files = support::sidecar_files(&cp, dir.path(), "payments").await;
+
+    // The pod: a thread in the namespace with a runtime of its own, so every socket its
+    // sidecar and application open is the pod's.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let pod = {
+        let path = net.path();
+        let (bundle, policy) = (bundle.clone(), policy.clone());
+        std::thread::spawn(move || {
+            setns(File::open(path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                tokio::spawn(app(8081));
+                let config = support::sidecar_config(
+                    cp_from_pod,
+                    bundle,
+                    &payments_files,
+                    &[
+                        "--inbound-listen",
+                        "0.0.0.0:15006",
+                        "--app",
+                        "127.0.0.1:8080",
+                        "--policy-file",
+                        policy.to_str().unwrap(),
+                    ],
+                );
+                let sidecar = palisade_proxy::start(&config).await.unwrap();
+                support::wait_ready(&sidecar).await;
+                ready_tx.send(()).unwrap();
+                let _ = stop_rx.await;
+                sidecar.shutdown().await;
+            });
+        })
+    };
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the pod's sidecar is ready");
+
+    // Orders, outside the pod, knows payments by its application port.
+    let registry = dir.path().join("registry.yaml");
+    std::fs::write(
+        &registry,
+        format!(
+            "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: payments, namespace: shop }}\n\
+             spec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/payments\", endpoints: [\"{}:8081\"] }}\n",
+            net.pod_ip
+        ),
+    )
+    .unwrap();
+    let orders_files = support::sidecar_files(&cp, dir.path(), "orders").await;
+    let orders = support::start_ready(
+        &cp,
+        bundle,
+        &orders_files,
+        &["--registry-file", registry.to_str().unwrap()],
+    )
+    .await;
+    let tcp = TcpStream::connect(orders.outbound_addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/charge")
+        .header("host", "payments")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        (status.as_u16(), String::from_utf8_lossy(&body).as_ref()),
+        (200, "app port 8081"),
+        "mTLS through the intercepted port, forwarded to the port asked for"
+    );
+
+    orders.shutdown().await;
+    let _ = stop_tx.send(());
+    pod.join().unwrap();
+    cp.shutdown().await;
+}
