@@ -332,6 +332,35 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// A redirected connection that is not HTTP, piped to its original destination (the
+    /// sidecar's own connection is exempt from redirection), with one audit line.
+    async fn passthrough(&self, app: TcpStream, destination: std::net::SocketAddr) {
+        let own = self.identity.spiffe_id();
+        let mut event = AuditEvent::begin("outbound", "tcp");
+        event.source = own.as_ref().map(ToString::to_string);
+        event.destination = destination.to_string();
+        let connected =
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await;
+        let upstream = match connected {
+            Ok(Ok(tcp)) => tcp,
+            failed => {
+                event.decision = "error";
+                event.reason = Some(match failed {
+                    Ok(Err(e)) => format!("{destination} refused: {e}"),
+                    _ => format!("{destination} did not answer"),
+                });
+                self.audit.record(&event);
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        event.decision = "passthrough";
+        self.audit.record(&event);
+        crate::tcp::pipe(app, upstream).await;
+    }
+}
+
 /// `(presented, expected)` when a TLS error is a secure-naming mismatch.
 fn unexpected_peer(e: &std::io::Error) -> Option<(String, String)> {
     let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
@@ -351,14 +380,29 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(http_server(&outbound.limits));
+    let own_port = listener.local_addr().map(|a| a.port()).ok();
     tokio::pin!(shutdown);
     loop {
         let Some((tcp, addr)) = accept(&listener, &mut shutdown, "outbound").await else {
             return;
         };
         let _ = tcp.set_nodelay(true);
+        // Redirected here by the pod's interception rules: where the application meant to
+        // go. (A connection made to this port itself is not redirected; comparing ports
+        // also keeps a passthrough from ever dialling this listener.)
+        let redirected = crate::transparent::original_dst(&tcp)
+            .ok()
+            .filter(|d| Some(d.port()) != own_port);
         let (outbound, builder) = (outbound.clone(), builder.clone());
         tokio::spawn(async move {
+            if let Some(destination) = redirected
+                && !crate::transparent::looks_like_http(&tcp).await
+            {
+                // TLS to an outside service, a database, anything not HTTP: passed through
+                // to where it was going, as the application's own connection would have.
+                outbound.passthrough(tcp, destination).await;
+                return;
+            }
             let handle = {
                 let outbound = outbound.clone();
                 move |req| {

@@ -79,7 +79,7 @@ impl std::str::FromStr for TcpOutbound {
 
 /// Copies both ways until both sides have closed; returns the bytes (sent to the peer
 /// sidecar, received from it).
-async fn pipe<P, L>(mut peer: P, mut local: L) -> (u64, u64)
+pub(crate) async fn pipe<P, L>(mut peer: P, mut local: L) -> (u64, u64)
 where
     P: AsyncRead + AsyncWrite + Unpin,
     L: AsyncRead + AsyncWrite + Unpin,

@@ -76,6 +76,18 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
     )
     .unwrap();
     let payments_files = support::sidecar_files(&cp, dir.path(), "payments").await;
+    let payments_audit = payments_files.audit.clone();
+    // A service outside the mesh that does not speak HTTP (here: answers what it reads,
+    // uppercased), which the application inside the pod will call by its address.
+    let outside = std::net::TcpListener::bind(format!("{}:7777", net.host_ip)).unwrap();
+    let outside_addr = outside.local_addr().unwrap();
+    let echo = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = outside.accept().unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf.to_ascii_uppercase()).unwrap();
+    });
 
     // The pod: a thread in the namespace with a runtime of its own, so every socket its
     // sidecar and application open is the pod's.
@@ -99,6 +111,8 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
                     &[
                         "--inbound-listen",
                         "0.0.0.0:15006",
+                        "--outbound-listen",
+                        "127.0.0.1:15001",
                         "--app",
                         "127.0.0.1:8080",
                         "--policy-file",
@@ -116,6 +130,52 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
     ready_rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the pod's sidecar is ready");
+    // The application (another user than the sidecar's, as in a pod) opens a plain TCP
+    // connection to the outside service: the pod's rules send it to the sidecar's
+    // outbound port, which finds it is not HTTP and passes it through to where it was
+    // going.
+    let app_call = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &net.name])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args([
+            "bash",
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/{}/{}; printf '\\x16hi!!' >&3; head -c 5 <&3",
+                outside_addr.ip(),
+                outside_addr.port()
+            ),
+        ])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), app_call)
+        .await
+        .expect("the call ends")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"\x16HI!!", "passed through, both ways");
+    echo.join().unwrap();
+    // One audit line for it (written by the pod's audit writer, shortly).
+    let passthrough = format!(r#""destination":"{outside_addr}""#);
+    support::wait_until(
+        "the passthrough is audited",
+        Duration::from_secs(5),
+        async || {
+            std::fs::read_to_string(&payments_audit)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains(r#""decision":"passthrough""#) && l.contains(&passthrough))
+        },
+    )
+    .await;
 
     // Orders, outside the pod, knows payments by its application port.
     let registry = dir.path().join("registry.yaml");

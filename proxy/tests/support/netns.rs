@@ -48,6 +48,15 @@ impl PodNetwork {
             format!("{tag}p{}", id % 100_000),
         );
         let (host_ip, pod_ip) = (format!("10.{net}.0.1"), format!("10.{net}.0.2"));
+        // A run that was killed leaves its namespace (and the subnet's address) behind.
+        let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        for stale in String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("palisade-{tag}")))
+        {
+            let _ = Command::new("ip").args(["netns", "del", stale]).status();
+        }
         run(&["ip", "netns", "add", &name], None);
         let network = PodNetwork {
             name: name.clone(),
