@@ -66,30 +66,7 @@ enum Cmd {
         listen: SocketAddr,
     },
     /// Run every scenario and write the results.
-    Run {
-        /// Where the palisade binaries are (target/release).
-        #[arg(long)]
-        bin_dir: PathBuf,
-        /// Where results.md and results.json go.
-        #[arg(long, default_value = "bench-results")]
-        out: PathBuf,
-        /// A moment per scenario (for CI); the numbers mean nothing.
-        #[arg(long)]
-        smoke: bool,
-        /// Connections for the throughput runs.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Offered rate for the latency runs (requests per second).
-        #[arg(long, default_value_t = 2000)]
-        rate: u64,
-        /// The broker for the AMQP scenario.
-        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-        broker: String,
-        /// Run only these scenarios (comma-separated: eval, http1, http2, amqp, issuance,
-        /// propagation), for investigating one; a published run runs them all.
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-    },
+    Run(Settings),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,23 +75,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match Cli::parse().command {
         Cmd::App { listen } => runtime.block_on(app(listen)),
-        Cmd::Run {
-            bin_dir,
-            out,
-            smoke,
-            concurrency,
-            rate,
-            broker,
-            only,
-        } => runtime.block_on(run(Settings {
-            bin_dir,
-            out,
-            smoke,
-            concurrency,
-            rate,
-            broker,
-            only,
-        })),
+        Cmd::Run(settings) => runtime.block_on(run(settings)),
     }
 }
 
@@ -303,13 +264,29 @@ fn policy_eval(rules: usize, iterations: u64) -> f64 {
     started.elapsed().as_nanos() as f64 / iterations as f64
 }
 
+#[derive(Debug, clap::Args)]
 struct Settings {
+    /// Where the palisade binaries are (target/release).
+    #[arg(long)]
     bin_dir: PathBuf,
+    /// Where results.md and results.json go.
+    #[arg(long, default_value = "bench-results")]
     out: PathBuf,
+    /// A moment per scenario (for CI); the numbers mean nothing.
+    #[arg(long)]
     smoke: bool,
+    /// Connections for the throughput runs.
+    #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Offered rate for the latency runs (requests per second).
+    #[arg(long, default_value_t = 2000)]
     rate: u64,
+    /// The broker for the AMQP scenario.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     broker: String,
+    /// Run only these scenarios (comma-separated: eval, http1, http2, amqp, issuance,
+    /// propagation), for investigating one; a published run runs them all.
+    #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
 
