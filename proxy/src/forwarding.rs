@@ -10,6 +10,24 @@ use http_body_util::{BodyExt, Full};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// A pooled plain HTTP/1.1 client (no TLS).
+pub(crate) type PlainClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    hyper::body::Incoming,
+>;
+
+/// The client for plain HTTP: the inbound sidecar's to its application, and the outbound
+/// sidecar's to destinations outside the mesh on intercepted connections.
+pub(crate) fn plain_client() -> PlainClient {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
+
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,

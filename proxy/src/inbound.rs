@@ -10,16 +10,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use palisade_contract::SpiffeId;
 use palisade_contract::path::{PathOptions, normalize};
 use palisade_contract::policy::{
@@ -71,7 +68,7 @@ pub struct Inbound {
     pub limits: Limits,
     /// Application ports served as opaque TCP ([`crate::tcp`]).
     pub opaque_ports: Vec<u16>,
-    client: Client<HttpConnector, Incoming>,
+    client: crate::forwarding::PlainClient,
 }
 
 impl std::fmt::Debug for Inbound {
@@ -96,13 +93,7 @@ impl Inbound {
         limits: Limits,
         opaque_ports: Vec<u16>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .timer(TokioTimer::new())
-            .build(connector);
+        let client = crate::forwarding::plain_client();
         Self {
             identity,
             policies,

@@ -52,6 +52,8 @@ pub struct Outbound {
     connections_per_service: usize,
     next_endpoint: AtomicUsize,
     next_connection: AtomicUsize,
+    /// Plain HTTP to destinations outside the registry, on intercepted connections.
+    plain: crate::forwarding::PlainClient,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -98,6 +100,7 @@ impl Outbound {
             connections_per_service: connections_per_service.max(1),
             next_endpoint: AtomicUsize::new(0),
             next_connection: AtomicUsize::new(0),
+            plain: crate::forwarding::plain_client(),
         }
     }
 
@@ -203,7 +206,13 @@ impl Outbound {
         Ok(sender)
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// `redirected`: the original destination, when the pod's interception rules sent
+    /// this connection here.
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        redirected: Option<std::net::SocketAddr>,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let own = self.identity.spiffe_id();
         let mut event = AuditEvent::begin(
@@ -219,11 +228,18 @@ impl Outbound {
         event.path = req.uri().path().chars().take(256).collect();
         let request_id = event.request_id.clone();
         let response = match self
-            .forward(req, own.as_ref().and_then(|id| id.namespace()), &mut event)
+            .forward(
+                req,
+                own.as_ref().and_then(|id| id.namespace()),
+                redirected,
+                &mut event,
+            )
             .await
         {
             Ok(r) => {
-                event.decision = "forward";
+                if event.decision == "error" {
+                    event.decision = "forward";
+                }
                 r
             }
             Err(e) => {
@@ -259,6 +275,7 @@ impl Outbound {
         &self,
         req: Request<Incoming>,
         own_namespace: Option<&str>,
+        redirected: Option<std::net::SocketAddr>,
         event: &mut AuditEvent,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         if let Some(why) = unsupported(&req) {
@@ -275,28 +292,26 @@ impl Outbound {
                     .map(str::to_owned)
             })
             .ok_or(ForwardError::NoHost)?;
-        let entry = self
+        let resolved = self
             .registry
             .load()
-            .resolve(&host, own_namespace.unwrap_or_default())
-            .ok_or_else(|| ForwardError::UnknownService(host.chars().take(253).collect()))?;
+            .resolve(&host, own_namespace.unwrap_or_default());
+        let entry = match (resolved, redirected) {
+            (Some(entry), _) => entry,
+            // Not a mesh service, on an intercepted connection: where the application was
+            // going anyway (as Istio's ALLOW_ANY outbound mode).
+            (None, Some(destination)) => return self.forward_plain(req, destination, event).await,
+            (None, None) => {
+                return Err(ForwardError::UnknownService(
+                    host.chars().take(253).collect(),
+                ));
+            }
+        };
         event.destination_service = entry.name.clone();
         event.destination = entry.identity.to_string();
         let mut sender = self.connection(&entry).await?;
         let (mut parts, body) = req.into_parts();
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        parts.uri = Uri::builder()
-            .scheme("https")
-            .authority(host.as_str())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| ForwardError::NoHost)?;
-        parts.version = Version::HTTP_2;
-        strip_hop_by_hop(&mut parts.headers);
+        retarget(&mut parts, "https", &host, Version::HTTP_2)?;
         parts.headers.remove(header::HOST);
         if let Ok(v) = HeaderValue::from_str(&event.request_id) {
             parts.headers.entry("x-request-id").or_insert(v);
@@ -333,6 +348,43 @@ impl Outbound {
 }
 
 impl Outbound {
+    /// Plain HTTP to `destination`, outside the mesh, with the request's own `Host`.
+    async fn forward_plain(
+        &self,
+        req: Request<Incoming>,
+        destination: std::net::SocketAddr,
+        event: &mut AuditEvent,
+    ) -> Result<Response<ProxyBody>, ForwardError> {
+        event.decision = "passthrough";
+        event.destination = destination.to_string();
+        let (mut parts, body) = req.into_parts();
+        if let Some(authority) = parts.uri.authority().cloned()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        retarget(
+            &mut parts,
+            "http",
+            &destination.to_string(),
+            Version::HTTP_11,
+        )?;
+        match self.plain.request(Request::from_parts(parts, body)).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(parts, body.boxed()))
+            }
+            Err(e) => {
+                event.decision = "error";
+                Err(ForwardError::Unreachable {
+                    service: destination.to_string(),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+
     /// A redirected connection that is not HTTP, piped to its original destination (the
     /// sidecar's own connection is exempt from redirection), with one audit line.
     async fn passthrough(&self, app: TcpStream, destination: std::net::SocketAddr) {
@@ -359,6 +411,30 @@ impl Outbound {
         self.audit.record(&event);
         crate::tcp::pipe(app, upstream).await;
     }
+}
+
+/// Points a request at `scheme://authority` (same path and query) for the next hop's
+/// protocol version, without this hop's hop-by-hop headers.
+fn retarget(
+    parts: &mut http::request::Parts,
+    scheme: &str,
+    authority: &str,
+    version: Version,
+) -> Result<(), ForwardError> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ForwardError::NoHost)?;
+    parts.version = version;
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(())
 }
 
 /// `(presented, expected)` when a TLS error is a secure-naming mismatch.
@@ -407,7 +483,7 @@ pub async fn serve(
                 let outbound = outbound.clone();
                 move |req| {
                     let outbound = outbound.clone();
-                    async move { outbound.handle(req).await }
+                    async move { outbound.handle(req, redirected).await }
                 }
             };
             let idle = outbound.limits.idle_timeout;

@@ -134,35 +134,70 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
     // connection to the outside service: the pod's rules send it to the sidecar's
     // outbound port, which finds it is not HTTP and passes it through to where it was
     // going.
-    let app_call = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &net.name])
-        .args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ])
-        .args([
-            "bash",
-            "-c",
-            &format!(
-                "exec 3<>/dev/tcp/{}/{}; printf '\\x16hi!!' >&3; head -c 5 <&3",
-                outside_addr.ip(),
-                outside_addr.port()
-            ),
-        ])
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(10), app_call)
-        .await
-        .expect("the call ends")
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let as_app = async |script: String| {
+        let call = tokio::process::Command::new("ip")
+            .args(["netns", "exec", &net.name])
+            .args([
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .args(["bash", "-c", &script])
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call ends")
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let out = as_app(format!(
+        "exec 3<>/dev/tcp/{}/{}; printf '\\x16hi!!' >&3; head -c 5 <&3",
+        outside_addr.ip(),
+        outside_addr.port()
+    ))
+    .await;
     assert_eq!(out.stdout, b"\x16HI!!", "passed through, both ways");
     echo.join().unwrap();
+
+    // Plain HTTP to a host outside the mesh (not in the registry): forwarded to where it
+    // was going, with its own Host, instead of a 502.
+    let web = TcpListener::bind(format!("{}:7778", net.host_ip))
+        .await
+        .unwrap();
+    let web_addr = web.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = web.accept().await.unwrap();
+        let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| {
+            let host = req.headers()["host"].to_str().unwrap().to_owned();
+            let path = req.uri().path().to_owned();
+            async move {
+                Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(format!(
+                    "outside {host}{path}"
+                )))))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tcp), service)
+            .await;
+    });
+    let out = as_app(format!(
+        "exec 3<>/dev/tcp/{}/{}; printf 'GET /hello HTTP/1.1\\r\\nHost: api.example\\r\\nConnection: close\\r\\n\\r\\n' >&3; cat <&3",
+        web_addr.ip(),
+        web_addr.port()
+    ))
+    .await;
+    let response = String::from_utf8_lossy(&out.stdout);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.ends_with("outside api.example/hello"),
+        "{response}"
+    );
     // One audit line for it (written by the pod's audit writer, shortly).
     let passthrough = format!(r#""destination":"{outside_addr}""#);
     support::wait_until(
