@@ -223,8 +223,9 @@ async fn inject_adds_the_sidecar_to_pod_templates_offline_and_only_once() {
     let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout(&out)).unwrap();
     assert_eq!(docs.len(), 2);
     let pod = &docs[0]["spec"]["template"]["spec"];
-    assert_eq!(pod["initContainers"][0]["name"], "palisade-proxy");
-    assert_eq!(pod["initContainers"][0]["image"], "palisade:test");
+    assert_eq!(pod["initContainers"][0]["name"], "palisade-init");
+    assert_eq!(pod["initContainers"][1]["name"], "palisade-proxy");
+    assert_eq!(pod["initContainers"][1]["image"], "palisade:test");
     assert_eq!(
         pod["containers"][0]["readinessProbe"]["httpGet"]["path"],
         "/app-health/web-ready"

@@ -111,7 +111,7 @@ async fn the_webhook_answers_admission_reviews_over_tls_with_the_injection_patch
     .unwrap();
     let mut pod = sent["request"]["object"].clone();
     json_patch::patch(&mut pod, &patch).unwrap();
-    let proxy = &pod["spec"]["initContainers"][0];
+    let proxy = &pod["spec"]["initContainers"][1];
     assert_eq!(proxy["name"], "palisade-proxy");
     // The control plane's settings reach the pod: its image flag, trust domain, audience.
     assert_eq!(proxy["image"], "registry.example/palisade:9.9");

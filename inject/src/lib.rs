@@ -20,6 +20,10 @@
 //!   port (`/app-health/<container>-<probe>`), which asks the application: under default
 //!   deny the kubelet, which has no mesh identity, could not reach the application
 //!   through the inbound port;
+//! - the `palisade-init` init container, first of all: it installs the transparent
+//!   interception rules ([`iptables`]) and exits; inbound ports of probes that were not
+//!   rewritten (the kubelet has no mesh identity) and the ports and CIDRs the pod's
+//!   `palisade.dev/exclude-*` annotations list are left alone;
 //! - Prometheus scrape annotations for the sidecar's `/metrics` (unless the pod already
 //!   has its own), and `palisade.dev/status`, which makes injection idempotent.
 //!
@@ -40,6 +44,13 @@ pub const NAMESPACE_LABEL: &str = "palisade.dev/inject";
 pub const STATUS_ANNOTATION: &str = "palisade.dev/status";
 /// The sidecar container's name.
 pub const PROXY_CONTAINER: &str = "palisade-proxy";
+/// The init container that installs the interception rules.
+pub const INIT_CONTAINER: &str = "palisade-init";
+/// Pod annotations adding to what interception leaves alone (comma-separated), as Istio's
+/// `traffic.sidecar.istio.io/exclude*`.
+pub const EXCLUDE_INBOUND_PORTS: &str = "palisade.dev/exclude-inbound-ports";
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "palisade.dev/exclude-outbound-ports";
+pub const EXCLUDE_OUTBOUND_CIDRS: &str = "palisade.dev/exclude-outbound-cidrs";
 /// The sidecar's user (and group): what interception will exclude from redirection.
 pub const PROXY_UID: i64 = 1337;
 /// The sidecar's ports inside the pod.
@@ -113,6 +124,8 @@ pub enum Outcome {
 pub enum InjectError {
     #[error("not a pod: {0}")]
     NotAPod(&'static str),
+    #[error("annotation {0}: {1}")]
+    BadAnnotation(&'static str, String),
 }
 
 /// The pod (`{metadata, spec}`: a Pod or a pod template) with the sidecar injected.
@@ -152,25 +165,61 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
         return Ok(Outcome::Skipped("the pod uses the host network"));
     }
 
+    let list = |name: &'static str| -> Vec<String> {
+        annotation(name)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let ports = |name: &'static str| -> Result<Vec<u16>, InjectError> {
+        list(name)
+            .iter()
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| InjectError::BadAnnotation(name, format!("{p:?} is not a port")))
+            })
+            .collect()
+    };
+    let mut interception = iptables::Interception {
+        exclude_inbound_ports: ports(EXCLUDE_INBOUND_PORTS)?,
+        exclude_outbound_ports: ports(EXCLUDE_OUTBOUND_PORTS)?,
+        exclude_outbound_cidrs: list(EXCLUDE_OUTBOUND_CIDRS),
+        ..iptables::Interception::default()
+    };
+    interception
+        .rules()
+        .map_err(|e| InjectError::BadAnnotation(EXCLUDE_OUTBOUND_CIDRS, e.to_string()))?;
+
     let mut out = pod.clone();
     let app_port = app_port(containers);
     // Probes first (they name the application containers), then the sidecar.
     let mut probes = Vec::new();
-    if let Some(port) = app_port
-        && let Some(list) = out
-            .pointer_mut("/spec/containers")
-            .and_then(Value::as_array_mut)
+    if let Some(list) = out
+        .pointer_mut("/spec/containers")
+        .and_then(Value::as_array_mut)
     {
         for container in list {
-            probes.extend(rewrite_probes(container, port));
+            if let Some(port) = app_port {
+                probes.extend(rewrite_probes(container, port));
+            }
+            // What the kubelet still probes directly must not be redirected.
+            interception
+                .exclude_inbound_ports
+                .extend(direct_probe_ports(container));
         }
     }
     let proxy = proxy_container(settings, app_port, &probes);
+    let init = init_container(settings, &interception);
     let spec = out["spec"].as_object_mut().expect("checked above");
+    // The interception rules go in first of all, then (native) the sidecar: any init
+    // container after them already has the mesh.
+    let inits = array_field(spec, "initContainers");
+    inits.insert(0, init);
     if settings.native_sidecar {
-        // First of the init containers: any init container after it already has the mesh.
-        let inits = array_field(spec, "initContainers");
-        inits.insert(0, proxy);
+        inits.insert(1, proxy);
     } else {
         // First container: the kubelet starts containers in order.
         let list = array_field(spec, "containers");
@@ -246,19 +295,7 @@ fn rewrite_probes(container: &mut Value, app_port: u16) -> Vec<(String, String)>
         .unwrap_or("app")
         .to_owned();
     let ports = container.get("ports").cloned().unwrap_or(Value::Null);
-    let resolve = |port: &Value| -> Option<u16> {
-        match port {
-            Value::Number(n) => n.as_u64().and_then(|n| n.try_into().ok()),
-            Value::String(s) => s.parse().ok().or_else(|| {
-                ports.as_array()?.iter().find_map(|p| {
-                    (p.get("name").and_then(Value::as_str) == Some(s.as_str()))
-                        .then(|| p.get("containerPort")?.as_u64()?.try_into().ok())
-                        .flatten()
-                })
-            }),
-            _ => None,
-        }
-    };
+    let resolve = |port: &Value| resolve_port(&ports, port);
     let mut rewritten = Vec::new();
     for (kind, short) in [
         ("livenessProbe", "live"),
@@ -286,6 +323,66 @@ fn rewrite_probes(container: &mut Value, app_port: u16) -> Vec<(String, String)>
         rewritten.push((probe, path));
     }
     rewritten
+}
+
+/// The ports of `container`'s probes that still go straight to the application (those
+/// [`rewrite_probes`] left alone): HTTP(S) on another port, TCP and gRPC probes.
+fn direct_probe_ports(container: &Value) -> Vec<u16> {
+    let ports = container.get("ports").cloned().unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        let Some(probe) = container.get(kind) else {
+            continue;
+        };
+        for handler in ["httpGet", "tcpSocket", "grpc"] {
+            let port = probe
+                .get(handler)
+                .and_then(|h| h.get("port"))
+                .and_then(|p| resolve_port(&ports, p));
+            // A rewritten probe points at the admin port, which is never redirected.
+            if let Some(p) = port.filter(|p| *p != ADMIN_PORT) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A probe's port: a number, or the name of one of the container's `ports`.
+fn resolve_port(ports: &Value, port: &Value) -> Option<u16> {
+    match port {
+        Value::Number(n) => n.as_u64().and_then(|n| n.try_into().ok()),
+        Value::String(s) => s.parse().ok().or_else(|| {
+            ports.as_array()?.iter().find_map(|p| {
+                (p.get("name").and_then(Value::as_str) == Some(s.as_str()))
+                    .then(|| p.get("containerPort")?.as_u64()?.try_into().ok())
+                    .flatten()
+            })
+        }),
+        _ => None,
+    }
+}
+
+fn init_container(settings: &Settings, interception: &iptables::Interception) -> Value {
+    json!({
+        "name": INIT_CONTAINER,
+        "image": settings.image,
+        "command": [INIT_CONTAINER],
+        "args": interception.args(),
+        "resources": {
+            "requests": { "cpu": "10m", "memory": "10Mi" },
+            "limits": { "cpu": "100m", "memory": "32Mi" },
+        },
+        // iptables needs root and NET_ADMIN/NET_RAW in the pod's network namespace; this
+        // container runs for a moment before anything else and nothing else gets them.
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": false,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": { "add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"] },
+        },
+    })
 }
 
 fn env(name: &str, value: impl Into<String>) -> Value {

@@ -6,7 +6,7 @@
 use base64::Engine;
 use clap::{CommandFactory, Parser};
 use palisade_inject::admission::{ReviewError, respond};
-use palisade_inject::{PROXY_CONTAINER, Settings, inject_object};
+use palisade_inject::{INIT_CONTAINER, PROXY_CONTAINER, Settings, inject_object};
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> Value {
@@ -35,6 +35,16 @@ fn review(review: &Value) -> (Value, Option<Value>) {
         pod
     });
     (response, patched)
+}
+
+/// The init container called `name`.
+fn init<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no init container {name}"))
 }
 
 fn env_of(container: &Value) -> Vec<(String, Value)> {
@@ -68,8 +78,17 @@ fn a_plain_pod_gets_the_native_sidecar_its_volumes_and_annotations() {
 
     // The application's containers are untouched.
     assert_eq!(pod["spec"]["containers"], original["spec"]["containers"]);
-    // The sidecar: first init container, native (restartPolicy Always), hardened.
-    let proxy = &pod["spec"]["initContainers"][0];
+    // First the interception step (root with NET_ADMIN, for a moment), then the sidecar:
+    // native (restartPolicy Always), hardened.
+    let inits = pod["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(inits[0]["name"], INIT_CONTAINER);
+    assert_eq!(inits[0]["command"], json!(["palisade-init"]));
+    assert_eq!(
+        inits[0]["securityContext"]["capabilities"]["add"],
+        json!(["NET_ADMIN", "NET_RAW"])
+    );
+    assert!(inits[0].get("restartPolicy").is_none(), "runs once");
+    let proxy = &inits[1];
     assert_eq!(proxy["name"], PROXY_CONTAINER);
     assert_eq!(proxy["restartPolicy"], "Always");
     assert_eq!(proxy["securityContext"]["runAsUser"], 1337);
@@ -183,7 +202,7 @@ fn http_probes_on_the_serving_port_go_through_the_sidecar_by_number_or_port_name
         input["request"]["object"]["spec"]["containers"][1]
     );
     // The sidecar asks the application at the original paths.
-    let proxy = &pod["spec"]["initContainers"][0];
+    let proxy = init(&pod, PROXY_CONTAINER);
     assert_eq!(
         env(proxy, "PALISADE_APP_PROBES").as_deref(),
         Some("web-live=/healthz,web-ready=/ready?full=1")
@@ -191,6 +210,72 @@ fn http_probes_on_the_serving_port_go_through_the_sidecar_by_number_or_port_name
     assert_eq!(
         env(proxy, "PALISADE_APP").as_deref(),
         Some("127.0.0.1:8080")
+    );
+    // What the kubelet still probes directly (the startup probe on "metrics" = 9090, the
+    // cache's TCP probe on "redis" = 6379) is left out of interception; the rewritten
+    // probes go to the admin port, which interception never touches.
+    let init_args = &init(&pod, INIT_CONTAINER)["args"];
+    assert!(
+        init_args
+            .as_array()
+            .unwrap()
+            .contains(&json!("--exclude-inbound-ports=9090,6379")),
+        "{init_args}"
+    );
+}
+
+#[test]
+fn the_init_steps_arguments_are_palisade_inits_and_the_pods_exclusions_reach_it() {
+    let mut input = fixture("plain-pod.json");
+    input["request"]["object"]["metadata"]["annotations"] = json!({
+        "palisade.dev/exclude-outbound-ports": "5432, 6379",
+        "palisade.dev/exclude-outbound-cidrs": "169.254.169.254/32",
+        "palisade.dev/exclude-inbound-ports": "9000",
+    });
+    let (_, pod) = review(&input);
+    let pod = pod.unwrap();
+    let args: Vec<String> = init(&pod, INIT_CONTAINER)["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    // The binary itself accepts them and prints the rules they mean.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade-init"))
+        .args(&args)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "-A PALISADE_INBOUND -p tcp --dport 9000 -j RETURN",
+        "-A PALISADE_OUTPUT -p tcp --dport 5432 -j RETURN",
+        "-A PALISADE_OUTPUT -p tcp --dport 6379 -j RETURN",
+        "-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN",
+        "-A PALISADE_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+    ] {
+        assert!(
+            rules.lines().any(|l| l == line),
+            "{line} missing from\n{rules}"
+        );
+    }
+    // A bad annotation refuses the pod with the reason rather than guessing.
+    input["request"]["object"]["metadata"]["annotations"] =
+        json!({ "palisade.dev/exclude-outbound-cidrs": "10.0.0.0" });
+    let (response, patch) = review(&input);
+    assert!(patch.is_none());
+    assert_eq!(response["allowed"], false);
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("palisade.dev/exclude-outbound-cidrs"),
+        "{response}"
     );
 }
 
@@ -232,7 +317,7 @@ fn what_cannot_be_injected_is_refused_and_what_is_not_a_review_is_an_error() {
 fn every_variable_the_sidecar_gets_is_a_flag_of_palisade_proxy_and_parses() {
     let (_, pod) = review(&fixture("probes-and-named-ports-pod.json"));
     let pod = pod.unwrap();
-    let proxy = &pod["spec"]["initContainers"][0];
+    let proxy = init(&pod, PROXY_CONTAINER);
     assert_eq!(proxy["command"], json!(["palisade-proxy"]));
     let command = palisade_proxy::Config::command();
     let mut args = vec!["palisade-proxy".to_owned()];
@@ -279,7 +364,7 @@ fn workloads_get_their_pod_template_injected_and_other_kinds_pass_through() {
     });
     let out = inject_object(&deployment, &Settings::default()).unwrap();
     assert_eq!(
-        out["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        out["spec"]["template"]["spec"]["initContainers"][1]["name"],
         PROXY_CONTAINER
     );
     assert_eq!(out["spec"]["replicas"], 2);
@@ -298,5 +383,9 @@ fn workloads_get_their_pod_template_injected_and_other_kinds_pass_through() {
     let containers = &out["spec"]["template"]["spec"]["containers"];
     assert_eq!(containers[0]["name"], PROXY_CONTAINER);
     assert!(containers[0].get("restartPolicy").is_none());
+    assert_eq!(
+        out["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        INIT_CONTAINER
+    );
     assert_eq!(containers[1]["name"], "web");
 }
