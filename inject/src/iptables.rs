@@ -16,8 +16,6 @@
 //! The rules live in chains of their own (`PALISADE_*`), which makes them easy to find
 //! and to remove, as Istio's `ISTIO_*` chains are.
 
-use std::fmt::Write;
-
 /// What to redirect where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interception {
@@ -70,12 +68,17 @@ fn check_cidr(cidr: &str) -> Result<(), RuleError> {
 }
 
 impl Interception {
+    /// Whether these settings can become rules (every CIDR well-formed).
+    pub fn check(&self) -> Result<(), RuleError> {
+        self.exclude_outbound_cidrs
+            .iter()
+            .try_for_each(|c| check_cidr(c))
+    }
+
     /// The `iptables-restore` input (the nat table only; the rest of the pod's tables are
     /// not touched).
     pub fn rules(&self) -> Result<String, RuleError> {
-        for c in &self.exclude_outbound_cidrs {
-            check_cidr(c)?;
-        }
+        self.check()?;
         let mut r = String::new();
         let mut line = |s: String| {
             r.push_str(&s);
@@ -147,15 +150,7 @@ impl Interception {
             format!("--outbound-port={}", self.outbound_port),
             format!("--admin-port={}", self.admin_port),
         ];
-        let list = |v: &[u16]| {
-            v.iter().fold(String::new(), |mut s, p| {
-                if !s.is_empty() {
-                    s.push(',');
-                }
-                let _ = write!(s, "{p}");
-                s
-            })
-        };
+        let list = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
         if !self.exclude_inbound_ports.is_empty() {
             a.push(format!(
                 "--exclude-inbound-ports={}",

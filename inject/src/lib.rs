@@ -190,7 +190,7 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
         ..iptables::Interception::default()
     };
     interception
-        .rules()
+        .check()
         .map_err(|e| InjectError::BadAnnotation(EXCLUDE_OUTBOUND_CIDRS, e.to_string()))?;
 
     let mut out = pod.clone();

@@ -392,21 +392,15 @@ impl Outbound {
         let mut event = AuditEvent::begin("outbound", "tcp");
         event.source = own.as_ref().map(ToString::to_string);
         event.destination = destination.to_string();
-        let connected =
-            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await;
-        let upstream = match connected {
-            Ok(Ok(tcp)) => tcp,
-            failed => {
+        let upstream = match crate::tcp::connect(destination, "the destination").await {
+            Ok(tcp) => tcp,
+            Err(reason) => {
                 event.decision = "error";
-                event.reason = Some(match failed {
-                    Ok(Err(e)) => format!("{destination} refused: {e}"),
-                    _ => format!("{destination} did not answer"),
-                });
+                event.reason = Some(reason);
                 self.audit.record(&event);
                 return;
             }
         };
-        let _ = upstream.set_nodelay(true);
         event.decision = "passthrough";
         self.audit.record(&event);
         crate::tcp::pipe(app, upstream).await;

@@ -79,6 +79,19 @@ impl std::str::FromStr for TcpOutbound {
 
 /// Copies both ways until both sides have closed; returns the bytes (sent to the peer
 /// sidecar, received from it).
+/// A TCP connection to `addr` (no Nagle), or why not, naming it `what {addr}` for the
+/// audit line: opaque ports to the application, and outbound passthrough.
+pub(crate) async fn connect(addr: SocketAddr, what: &str) -> Result<TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            Ok(tcp)
+        }
+        Ok(Err(e)) => Err(format!("{what} {addr} refused: {e}")),
+        Err(_) => Err(format!("{what} {addr} did not answer")),
+    }
+}
+
 pub(crate) async fn pipe<P, L>(mut peer: P, mut local: L) -> (u64, u64)
 where
     P: AsyncRead + AsyncWrite + Unpin,
@@ -138,22 +151,17 @@ impl Inbound {
             return;
         }
         let app = SocketAddr::new(self.app.ip(), port);
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(app)).await;
-        let upstream = match connected {
-            Ok(Ok(tcp)) => tcp,
-            failed => {
+        let upstream = match connect(app, "the application at").await {
+            Ok(tcp) => tcp,
+            Err(reason) => {
                 event.decision = "error";
-                event.reason = Some(match failed {
-                    Ok(Err(e)) => format!("the application at {app} refused: {e}"),
-                    _ => format!("the application at {app} did not answer"),
-                });
+                event.reason = Some(reason);
                 self.metrics
                     .connection("inbound", peer.as_str(), event.decision);
                 self.audit.record(&event);
                 return;
             }
         };
-        let _ = upstream.set_nodelay(true);
         self.metrics
             .connection("inbound", peer.as_str(), event.decision);
         self.audit.record(&event);
