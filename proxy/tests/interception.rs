@@ -198,35 +198,31 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
         response.ends_with("outside api.example/hello"),
         "{response}"
     );
-    let passed = format!(r#""destination":"{web_addr}""#);
-    support::wait_until(
-        "the HTTP passthrough is audited",
-        Duration::from_secs(5),
-        async || {
+    // Each passthrough has its audit line (written by the pod's audit writer, shortly).
+    for (what, needles) in [
+        (
+            "the HTTP passthrough is audited",
+            vec![
+                format!(r#""destination":"{web_addr}""#),
+                r#""method":"GET""#.into(),
+            ],
+        ),
+        (
+            "the TCP passthrough is audited",
+            vec![format!(r#""destination":"{outside_addr}""#)],
+        ),
+    ] {
+        support::wait_until(what, Duration::from_secs(5), async || {
             std::fs::read_to_string(&payments_audit)
                 .unwrap_or_default()
                 .lines()
                 .any(|l| {
                     l.contains(r#""decision":"passthrough""#)
-                        && l.contains(r#""method":"GET""#)
-                        && l.contains(&passed)
+                        && needles.iter().all(|n| l.contains(n.as_str()))
                 })
-        },
-    )
-    .await;
-    // One audit line for the TCP passthrough too (the pod's audit writer, shortly).
-    let passthrough = format!(r#""destination":"{outside_addr}""#);
-    support::wait_until(
-        "the passthrough is audited",
-        Duration::from_secs(5),
-        async || {
-            std::fs::read_to_string(&payments_audit)
-                .unwrap_or_default()
-                .lines()
-                .any(|l| l.contains(r#""decision":"passthrough""#) && l.contains(&passthrough))
-        },
-    )
-    .await;
+        })
+        .await;
+    }
 
     // Orders, outside the pod, knows payments by its application port.
     let registry = dir.path().join("registry.yaml");
