@@ -8,6 +8,12 @@
 //! metadata: { name: payments, namespace: shop }
 //! spec: { identity: "spiffe://palisade.local/ns/shop/sa/payments", endpoints: ["10.0.0.7:15006"] }
 //! ```
+//!
+//! `endpoints` may be left out where sidecars intercept traffic (Kubernetes): the outbound
+//! sidecar then dials, over mTLS, the address the application connected to (the
+//! Service's ClusterIP, which kube-proxy balances over the pods, whose own interception
+//! hands the connection to their sidecar). The mesh then needs no endpoint discovery,
+//! and the identity check is the same. Without interception such a service is unreachable.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +35,8 @@ pub struct ServiceEntry {
     pub namespace: String,
     /// The SPIFFE ID every endpoint must present.
     pub identity: SpiffeId,
-    /// `host:port` of the destination sidecars' inbound listeners.
+    /// `host:port` of the destination sidecars' inbound listeners; empty: the address an
+    /// intercepted connection was going to.
     pub endpoints: Vec<String>,
 }
 
@@ -78,12 +85,6 @@ impl Walk<'_> {
                 Err("is not host:port".into())
             }
         });
-        if endpoints.is_empty() && self.problems.len() == before {
-            self.problem(
-                &join(&spec_loc, "endpoints"),
-                "must list at least one host:port",
-            );
-        }
         if self.problems.len() > before {
             return None;
         }
@@ -224,5 +225,15 @@ spec: { identity: "spiffe://palisade.local/ns/shop/sa/payments", endpoints: ["12
                 .any(|t| t.starts_with("[2].spec.extra: unknown field")),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn endpoints_may_be_left_to_interception() {
+        let doc = DOC.replace(", endpoints: [\"127.0.0.1:15006\"]", "");
+        let services = parse_services(&doc).unwrap();
+        assert_eq!(services.len(), 1);
+        assert!(services[0].endpoints.is_empty());
+        let empty_list = DOC.replace("[\"127.0.0.1:15006\"]", "[]");
+        assert!(parse_services(&empty_list).unwrap()[0].endpoints.is_empty());
     }
 }

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -104,11 +105,13 @@ impl Outbound {
         }
     }
 
-    /// TCP and then mTLS to one of `entry`'s endpoints (in turn), offering `alpn`; the
-    /// server must present `entry.identity` (secure naming).
+    /// TCP and then mTLS to one of `entry`'s endpoints (in turn), or, for a service listed
+    /// without endpoints, to `redirected` (the address the application connected to),
+    /// offering `alpn`; the server must present `entry.identity` (secure naming).
     pub(crate) async fn dial(
         &self,
         entry: &ServiceEntry,
+        redirected: Option<SocketAddr>,
         alpn: Vec<u8>,
     ) -> Result<TlsStream<TcpStream>, ForwardError> {
         let key = format!("{}/{}", entry.namespace, entry.name);
@@ -116,9 +119,19 @@ impl Outbound {
             service: key.clone(),
             detail,
         };
-        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
-        let endpoint = &entry.endpoints[i % entry.endpoints.len()];
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint))
+        let endpoint = if entry.endpoints.is_empty() {
+            redirected.map(|a| a.to_string()).ok_or_else(|| {
+                unreachable(
+                    "the service lists no endpoints, so it is reachable only on intercepted \
+                     connections (its address as the destination)"
+                        .into(),
+                )
+            })?
+        } else {
+            let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
+            entry.endpoints[i % entry.endpoints.len()].clone()
+        };
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&endpoint))
             .await
             .map_err(|_| unreachable(format!("{endpoint}: connect timed out")))?
             .map_err(|e| unreachable(format!("{endpoint}: {e}")))?;
@@ -158,12 +171,14 @@ impl Outbound {
         Ok(tls)
     }
 
-    /// A live connection to `entry`, from the pool or new.
+    /// A live connection to `entry` (at `redirected` when it lists no endpoints), from the
+    /// pool or new.
     async fn connection(
         &self,
         entry: &ServiceEntry,
+        redirected: Option<SocketAddr>,
     ) -> Result<SendRequest<ProxyBody>, ForwardError> {
-        let key = format!("{}/{}", entry.namespace, entry.name);
+        let key = pool_key(entry, redirected);
         {
             let mut pool = self.pool.lock().await;
             let senders = pool.entry(key.clone()).or_default();
@@ -173,7 +188,7 @@ impl Outbound {
                 return Ok(senders[i % senders.len()].clone());
             }
         }
-        let tls = self.dial(entry, b"h2".to_vec()).await?;
+        let tls = self.dial(entry, redirected, b"h2".to_vec()).await?;
         let endpoint = tls
             .get_ref()
             .0
@@ -211,7 +226,7 @@ impl Outbound {
     async fn handle(
         &self,
         req: Request<Incoming>,
-        redirected: Option<std::net::SocketAddr>,
+        redirected: Option<SocketAddr>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let own = self.identity.spiffe_id();
@@ -275,7 +290,7 @@ impl Outbound {
         &self,
         req: Request<Incoming>,
         own_namespace: Option<&str>,
-        redirected: Option<std::net::SocketAddr>,
+        redirected: Option<SocketAddr>,
         event: &mut AuditEvent,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         if let Some(why) = unsupported(&req) {
@@ -309,7 +324,7 @@ impl Outbound {
         };
         event.destination_service = entry.name.clone();
         event.destination = entry.identity.to_string();
-        let mut sender = self.connection(&entry).await?;
+        let mut sender = self.connection(&entry, redirected).await?;
         let (mut parts, body) = req.into_parts();
         retarget(&mut parts, "https", &host, Version::HTTP_2)?;
         parts.headers.remove(header::HOST);
@@ -334,7 +349,7 @@ impl Outbound {
                     .pool
                     .lock()
                     .await
-                    .get_mut(&format!("{}/{}", entry.namespace, entry.name))
+                    .get_mut(&pool_key(&entry, redirected))
                 {
                     senders.retain(|s| !s.is_closed());
                 }
@@ -352,7 +367,7 @@ impl Outbound {
     async fn forward_plain(
         &self,
         req: Request<Incoming>,
-        destination: std::net::SocketAddr,
+        destination: SocketAddr,
         event: &mut AuditEvent,
     ) -> Result<Response<ProxyBody>, ForwardError> {
         event.decision = "passthrough";
@@ -387,7 +402,7 @@ impl Outbound {
 
     /// A redirected connection that is not HTTP, piped to its original destination (the
     /// sidecar's own connection is exempt from redirection), with one audit line.
-    async fn passthrough(&self, app: TcpStream, destination: std::net::SocketAddr) {
+    async fn passthrough(&self, app: TcpStream, destination: SocketAddr) {
         let own = self.identity.spiffe_id();
         let mut event = AuditEvent::begin("outbound", "tcp");
         event.source = own.as_ref().map(ToString::to_string);
@@ -404,6 +419,17 @@ impl Outbound {
         event.decision = "passthrough";
         self.audit.record(&event);
         crate::tcp::pipe(app, upstream).await;
+    }
+}
+
+/// The pool a connection to `entry` belongs to: per service, and per address for a
+/// service reached at its intercepted destination (each port of it is its own pool).
+fn pool_key(entry: &ServiceEntry, redirected: Option<SocketAddr>) -> String {
+    match redirected {
+        Some(addr) if entry.endpoints.is_empty() => {
+            format!("{}/{}@{addr}", entry.namespace, entry.name)
+        }
+        _ => format!("{}/{}", entry.namespace, entry.name),
     }
 }
 

@@ -208,7 +208,7 @@ impl Outbound {
         };
         event.destination_service = entry.name.clone();
         event.destination = entry.identity.to_string();
-        let tls = match self.dial(&entry, alpn_for(target.port)).await {
+        let tls = match self.dial(&entry, None, alpn_for(target.port)).await {
             Ok(tls) => tls,
             Err(e) => {
                 event.reason = Some(e.to_string());

@@ -75,6 +75,24 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
          spec:\n  selector: { service: payments }\n  rules: [ { from: [ { principals: [\"spiffe://palisade.local/ns/shop/sa/orders\"] } ] } ]\n",
     )
     .unwrap();
+    // Orders, outside the pod, serves on an address the pod can reach and lets payments in.
+    let orders_policy = dir.path().join("orders-policy.yaml");
+    std::fs::write(
+        &orders_policy,
+        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: p, namespace: shop }\n\
+         spec:\n  selector: { service: orders }\n  rules: [ { from: [ { principals: [\"spiffe://palisade.local/ns/shop/sa/payments\"] } ] } ]\n",
+    )
+    .unwrap();
+    tokio::spawn(app(18091));
+    // Payments knows orders without endpoints, as in Kubernetes: at whatever address the
+    // application connects to.
+    let pod_registry = dir.path().join("pod-registry.yaml");
+    std::fs::write(
+        &pod_registry,
+        "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: { name: orders, namespace: shop }\n\
+         spec: { identity: \"spiffe://palisade.local/ns/shop/sa/orders\" }\n",
+    )
+    .unwrap();
     let payments_files = support::sidecar_files(&cp, dir.path(), "payments").await;
     let payments_audit = payments_files.audit.clone();
     // A service outside the mesh that does not speak HTTP (here: answers what it reads,
@@ -95,7 +113,7 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let pod = {
         let path = net.path();
-        let (bundle, policy) = (bundle.clone(), policy.clone());
+        let (bundle, policy, pod_registry) = (bundle.clone(), policy.clone(), pod_registry.clone());
         std::thread::spawn(move || {
             setns(File::open(path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -117,6 +135,8 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
                         "127.0.0.1:8080",
                         "--policy-file",
                         policy.to_str().unwrap(),
+                        "--registry-file",
+                        pod_registry.to_str().unwrap(),
                     ],
                 );
                 let sidecar = palisade_proxy::start(&config).await.unwrap();
@@ -240,7 +260,16 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
         &cp,
         bundle,
         &orders_files,
-        &["--registry-file", registry.to_str().unwrap()],
+        &[
+            "--registry-file",
+            registry.to_str().unwrap(),
+            "--inbound-listen",
+            &format!("{}:0", net.host_ip),
+            "--app",
+            "127.0.0.1:18091",
+            "--policy-file",
+            orders_policy.to_str().unwrap(),
+        ],
     )
     .await;
     let tcp = TcpStream::connect(orders.outbound_addr).await.unwrap();
@@ -260,6 +289,34 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
         (200, "app port 8081"),
         "mTLS through the intercepted port, forwarded to the port asked for"
     );
+
+    // The pod's application calls orders, a mesh service listed without endpoints, at
+    // its address: the sidecar dials that address over mTLS, checks that orders answers
+    // as orders, and orders' sidecar lets payments in.
+    let out = as_app(format!(
+        "exec 3<>/dev/tcp/{}/{}; printf 'GET /ship HTTP/1.1\\r\\nHost: orders\\r\\nConnection: close\\r\\n\\r\\n' >&3; cat <&3",
+        orders.inbound_addr.ip(),
+        orders.inbound_addr.port()
+    ))
+    .await;
+    let response = String::from_utf8_lossy(&out.stdout);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("app port 18091"), "{response}");
+    support::wait_until(
+        "orders audits payments' call",
+        Duration::from_secs(5),
+        async || {
+            std::fs::read_to_string(&orders_files.audit)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.contains(r#""decision":"allow""#)
+                        && l.contains("/ship")
+                        && l.contains("sa/payments")
+                })
+        },
+    )
+    .await;
 
     orders.shutdown().await;
     let _ = stop_tx.send(());
