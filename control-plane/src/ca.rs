@@ -275,22 +275,26 @@ impl CertificateAuthority {
         spiffe_id: &SpiffeId,
         public_key: &CsrPublicKey,
     ) -> Result<IssuedCertificate, CaError> {
-        self.sign_leaf(spiffe_id, &public_key.0, self.workload_ttl)
+        self.sign_leaf(spiffe_id, &[], &public_key.0, self.workload_ttl)
     }
 
-    /// Signs a certificate for a key held by the control plane itself (its own identity).
+    /// Signs a certificate for a key held by the control plane itself (its own identity),
+    /// with `dns_names` besides the SPIFFE ID (the names the Kubernetes API server calls
+    /// the admission webhook by).
     pub fn issue_for_key(
         &self,
         spiffe_id: &SpiffeId,
+        dns_names: &[String],
         key: &KeyPair,
         ttl: Duration,
     ) -> Result<IssuedCertificate, CaError> {
-        self.sign_leaf(spiffe_id, key, ttl)
+        self.sign_leaf(spiffe_id, dns_names, key, ttl)
     }
 
     fn sign_leaf(
         &self,
         spiffe_id: &SpiffeId,
+        dns_names: &[String],
         public_key: &impl PublicKeyData,
         ttl: Duration,
     ) -> Result<IssuedCertificate, CaError> {
@@ -310,10 +314,15 @@ impl CertificateAuthority {
         params
             .distinguished_name
             .push(DnType::OrganizationName, "palisade");
-        params.subject_alt_names =
-            vec![SanType::URI(spiffe_id.as_str().try_into().map_err(
-                |e: rcgen::Error| CaError::Signing(e.to_string()),
-            )?)];
+        let signing = |e: rcgen::Error| CaError::Signing(e.to_string());
+        params.subject_alt_names = vec![SanType::URI(
+            spiffe_id.as_str().try_into().map_err(signing)?,
+        )];
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.as_str().try_into().map_err(signing)?));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -348,7 +357,7 @@ impl CertificateAuthority {
             .trust_domain
             .workload_id("palisade-system", "ca-self-check")
             .map_err(|e| CaError::Signing(e.to_string()))?;
-        let probe = self.sign_leaf(&probe_id, &key, Duration::from_secs(300))?;
+        let probe = self.sign_leaf(&probe_id, &[], &key, Duration::from_secs(300))?;
         self.bundle
             .load()
             .verify_workload(
@@ -616,6 +625,13 @@ fn load_signer(
         chain_tail,
         not_after: summary.not_after,
     })
+}
+
+/// A new root for `td`, as PEM (certificate, PKCS#8 key): what a CA kept outside the data
+/// dir (a Kubernetes Secret) starts from.
+pub fn new_root_pem(td: &TrustDomain) -> Result<(String, String), CaError> {
+    let (cert, key) = new_root(td)?;
+    Ok((certs::certs_to_pem([&cert]), key.serialize_pem()))
 }
 
 fn new_root(td: &TrustDomain) -> Result<(CertificateDer<'static>, KeyPair), CaError> {

@@ -144,19 +144,77 @@ pub struct Config {
     )]
     pub admin_spiffe_id: Vec<crate::admin_api::SpiffeAdmin>,
 
+    /// Kubernetes: the API server (in a pod: https://kubernetes.default.svc). Turns on the
+    /// control plane's writes to it: the trust-bundle ConfigMap in every namespace, the
+    /// webhook's caBundle (--k8s-webhook-config) and the CA Secret (--k8s-ca-secret). Calls
+    /// use --k8s-ca-file and --k8s-token-file.
+    #[arg(long, env = "PALISADE_K8S_API_SERVER", requires = "k8s_token_file")]
+    pub k8s_api_server: Option<String>,
+
+    /// Kubernetes: the control plane's own namespace (where the CA Secret lives).
+    #[arg(
+        long,
+        env = "PALISADE_K8S_NAMESPACE",
+        default_value = "palisade-system"
+    )]
+    pub k8s_namespace: String,
+
+    /// Kubernetes: the ConfigMap (key trust-bundle.pem) published in every namespace for
+    /// injected sidecars to mount.
+    #[arg(
+        long,
+        env = "PALISADE_K8S_TRUST_BUNDLE_CONFIG_MAP",
+        default_value_t = palisade_inject::Settings::default().trust_bundle_config_map
+    )]
+    pub k8s_trust_bundle_config_map: String,
+
+    /// Kubernetes: the MutatingWebhookConfiguration whose caBundle the control plane keeps
+    /// equal to its trust bundle (it serves the webhook with a certificate of its own CA).
+    #[arg(long, env = "PALISADE_K8S_WEBHOOK_CONFIG", requires = "k8s_api_server")]
+    pub k8s_webhook_config: Option<String>,
+
+    /// Kubernetes: keep the CA in this Secret of --k8s-namespace (keys ca-cert.pem and
+    /// ca-key.pem, optionally roots.pem and chain.pem): created with a new root on first
+    /// start, read by every later start and every replica. Rotate by editing the Secret
+    /// as a plugged-in CA, then restarting.
+    #[arg(
+        long,
+        env = "PALISADE_K8S_CA_SECRET",
+        requires = "k8s_api_server",
+        conflicts_with = "ca_cert"
+    )]
+    pub k8s_ca_secret: Option<String>,
+
+    /// Kubernetes: how often the published objects are checked and mended (also at once
+    /// when the signing root changes).
+    #[arg(long, env = "PALISADE_K8S_SYNC_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub k8s_sync_interval: Duration,
+
     /// Serve the sidecar injector's admission webhook (POST /inject) on this address, over
-    /// TLS with --webhook-cert and --webhook-key (e.g. 0.0.0.0:15017).
-    #[arg(long, env = "PALISADE_WEBHOOK_LISTEN", requires_all = ["webhook_cert", "webhook_key"])]
+    /// TLS (e.g. 0.0.0.0:15017): with --webhook-cert/--webhook-key, or else with the
+    /// control plane's own certificate carrying --webhook-dns-name.
+    #[arg(long, env = "PALISADE_WEBHOOK_LISTEN")]
     pub webhook_listen: Option<SocketAddr>,
 
     /// The webhook's serving certificate chain (PEM), for the Service name the
     /// MutatingWebhookConfiguration calls; its CA is that configuration's caBundle.
-    #[arg(long, env = "PALISADE_WEBHOOK_CERT")]
+    #[arg(long, env = "PALISADE_WEBHOOK_CERT", requires = "webhook_key")]
     pub webhook_cert: Option<PathBuf>,
 
     /// The webhook certificate's private key (PEM).
-    #[arg(long, env = "PALISADE_WEBHOOK_KEY")]
+    #[arg(long, env = "PALISADE_WEBHOOK_KEY", requires = "webhook_cert")]
     pub webhook_key: Option<PathBuf>,
+
+    /// Without --webhook-cert: DNS names the API server calls the webhook by (repeatable or
+    /// comma-separated), added to the control plane's own certificate, which then serves
+    /// the webhook; the caBundle is the trust bundle.
+    #[arg(
+        long,
+        env = "PALISADE_WEBHOOK_DNS_NAMES",
+        value_delimiter = ',',
+        conflicts_with = "webhook_cert"
+    )]
+    pub webhook_dns_name: Vec<String>,
 
     /// Injection: the sidecar image.
     #[arg(long, env = "PALISADE_INJECT_IMAGE", default_value_t = palisade_inject::Settings::default().image)]
@@ -206,9 +264,17 @@ impl Config {
             admin_oidc_role_claim: "palisade_role".into(),
             admin_tls: false,
             admin_spiffe_id: Vec::new(),
+            k8s_api_server: None,
+            k8s_namespace: "palisade-system".into(),
+            k8s_trust_bundle_config_map: palisade_inject::Settings::default()
+                .trust_bundle_config_map,
+            k8s_webhook_config: None,
+            k8s_ca_secret: None,
+            k8s_sync_interval: Duration::from_secs(30),
             webhook_listen: None,
             webhook_cert: None,
             webhook_key: None,
+            webhook_dns_name: Vec::new(),
             inject_image: palisade_inject::Settings::default().image,
             inject_control_plane: palisade_inject::Settings::default().control_plane,
             inject_native_sidecar: true,
@@ -224,6 +290,7 @@ impl Config {
             trust_domain: self.trust_domain.to_string(),
             token_audience: self.k8s_audience.clone(),
             native_sidecar: self.inject_native_sidecar,
+            trust_bundle_config_map: self.k8s_trust_bundle_config_map.clone(),
             ..palisade_inject::Settings::default()
         }
     }
@@ -280,10 +347,11 @@ impl Config {
         if self.k8s_issuer.is_some() && self.k8s_jwks.is_none() && !self.k8s_oidc_discovery {
             problems.push("--k8s-issuer needs --k8s-jwks FILE or --k8s-oidc-discovery".into());
         }
-        if self.k8s_oidc_discovery {
+        if self.k8s_oidc_discovery || self.k8s_api_server.is_some() {
             if !self.k8s_ca_file.is_file() {
                 problems.push(format!(
-                    "--k8s-ca-file {}: no such file (needed by --k8s-oidc-discovery)",
+                    "--k8s-ca-file {}: no such file (needed by --k8s-oidc-discovery and \
+                     --k8s-api-server)",
                     self.k8s_ca_file.display()
                 ));
             }
@@ -291,6 +359,32 @@ impl Config {
                 && !t.is_file()
             {
                 problems.push(format!("--k8s-token-file {}: no such file", t.display()));
+            }
+        }
+        if let Some(url) = &self.k8s_api_server
+            && !url.starts_with("https://")
+        {
+            problems.push(format!(
+                "--k8s-api-server {url:?}: only https:// is accepted"
+            ));
+        }
+        if self.k8s_sync_interval < Duration::from_millis(100) {
+            problems.push("--k8s-sync-interval is too short (100ms at least)".into());
+        }
+        if self.webhook_listen.is_some()
+            && self.webhook_cert.is_none()
+            && self.webhook_dns_name.is_empty()
+        {
+            problems.push(
+                "--webhook-listen needs --webhook-cert/--webhook-key or --webhook-dns-name".into(),
+            );
+        }
+        for name in &self.webhook_dns_name {
+            if rcgen::string::Ia5String::try_from(name.as_str()).is_err()
+                || name.is_empty()
+                || name.contains(['/', ' ', ':'])
+            {
+                problems.push(format!("--webhook-dns-name {name:?} is not a DNS name"));
             }
         }
         if self.admin_oidc_issuer.is_some() && self.admin_oidc_jwks.is_none() {

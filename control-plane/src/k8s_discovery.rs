@@ -10,24 +10,15 @@
 //! refresh fails, so the cluster's key rotation is followed.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::ServerName;
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::bootstrap::KubernetesVerifier;
+use crate::kubernetes::HttpsClient;
 
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(600);
-const TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -45,8 +36,7 @@ pub enum DiscoveryError {
 pub struct Discovery {
     issuer: String,
     audience: String,
-    tls: Arc<ClientConfig>,
-    token_file: Option<PathBuf>,
+    http: HttpsClient,
 }
 
 #[derive(Deserialize)]
@@ -63,26 +53,10 @@ impl Discovery {
         ca_pem: &[u8],
         token_file: Option<PathBuf>,
     ) -> Result<Self, DiscoveryError> {
-        let mut roots = RootCertStore::empty();
-        let certs = palisade_contract::certs::certs_from_pem(ca_pem)
-            .map_err(|e| DiscoveryError::Config(format!("cluster CA: {e}")))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| DiscoveryError::Config(format!("cluster CA: {e}")))?;
-        }
-        let mut tls =
-            ClientConfig::builder_with_provider(palisade_contract::tls::crypto_provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| DiscoveryError::Config(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             issuer: issuer.trim_end_matches('/').to_owned(),
             audience: audience.to_owned(),
-            tls: Arc::new(tls),
-            token_file,
+            http: HttpsClient::new(ca_pem, token_file).map_err(DiscoveryError::Config)?,
         })
     }
 
@@ -111,63 +85,12 @@ impl Discovery {
     }
 
     async fn get(&self, url: &str) -> Result<Bytes, DiscoveryError> {
-        let fail = |reason: String| DiscoveryError::Fetch {
-            url: url.to_owned(),
-            reason,
-        };
-        let uri: Uri = url.parse().map_err(|e| fail(format!("bad URL: {e}")))?;
-        if uri.scheme_str() != Some("https") {
-            return Err(fail("only https:// is accepted".into()));
-        }
-        let host = uri.host().ok_or_else(|| fail("no host".into()))?.to_owned();
-        let port = uri.port_u16().unwrap_or(443);
-        let token = match &self.token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| fail(format!("reading {}: {e}", path.display())))?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => None,
-        };
-        let request = async {
-            let tcp = TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                .map_err(|e| fail(e.to_string()))?;
-            let tls = TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| fail(format!("TLS: {e}")))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            tokio::spawn(conn);
-            let mut req = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
-                .header(header::HOST, uri.authority().map_or("", |a| a.as_str()))
-                .header(header::ACCEPT, "application/json");
-            if let Some(token) = &token {
-                req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
-            }
-            let response = sender
-                .send_request(
-                    req.body(Empty::<Bytes>::new())
-                        .map_err(|e| fail(e.to_string()))?,
-                )
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            if !response.status().is_success() {
-                return Err(fail(format!("HTTP {}", response.status())));
-            }
-            Ok(Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
-                .collect()
-                .await
-                .map_err(|e| fail(e.to_string()))?
-                .to_bytes())
-        };
-        tokio::time::timeout(TIMEOUT, request)
+        self.http
+            .get_json(url)
             .await
-            .map_err(|_| fail(format!("timed out after {TIMEOUT:?}")))?
+            .map_err(|e| DiscoveryError::Fetch {
+                url: url.to_owned(),
+                reason: e.reason,
+            })
     }
 }

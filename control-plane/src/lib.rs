@@ -10,6 +10,8 @@
 //! - [`mesh_config`]: the stored mesh configuration and the sidecars following it.
 //! - [`admin_api`] and [`admin_mesh`]: the authenticated administration API.
 //! - [`webhook`]: the sidecar injector's admission webhook.
+//! - [`kubernetes`]: what the control plane publishes in a cluster (trust-bundle
+//!   ConfigMaps, the webhook's caBundle, the CA Secret).
 //! - [`server`]: how the pieces are assembled and served.
 
 pub mod admin_api;
@@ -20,6 +22,7 @@ pub mod config;
 pub mod issuance;
 pub mod join_tokens;
 pub mod k8s_discovery;
+pub mod kubernetes;
 pub mod mesh_config;
 pub mod metrics;
 pub mod server;

@@ -90,7 +90,16 @@ impl RunningControlPlane {
 /// Loads state and starts serving on the configured addresses.
 pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let td = config.trust_domain.clone();
-    let ca = Arc::new(CertificateAuthority::load_or_create(&config.ca_config())?);
+    let kube = kube_api(config)?;
+    let mut ca_config = config.ca_config();
+    if let (Some(api), Some(secret)) = (&kube, &config.k8s_ca_secret) {
+        ca_config.plugged_in = Some(
+            crate::kubernetes::ca_secret(api, &config.k8s_namespace, secret, &td, &config.data_dir)
+                .await
+                .with_context(|| format!("the CA Secret {}/{secret}", config.k8s_namespace))?,
+        );
+    }
+    let ca = Arc::new(CertificateAuthority::load_or_create(&ca_config)?);
     let token_key = Arc::new(TokenKey::load_or_create(&config.data_dir, &td)?);
     let store = match &config.database_url {
         Some(url) => Store::open_url(url).await,
@@ -107,6 +116,17 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         ))
         .context("registering process metrics")?;
     let metrics = CaMetrics::register(&registry).context("registering metrics")?;
+    let publisher = match kube {
+        Some(api) => Some(crate::kubernetes::Publisher {
+            api,
+            ca: ca.clone(),
+            config_map: config.k8s_trust_bundle_config_map.clone(),
+            webhook_config: config.k8s_webhook_config.clone(),
+            metrics: crate::kubernetes::SyncMetrics::register(&registry)
+                .context("registering metrics")?,
+        }),
+        None => None,
+    };
     let service = Arc::new(IdentityService::new(
         ca.clone(),
         BootstrapVerifier::new(td.clone(), token_key.clone(), kubernetes.clone()),
@@ -117,7 +137,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
 
     // The control plane's own identity.
     let own_identity = IdentitySlot::new();
-    renew_own_identity(&ca, &own_identity)?;
+    let dns_names = config.webhook_dns_name.clone();
+    renew_own_identity(&ca, &dns_names, &own_identity)?;
     let tls = Arc::new(server_config(
         own_identity.clone(),
         ca.bundle(),
@@ -145,6 +166,11 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         (Some(addr), Some(cert), Some(key)) => Some((
             bind(*addr, "webhook").await?,
             Arc::new(webhook::tls_config(cert, key)?),
+        )),
+        // The control plane's own certificate, which carries --webhook-dns-name.
+        (Some(addr), _, _) => Some((
+            bind(*addr, "webhook").await?,
+            Arc::new(webhook::own_tls_config(own_identity.clone())),
         )),
         _ => None,
     };
@@ -283,6 +309,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         });
     }
 
+    if let Some(publisher) = publisher {
+        tasks.spawn(publisher.run(config.k8s_sync_interval, until_stopped()));
+    }
+
     let refresh_ca = ca.clone();
     let stop_refresh = until_stopped();
     let mut signer_changes = ca.watch_signer();
@@ -298,7 +328,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
                 _ = signer_changes.changed() => {}
                 () = &mut stop_refresh => return,
             }
-            if let Err(e) = renew_own_identity(&refresh_ca, &own_identity) {
+            if let Err(e) = renew_own_identity(&refresh_ca, &dns_names, &own_identity) {
                 tracing::error!(error = %e, "renewing the control plane's own certificate failed");
             }
         }
@@ -400,11 +430,29 @@ fn half_life(not_before: i64, not_after: i64) -> Duration {
     Duration::from_secs(lifetime / 2)
 }
 
-/// Issues the control plane a fresh certificate (with a fresh key) from its own CA.
-fn renew_own_identity(ca: &CertificateAuthority, slot: &IdentitySlot) -> anyhow::Result<()> {
+/// The Kubernetes API client, when --k8s-api-server is set.
+fn kube_api(config: &Config) -> anyhow::Result<Option<crate::kubernetes::KubeApi>> {
+    let Some(server) = &config.k8s_api_server else {
+        return Ok(None);
+    };
+    let ca = std::fs::read(&config.k8s_ca_file)
+        .with_context(|| format!("reading {}", config.k8s_ca_file.display()))?;
+    let http = crate::kubernetes::HttpsClient::new(&ca, config.k8s_token_file.clone())
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("--k8s-ca-file {}", config.k8s_ca_file.display()))?;
+    Ok(Some(crate::kubernetes::KubeApi::new(server, http)))
+}
+
+/// Issues the control plane a fresh certificate (with a fresh key) from its own CA, with
+/// `dns_names` (the webhook's) besides its SPIFFE ID.
+fn renew_own_identity(
+    ca: &CertificateAuthority,
+    dns_names: &[String],
+    slot: &IdentitySlot,
+) -> anyhow::Result<()> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let id = control_plane_id(ca.trust_domain());
-    let issued = ca.issue_for_key(&id, &key, ca.workload_ttl())?;
+    let issued = ca.issue_for_key(&id, dns_names, &key, ca.workload_ttl())?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     slot.set(WorkloadIdentity::from_der(issued.chain, key_der)?);
     tracing::debug!(serial = %issued.serial, "control plane certificate renewed");

@@ -100,3 +100,16 @@ pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<ServerConfig> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
+
+/// TLS for the webhook port with the control plane's own certificate (renewed with it),
+/// which carries the webhook's DNS names; no client certificate is asked for (the API
+/// server does not present one to webhooks by default).
+pub fn own_tls_config(identity: Arc<palisade_contract::tls::IdentitySlot>) -> ServerConfig {
+    let mut config = ServerConfig::builder_with_provider(palisade_contract::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_no_client_auth()
+        .with_cert_resolver(identity);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}

@@ -13,40 +13,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
-use support::{Harness, csr, k8s_claims, k8s_keys, k8s_token};
+use support::{Harness, csr, k8s_claims, k8s_keys, k8s_token, tls_for_localhost};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 const SA_TOKEN: &str = "control-plane-sa-token";
-
-/// A TLS CA and a server certificate for `localhost` signed by it: (CA PEM, server config).
-fn tls_for_localhost() -> (String, rustls::ServerConfig) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::default();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let config =
-        rustls::ServerConfig::builder_with_provider(palisade_contract::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-    (ca_cert.pem(), config)
-}
 
 /// Serves the discovery document (naming `claimed_issuer`) and `jwks` over HTTPS; returns
 /// the issuer URL and the CA file that trusts the server.

@@ -45,16 +45,7 @@ fn serving_pki(dir: &std::path::Path) -> String {
 
 /// POST /inject as the API server would: (status, JSON body).
 async fn call(addr: std::net::SocketAddr, ca_pem: &str, body: Vec<u8>) -> (StatusCode, Value) {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in palisade_contract::certs::certs_from_pem(ca_pem.as_bytes()).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(palisade_contract::tls::crypto_provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = support::client_trusting(ca_pem.as_bytes());
     let tcp = TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(NAME.try_into().unwrap(), tcp)

@@ -258,7 +258,14 @@ impl Harness {
 
     /// The control plane's Prometheus text.
     pub async fn metrics(&self) -> String {
-        let tcp = TcpStream::connect(self.cp().metrics_addr).await.unwrap();
+        metrics_at(self.cp().metrics_addr).await
+    }
+}
+
+/// The Prometheus text served at `addr`.
+pub async fn metrics_at(addr: std::net::SocketAddr) -> String {
+    {
+        let tcp = TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .unwrap();
@@ -354,4 +361,46 @@ pub fn k8s_token(key: &jsonwebtoken::EncodingKey, kid: &str, claims: &Value) -> 
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     header.kid = Some(kid.into());
     jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+/// A TLS CA and a server certificate for `localhost` signed by it: (CA PEM, server config).
+pub fn tls_for_localhost() -> (String, rustls::ServerConfig) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(palisade_contract::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
+                    key.serialize_der(),
+                )),
+            )
+            .unwrap();
+    (ca_cert.pem(), config)
+}
+
+/// A TLS client config trusting the roots in `ca_pem` (as the API server trusts a
+/// webhook's caBundle), without a client certificate.
+pub fn client_trusting(ca_pem: &[u8]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in palisade_contract::certs::certs_from_pem(ca_pem).unwrap() {
+        roots.add(c).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(palisade_contract::tls::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
