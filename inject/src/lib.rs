@@ -24,6 +24,9 @@
 //!   interception rules ([`iptables`]) and exits; inbound ports of probes that were not
 //!   rewritten (the kubelet has no mesh identity) and the ports and CIDRs the pod's
 //!   `palisade.dev/exclude-*` annotations list are left alone;
+//! - with `palisade.dev/amqp-upstream`, the sidecar's AMQP proxy on loopback port
+//!   [`AMQP_PORT`] and a rule sending the pod's connections to the broker's port there
+//!   (the broker password, if any, from the Secret `palisade.dev/amqp-password-secret`);
 //! - Prometheus scrape annotations for the sidecar's `/metrics` (unless the pod already
 //!   has its own), and `palisade.dev/status`, which makes injection idempotent.
 //!
@@ -51,6 +54,18 @@ pub const INIT_CONTAINER: &str = "palisade-init";
 pub const EXCLUDE_INBOUND_PORTS: &str = "palisade.dev/exclude-inbound-ports";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "palisade.dev/exclude-outbound-ports";
 pub const EXCLUDE_OUTBOUND_CIDRS: &str = "palisade.dev/exclude-outbound-cidrs";
+/// Pod annotation: the broker the application publishes to (`amqp://[USER@]HOST[:PORT]/VHOST`
+/// or `amqps://`). The sidecar's AMQP proxy listens on [`AMQP_PORT`] and the pod's
+/// connections to the broker's port are redirected to it, so every publish is authorized
+/// without the application knowing.
+pub const AMQP_UPSTREAM: &str = "palisade.dev/amqp-upstream";
+/// Pod annotation: a Secret (key `password`) with the broker password for the sidecar,
+/// kept out of the annotation and the environment.
+pub const AMQP_PASSWORD_SECRET: &str = "palisade.dev/amqp-password-secret";
+/// The sidecar's AMQP listener in a pod (loopback).
+pub const AMQP_PORT: u16 = 15007;
+const AMQP_PASSWORD_DIR: &str = "/var/run/secrets/palisade-amqp";
+const AMQP_PASSWORD_VOLUME: &str = "palisade-amqp-password";
 /// The sidecar's user (and group): what interception will exclude from redirection.
 pub const PROXY_UID: i64 = 1337;
 /// The sidecar's ports inside the pod.
@@ -192,6 +207,25 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
     interception
         .check()
         .map_err(|e| InjectError::BadAnnotation(EXCLUDE_OUTBOUND_CIDRS, e.to_string()))?;
+    let amqp = match annotation(AMQP_UPSTREAM) {
+        Some(url) => {
+            let port = broker_port(url).map_err(|why| {
+                InjectError::BadAnnotation(AMQP_UPSTREAM, format!("{url:?} {why}"))
+            })?;
+            interception.amqp = Some((port, AMQP_PORT));
+            Some(Amqp {
+                upstream: url.to_owned(),
+                password_secret: annotation(AMQP_PASSWORD_SECRET).map(str::to_owned),
+            })
+        }
+        None if annotation(AMQP_PASSWORD_SECRET).is_some() => {
+            return Err(InjectError::BadAnnotation(
+                AMQP_PASSWORD_SECRET,
+                format!("needs {AMQP_UPSTREAM}"),
+            ));
+        }
+        None => None,
+    };
 
     let mut out = pod.clone();
     let app_port = app_port(containers);
@@ -211,7 +245,7 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
                 .extend(direct_probe_ports(container));
         }
     }
-    let proxy = proxy_container(settings, app_port, &probes);
+    let proxy = proxy_container(settings, app_port, &probes, amqp.as_ref());
     let init = init_container(settings, &interception);
     let spec = out["spec"].as_object_mut().expect("checked above");
     // The interception rules go in first of all, then (native) the sidecar: any init
@@ -227,6 +261,12 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
     }
     let volumes = array_field(spec, "volumes");
     volumes.extend(pod_volumes(settings));
+    if let Some(secret) = amqp.as_ref().and_then(|a| a.password_secret.as_ref()) {
+        volumes.push(json!({
+            "name": AMQP_PASSWORD_VOLUME,
+            "secret": { "secretName": secret, "items": [ { "key": "password", "path": "password" } ] }
+        }));
+    }
 
     let metadata = out
         .as_object_mut()
@@ -385,6 +425,36 @@ fn init_container(settings: &Settings, interception: &iptables::Interception) ->
     })
 }
 
+/// The pod's broker, from its annotations.
+struct Amqp {
+    upstream: String,
+    password_secret: Option<String>,
+}
+
+/// The broker's port in an `amqp://` (default 5672) or `amqps://` (5671) URL.
+fn broker_port(url: &str) -> Result<u16, String> {
+    let (rest, default) = if let Some(rest) = url.strip_prefix("amqp://") {
+        (rest, 5672)
+    } else if let Some(rest) = url.strip_prefix("amqps://") {
+        (rest, 5671)
+    } else {
+        return Err("is not an amqp:// or amqps:// URL".into());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    if host_port.is_empty() {
+        return Err("names no broker host".into());
+    }
+    match host_port.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("has a bad port {port:?}")),
+        _ => Ok(default),
+    }
+}
+
 fn env(name: &str, value: impl Into<String>) -> Value {
     json!({ "name": name, "value": value.into() })
 }
@@ -393,6 +463,7 @@ fn proxy_container(
     settings: &Settings,
     app_port: Option<u16>,
     probes: &[(String, String)],
+    amqp: Option<&Amqp>,
 ) -> Value {
     let mut envs = vec![
         env("PALISADE_CONTROL_PLANE", &settings.control_plane),
@@ -419,6 +490,25 @@ fn proxy_container(
     if !probes.is_empty() {
         let list: Vec<String> = probes.iter().map(|(n, p)| format!("{n}={p}")).collect();
         envs.push(env("PALISADE_APP_PROBES", list.join(",")));
+    }
+    let mut mounts = vec![
+        json!({ "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true }),
+        json!({ "name": BUNDLE_VOLUME, "mountPath": BUNDLE_DIR, "readOnly": true }),
+        json!({ "name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR }),
+    ];
+    if let Some(amqp) = amqp {
+        envs.push(env(
+            "PALISADE_AMQP_LISTEN",
+            format!("127.0.0.1:{AMQP_PORT}"),
+        ));
+        envs.push(env("PALISADE_AMQP_UPSTREAM", &amqp.upstream));
+        if amqp.password_secret.is_some() {
+            envs.push(env(
+                "PALISADE_AMQP_PASSWORD_FILE",
+                format!("{AMQP_PASSWORD_DIR}/password"),
+            ));
+            mounts.push(json!({ "name": AMQP_PASSWORD_VOLUME, "mountPath": AMQP_PASSWORD_DIR, "readOnly": true }));
+        }
     }
     let probe =
         |path: &str| json!({ "httpGet": { "path": path, "port": ADMIN_PORT }, "periodSeconds": 5 });
@@ -448,11 +538,7 @@ fn proxy_container(
             "capabilities": { "drop": ["ALL"] },
             "seccompProfile": { "type": "RuntimeDefault" },
         },
-        "volumeMounts": [
-            { "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true },
-            { "name": BUNDLE_VOLUME, "mountPath": BUNDLE_DIR, "readOnly": true },
-            { "name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR },
-        ],
+        "volumeMounts": mounts,
     });
     if settings.native_sidecar {
         container["restartPolicy"] = json!("Always");

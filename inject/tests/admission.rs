@@ -280,6 +280,82 @@ fn the_init_steps_arguments_are_palisade_inits_and_the_pods_exclusions_reach_it(
 }
 
 #[test]
+fn a_pod_with_a_broker_gets_the_amqp_proxy_and_its_connections_redirected_to_it() {
+    let mut input = fixture("plain-pod.json");
+    input["request"]["object"]["metadata"]["annotations"] = json!({
+        "palisade.dev/amqp-upstream": "amqp://shop@rabbitmq.shop.svc.cluster.local:5673/%2f",
+        "palisade.dev/amqp-password-secret": "shop-broker",
+    });
+    let (_, pod) = review(&input);
+    let pod = pod.unwrap();
+    let proxy = init(&pod, "palisade-proxy");
+    assert_eq!(
+        env(proxy, "PALISADE_AMQP_UPSTREAM").as_deref(),
+        Some("amqp://shop@rabbitmq.shop.svc.cluster.local:5673/%2f")
+    );
+    assert_eq!(
+        env(proxy, "PALISADE_AMQP_LISTEN").as_deref(),
+        Some("127.0.0.1:15007")
+    );
+    let password_file = env(proxy, "PALISADE_AMQP_PASSWORD_FILE").unwrap();
+    let mount = proxy["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "palisade-amqp-password")
+        .expect("the password Secret is mounted");
+    assert!(password_file.starts_with(mount["mountPath"].as_str().unwrap()));
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "palisade-amqp-password")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "shop-broker");
+    // The broker's port (from the URL) goes to the sidecar's AMQP listener.
+    let args = init(&pod, INIT_CONTAINER)["args"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(args.contains(&json!("--amqp=5673:15007")), "{args:?}");
+
+    // Without a port the scheme's default; a URL that is not AMQP refuses the pod.
+    for (url, arg) in [
+        ("amqp://rabbitmq/%2f", "--amqp=5672:15007"),
+        ("amqps://rabbitmq.example", "--amqp=5671:15007"),
+    ] {
+        input["request"]["object"]["metadata"]["annotations"] =
+            json!({ "palisade.dev/amqp-upstream": url });
+        let pod = review(&input).1.unwrap();
+        let args = init(&pod, INIT_CONTAINER)["args"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert!(args.contains(&json!(arg)), "{url}: {args:?}");
+    }
+    for (annotations, expected) in [
+        (
+            json!({ "palisade.dev/amqp-upstream": "http://rabbitmq" }),
+            "is not an amqp://",
+        ),
+        (
+            json!({ "palisade.dev/amqp-upstream": "amqp://rabbitmq:0/" }),
+            "bad port",
+        ),
+        (
+            json!({ "palisade.dev/amqp-password-secret": "s" }),
+            "needs palisade.dev/amqp-upstream",
+        ),
+    ] {
+        input["request"]["object"]["metadata"]["annotations"] = annotations;
+        let (response, patch) = review(&input);
+        assert!(patch.is_none());
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{message}");
+    }
+}
+
+#[test]
 fn what_cannot_be_injected_is_refused_and_what_is_not_a_review_is_an_error() {
     // A pod without containers would run outside the mesh: refused, with the reason.
     let mut input = fixture("plain-pod.json");
@@ -315,7 +391,16 @@ fn what_cannot_be_injected_is_refused_and_what_is_not_a_review_is_an_error() {
 
 #[test]
 fn every_variable_the_sidecar_gets_is_a_flag_of_palisade_proxy_and_parses() {
-    let (_, pod) = review(&fixture("probes-and-named-ports-pod.json"));
+    let mut input = fixture("probes-and-named-ports-pod.json");
+    // With the AMQP annotations too, so their variables are checked as well.
+    let annotations = input["request"]["object"]["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .entry("annotations")
+        .or_insert_with(|| json!({}));
+    annotations["palisade.dev/amqp-upstream"] = json!("amqp://rabbitmq:5672/%2f");
+    annotations["palisade.dev/amqp-password-secret"] = json!("broker");
+    let (_, pod) = review(&input);
     let pod = pod.unwrap();
     let proxy = init(&pod, PROXY_CONTAINER);
     assert_eq!(proxy["command"], json!(["palisade-proxy"]));
@@ -337,6 +422,10 @@ fn every_variable_the_sidecar_gets_is_a_flag_of_palisade_proxy_and_parses() {
     assert_eq!(config.admin_listen.port(), palisade_inject::ADMIN_PORT);
     assert_eq!(config.inbound_listen.port(), palisade_inject::INBOUND_PORT);
     assert_eq!(config.app_probe.len(), 2);
+    assert_eq!(
+        config.amqp_listen.map(|a| a.port()),
+        Some(palisade_inject::AMQP_PORT)
+    );
     // The ports the container declares are the ones the flags bind.
     let ports: Vec<u64> = proxy["ports"]
         .as_array()
