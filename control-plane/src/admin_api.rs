@@ -330,9 +330,38 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Readiness: the database answers (a replica that lost PostgreSQL can neither issue
+/// renewals' records nor serve current configuration, so traffic should go elsewhere).
+async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state.mesh.store().mesh_version(),
+    )
+    .await
+    {
+        Ok(Ok(version)) => {
+            (StatusCode::OK, format!("ready (mesh version {version})\n")).into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database does not answer\n",
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database did not answer in 2 s\n",
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]

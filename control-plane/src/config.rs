@@ -174,9 +174,9 @@ pub struct Config {
     pub k8s_webhook_config: Option<String>,
 
     /// Kubernetes: keep the CA in this Secret of --k8s-namespace (keys ca-cert.pem and
-    /// ca-key.pem, optionally roots.pem and chain.pem): created with a new root on first
-    /// start, read by every later start and every replica. Rotate by editing the Secret
-    /// as a plugged-in CA, then restarting.
+    /// ca-key.pem, optionally roots.pem and chain.pem, and token-key.pem for admin and join
+    /// tokens): created with a new root on first start, read by every later start and every
+    /// replica. Rotate by editing the Secret as a plugged-in CA, then restarting.
     #[arg(
         long,
         env = "PALISADE_K8S_CA_SECRET",

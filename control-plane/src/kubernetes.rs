@@ -9,7 +9,8 @@
 //!   MutatingWebhookConfiguration's `caBundle` must be that CA's roots; kept so here, and
 //!   again after a rotation, so no certificate tool is needed in the cluster.
 //! - **The CA Secret**: a new root on the very first start, stored in a Secret every later
-//!   start and every replica reads (see [`ca_secret`]).
+//!   start and every replica reads (see [`ca_secret`]), with the key that signs admin and
+//!   join tokens, so a token made by one replica is good at all of them.
 //!
 //! These are reconciled, not watched: every `--k8s-sync-interval` (and at once when the
 //! signing root changes) one list of namespaces and one list of the published ConfigMaps,
@@ -37,6 +38,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::ca::{CertificateAuthority, PluggedInCa, ensure_private_dir, write_file};
+use crate::tokens::TOKEN_KEY_FILE;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response read (a list of namespaces or ConfigMaps in a big cluster fits).
@@ -44,6 +46,8 @@ const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// The key of the published ConfigMap, as the injector mounts it.
 pub const TRUST_BUNDLE_KEY: &str = "trust-bundle.pem";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "palisade");
+/// The Secret's key for the key that signs admin and join tokens, which replicas share too.
+const TOKEN_KEY: &str = "token-key.pem";
 
 #[derive(Debug, thiserror::Error)]
 #[error("{method} {url}: {reason}")]
@@ -296,6 +300,8 @@ pub async fn ca_secret(
         Some(secret) => secret,
         None => {
             let (cert, key) = crate::ca::new_root_pem(trust_domain)?;
+            let token_key =
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem();
             let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
             let secret = json!({
                 "apiVersion": "v1",
@@ -306,7 +312,11 @@ pub async fn ca_secret(
                     "labels": { MANAGED_BY.0: MANAGED_BY.1 },
                 },
                 "type": "Opaque",
-                "data": { "ca-cert.pem": b64(&cert), "ca-key.pem": b64(&key) },
+                "data": {
+                    "ca-cert.pem": b64(&cert),
+                    "ca-key.pem": b64(&key),
+                    TOKEN_KEY: b64(&token_key),
+                },
             });
             match api
                 .create(&format!("/api/v1/namespaces/{namespace}/secrets"), &secret)
@@ -355,6 +365,12 @@ pub async fn ca_secret(
             None if required => anyhow::bail!("Secret {namespace}/{name} has no {key}"),
             None => files.push(None),
         }
+    }
+    match field(TOKEN_KEY)? {
+        Some(bytes) => write_file(&data_dir.join(TOKEN_KEY_FILE), &bytes, true)?,
+        None => tracing::warn!(secret = %name, %namespace,
+            "the CA Secret has no {TOKEN_KEY}: each replica signs admin and join tokens with \
+             a key of its own, so a token works only at the replica that made it"),
     }
     let cert = files[0].clone().expect("required");
     Ok(PluggedInCa {

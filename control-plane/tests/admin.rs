@@ -714,3 +714,30 @@ async fn operators_can_authenticate_with_a_client_certificate() {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test]
+async fn readiness_follows_the_database() {
+    let h = Harness::start_postgres().await;
+    let (status, _, body) = h
+        .admin_raw(Method::GET, "/readyz", None, &[], String::new())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.as_str().unwrap().starts_with("ready"), "{body}");
+    // The database loses what the replica needs: not ready, with the reason; alive still.
+    let url = h.config.database_url.clone().unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("DROP TABLE mesh_version")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (status, _, body) = h
+        .admin_raw(Method::GET, "/readyz", None, &[], String::new())
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.as_str().unwrap().contains("database"), "{body}");
+    let (status, _, _) = h
+        .admin_raw(Method::GET, "/healthz", None, &[], String::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

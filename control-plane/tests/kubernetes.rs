@@ -333,6 +333,31 @@ async fn the_control_plane_publishes_its_trust_bundle_ca_and_webhook_ca_bundle()
     in_cluster(&mut config_b, &api, &token);
     let b = palisade_control_plane::start(&config_b).await.unwrap();
     assert_eq!(b.ca.bundle_pem(), bundle, "replicas share the CA");
+    // ... and the token key: replica A's admin token is good at replica B.
+    let token_a = a.admin_token().unwrap();
+    let status_b = {
+        let tcp = TcpStream::connect(b.admin_addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender
+            .send_request(
+                Request::get("/v1/ca")
+                    .header(header::HOST, "admin")
+                    .header(header::AUTHORIZATION, format!("Bearer {token_a}"))
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(
+        status_b,
+        StatusCode::OK,
+        "a token of replica A works at replica B"
+    );
 
     // The passes are counted.
     let metrics = support::metrics_at(a.metrics_addr).await;

@@ -56,19 +56,23 @@ enum Service {
     Orders {
         #[arg(long)]
         listen: SocketAddr,
-        /// Its sidecar's outbound HTTP listener.
+        /// Where HTTP to payments goes (host:port): its sidecar's outbound listener, or with
+        /// transparent interception (Kubernetes) payments' own address, which the pod's
+        /// rules send through the sidecar anyway.
         #[arg(long)]
-        sidecar_http: SocketAddr,
-        /// Its sidecar's AMQP listener.
+        sidecar_http: String,
+        /// Where AMQP goes (host:port): its sidecar's AMQP listener, or with interception
+        /// the broker's address.
         #[arg(long)]
-        sidecar_amqp: SocketAddr,
+        sidecar_amqp: String,
     },
     /// Consumes order events; trusts only verified ones.
     Inventory {
         #[arg(long)]
         listen: SocketAddr,
+        /// Where AMQP goes (host:port), as for orders.
         #[arg(long)]
-        sidecar_amqp: SocketAddr,
+        sidecar_amqp: String,
     },
     /// Reads JSON on standard input and prints the value at PATH (keys and indices separated
     /// by dots; `len:PATH` prints an array's length). For the demo script, so that it
@@ -77,9 +81,9 @@ enum Service {
     /// Tries what a compromised workload would; prints each outcome as a JSON line.
     Rogue {
         #[arg(long)]
-        sidecar_http: SocketAddr,
+        sidecar_http: String,
         #[arg(long)]
-        sidecar_amqp: SocketAddr,
+        sidecar_amqp: String,
         /// payments' sidecar inbound port (host:port), to try without a mesh certificate.
         #[arg(long)]
         payments_inbound: String,
@@ -225,7 +229,7 @@ async fn payments(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// An HTTP call through the sidecar's outbound listener to `service`.
 async fn call(
-    sidecar: SocketAddr,
+    sidecar: &str,
     service: &str,
     method: Method,
     path: &str,
@@ -246,7 +250,7 @@ async fn call(
 
 /// An AMQP connection through the sidecar. The credentials are deliberately wrong: the
 /// sidecar logs in to the broker with its own.
-async fn amqp(sidecar: SocketAddr) -> anyhow::Result<Connection> {
+async fn amqp(sidecar: &str) -> anyhow::Result<Connection> {
     let uri = format!("amqp://app:not-the-broker-password@{sidecar}/%2f");
     for attempt in 0.. {
         match Connection::connect(&uri, ConnectionProperties::default()).await {
@@ -267,18 +271,19 @@ fn s(v: &str) -> ShortString {
 
 async fn orders(
     listen: SocketAddr,
-    sidecar_http: SocketAddr,
-    sidecar_amqp: SocketAddr,
+    sidecar_http: String,
+    sidecar_amqp: String,
 ) -> anyhow::Result<()> {
-    let connection = amqp(sidecar_amqp).await?;
+    let connection = amqp(&sidecar_amqp).await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let channel = Arc::new(channel);
     let next = Arc::new(Mutex::new(0u64));
+    let sidecar_http: Arc<str> = sidecar_http.into();
     serve(listen, move |req: Request<Incoming>| {
-        let (channel, next) = (channel.clone(), next.clone());
+        let (channel, next, sidecar_http) = (channel.clone(), next.clone(), sidecar_http.clone());
         async move {
             if (req.method(), req.uri().path()) != (&Method::POST, "/orders") {
                 return json_response(StatusCode::NOT_FOUND, json!({"error": "not found"}));
@@ -288,7 +293,7 @@ async fn orders(
                 *n += 1;
                 *n
             };
-            match call(sidecar_http, "payments", Method::POST, "/charge").await {
+            match call(&sidecar_http, "payments", Method::POST, "/charge").await {
                 Ok((StatusCode::OK, _)) => {}
                 Ok((status, body)) => {
                     return json_response(StatusCode::BAD_GATEWAY, json!({"error": "payment refused", "status": status.as_u16(), "detail": body}));
@@ -327,8 +332,8 @@ fn header(props: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-async fn inventory(listen: SocketAddr, sidecar_amqp: SocketAddr) -> anyhow::Result<()> {
-    let connection = amqp(sidecar_amqp).await?;
+async fn inventory(listen: SocketAddr, sidecar_amqp: String) -> anyhow::Result<()> {
+    let connection = amqp(&sidecar_amqp).await?;
     let channel = connection.create_channel().await?;
     channel
         .exchange_declare(
@@ -410,8 +415,8 @@ async fn inventory(listen: SocketAddr, sidecar_amqp: SocketAddr) -> anyhow::Resu
 }
 
 async fn rogue(
-    sidecar_http: SocketAddr,
-    sidecar_amqp: SocketAddr,
+    sidecar_http: String,
+    sidecar_amqp: String,
     payments_inbound: &str,
 ) -> anyhow::Result<()> {
     let report = |attempt: &str, outcome: Value| {
@@ -419,7 +424,7 @@ async fn rogue(
     };
 
     // 1. Call payments through its own sidecar: the mesh lets it connect, policy says no.
-    match call(sidecar_http, "payments", Method::POST, "/charge").await {
+    match call(&sidecar_http, "payments", Method::POST, "/charge").await {
         Ok((status, body)) => report(
             "charge",
             json!({"status": status.as_u16(), "body": body.trim()}),
@@ -427,7 +432,7 @@ async fn rogue(
         Err(e) => report("charge", json!({"error": e.to_string()})),
     }
 
-    let connection = amqp(sidecar_amqp).await?;
+    let connection = amqp(&sidecar_amqp).await?;
     // 2. Publish a fake order.created: refused on that channel.
     let channel = connection.create_channel().await?;
     channel
