@@ -125,6 +125,72 @@ pub struct AdminState {
     pub oidc: Option<OidcAdmins>,
     /// With `--admin-tls`: SPIFFE IDs whose client certificate stands for a role.
     pub spiffe_admins: Vec<(SpiffeId, Role)>,
+    /// Kubernetes ServiceAccounts whose tokens stand for a role, when configured.
+    pub k8s_admins: Option<K8sAdmins>,
+}
+
+/// One `--admin-k8s-service-account NAMESPACE/NAME=ROLE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K8sAdmin {
+    pub namespace: String,
+    pub service_account: String,
+    pub role: Role,
+}
+
+impl std::str::FromStr for K8sAdmin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not NAMESPACE/SERVICE_ACCOUNT=ROLE");
+        let (account, role) = s.rsplit_once('=').ok_or_else(bad)?;
+        let (namespace, service_account) = account.split_once('/').ok_or_else(bad)?;
+        palisade_contract::spiffe::validate_namespace(namespace)
+            .map_err(|e| format!("{namespace:?} is not a namespace: {e}"))?;
+        if service_account.is_empty() || service_account.contains('/') {
+            return Err(bad());
+        }
+        Ok(K8sAdmin {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            role: Role::parse(role)
+                .ok_or_else(|| format!("{role:?} is not viewer, editor, admin or auditor"))?,
+        })
+    }
+}
+
+/// Admin tokens that are Kubernetes projected ServiceAccount tokens (for in-cluster jobs
+/// such as applying a namespace's policies): verified with the cluster's keys (those of
+/// bootstrap, refreshed with them) for their own audience, the role given per account.
+/// Principals are `k8s:<namespace>/<name>`.
+#[derive(Debug)]
+pub struct K8sAdmins {
+    pub verifier: Arc<arc_swap::ArcSwap<crate::bootstrap::KubernetesVerifier>>,
+    pub audience: String,
+    pub accounts: Vec<K8sAdmin>,
+}
+
+impl K8sAdmins {
+    fn principal(&self, token: &str) -> Result<Principal, AdminError> {
+        let (namespace, name) = self
+            .verifier
+            .load()
+            .service_account(token, &self.audience)
+            .map_err(|e| {
+                tracing::info!(target: "palisade::admin", reason = e.label(), "Kubernetes admin token refused");
+                AdminError::Unauthenticated("invalid bearer token")
+            })?;
+        let account = self
+            .accounts
+            .iter()
+            .find(|a| a.namespace == namespace && a.service_account == name)
+            .ok_or(AdminError::Unauthenticated(
+                "this ServiceAccount has no role (--admin-k8s-service-account)",
+            ))?;
+        Ok(Principal {
+            subject: format!("k8s:{namespace}/{name}"),
+            role: account.role,
+        })
+    }
 }
 
 /// One `--admin-spiffe-id ID=ROLE`.
@@ -287,6 +353,14 @@ impl FromRequestParts<Arc<AdminState>> for Principal {
                 == Some(oidc.issuer.as_str())
         {
             return oidc.principal(token);
+        }
+        if let Some(k8s) = &state.k8s_admins
+            && palisade_contract::jwt::unverified_issuer(token)
+                .ok()
+                .as_deref()
+                == Some(k8s.verifier.load().issuer())
+        {
+            return k8s.principal(token);
         }
         let claims = state.token_key.verify_admin(token).map_err(|e| {
             tracing::info!(target: "palisade::admin", reason = e.label(), "admin token refused");

@@ -65,18 +65,7 @@ impl KubernetesVerifier {
     }
 
     pub fn verify(&self, token: &str, td: &TrustDomain) -> Result<BootstrapIdentity, TokenError> {
-        let claims: KubernetesClaims =
-            self.keys
-                .verify(token, &self.issuer, &[self.audience.as_str()])?;
-        let k8s = claims.kubernetes;
-        if claims.sub
-            != format!(
-                "system:serviceaccount:{}:{}",
-                k8s.namespace, k8s.serviceaccount.name
-            )
-        {
-            return Err(TokenError::BadIdentity);
-        }
+        let k8s = self.claims(token, &self.audience)?;
         let spiffe_id = td
             .workload_id(&k8s.namespace, &k8s.serviceaccount.name)
             .map_err(|_| TokenError::BadIdentity)?;
@@ -86,6 +75,34 @@ impl KubernetesVerifier {
                 pod: k8s.pod.map(|p| p.name),
             },
         })
+    }
+}
+
+impl KubernetesVerifier {
+    /// The (namespace, service account) of a token for `audience` (the admin API's, which
+    /// differs from bootstrap's so that a workload's bootstrap token is no admin credential).
+    pub fn service_account(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<(String, String), TokenError> {
+        let k8s = self.claims(token, audience)?;
+        Ok((k8s.namespace, k8s.serviceaccount.name))
+    }
+
+    /// Verified claims, whose `sub` must agree with the `kubernetes.io` claims.
+    fn claims(&self, token: &str, audience: &str) -> Result<KubernetesInfo, TokenError> {
+        let claims: KubernetesClaims = self.keys.verify(token, &self.issuer, &[audience])?;
+        let k8s = claims.kubernetes;
+        if claims.sub
+            != format!(
+                "system:serviceaccount:{}:{}",
+                k8s.namespace, k8s.serviceaccount.name
+            )
+        {
+            return Err(TokenError::BadIdentity);
+        }
+        Ok(k8s)
     }
 }
 

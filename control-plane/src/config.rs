@@ -128,6 +128,26 @@ pub struct Config {
     )]
     pub admin_oidc_role_claim: String,
 
+    /// Admin API: a Kubernetes ServiceAccount whose projected tokens (audience
+    /// --admin-k8s-audience, from --k8s-issuer) act with a role, NAMESPACE/NAME=ROLE
+    /// (repeatable or comma-separated), e.g. shop/mesh-config=editor.
+    #[arg(
+        long,
+        env = "PALISADE_ADMIN_K8S_SERVICE_ACCOUNTS",
+        value_delimiter = ',',
+        requires = "k8s_issuer"
+    )]
+    pub admin_k8s_service_account: Vec<crate::admin_api::K8sAdmin>,
+
+    /// Admin API: the audience ServiceAccount tokens must carry (not bootstrap's, so a
+    /// workload's bootstrap token never works here).
+    #[arg(
+        long,
+        env = "PALISADE_ADMIN_K8S_AUDIENCE",
+        default_value = "palisade-admin"
+    )]
+    pub admin_k8s_audience: String,
+
     /// Serve the admin API over TLS (the control plane's own certificate, as on the sidecar
     /// port), so operators may authenticate with a client certificate (--admin-spiffe-id).
     #[arg(long, env = "PALISADE_ADMIN_TLS")]
@@ -262,6 +282,8 @@ impl Config {
             admin_oidc_jwks: None,
             admin_oidc_audience: "palisade".into(),
             admin_oidc_role_claim: "palisade_role".into(),
+            admin_k8s_service_account: Vec::new(),
+            admin_k8s_audience: "palisade-admin".into(),
             admin_tls: false,
             admin_spiffe_id: Vec::new(),
             k8s_api_server: None,
@@ -386,6 +408,13 @@ impl Config {
             {
                 problems.push(format!("--webhook-dns-name {name:?} is not a DNS name"));
             }
+        }
+        if self.admin_k8s_audience == self.k8s_audience {
+            problems.push(
+                "--admin-k8s-audience must differ from --k8s-audience: a workload's bootstrap \
+                 token must not be an admin credential"
+                    .into(),
+            );
         }
         if self.admin_oidc_issuer.is_some() && self.admin_oidc_jwks.is_none() {
             problems.push("--admin-oidc-issuer needs --admin-oidc-jwks".into());

@@ -13,8 +13,8 @@
 //!   join tokens, so a token made by one replica is good at all of them.
 //!
 //! These are reconciled, not watched: every `--k8s-sync-interval` (and at once when the
-//! signing root changes) one list of namespaces and one list of the published ConfigMaps,
-//! then a write only for what is missing or different. Replicas all write the same content,
+//! signing root changes) one list of namespaces and a GET of the ConfigMap in each, then a
+//! write only for what is missing or different. Replicas all write the same content,
 //! so they need no leader election: a write that loses a race (409) is simply redone on
 //! the next pass. A namespace created between passes waits at most one interval for its
 //! ConfigMap; its injected pods' sidecars wait for the volume meanwhile (the kubelet
@@ -441,13 +441,6 @@ impl Publisher {
     pub async fn sync(&self) -> Result<(), HttpsError> {
         let bundle = self.ca.bundle_pem();
         let namespaces = self.api.list("/api/v1/namespaces").await?;
-        let published = self
-            .api
-            .list(&format!(
-                "/api/v1/configmaps?fieldSelector=metadata.name%3D{}",
-                self.config_map
-            ))
-            .await?;
         let mut current = 0;
         for ns in &namespaces {
             let Some(namespace) = ns["metadata"]["name"].as_str() else {
@@ -457,26 +450,21 @@ impl Publisher {
             if ns["status"]["phase"].as_str() == Some("Terminating") {
                 continue;
             }
-            let existing = published
-                .iter()
-                .find(|cm| cm["metadata"]["namespace"].as_str() == Some(namespace));
-            let written = match existing {
+            // One GET per namespace rather than one list of every ConfigMap in the cluster:
+            // listing would need read access to all ConfigMaps, while a GET can be granted
+            // for this one name only (see k8s/control-plane/rbac.yaml).
+            let path = format!(
+                "/api/v1/namespaces/{namespace}/configmaps/{}",
+                self.config_map
+            );
+            let written = match self.api.get(&path).await? {
                 Some(cm) if cm["data"][TRUST_BUNDLE_KEY].as_str() == Some(bundle.as_str()) => {
                     current += 1;
                     continue;
                 }
-                Some(cm) => {
-                    let mut cm = cm.clone();
+                Some(mut cm) => {
                     cm["data"] = json!({ TRUST_BUNDLE_KEY: bundle });
-                    self.api
-                        .replace(
-                            &format!(
-                                "/api/v1/namespaces/{namespace}/configmaps/{}",
-                                self.config_map
-                            ),
-                            &cm,
-                        )
-                        .await?
+                    self.api.replace(&path, &cm).await?
                 }
                 None => {
                     self.api

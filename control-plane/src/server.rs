@@ -227,6 +227,14 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
             .iter()
             .map(|a| (a.id.clone(), a.role))
             .collect(),
+        k8s_admins: match (&kubernetes, config.admin_k8s_service_account.is_empty()) {
+            (Some(verifier), false) => Some(admin_api::K8sAdmins {
+                verifier: verifier.clone(),
+                audience: config.admin_k8s_audience.clone(),
+                accounts: config.admin_k8s_service_account.clone(),
+            }),
+            _ => None,
+        },
     }));
     if config.admin_tls {
         // The same TLS as the sidecar port: the control plane's own certificate, client

@@ -741,3 +741,80 @@ async fn readiness_follows_the_database() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn kubernetes_service_accounts_named_with_a_role_use_the_admin_api() {
+    let keydir = tempfile::tempdir().unwrap();
+    let (key, jwks) = support::k8s_setup(keydir.path());
+    let h = Harness::start_with(|c| {
+        c.k8s_issuer = Some(support::K8S_ISSUER.into());
+        c.k8s_jwks = Some(jwks);
+        c.admin_k8s_service_account = vec![
+            "shop/mesh-config=editor".parse().unwrap(),
+            "ops/reader=viewer".parse().unwrap(),
+        ];
+    })
+    .await;
+    let token = |ns: &str, sa: &str, aud: &str| {
+        let mut claims = support::k8s_claims(support::K8S_ISSUER, ns, sa);
+        claims["aud"] = serde_json::json!([aud]);
+        support::k8s_token(&key, "k1", &claims)
+    };
+    let policy = "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: p, namespace: shop }\nspec: { selector: { service: payments } }\n".to_owned();
+    let apply = async |t: &str| {
+        let (status, _, body) = h
+            .admin_raw(
+                Method::POST,
+                "/v1/apply",
+                Some(t),
+                &[("content-type", "application/yaml")],
+                policy.clone(),
+            )
+            .await;
+        (status, body)
+    };
+    // The editor account applies; the change is recorded under its Kubernetes name.
+    let (status, body) = apply(&token("shop", "mesh-config", "palisade-admin")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, trail) = h
+        .admin(Method::GET, "/v1/audit", Some(&h.admin_token()), None)
+        .await;
+    assert!(
+        trail.to_string().contains("k8s:shop/mesh-config"),
+        "{trail}"
+    );
+    // A viewer account may read but not write.
+    let viewer = token("ops", "reader", "palisade-admin");
+    let (status, _) = h
+        .admin(Method::GET, "/v1/resources", Some(&viewer), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = apply(&viewer).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // An account without a role, and a bootstrap token (audience palisade) of the right
+    // account, are not admin credentials.
+    for (t, why) in [
+        (
+            token("shop", "orders", "palisade-admin"),
+            "an account with no role",
+        ),
+        (
+            token("shop", "mesh-config", "palisade"),
+            "a bootstrap token",
+        ),
+    ] {
+        let (status, body) = apply(&t).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {body}");
+    }
+    // Malformed flags are refused with the reason.
+    for (bad, reason) in [
+        ("shop=editor", "NAMESPACE/SERVICE_ACCOUNT=ROLE"),
+        ("shop/x=root", "not viewer, editor, admin or auditor"),
+        ("Shop/x=viewer", "not a namespace"),
+    ] {
+        let e = bad
+            .parse::<palisade_control_plane::admin_api::K8sAdmin>()
+            .unwrap_err();
+        assert!(e.contains(reason), "{bad}: {e}");
+    }
+}

@@ -88,20 +88,14 @@ fn status(code: StatusCode, message: &str) -> Response<Full<Bytes>> {
 }
 
 /// One request against the object map.
-fn handle(
-    objects: &Objects,
-    method: &Method,
-    path: &str,
-    query: &str,
-    body: &[u8],
-) -> Response<Full<Bytes>> {
+fn handle(objects: &Objects, method: &Method, path: &str, body: &[u8]) -> Response<Full<Bytes>> {
     let mut objects = objects.lock().unwrap();
     match *method {
         Method::GET => {
             if let Some(object) = objects.get(path) {
                 return respond(StatusCode::OK, object.clone());
             }
-            // Lists: the namespaces, and ConfigMaps across namespaces by name.
+            // The one list the control plane reads: the namespaces.
             let items: Vec<Value> = if path == "/api/v1/namespaces" {
                 objects
                     .iter()
@@ -109,15 +103,6 @@ fn handle(
                         k.strip_prefix("/api/v1/namespaces/")
                             .is_some_and(|rest| !rest.contains('/'))
                     })
-                    .map(|(_, v)| v.clone())
-                    .collect()
-            } else if path == "/api/v1/configmaps" {
-                let name = query
-                    .strip_prefix("fieldSelector=metadata.name%3D")
-                    .expect("the control plane lists by name");
-                objects
-                    .iter()
-                    .filter(|(k, _)| k.contains("/configmaps/") && k.ends_with(&format!("/{name}")))
                     .map(|(_, v)| v.clone())
                     .collect()
             } else {
@@ -186,9 +171,8 @@ async fn fake_api(dir: &Path) -> FakeApi {
                         }
                         let method = req.method().clone();
                         let path = req.uri().path().to_owned();
-                        let query = req.uri().query().unwrap_or_default().to_owned();
                         let body = req.into_body().collect().await.unwrap().to_bytes();
-                        Ok(handle(&objects, &method, &path, &query, &body))
+                        Ok(handle(&objects, &method, &path, &body))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
