@@ -28,7 +28,8 @@
 //!   [`AMQP_PORT`] and a rule sending the pod's connections to the broker's port there
 //!   (the broker password, if any, from the Secret `palisade.dev/amqp-password-secret`);
 //! - Prometheus scrape annotations for the sidecar's `/metrics` (unless the pod already
-//!   has its own), and `palisade.dev/status`, which makes injection idempotent.
+//!   has its own), the label `palisade.dev/sidecar: injected` (for PodMonitors), and
+//!   `palisade.dev/status`, which makes injection idempotent.
 //!
 //! Not injected: pods annotated `palisade.dev/inject: "false"`, pods already injected,
 //! pods on the host network (a sidecar there would capture the node's traffic).
@@ -47,6 +48,9 @@ pub const NAMESPACE_LABEL: &str = "palisade.dev/inject";
 pub const STATUS_ANNOTATION: &str = "palisade.dev/status";
 /// The sidecar container's name.
 pub const PROXY_CONTAINER: &str = "palisade-proxy";
+/// Pod label `injected` on every injected pod: what the PodMonitor in `k8s/monitoring`
+/// selects (annotations cannot be selected on).
+pub const SIDECAR_LABEL: &str = "palisade.dev/sidecar";
 /// The init container that installs the interception rules.
 pub const INIT_CONTAINER: &str = "palisade-init";
 /// Pod annotations adding to what interception leaves alone (comma-separated), as Istio's
@@ -273,9 +277,16 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
         .expect("a pod is an object")
         .entry("metadata")
         .or_insert_with(|| json!({}));
-    let annotations = metadata
+    let metadata = metadata
         .as_object_mut()
-        .ok_or(InjectError::NotAPod("metadata is not an object"))?
+        .ok_or(InjectError::NotAPod("metadata is not an object"))?;
+    metadata
+        .entry("labels")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or(InjectError::NotAPod("labels are not an object"))?
+        .insert(SIDECAR_LABEL.into(), json!("injected"));
+    let annotations = metadata
         .entry("annotations")
         .or_insert_with(|| json!({}))
         .as_object_mut()

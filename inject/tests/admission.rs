@@ -140,6 +140,10 @@ fn a_plain_pod_gets_the_native_sidecar_its_volumes_and_annotations() {
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], "15090");
+    assert_eq!(
+        pod["metadata"]["labels"]["palisade.dev/sidecar"], "injected",
+        "the label PodMonitors select on"
+    );
     let status: Value =
         serde_json::from_str(annotations["palisade.dev/status"].as_str().unwrap()).unwrap();
     assert_eq!(status["container"], PROXY_CONTAINER);
