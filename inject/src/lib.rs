@@ -31,7 +31,7 @@
 //!   has its own), the label `palisade.dev/sidecar: injected` (for PodMonitors), and
 //!   `palisade.dev/status`, which makes injection idempotent.
 //!
-//! Not injected: pods annotated `palisade.dev/inject: "false"`, pods already injected,
+//! Not injected: pods annotated or labelled `palisade.dev/inject: "false"`, pods already injected,
 //! pods on the host network (a sidecar there would capture the node's traffic).
 
 pub mod admission;
@@ -40,7 +40,8 @@ pub mod iptables;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-/// Pod annotation: `"false"` opts a pod out in a namespace where injection is enabled.
+/// Pod annotation (or label): `"false"` opts a pod out in a namespace where injection is
+/// enabled.
 pub const INJECT_ANNOTATION: &str = "palisade.dev/inject";
 /// Namespace label that enables injection (the webhook's `namespaceSelector`).
 pub const NAMESPACE_LABEL: &str = "palisade.dev/inject";
@@ -166,6 +167,17 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
     if annotation(INJECT_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("false")) {
         return Ok(Outcome::Skipped(
             "opted out by the palisade.dev/inject annotation",
+        ));
+    }
+    // The label too (as Istio's sidecar.istio.io/inject), which the webhook configuration's
+    // objectSelector uses to skip the call altogether; `palisade inject` must agree.
+    let label = pod
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(INJECT_ANNOTATION))
+        .and_then(Value::as_str);
+    if label.is_some_and(|v| v.eq_ignore_ascii_case("false") || v == "disabled") {
+        return Ok(Outcome::Skipped(
+            "opted out by the palisade.dev/inject label",
         ));
     }
     let named_proxy = |list: Option<&Value>| {

@@ -174,6 +174,16 @@ fn an_opted_out_pod_and_an_injected_one_are_admitted_unchanged() {
         assert!(patch.is_none(), "{file}: no patch");
         assert_eq!(response["auditAnnotations"]["palisade.dev/injection"], why);
     }
+    // The label the webhook configuration's objectSelector uses opts out too, so that
+    // `palisade inject` agrees with a webhook that was never called.
+    let mut labelled = fixture("plain-pod.json");
+    labelled["request"]["object"]["metadata"]["labels"] = json!({ "palisade.dev/inject": "false" });
+    let (response, patch) = review(&labelled);
+    assert!(patch.is_none());
+    assert_eq!(
+        response["auditAnnotations"]["palisade.dev/injection"],
+        "opted out by the palisade.dev/inject label"
+    );
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! listened on, and the control plane loads the same policy file the local demo applies.
 //! Where `docker` is installed, `docker compose config` validates it too.
 
+mod support;
+
 use std::path::Path;
 
 use clap::Parser as _;
@@ -59,18 +61,7 @@ fn every_command_parses_with_the_binaries_own_flags() {
                 palisade_proxy::Config::try_parse_from(&command)
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
-            "palisade-shop" => {
-                let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade-shop"))
-                    .args(&command[1..])
-                    .arg("--check")
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{name}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            "palisade-shop" => support::check_shop_args(&command[1..], name),
             // The token job runs the CLI from a shell.
             other => assert!(
                 strings(&svc["entrypoint"]).first().map(String::as_str) == Some("sh")
