@@ -437,11 +437,15 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// One reconciliation pass; the first error ends it (the next pass starts over).
+    /// One reconciliation pass. A namespace that cannot be written (an admission policy of
+    /// its own refusing the ConfigMap, say) is skipped and reported, so it neither starves
+    /// the namespaces after it nor the webhook's caBundle; the pass then fails with the
+    /// first such error, and the next pass tries again.
     pub async fn sync(&self) -> Result<(), HttpsError> {
         let bundle = self.ca.bundle_pem();
         let namespaces = self.api.list("/api/v1/namespaces").await?;
         let mut current = 0;
+        let mut first_error = None;
         for ns in &namespaces {
             let Some(namespace) = ns["metadata"]["name"].as_str() else {
                 continue;
@@ -450,51 +454,63 @@ impl Publisher {
             if ns["status"]["phase"].as_str() == Some("Terminating") {
                 continue;
             }
-            // One GET per namespace rather than one list of every ConfigMap in the cluster:
-            // listing would need read access to all ConfigMaps, while a GET can be granted
-            // for this one name only (see k8s/control-plane/rbac.yaml).
-            let path = format!(
-                "/api/v1/namespaces/{namespace}/configmaps/{}",
-                self.config_map
-            );
-            let written = match self.api.get(&path).await? {
-                Some(cm) if cm["data"][TRUST_BUNDLE_KEY].as_str() == Some(bundle.as_str()) => {
-                    current += 1;
-                    continue;
+            match self.publish_bundle(namespace, &bundle).await {
+                Ok(true) => current += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%namespace, error = %e, "publishing the trust bundle failed");
+                    first_error.get_or_insert(e);
                 }
-                Some(mut cm) => {
-                    cm["data"] = json!({ TRUST_BUNDLE_KEY: bundle });
-                    self.api.replace(&path, &cm).await?
-                }
-                None => {
-                    self.api
-                        .create(
-                            &format!("/api/v1/namespaces/{namespace}/configmaps"),
-                            &json!({
-                                "apiVersion": "v1",
-                                "kind": "ConfigMap",
-                                "metadata": {
-                                    "name": self.config_map,
-                                    "namespace": namespace,
-                                    "labels": { MANAGED_BY.0: MANAGED_BY.1 },
-                                },
-                                "data": { TRUST_BUNDLE_KEY: bundle },
-                            }),
-                        )
-                        .await?
-                }
-            };
-            if written == Written::Done {
-                current += 1;
-                self.metrics.writes.with_label_values(&["configmap"]).inc();
-                tracing::info!(%namespace, config_map = %self.config_map, "published the trust bundle");
             }
         }
         self.metrics.namespaces.set(current);
-        if let Some(name) = &self.webhook_config {
-            self.sync_webhook(name, &bundle).await?;
+        if let Some(name) = &self.webhook_config
+            && let Err(e) = self.sync_webhook(name, &bundle).await
+        {
+            first_error.get_or_insert(e);
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Makes `namespace`'s ConfigMap hold `bundle`; true when it does afterwards (false: a
+    /// replica's write won the race, this pass leaves it to the next).
+    async fn publish_bundle(&self, namespace: &str, bundle: &str) -> Result<bool, HttpsError> {
+        // One GET per namespace rather than one list of every ConfigMap in the cluster:
+        // listing would need read access to all ConfigMaps, while a GET can be granted for
+        // this one name only (see k8s/control-plane/rbac.yaml).
+        let path = format!(
+            "/api/v1/namespaces/{namespace}/configmaps/{}",
+            self.config_map
+        );
+        let written = match self.api.get(&path).await? {
+            Some(cm) if cm["data"][TRUST_BUNDLE_KEY].as_str() == Some(bundle) => return Ok(true),
+            Some(mut cm) => {
+                cm["data"] = json!({ TRUST_BUNDLE_KEY: bundle });
+                self.api.replace(&path, &cm).await?
+            }
+            None => {
+                self.api
+                    .create(
+                        &format!("/api/v1/namespaces/{namespace}/configmaps"),
+                        &json!({
+                            "apiVersion": "v1",
+                            "kind": "ConfigMap",
+                            "metadata": {
+                                "name": self.config_map,
+                                "namespace": namespace,
+                                "labels": { MANAGED_BY.0: MANAGED_BY.1 },
+                            },
+                            "data": { TRUST_BUNDLE_KEY: bundle },
+                        }),
+                    )
+                    .await?
+            }
+        };
+        if written == Written::Done {
+            self.metrics.writes.with_label_values(&["configmap"]).inc();
+            tracing::info!(%namespace, config_map = %self.config_map, "published the trust bundle");
+        }
+        Ok(written == Written::Done)
     }
 
     async fn sync_webhook(&self, name: &str, bundle: &str) -> Result<(), HttpsError> {
