@@ -306,6 +306,11 @@ fn the_control_planes_manifests_agree_with_its_flags() {
         );
         assert!(config.webhook_dns_name.contains(&svc_host), "{overlay}");
         assert_eq!(hook["failurePolicy"], "Fail");
+        // Pods opted out by label are not even sent (the injector would skip them too).
+        let skip = &hook["objectSelector"]["matchExpressions"][0];
+        assert_eq!(skip["key"], palisade_inject::INJECT_ANNOTATION);
+        assert_eq!(skip["operator"], "NotIn");
+        assert!(skip["values"].as_array().unwrap().contains(&json!("false")));
         assert_eq!(
             hook["namespaceSelector"]["matchLabels"][palisade_inject::NAMESPACE_LABEL],
             "enabled"

@@ -31,8 +31,9 @@
 //!   has its own), the label `palisade.dev/sidecar: injected` (for PodMonitors), and
 //!   `palisade.dev/status`, which makes injection idempotent.
 //!
-//! Not injected: pods annotated or labelled `palisade.dev/inject: "false"`, pods already injected,
-//! pods on the host network (a sidecar there would capture the node's traffic).
+//! Not injected: pods annotated or labelled `palisade.dev/inject: "false"` (or
+//! `disabled`), pods already injected, pods on the host network (a sidecar there would
+//! capture the node's traffic).
 
 pub mod admission;
 pub mod iptables;
@@ -164,18 +165,20 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
             .and_then(|a| a.get(name))
             .and_then(Value::as_str)
     };
-    if annotation(INJECT_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("false")) {
+    // The label as well as the annotation (as Istio's sidecar.istio.io/inject): the webhook
+    // configuration's objectSelector uses the label to skip the call altogether, and
+    // `palisade inject` must agree with a webhook that was never called.
+    let opted_out = |v: &str| v.eq_ignore_ascii_case("false") || v == "disabled";
+    if annotation(INJECT_ANNOTATION).is_some_and(opted_out) {
         return Ok(Outcome::Skipped(
             "opted out by the palisade.dev/inject annotation",
         ));
     }
-    // The label too (as Istio's sidecar.istio.io/inject), which the webhook configuration's
-    // objectSelector uses to skip the call altogether; `palisade inject` must agree.
     let label = pod
         .pointer("/metadata/labels")
         .and_then(|l| l.get(INJECT_ANNOTATION))
         .and_then(Value::as_str);
-    if label.is_some_and(|v| v.eq_ignore_ascii_case("false") || v == "disabled") {
+    if label.is_some_and(opted_out) {
         return Ok(Outcome::Skipped(
             "opted out by the palisade.dev/inject label",
         ));
