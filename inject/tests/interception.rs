@@ -85,17 +85,19 @@ fn the_pod_network_sends_inbound_and_outbound_tcp_through_the_sidecar() {
             env!("CARGO_BIN_EXE_palisade-init"),
             "--exclude-inbound-ports=9090",
             "--exclude-outbound-ports=5432",
+            "--amqp=5672:15007",
         ],
         None,
     );
 
     // The sidecar's listeners inside the pod: inbound on all addresses, outbound on
     // loopback; and the application's metrics port, excluded from interception.
-    let (inbound, outbound, metrics) = inside(&name, || {
+    let (inbound, outbound, metrics, amqp) = inside(&name, || {
         (
             TcpListener::bind("0.0.0.0:15006").unwrap(),
             TcpListener::bind("127.0.0.1:15001").unwrap(),
             TcpListener::bind("0.0.0.0:9090").unwrap(),
+            TcpListener::bind("127.0.0.1:15007").unwrap(),
         )
     });
 
@@ -134,6 +136,19 @@ fn the_pod_network_sends_inbound_and_outbound_tcp_through_the_sidecar() {
     assert_eq!(
         (dst, line.as_str()),
         ("10.96.12.34:80".parse().unwrap(), "outbound")
+    );
+
+    // The application connects to the broker (palisade.dev/amqp-upstream): it reaches the
+    // sidecar's AMQP proxy instead, whatever address it used.
+    let app = std::thread::spawn({
+        let name = name.clone();
+        move || inside(&name, || send("10.96.20.5:5672".parse().unwrap(), "AMQP"))
+    });
+    let (dst, line) = accept_one(&amqp);
+    app.join().unwrap();
+    assert_eq!(
+        (dst, line.as_str()),
+        ("10.96.20.5:5672".parse().unwrap(), "AMQP")
     );
 
     // An excluded destination port leaves the pod untouched: a database outside it (in
