@@ -483,4 +483,55 @@ mod tests {
         // Plugged-in CA flags come together.
         assert!(Config::try_parse_from(["palisade-control-plane", "--ca-cert", "x.pem"]).is_err());
     }
+
+    #[test]
+    fn kubernetes_and_webhook_settings_are_checked() {
+        let mut c = Config::for_data_dir("/tmp/x".into());
+        c.k8s_api_server = Some("http://kubernetes.default.svc".into());
+        c.k8s_ca_file = "/nonexistent/ca.crt".into();
+        c.k8s_sync_interval = Duration::from_millis(10);
+        c.webhook_listen = Some("0.0.0.0:15017".parse().unwrap());
+        c.admin_k8s_audience = "palisade".into();
+        let problems = c.validate().unwrap_err();
+        for expected in [
+            "--k8s-ca-file /nonexistent/ca.crt: no such file",
+            "only https:// is accepted",
+            "--k8s-sync-interval is too short",
+            "--webhook-listen needs --webhook-cert/--webhook-key or --webhook-dns-name",
+            "--admin-k8s-audience must differ from --k8s-audience",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected} missing from {problems:#?}"
+            );
+        }
+        c = Config::for_data_dir("/tmp/x".into());
+        c.webhook_listen = Some("0.0.0.0:15017".parse().unwrap());
+        c.webhook_dns_name = vec!["palisade.example.svc".into(), "bad name".into()];
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].contains("\"bad name\" is not a DNS name"));
+        // The CA Secret needs the API server; it cannot be combined with a plugged-in CA.
+        for args in [
+            &["--k8s-ca-secret", "palisade-ca"][..],
+            &[
+                "--k8s-api-server",
+                "https://k",
+                "--k8s-token-file",
+                "t",
+                "--k8s-ca-secret",
+                "c",
+                "--ca-cert",
+                "a",
+                "--ca-key",
+                "b",
+                "--ca-roots",
+                "r",
+            ][..],
+        ] {
+            let mut argv = vec!["palisade-control-plane"];
+            argv.extend_from_slice(args);
+            assert!(Config::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
 }
