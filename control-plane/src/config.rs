@@ -249,6 +249,16 @@ pub struct Config {
     #[arg(long, env = "PALISADE_INJECT_NATIVE_SIDECAR", default_value_t = true, action = clap::ArgAction::Set)]
     pub inject_native_sidecar: bool,
 
+    /// Injection: the sidecars' outbound policy for destinations outside the registry,
+    /// allow-any or registry-only (a pod's palisade.dev/outbound-policy annotation wins).
+    #[arg(
+        long,
+        env = "PALISADE_INJECT_OUTBOUND_POLICY",
+        default_value = "allow-any",
+        value_parser = clap::builder::PossibleValuesParser::new(palisade_inject::OUTBOUND_POLICIES)
+    )]
+    pub inject_outbound_policy: String,
+
     /// Log format on stderr: text or json.
     #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -300,6 +310,7 @@ impl Config {
             inject_image: palisade_inject::Settings::default().image,
             inject_control_plane: palisade_inject::Settings::default().control_plane,
             inject_native_sidecar: true,
+            inject_outbound_policy: "allow-any".into(),
             log_format: LogFormat::Text,
         }
     }
@@ -312,6 +323,7 @@ impl Config {
             trust_domain: self.trust_domain.to_string(),
             token_audience: self.k8s_audience.clone(),
             native_sidecar: self.inject_native_sidecar,
+            outbound_policy: self.inject_outbound_policy.clone(),
             trust_bundle_config_map: self.k8s_trust_bundle_config_map.clone(),
             ..palisade_inject::Settings::default()
         }

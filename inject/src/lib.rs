@@ -27,6 +27,7 @@
 //! - with `palisade.dev/amqp-upstream`, the sidecar's AMQP proxy on loopback port
 //!   [`AMQP_PORT`] and a rule sending the pod's connections to the broker's port there
 //!   (the broker password, if any, from the Secret `palisade.dev/amqp-password-secret`);
+//! - the sidecar's outbound policy (`palisade.dev/outbound-policy`, else the injector's);
 //! - Prometheus scrape annotations for the sidecar's `/metrics` (unless the pod already
 //!   has its own), the label `palisade.dev/sidecar: injected` (for PodMonitors), and
 //!   `palisade.dev/status`, which makes injection idempotent.
@@ -68,6 +69,11 @@ pub const AMQP_UPSTREAM: &str = "palisade.dev/amqp-upstream";
 /// Pod annotation: a Secret (key `password`) with the broker password for the sidecar,
 /// kept out of the annotation and the environment.
 pub const AMQP_PASSWORD_SECRET: &str = "palisade.dev/amqp-password-secret";
+/// Pod annotation: the sidecar's outbound policy, `allow-any` (destinations outside the
+/// registry are passed through) or `registry-only` (refused).
+pub const OUTBOUND_POLICY: &str = "palisade.dev/outbound-policy";
+/// The values [`OUTBOUND_POLICY`] and the injector's setting take.
+pub const OUTBOUND_POLICIES: [&str; 2] = ["allow-any", "registry-only"];
 /// The sidecar's AMQP listener in a pod (loopback).
 pub const AMQP_PORT: u16 = 15007;
 const AMQP_PASSWORD_DIR: &str = "/var/run/secrets/palisade-amqp";
@@ -107,6 +113,9 @@ pub struct Settings {
     pub token_audience: String,
     /// Inject a native sidecar (Kubernetes 1.29+) rather than a regular container.
     pub native_sidecar: bool,
+    /// The sidecars' `--outbound-policy` (`allow-any` or `registry-only`) unless a pod's
+    /// [`OUTBOUND_POLICY`] annotation says otherwise.
+    pub outbound_policy: String,
     pub cpu_request: String,
     pub cpu_limit: String,
     pub memory_request: String,
@@ -124,6 +133,7 @@ impl Default for Settings {
             trust_bundle_config_map: "palisade-trust-bundle".into(),
             token_audience: "palisade".into(),
             native_sidecar: true,
+            outbound_policy: "allow-any".into(),
             cpu_request: "100m".into(),
             cpu_limit: "1".into(),
             memory_request: "32Mi".into(),
@@ -246,6 +256,14 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
         None => None,
     };
 
+    let outbound_policy = annotation(OUTBOUND_POLICY).unwrap_or(&settings.outbound_policy);
+    if !OUTBOUND_POLICIES.contains(&outbound_policy) {
+        return Err(InjectError::BadAnnotation(
+            OUTBOUND_POLICY,
+            format!("{outbound_policy:?} is not allow-any or registry-only"),
+        ));
+    }
+
     let mut out = pod.clone();
     let app_port = app_port(containers);
     // Probes first (they name the application containers), then the sidecar.
@@ -264,7 +282,11 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
                 .extend(direct_probe_ports(container));
         }
     }
-    let proxy = proxy_container(settings, app_port, &probes, amqp.as_ref());
+    let mut proxy = proxy_container(settings, app_port, &probes, amqp.as_ref());
+    proxy["env"]
+        .as_array_mut()
+        .expect("built with an env list")
+        .push(env("PALISADE_OUTBOUND_POLICY", outbound_policy));
     let init = init_container(settings, &interception);
     let spec = out["spec"].as_object_mut().expect("checked above");
     // The interception rules go in first of all, then (native) the sidecar: any init

@@ -370,6 +370,40 @@ fn a_pod_with_a_broker_gets_the_amqp_proxy_and_its_connections_redirected_to_it(
 }
 
 #[test]
+fn the_outbound_policy_comes_from_the_injector_or_the_pods_annotation() {
+    let mut input = fixture("plain-pod.json");
+    let (_, pod) = review(&input);
+    let policy = |pod: &Value| env(init(pod, "palisade-proxy"), "PALISADE_OUTBOUND_POLICY");
+    assert_eq!(policy(&pod.unwrap()).as_deref(), Some("allow-any"));
+    input["request"]["object"]["metadata"]["annotations"] =
+        json!({ "palisade.dev/outbound-policy": "registry-only" });
+    let (_, pod) = review(&input);
+    assert_eq!(policy(&pod.unwrap()).as_deref(), Some("registry-only"));
+    let strict = palisade_inject::Settings {
+        outbound_policy: "registry-only".into(),
+        ..palisade_inject::Settings::default()
+    };
+    let plain = fixture("plain-pod.json")["request"]["object"].clone();
+    let palisade_inject::Outcome::Injected(pod) =
+        palisade_inject::inject_pod(&plain, &strict).unwrap()
+    else {
+        panic!("not injected")
+    };
+    assert_eq!(policy(&pod).as_deref(), Some("registry-only"));
+    input["request"]["object"]["metadata"]["annotations"] =
+        json!({ "palisade.dev/outbound-policy": "deny-some" });
+    let (response, patch) = review(&input);
+    assert!(patch.is_none());
+    assert!(
+        response["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not allow-any or registry-only"),
+        "{response}"
+    );
+}
+
+#[test]
 fn what_cannot_be_injected_is_refused_and_what_is_not_a_review_is_an_error() {
     // A pod without containers would run outside the mesh: refused, with the reason.
     let mut input = fixture("plain-pod.json");

@@ -14,6 +14,15 @@ use crate::admin::AppProbe;
 use crate::audit::AuditTarget;
 use crate::tcp::TcpOutbound;
 
+/// `--outbound-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutboundPolicy {
+    /// Destinations outside the registry are passed through.
+    AllowAny,
+    /// Only registry services are reachable through interception.
+    RegistryOnly,
+}
+
 fn parse_mode(s: &str) -> Result<DefaultMode, String> {
     match s {
         "deny" => Ok(DefaultMode::Deny),
@@ -134,6 +143,19 @@ pub struct Config {
     /// application's host at that port.
     #[arg(long, env = "PALISADE_OPAQUE_PORTS", value_delimiter = ',')]
     pub opaque_ports: Vec<u16>,
+
+    /// What happens to intercepted traffic for destinations outside the service registry
+    /// (Istio's outboundTrafficPolicy): allow-any passes it through to where it was going
+    /// (audited as passthrough); registry-only refuses it (HTTP 403, other connections
+    /// closed; audited as deny), so a workload reaches only mesh services and what its
+    /// pod excludes from interception.
+    #[arg(
+        long,
+        env = "PALISADE_OUTBOUND_POLICY",
+        value_enum,
+        default_value = "allow-any"
+    )]
+    pub outbound_policy: OutboundPolicy,
 
     /// Opaque TCP to another service: LISTEN=SERVICE:PORT (repeatable or comma-separated),
     /// e.g. 127.0.0.1:15432=db:5432. The application connects to LISTEN; the sidecar opens

@@ -34,6 +34,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::audit::{AuditEvent, AuditLog};
+use crate::config::OutboundPolicy;
 use crate::forwarding::{ProxyBody, local_response, strip_hop_by_hop, unsupported};
 use crate::identity::IdentityManager;
 use crate::metrics::HttpMetrics;
@@ -55,6 +56,8 @@ pub struct Outbound {
     next_connection: AtomicUsize,
     /// Plain HTTP to destinations outside the registry, on intercepted connections.
     plain: crate::forwarding::PlainClient,
+    /// Whether those destinations are reachable at all.
+    policy: OutboundPolicy,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -78,6 +81,8 @@ pub(crate) enum ForwardError {
     },
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("{0} is not a mesh service, and the outbound policy is registry-only")]
+    OutsideRegistry(String),
     #[error("cannot reach {service}: {detail}")]
     Unreachable { service: String, detail: String },
 }
@@ -90,6 +95,7 @@ impl Outbound {
         metrics: HttpMetrics,
         limits: Limits,
         connections_per_service: usize,
+        policy: OutboundPolicy,
     ) -> Self {
         Self {
             identity,
@@ -102,6 +108,7 @@ impl Outbound {
             next_endpoint: AtomicUsize::new(0),
             next_connection: AtomicUsize::new(0),
             plain: crate::forwarding::plain_client(),
+            policy,
         }
     }
 
@@ -263,10 +270,13 @@ impl Outbound {
                 }
                 event.reason = Some(e.to_string());
                 local_response(
-                    if matches!(e, ForwardError::Unsupported(_)) {
-                        StatusCode::NOT_IMPLEMENTED
-                    } else {
-                        StatusCode::BAD_GATEWAY
+                    match e {
+                        ForwardError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+                        ForwardError::OutsideRegistry(_) => {
+                            event.decision = "deny";
+                            StatusCode::FORBIDDEN
+                        }
+                        _ => StatusCode::BAD_GATEWAY,
                     },
                     &format!("palisade: {e}"),
                     &request_id,
@@ -314,8 +324,16 @@ impl Outbound {
         let entry = match (resolved, redirected) {
             (Some(entry), _) => entry,
             // Not a mesh service, on an intercepted connection: where the application was
-            // going anyway (as Istio's ALLOW_ANY outbound mode).
-            (None, Some(destination)) => return self.forward_plain(req, destination, event).await,
+            // going anyway (as Istio's ALLOW_ANY outbound mode), unless refused.
+            (None, Some(destination)) => {
+                if self.policy == OutboundPolicy::RegistryOnly {
+                    event.destination = destination.to_string();
+                    return Err(ForwardError::OutsideRegistry(
+                        host.chars().take(253).collect(),
+                    ));
+                }
+                return self.forward_plain(req, destination, event).await;
+            }
             (None, None) => {
                 return Err(ForwardError::UnknownService(
                     host.chars().take(253).collect(),
@@ -407,6 +425,15 @@ impl Outbound {
         let mut event = AuditEvent::begin("outbound", "tcp");
         event.source = own.as_ref().map(ToString::to_string);
         event.destination = destination.to_string();
+        if self.policy == OutboundPolicy::RegistryOnly {
+            // Not HTTP, so not routable by the registry: refused by closing the connection
+            // at once (TCP has no way to say more).
+            event.decision = "deny";
+            event.reason =
+                Some("not HTTP to a mesh service, and the outbound policy is registry-only".into());
+            self.audit.record(&event);
+            return;
+        }
         let upstream = match crate::tcp::connect(destination, "the destination").await {
             Ok(tcp) => tcp,
             Err(reason) => {

@@ -176,6 +176,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         http_metrics.clone(),
         limits.clone(),
         config.worker_threads(),
+        config.outbound_policy,
     ));
     let inbound_listener = TcpListener::bind(config.inbound_listen)
         .await

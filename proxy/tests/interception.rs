@@ -41,32 +41,125 @@ async fn app(port: u16) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
-    let uid = nix::unistd::Uid::effective();
-    if !uid.is_root() {
-        eprintln!("skipped: network namespaces and iptables need root");
-        return;
+/// A pod: payments' application (answering on 8081) and a sidecar with the pod's listeners
+/// and `args`, on a thread inside the network namespace with a runtime of its own, so
+/// every socket they open is the pod's.
+struct Pod {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Pod {
+    /// Returns once the sidecar is ready.
+    fn start(
+        net: &PodNetwork,
+        cp_from_pod: SocketAddr,
+        bundle: std::path::PathBuf,
+        files: support::SidecarFiles,
+        args: Vec<String>,
+    ) -> Self {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let path = net.path();
+        let thread = std::thread::spawn(move || {
+            setns(File::open(path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                tokio::spawn(app(8081));
+                let mut all: Vec<&str> = vec![
+                    "--inbound-listen",
+                    "0.0.0.0:15006",
+                    "--outbound-listen",
+                    "127.0.0.1:15001",
+                    "--app",
+                    "127.0.0.1:8080",
+                ];
+                all.extend(args.iter().map(String::as_str));
+                let config = support::sidecar_config(cp_from_pod, bundle, &files, &all);
+                let sidecar = palisade_proxy::start(&config).await.unwrap();
+                support::wait_ready(&sidecar).await;
+                ready_tx.send(()).unwrap();
+                let _ = stop_rx.await;
+                sidecar.shutdown().await;
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the pod's sidecar is ready");
+        Pod { stop, thread }
     }
-    let net = PodNetwork::new("e", 214);
-    // The init step's rules; the sidecar here runs as this test's user (root), which is
-    // therefore the exempt one, as uid 1337 is in a pod.
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap();
+    }
+}
+
+/// Runs `script` (bash) in the pod as its application would: as another user than the
+/// sidecar's, so the pod's rules redirect its connections.
+async fn as_app(net: &PodNetwork, script: String) -> std::process::Output {
+    let call = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &net.name])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args(["bash", "-c", &script])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call ends")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The init step's rules in `net`; the sidecar here runs as this test's user (root), which
+/// is therefore the exempt one, as uid 1337 is in a pod.
+fn intercept(net: &PodNetwork) {
     let rules = Interception {
-        proxy_uid: uid.as_raw(),
+        proxy_uid: nix::unistd::Uid::effective().as_raw(),
         proxy_gid: nix::unistd::Gid::effective().as_raw(),
         ..Interception::default()
     }
     .rules()
     .unwrap();
     net.exec(&["iptables-restore", "--noflush"], Some(&rules));
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut cp_config = palisade_control_plane::Config::for_data_dir(dir.path().join("cp"));
+/// A control plane whose sidecar port the pod reaches, and that address.
+async fn control_plane(
+    dir: &std::path::Path,
+    net: &PodNetwork,
+) -> (palisade_control_plane::RunningControlPlane, SocketAddr) {
+    let mut cp_config = palisade_control_plane::Config::for_data_dir(dir.join("cp"));
     cp_config.sidecar_listen = "0.0.0.0:0".parse().unwrap();
     let cp = palisade_control_plane::start(&cp_config).await.unwrap();
-    let cp_from_pod: SocketAddr = format!("{}:{}", net.host_ip, cp.sidecar_addr.port())
+    let cp_from_pod = format!("{}:{}", net.host_ip, cp.sidecar_addr.port())
         .parse()
         .unwrap();
+    (cp, cp_from_pod)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: network namespaces and iptables need root");
+        return;
+    }
+    let net = PodNetwork::new("e", 214);
+    intercept(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, cp_from_pod) = control_plane(dir.path(), &net).await;
     let bundle = dir.path().join("cp/trust-bundle.pem");
     let policy = dir.path().join("policy.yaml");
     std::fs::write(
@@ -109,78 +202,30 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
 
     // The pod: a thread in the namespace with a runtime of its own, so every socket its
     // sidecar and application open is the pod's.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let pod = {
-        let path = net.path();
-        let (bundle, policy, pod_registry) = (bundle.clone(), policy.clone(), pod_registry.clone());
-        std::thread::spawn(move || {
-            setns(File::open(path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                tokio::spawn(app(8081));
-                let config = support::sidecar_config(
-                    cp_from_pod,
-                    bundle,
-                    &payments_files,
-                    &[
-                        "--inbound-listen",
-                        "0.0.0.0:15006",
-                        "--outbound-listen",
-                        "127.0.0.1:15001",
-                        "--app",
-                        "127.0.0.1:8080",
-                        "--policy-file",
-                        policy.to_str().unwrap(),
-                        "--registry-file",
-                        pod_registry.to_str().unwrap(),
-                    ],
-                );
-                let sidecar = palisade_proxy::start(&config).await.unwrap();
-                support::wait_ready(&sidecar).await;
-                ready_tx.send(()).unwrap();
-                let _ = stop_rx.await;
-                sidecar.shutdown().await;
-            });
-        })
-    };
-    ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the pod's sidecar is ready");
+    let pod = Pod::start(
+        &net,
+        cp_from_pod,
+        bundle.clone(),
+        payments_files,
+        vec![
+            "--policy-file".into(),
+            policy.display().to_string(),
+            "--registry-file".into(),
+            pod_registry.display().to_string(),
+        ],
+    );
     // The application (another user than the sidecar's, as in a pod) opens a plain TCP
     // connection to the outside service: the pod's rules send it to the sidecar's
     // outbound port, which finds it is not HTTP and passes it through to where it was
     // going.
-    let as_app = async |script: String| {
-        let call = tokio::process::Command::new("ip")
-            .args(["netns", "exec", &net.name])
-            .args([
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-            ])
-            .args(["bash", "-c", &script])
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(10), call)
-            .await
-            .expect("the call ends")
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
-    let out = as_app(format!(
-        "exec 3<>/dev/tcp/{}/{}; printf '\\x16hi!!' >&3; head -c 5 <&3",
-        outside_addr.ip(),
-        outside_addr.port()
-    ))
+    let out = as_app(
+        &net,
+        format!(
+            "exec 3<>/dev/tcp/{}/{}; printf '\\x16hi!!' >&3; head -c 5 <&3",
+            outside_addr.ip(),
+            outside_addr.port()
+        ),
+    )
     .await;
     assert_eq!(out.stdout, b"\x16HI!!", "passed through, both ways");
     echo.join().unwrap();
@@ -206,7 +251,7 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
             .serve_connection(TokioIo::new(tcp), service)
             .await;
     });
-    let out = as_app(format!(
+    let out = as_app(&net, format!(
         "exec 3<>/dev/tcp/{}/{}; printf 'GET /hello HTTP/1.1\\r\\nHost: api.example\\r\\nConnection: close\\r\\n\\r\\n' >&3; cat <&3",
         web_addr.ip(),
         web_addr.port()
@@ -293,7 +338,7 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
     // The pod's application calls orders, a mesh service listed without endpoints, at
     // its address: the sidecar dials that address over mTLS, checks that orders answers
     // as orders, and orders' sidecar lets payments in.
-    let out = as_app(format!(
+    let out = as_app(&net, format!(
         "exec 3<>/dev/tcp/{}/{}; printf 'GET /ship HTTP/1.1\\r\\nHost: orders\\r\\nConnection: close\\r\\n\\r\\n' >&3; cat <&3",
         orders.inbound_addr.ip(),
         orders.inbound_addr.port()
@@ -319,7 +364,95 @@ async fn a_call_to_the_application_port_is_intercepted_and_reaches_that_port() {
     .await;
 
     orders.shutdown().await;
-    let _ = stop_tx.send(());
-    pod.join().unwrap();
+    pod.stop();
+    cp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_only_refuses_what_is_outside_the_registry() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: network namespaces and iptables need root");
+        return;
+    }
+    let net = PodNetwork::new("r", 215);
+    intercept(&net);
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, cp_from_pod) = control_plane(dir.path(), &net).await;
+    let files = support::sidecar_files(&cp, dir.path(), "payments").await;
+    let audit = files.audit.clone();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata: { name: p, namespace: shop }\n\
+         spec: { selector: { service: payments } }\n",
+    )
+    .unwrap();
+    // Outside services the application would reach with allow-any.
+    let outside = std::net::TcpListener::bind(format!("{}:7781", net.host_ip)).unwrap();
+    outside.set_nonblocking(true).unwrap();
+    let outside_addr = outside.local_addr().unwrap();
+    let pod = Pod::start(
+        &net,
+        cp_from_pod,
+        dir.path().join("cp/trust-bundle.pem"),
+        files,
+        vec![
+            "--policy-file".into(),
+            policy.display().to_string(),
+            "--outbound-policy".into(),
+            "registry-only".into(),
+        ],
+    );
+
+    // Plain HTTP to a host outside the registry: a 403 that says why, not forwarded.
+    let out = as_app(
+        &net,
+        format!(
+            "exec 3<>/dev/tcp/{}/{}; printf 'GET / HTTP/1.1\\r\\nHost: api.example\\r\\nConnection: close\\r\\n\\r\\n' >&3; cat <&3",
+            outside_addr.ip(),
+            outside_addr.port()
+        ),
+    )
+    .await;
+    let response = String::from_utf8_lossy(&out.stdout);
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(response.contains("registry-only"), "{response}");
+    // Anything else: closed at once, nothing sent on.
+    let out = as_app(
+        &net,
+        format!(
+            "exec 3<>/dev/tcp/{}/{}; printf '\\x16hi!!' >&3; head -c 5 <&3; echo \"read $?\"",
+            outside_addr.ip(),
+            outside_addr.port()
+        ),
+    )
+    .await;
+    // (The close is an end of file or, with the application's bytes unread, a reset.)
+    let read = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        read.starts_with("read "),
+        "closed without a byte, not {read:?}"
+    );
+    assert!(
+        matches!(outside.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the outside service was never connected to"
+    );
+    support::wait_until(
+        "both refusals are audited",
+        Duration::from_secs(5),
+        async || {
+            let text = std::fs::read_to_string(&audit).unwrap_or_default();
+            let denied: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.contains(r#""decision":"deny""#) && l.contains(&outside_addr.to_string())
+                })
+                .collect();
+            denied.iter().any(|l| l.contains(r#""method":"GET""#))
+                && denied.iter().any(|l| l.contains(r#""protocol":"tcp""#))
+        },
+    )
+    .await;
+    pod.stop();
     cp.shutdown().await;
 }
