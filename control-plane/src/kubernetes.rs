@@ -28,6 +28,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use palisade_contract::TrustDomain;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
@@ -58,11 +59,15 @@ pub struct HttpsError {
 }
 
 /// HTTPS to the cluster: verified against the cluster's CA, with a bearer token read from
-/// a file at each call (projected tokens are rotated by the kubelet).
+/// a file at each call (projected tokens are rotated by the kubelet). One kept-alive
+/// connection is reused from call to call (a reconciliation pass makes one call per
+/// namespace: a TLS handshake each would be most of its cost, and the API server's).
 #[derive(Debug, Clone)]
 pub struct HttpsClient {
     tls: Arc<ClientConfig>,
     token_file: Option<PathBuf>,
+    /// The idle connection and the `host:port` it goes to.
+    idle: Arc<std::sync::Mutex<Option<(String, SendRequest<Full<Bytes>>)>>>,
 }
 
 impl HttpsClient {
@@ -84,10 +89,44 @@ impl HttpsClient {
         Ok(Self {
             tls: Arc::new(tls),
             token_file,
+            idle: Arc::default(),
         })
     }
 
-    /// One request (a connection of its own) and the whole response, whatever its status.
+    /// The idle connection to `authority` if it is still open, else a new one.
+    async fn connection(
+        &self,
+        authority: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<SendRequest<Full<Bytes>>, String> {
+        let reusable = self
+            .idle
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .filter(|(a, sender)| a == authority && !sender.is_closed());
+        if let Some((_, mut sender)) = reusable
+            && sender.ready().await.is_ok()
+        {
+            return Ok(sender);
+        }
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// One request and the whole response, whatever its status.
     pub async fn request(
         &self,
         method: Method,
@@ -114,20 +153,12 @@ impl HttpsClient {
             ),
             None => None,
         };
+        let authority = format!("{host}:{port}");
         let exchange = async {
-            let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
+            let mut sender = self
+                .connection(&authority, host.trim_matches(['[', ']']), port)
                 .await
-                .map_err(|e| fail(e.to_string()))?;
-            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                .map_err(|e| fail(e.to_string()))?;
-            let tls = TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| fail(format!("TLS: {e}")))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            tokio::spawn(conn);
+                .map_err(fail)?;
             let mut req = Request::builder()
                 .method(method.clone())
                 .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
@@ -156,6 +187,10 @@ impl HttpsClient {
                 .await
                 .map_err(|e| fail(e.to_string()))?
                 .to_bytes();
+            // Read to the end: the connection can carry the next call.
+            if !sender.is_closed() {
+                *self.idle.lock().expect("not poisoned") = Some((authority.clone(), sender));
+            }
             Ok((status, bytes))
         };
         tokio::time::timeout(TIMEOUT, exchange)

@@ -37,6 +37,9 @@ struct FakeApi {
     url: String,
     ca_file: PathBuf,
     objects: Objects,
+    /// TLS connections accepted and requests served.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeApi {
@@ -154,17 +157,23 @@ async fn fake_api(dir: &Path) -> FakeApi {
         listener.local_addr().unwrap().port()
     );
     let objects: Objects = Arc::default();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let shared = objects.clone();
+    let (shared, counted_connections, counted_requests) =
+        (objects.clone(), connections.clone(), requests.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, objects) = (acceptor.clone(), shared.clone());
+            let (acceptor, objects, requests) =
+                (acceptor.clone(), shared.clone(), counted_requests.clone());
+            counted_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
                 let service = service_fn(move |req: Request<Incoming>| {
                     let objects = objects.clone();
+                    requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     async move {
                         let authorized = req
                             .headers()
@@ -193,6 +202,8 @@ async fn fake_api(dir: &Path) -> FakeApi {
         url,
         ca_file,
         objects,
+        connections,
+        requests,
     }
 }
 
@@ -284,6 +295,15 @@ async fn the_control_plane_publishes_its_trust_bundle_ca_and_webhook_ca_bundle()
     })
     .await;
     assert_eq!(api.trust_bundle("leaving"), None);
+    // The calls share a kept-alive connection rather than a TLS handshake each.
+    let (connections, requests) = (
+        api.connections.load(std::sync::atomic::Ordering::Relaxed),
+        api.requests.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    assert!(
+        requests >= 10 && connections <= 2,
+        "{connections} connections for {requests} requests"
+    );
     assert_eq!(api.trust_bundle("locked"), None);
 
     // The webhook's caBundle is the trust bundle, and the webhook serves a certificate for
