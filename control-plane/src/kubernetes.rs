@@ -66,9 +66,11 @@ pub struct HttpsError {
 pub struct HttpsClient {
     tls: Arc<ClientConfig>,
     token_file: Option<PathBuf>,
-    /// The idle connection and the `host:port` it goes to.
-    idle: Arc<std::sync::Mutex<Option<(String, SendRequest<Full<Bytes>>)>>>,
+    idle: Arc<std::sync::Mutex<Option<IdleConnection>>>,
 }
+
+/// A kept-alive connection and the `host:port` it goes to.
+type IdleConnection = (String, SendRequest<Full<Bytes>>);
 
 impl HttpsClient {
     /// `ca_pem`: the roots that sign the API server's certificate.
