@@ -347,6 +347,10 @@ fn the_control_planes_manifests_agree_with_its_flags() {
             [config.k8s_trust_bundle_config_map.as_str()]
         );
         assert_eq!(granted("ClusterRole", "configmaps", "create"), ["*"]);
+        assert!(
+            granted("ClusterRole", "configmaps", "list").is_empty(),
+            "no reading every ConfigMap in the cluster"
+        );
         assert_eq!(granted("ClusterRole", "namespaces", "list"), ["*"]);
         assert_eq!(
             granted("ClusterRole", "mutatingwebhookconfigurations", "update"),

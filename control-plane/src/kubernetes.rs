@@ -207,19 +207,21 @@ impl HttpsClient {
             return Err(HttpsError {
                 method: Method::GET,
                 url: url.to_owned(),
-                reason: format!("HTTP {status}{}", api_message(&body)),
+                reason: status_reason(status, &body),
             });
         }
         Ok(body)
     }
 }
 
-/// The API server's own explanation (a `Status` object's message), if it sent one.
-fn api_message(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
+/// An unexpected status, with the API server's own explanation (a `Status` object's
+/// message) when it sent one.
+fn status_reason(status: StatusCode, body: &[u8]) -> String {
+    let message = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v["message"].as_str().map(|m| format!(": {m}")))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    format!("HTTP {status}{message}")
 }
 
 /// What a write to the API came to.
@@ -249,11 +251,11 @@ impl KubeApi {
         format!("{}{path}", self.server)
     }
 
-    fn error(&self, method: Method, path: &str, status: StatusCode, body: &[u8]) -> HttpsError {
+    fn error(&self, method: Method, path: &str, reason: String) -> HttpsError {
         HttpsError {
             method,
             url: self.url(path),
-            reason: format!("HTTP {status}{}", api_message(body)),
+            reason,
         }
     }
 
@@ -265,15 +267,10 @@ impl KubeApi {
             .await?;
         match status {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => serde_json::from_slice(&body).map(Some).map_err(|e| {
-                self.error(
-                    Method::GET,
-                    path,
-                    status,
-                    format!("not JSON: {e}").as_bytes(),
-                )
-            }),
-            _ => Err(self.error(Method::GET, path, status, &body)),
+            s if s.is_success() => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| self.error(Method::GET, path, format!("not JSON: {e}"))),
+            _ => Err(self.error(Method::GET, path, status_reason(status, &body))),
         }
     }
 
@@ -283,11 +280,10 @@ impl KubeApi {
             Some(Value::Object(mut list)) => match list.remove("items") {
                 Some(Value::Array(items)) => Ok(items),
                 Some(Value::Null) | None => Ok(Vec::new()),
-                Some(_) => {
-                    Err(self.error(Method::GET, path, StatusCode::OK, b"items is not a list"))
-                }
+                Some(_) => Err(self.error(Method::GET, path, "items is not a list".into())),
             },
-            _ => Err(self.error(Method::GET, path, StatusCode::NOT_FOUND, b"no such list")),
+            Some(_) => Err(self.error(Method::GET, path, "not a list".into())),
+            None => Err(self.error(Method::GET, path, "HTTP 404: no such list".into())),
         }
     }
 
@@ -304,7 +300,7 @@ impl KubeApi {
         match status {
             StatusCode::CONFLICT => Ok(Written::Conflict),
             s if s.is_success() => Ok(Written::Done),
-            _ => Err(self.error(method, path, status, &body)),
+            _ => Err(self.error(method, path, status_reason(status, &body))),
         }
     }
 
@@ -386,36 +382,32 @@ pub async fn ca_secret(
             }
         }
     };
-    let mut files = Vec::new();
-    for (key, required, private) in [
-        ("ca-cert.pem", true, false),
-        ("ca-key.pem", true, true),
-        ("roots.pem", false, false),
-        ("chain.pem", false, false),
-    ] {
-        match field(key)? {
-            Some(bytes) => {
-                let file = dir.join(key);
-                write_file(&file, &bytes, private)?;
-                files.push(Some(file));
-            }
-            None if required => anyhow::bail!("Secret {namespace}/{name} has no {key}"),
-            None => files.push(None),
-        }
-    }
-    match field(TOKEN_KEY)? {
-        Some(bytes) => write_file(&data_dir.join(TOKEN_KEY_FILE), &bytes, true)?,
-        None => tracing::warn!(secret = %name, %namespace,
+    // Each key present is written to its file (0600 for keys) and its path returned.
+    let put = |key: &str, file: PathBuf, private: bool| -> anyhow::Result<Option<PathBuf>> {
+        let Some(bytes) = field(key)? else {
+            return Ok(None);
+        };
+        write_file(&file, &bytes, private)?;
+        Ok(Some(file))
+    };
+    let missing = |key: &str| format!("Secret {namespace}/{name} has no {key}");
+    let cert = put("ca-cert.pem", dir.join("ca-cert.pem"), false)?
+        .with_context(|| missing("ca-cert.pem"))?;
+    let key =
+        put("ca-key.pem", dir.join("ca-key.pem"), true)?.with_context(|| missing("ca-key.pem"))?;
+    let roots = put("roots.pem", dir.join("roots.pem"), false)?;
+    let chain = put("chain.pem", dir.join("chain.pem"), false)?;
+    if put(TOKEN_KEY, data_dir.join(TOKEN_KEY_FILE), true)?.is_none() {
+        tracing::warn!(secret = %name, %namespace,
             "the CA Secret has no {TOKEN_KEY}: each replica signs admin and join tokens with \
-             a key of its own, so a token works only at the replica that made it"),
+             a key of its own, so a token works only at the replica that made it");
     }
-    let cert = files[0].clone().expect("required");
     Ok(PluggedInCa {
-        key: files[1].clone().expect("required"),
         // A self-made root signs for itself; an operator's intermediate comes with roots.
-        roots: files[2].clone().unwrap_or_else(|| cert.clone()),
-        chain: files[3].clone(),
+        roots: roots.unwrap_or_else(|| cert.clone()),
+        chain,
         cert,
+        key,
     })
 }
 
@@ -593,5 +585,25 @@ impl Publisher {
                 () = &mut stop => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unexpected_statuses_carry_the_api_servers_message_when_there_is_one() {
+        assert_eq!(
+            status_reason(
+                StatusCode::FORBIDDEN,
+                br#"{"kind":"Status","message":"configmaps is forbidden"}"#
+            ),
+            "HTTP 403 Forbidden: configmaps is forbidden"
+        );
+        assert_eq!(
+            status_reason(StatusCode::BAD_GATEWAY, b"<html>proxy error</html>"),
+            "HTTP 502 Bad Gateway"
+        );
     }
 }

@@ -282,11 +282,7 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
                 .extend(direct_probe_ports(container));
         }
     }
-    let mut proxy = proxy_container(settings, app_port, &probes, amqp.as_ref());
-    proxy["env"]
-        .as_array_mut()
-        .expect("built with an env list")
-        .push(env("PALISADE_OUTBOUND_POLICY", outbound_policy));
+    let proxy = proxy_container(settings, app_port, &probes, amqp.as_ref(), outbound_policy);
     let init = init_container(settings, &interception);
     let spec = out["spec"].as_object_mut().expect("checked above");
     // The interception rules go in first of all, then (native) the sidecar: any init
@@ -512,6 +508,7 @@ fn proxy_container(
     app_port: Option<u16>,
     probes: &[(String, String)],
     amqp: Option<&Amqp>,
+    outbound_policy: &str,
 ) -> Value {
     let mut envs = vec![
         env("PALISADE_CONTROL_PLANE", &settings.control_plane),
@@ -526,6 +523,7 @@ fn proxy_container(
             format!("127.0.0.1:{OUTBOUND_PORT}"),
         ),
         env("PALISADE_LOG_FORMAT", "json"),
+        env("PALISADE_OUTBOUND_POLICY", outbound_policy),
         // Whole CPUs of the container's limit, rounded up (at least 1).
         json!({
             "name": "PALISADE_PROXY_CORES",
