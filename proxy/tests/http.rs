@@ -25,7 +25,7 @@ use palisade_contract::tls::{ExpectedServer, client_config, server_name_for};
 use palisade_control_plane::RunningControlPlane;
 use palisade_proxy::RunningSidecar;
 use serde_json::{Value, json};
-use support::{control_plane, sidecar_config, sidecar_files, wait_ready, wait_until};
+use support::{audit_where, control_plane, sidecar_config, sidecar_files, wait_ready, wait_until};
 use tokio::net::{TcpListener, TcpStream};
 
 const POLICIES: &str = r#"
@@ -307,25 +307,6 @@ impl Mesh {
 
 async fn audit_line(path: &Path, request_id: &str) -> Value {
     audit_where(path, |v| v["request_id"] == request_id).await
-}
-
-/// The first audit line in `path` for which `pred` holds (waiting for it to be written).
-async fn audit_where(path: &Path, pred: impl Fn(&Value) -> bool) -> Value {
-    let mut found = None;
-    wait_until(
-        "the audit line is written",
-        Duration::from_secs(5),
-        async || {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            found = text
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).expect("every audit line is JSON"))
-                .find(|v| pred(v));
-            found.is_some()
-        },
-    )
-    .await;
-    found.unwrap()
 }
 
 #[tokio::test]

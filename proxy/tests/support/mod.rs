@@ -112,6 +112,30 @@ pub async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut(
     }
 }
 
+/// The first audit line in `path` for which `pred` holds (waiting for it to be written).
+pub async fn audit_where(
+    path: &Path,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut found = None;
+    wait_until(
+        "the audit line is written",
+        Duration::from_secs(5),
+        async || {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            found = text
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).expect("every audit line is JSON")
+                })
+                .find(|v| pred(v));
+            found.is_some()
+        },
+    )
+    .await;
+    found.unwrap()
+}
+
 pub async fn wait_ready(sidecar: &RunningSidecar) {
     wait_until(
         "the sidecar is ready",
