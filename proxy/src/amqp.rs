@@ -51,6 +51,12 @@ const FRAME_END: u8 = 0xCE;
 const INITIAL_FRAME_MAX: u32 = 128 * 1024;
 /// Time allowed for the protocol header and the login.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the leg reading from the broker gets to report a broker that the writing leg
+/// found gone (a failed write means the connection was reset, so its read fails at once).
+const BROKER_LOST_GRACE: Duration = Duration::from_secs(1);
+/// How long an application that has been sent connection.close gets to acknowledge it
+/// before its socket is closed anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The header the sidecar sets on every publish it allows.
 pub const PUBLISHER_HEADER: &str = "x-palisade-publisher";
@@ -334,6 +340,9 @@ pub async fn serve(listener: TcpListener, amqp: Arc<Amqp>, shutdown: impl Future
 pub enum AmqpError {
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// Writing to the broker failed: it went away while the application was sending.
+    #[error("the broker connection was lost: {0}")]
+    BrokerLost(std::io::Error),
     #[error("{text}")]
     Protocol { code: u16, text: String },
     #[error("the broker at {0} is unreachable: {1}")]
@@ -581,12 +590,29 @@ struct Legs {
     broker_w: BufWriter<WriteHalf<BrokerStream>>,
 }
 
+/// The broker socket's writer in the relay. Its errors are [`AmqpError::BrokerLost`]: the
+/// leg that writes there also reads the application, and only a failure here means the
+/// broker (not the application) went away.
+struct ToBroker(BufWriter<WriteHalf<BrokerStream>>);
+
+impl ToBroker {
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), AmqpError> {
+        self.0.write_all(bytes).await.map_err(AmqpError::BrokerLost)
+    }
+
+    async fn flush(&mut self) -> Result<(), AmqpError> {
+        self.0.flush().await.map_err(AmqpError::BrokerLost)
+    }
+}
+
 /// A frame made by the sidecar, for the writer of one socket.
 enum Inject {
     /// For the application, on a channel (sent when that channel is not mid-content).
     ToClient(u16, Vec<u8>),
     /// For the broker: frames the broker-side close-ok released.
     ToBroker(Vec<u8>),
+    /// A connection.close for the application: the last frame it is sent.
+    Close(Vec<u8>),
 }
 
 impl Amqp {
@@ -755,7 +781,7 @@ impl Amqp {
         vhost: String,
     ) -> Result<(), AmqpError> {
         let Legs {
-            client_r,
+            mut client_r,
             client_w,
             broker_r,
             broker_w,
@@ -763,50 +789,94 @@ impl Amqp {
         let shared = Arc::new(Shared::default());
         let (to_client, to_client_rx) = mpsc::unbounded_channel();
         let (to_broker, to_broker_rx) = mpsc::unbounded_channel();
-        let upward = {
-            let this = self.clone();
-            let shared = shared.clone();
-            let to_client = to_client.clone();
-            async move {
-                this.client_to_broker(
-                    client_r,
-                    broker_w,
-                    frame_max,
-                    &vhost,
-                    shared,
-                    to_client,
-                    to_broker_rx,
-                )
-                .await
+        let broker_side = {
+            let upward = {
+                let this = self.clone();
+                let shared = shared.clone();
+                let to_client = to_client.clone();
+                let client_r = &mut client_r;
+                async move {
+                    this.client_to_broker(
+                        client_r,
+                        ToBroker(broker_w),
+                        frame_max,
+                        &vhost,
+                        shared,
+                        to_client,
+                        to_broker_rx,
+                    )
+                    .await
+                }
+            };
+            let downward = {
+                let this = self.clone();
+                async move {
+                    this.broker_to_client(
+                        broker_r,
+                        client_w,
+                        frame_max,
+                        shared,
+                        to_client_rx,
+                        to_broker,
+                    )
+                    .await
+                }
+            };
+            tokio::pin!(upward, downward);
+            tokio::select! {
+                r = &mut upward => match r {
+                    // The application's frames found the broker gone. The reading leg sees
+                    // the same loss and tells the application in protocol terms
+                    // (connection.close 320) and the audit log; it is the only writer of
+                    // the application's socket, so it is given the moment to do so.
+                    Err(AmqpError::BrokerLost(e)) => {
+                        match tokio::time::timeout(BROKER_LOST_GRACE, &mut downward).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                self.record_error(None, "the broker connection was lost");
+                                return Err(AmqpError::BrokerLost(e));
+                            }
+                        }
+                    }
+                    // The application broke the protocol: the reading leg writes the
+                    // connection.close on its way and ends.
+                    Err(e @ AmqpError::Protocol { .. }) => {
+                        let _ = tokio::time::timeout(CLOSE_GRACE, &mut downward).await;
+                        Err(e)
+                    }
+                    // The application went away.
+                    r => return r,
+                },
+                r = &mut downward => r,
             }
         };
-        let downward = {
-            let this = self.clone();
-            async move {
-                this.broker_to_client(
-                    broker_r,
-                    client_w,
-                    frame_max,
-                    shared,
-                    to_client_rx,
-                    to_broker,
-                )
-                .await
+        // The broker's side is over and the application has its last frames (the write
+        // half is shut once the reading leg is dropped). Closing the socket while the
+        // application's frames still arrive would reset the connection: its next write
+        // fails, and clients then report that failure instead of the connection.close they
+        // have not read yet. So, as AMQP's close handshake asks, what it still sends is
+        // read and dropped until it acknowledges the close or hangs up.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Ok(Some(frame)) = client_r.next(frame_max).await {
+                if let AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
+                ) = frame.parsed
+                {
+                    break;
+                }
             }
-        };
-        // When either side goes away, the other leg is closed too.
-        tokio::select! {
-            r = upward => r,
-            r = downward => r,
-        }
+        })
+        .await;
+        broker_side
     }
 
     /// Reads the application's frames, authorizes, and is the broker socket's only writer.
     #[allow(clippy::too_many_arguments)]
     async fn client_to_broker(
         &self,
-        mut client: FrameReader<OwnedReadHalf>,
-        mut broker: BufWriter<WriteHalf<BrokerStream>>,
+        client: &mut FrameReader<OwnedReadHalf>,
+        mut broker: ToBroker,
         frame_max: u32,
         vhost: &str,
         shared: Arc<Shared>,
@@ -837,10 +907,7 @@ impl Amqp {
                 }
                 Err(e) => {
                     if let AmqpError::Protocol { code, text } = &e {
-                        let _ = to_client.send(Inject::ToClient(0, connection_close(*code, text)));
-                        self.record_error(None, text);
-                        // Give the writer a moment to deliver the close.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        self.close_client(&to_client, *code, text);
                     }
                     return Err(e);
                 }
@@ -1070,24 +1137,26 @@ impl Amqp {
         to_client: &mpsc::UnboundedSender<Inject>,
         text: &str,
     ) -> Result<(), AmqpError> {
-        let _ = to_client.send(Inject::ToClient(
-            0,
-            connection_close(reply::UNEXPECTED_FRAME, text),
-        ));
-        self.record_error(None, text);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.close_client(to_client, reply::UNEXPECTED_FRAME, text);
         Err(protocol(reply::UNEXPECTED_FRAME, text))
     }
 
+    /// Ends the application's connection with connection.close `code` (written by the
+    /// leg that owns its socket, which then ends; see [`Amqp::relay`]) and audits why.
+    fn close_client(&self, to_client: &mpsc::UnboundedSender<Inject>, code: u16, text: &str) {
+        let _ = to_client.send(Inject::Close(connection_close(code, text)));
+        self.record_error(None, text);
+    }
+
     /// Closes channel `ch` on both legs after a denial.
-    async fn deny<W: AsyncWrite + Unpin>(
+    async fn deny(
         &self,
         ch: u16,
         class_id: u16,
         method_id: u16,
         shared: &Shared,
         to_client: &mpsc::UnboundedSender<Inject>,
-        broker: &mut W,
+        broker: &mut ToBroker,
     ) -> Result<(), AmqpError> {
         shared.start_closing(ch);
         broker
@@ -1322,8 +1391,16 @@ impl Amqp {
             let frame = tokio::select! {
                 f = broker.next(frame_max) => f,
                 Some(inject) = injected.recv() => {
-                    if let Inject::ToClient(ch, bytes) = inject {
-                        waiting.push_back((ch, bytes));
+                    match inject {
+                        Inject::ToClient(ch, bytes) => waiting.push_back((ch, bytes)),
+                        // Frames on channel 0 may come between another channel's content
+                        // frames, so the close need not wait for them.
+                        Inject::Close(bytes) => {
+                            client.write_all(&bytes).await?;
+                            client.flush().await?;
+                            return Ok(());
+                        }
+                        Inject::ToBroker(_) => {}
                     }
                     continue;
                 }

@@ -455,7 +455,7 @@ async fn large_messages_many_confirms_and_refused_consumes() {
 }
 
 /// Reads frames from a raw socket until a connection.close arrives; returns its reply code.
-async fn close_code(tcp: &mut tokio::net::TcpStream) -> Option<u16> {
+async fn close_code(tcp: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<u16> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -686,6 +686,9 @@ impl Flaky {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let Ok((mut app, _)) = accepted else { return };
+                        // Going away is abrupt, as when a broker crashes: the sidecar's
+                        // connection is reset, so its reads and writes fail alike.
+                        let _ = app.set_zero_linger();
                         let counter = counter.clone();
                         conns.spawn(async move {
                             use std::sync::atomic::Ordering::SeqCst;
@@ -839,6 +842,90 @@ async fn a_broker_outage_is_a_clean_error_and_reconnects_work_after() {
     mesh.stop().await;
 }
 
+#[tokio::test]
+async fn a_broker_that_goes_away_mid_stream_is_reported_to_the_application_as_320() {
+    // The application keeps publishing while the broker's connection is reset, so the
+    // sidecar's write to the broker and its read from it fail at about the same time:
+    // whichever leg notices first, the application must read connection.close 320 and
+    // the audit log the reason, and the connection ends with the close handshake, not a
+    // reset. Several rounds, as the order varies.
+    let mut broker = Flaky::start_on("127.0.0.1:0".parse().unwrap()).await;
+    let addr = broker.addr;
+    let mesh = open_mesh(&format!("amqp://guest:guest@{addr}/%2f"), &[]).await;
+    const ROUNDS: usize = 6;
+    for round in 0..ROUNDS {
+        let mut app = raw_app(mesh.sidecar.amqp_addr.unwrap()).await;
+        app.write_all(&method_frame(1, &[0, 20, 0, 10, 0]))
+            .await
+            .unwrap();
+        let (_, _, open_ok) = raw_frame(&mut app).await;
+        assert_eq!(&open_ok[..4], &[0, 20, 0, 11], "channel.open-ok");
+        let (mut from_sidecar, mut to_sidecar) = app.into_split();
+        // basic.publish to the default exchange, its content header and a 2 kB body.
+        let publish = method_frame(
+            1,
+            &[&[0, 60, 0, 40, 0, 0, 0, 16], &b"palisade.nowhere"[..], &[0]].concat(),
+        );
+        let mut header = vec![2, 0, 1, 0, 0, 0, 14, 0, 60, 0, 0];
+        header.extend(2048u64.to_be_bytes());
+        header.extend([0, 0, 0xCE]);
+        let mut body = vec![3, 0, 1];
+        body.extend(2048u32.to_be_bytes());
+        body.extend([0u8; 2048]);
+        body.push(0xCE);
+        let message = [publish, header, body].concat();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let publishing = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    written = to_sidecar.write_all(&message) => written?,
+                    _ = &mut stopped => return Ok::<_, std::io::Error>(to_sidecar),
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        broker.stop();
+        assert_eq!(
+            close_code(&mut from_sidecar).await,
+            Some(320),
+            "round {round}"
+        );
+        // Like any application, it goes on sending a little before it handles the close:
+        // the sidecar reads that (rather than resetting the connection under it) until the
+        // close is acknowledged, then closes the socket.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = stop.send(());
+        let mut to_sidecar = publishing
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: a write failed before close-ok: {e}"));
+        to_sidecar
+            .write_all(&method_frame(0, &[0, 10, 0, 51]))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), from_sidecar.read_to_end(&mut rest))
+            .await
+            .expect("the sidecar closes the socket after close-ok")
+            .unwrap();
+        broker = Flaky::start_on(addr).await;
+    }
+    support::wait_until(
+        "every lost broker connection is audited",
+        Duration::from_secs(5),
+        async || {
+            std::fs::read_to_string(&mesh.audit)
+                .unwrap_or_default()
+                .matches("the broker connection was lost")
+                .count()
+                == ROUNDS
+        },
+    )
+    .await;
+    mesh.stop().await;
+}
+
 /// A TLS front for RabbitMQ (as a broker with an amqps listener): a certificate for
 /// `localhost` from a CA of its own. Returns the address and the CA's PEM.
 async fn tls_broker() -> (std::net::SocketAddr, String) {
@@ -959,12 +1046,10 @@ fn method_frame(channel: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-#[tokio::test]
-async fn a_publish_to_a_non_utf8_exchange_ends_the_connection_with_502() {
-    let t = setup().await;
-    let mut tcp = tokio::net::TcpStream::connect(t.sidecar.amqp_addr.unwrap())
-        .await
-        .unwrap();
+/// An application speaking AMQP by hand through the sidecar at `addr`: logged in, the
+/// default vhost open.
+async fn raw_app(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
     // connection.start from the broker (relayed), answered with a start-ok (PLAIN; the
     // sidecar replaces the credentials anyway).
@@ -991,6 +1076,13 @@ async fn a_publish_to_a_non_utf8_exchange_ends_the_connection_with_502() {
         .unwrap();
     let (_, _, open_ok) = raw_frame(&mut tcp).await;
     assert_eq!(&open_ok[..4], &[0, 10, 0, 41]);
+    tcp
+}
+
+#[tokio::test]
+async fn a_publish_to_a_non_utf8_exchange_ends_the_connection_with_502() {
+    let t = setup().await;
+    let mut tcp = raw_app(t.sidecar.amqp_addr.unwrap()).await;
     // basic.publish on channel 1 to the exchange "\xff\xfe".
     let publish = [0, 60, 0, 40, 0, 0, 2, 0xFF, 0xFE, 0, 0];
     tcp.write_all(&method_frame(1, &publish)).await.unwrap();

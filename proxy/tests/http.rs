@@ -25,7 +25,7 @@ use palisade_contract::tls::{ExpectedServer, client_config, server_name_for};
 use palisade_control_plane::RunningControlPlane;
 use palisade_proxy::RunningSidecar;
 use serde_json::{Value, json};
-use support::{audit_where, control_plane, sidecar_config, sidecar_files, wait_ready, wait_until};
+use support::{audit_where, control_plane, sidecar_config, sidecar_files, wait_ready};
 use tokio::net::{TcpListener, TcpStream};
 
 const POLICIES: &str = r#"
