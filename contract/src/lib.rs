@@ -1,5 +1,6 @@
 //! What Palisade's sidecar and control plane must agree on.
 //!
+//! - [`amqp_url`]: broker URLs, read alike by the sidecar and the injector.
 //! - [`spiffe`]: SPIFFE IDs and trust domains, parsed by one set of rules everywhere.
 //! - [`certs`]: reading certificates and PEM bundles, and what makes a valid workload leaf.
 //! - [`tls`]: mTLS by SPIFFE ID (verifiers, trust bundles, live certificate swaps).
@@ -13,6 +14,7 @@
 //! - [`process`]: configuration errors and shutdown signals, the same for both binaries.
 //! - [`telemetry`]: log and metrics conventions shared by both binaries.
 
+pub mod amqp_url;
 pub mod certs;
 pub mod config_api;
 pub mod identity_api;

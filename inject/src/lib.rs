@@ -238,10 +238,10 @@ pub fn inject_pod(pod: &Value, settings: &Settings) -> Result<Outcome, InjectErr
         .map_err(|e| InjectError::BadAnnotation(EXCLUDE_OUTBOUND_CIDRS, e.to_string()))?;
     let amqp = match annotation(AMQP_UPSTREAM) {
         Some(url) => {
-            let port = broker_port(url).map_err(|why| {
+            let broker = palisade_contract::amqp_url::AmqpUrl::parse(url).map_err(|why| {
                 InjectError::BadAnnotation(AMQP_UPSTREAM, format!("{url:?} {why}"))
             })?;
-            interception.amqp = Some((port, AMQP_PORT));
+            interception.amqp = Some((broker.port, AMQP_PORT));
             Some(Amqp {
                 upstream: url.to_owned(),
                 password_secret: annotation(AMQP_PASSWORD_SECRET).map(str::to_owned),
@@ -473,30 +473,6 @@ fn init_container(settings: &Settings, interception: &iptables::Interception) ->
 struct Amqp {
     upstream: String,
     password_secret: Option<String>,
-}
-
-/// The broker's port in an `amqp://` (default 5672) or `amqps://` (5671) URL.
-fn broker_port(url: &str) -> Result<u16, String> {
-    let (rest, default) = if let Some(rest) = url.strip_prefix("amqp://") {
-        (rest, 5672)
-    } else if let Some(rest) = url.strip_prefix("amqps://") {
-        (rest, 5671)
-    } else {
-        return Err("is not an amqp:// or amqps:// URL".into());
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host_port = authority.rsplit('@').next().unwrap_or_default();
-    if host_port.is_empty() {
-        return Err("names no broker host".into());
-    }
-    match host_port.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("has a bad port {port:?}")),
-        _ => Ok(default),
-    }
 }
 
 fn env(name: &str, value: impl Into<String>) -> Value {

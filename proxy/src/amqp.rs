@@ -29,6 +29,7 @@ use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use palisade_contract::SpiffeId;
+use palisade_contract::amqp_url::AmqpUrl;
 use palisade_contract::policy::{AmqpRequest, Request, Verdict, Workload};
 use palisade_contract::process::accept;
 use tokio::io::{
@@ -122,79 +123,29 @@ pub fn broker_tls(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 impl Upstream {
-    /// From `amqp://user:pass@host:port/vhost` or `amqps://...` (vhost percent-encoded,
-    /// `%2f` for `/`). `password` (from a file) replaces the URL's; `ca_pem` holds the roots
-    /// an `amqps://` broker's certificate must chain to.
+    /// From `amqp://user:pass@host:port/vhost` or `amqps://...` (see
+    /// [`palisade_contract::amqp_url`]). `password` (from a file) replaces the URL's;
+    /// `ca_pem` holds the roots an `amqps://` broker's certificate must chain to.
     pub fn parse(
         url: &str,
         password: Option<String>,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, String> {
-        let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("amqp://") {
-            (r, false, 5672)
-        } else if let Some(r) = url.strip_prefix("amqps://") {
-            (r, true, 5671)
-        } else {
-            return Err(format!("{url:?} is not an amqp:// or amqps:// URL"));
-        };
-        let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let (username, url_password) = match userinfo {
-            Some(u) => {
-                let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-                (decode(user)?, decode(pass)?)
-            }
-            None => ("guest".to_owned(), "guest".to_owned()),
-        };
-        if hostport.is_empty() {
-            return Err(format!("{url:?} names no host"));
-        }
-        let (host, addr) = match hostport.rsplit_once(':') {
-            Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), hostport.to_owned()),
-            _ => (hostport.to_owned(), format!("{hostport}:{default_port}")),
-        };
-        let vhost = if vhost.is_empty() {
-            "/".to_owned()
-        } else {
-            decode(vhost)?
-        };
-        let tls = match (tls, ca_pem) {
+        let url = AmqpUrl::parse(url)?;
+        let tls = match (url.tls, ca_pem) {
             (false, _) => None,
             (true, Some(pem)) => Some(broker_tls(pem)?),
             (true, None) => return Err("an amqps:// upstream needs --amqp-ca-bundle".into()),
         };
         Ok(Upstream {
-            addr,
-            host,
-            vhost,
-            username,
-            password: password.unwrap_or(url_password),
+            addr: url.addr(),
+            host: url.host,
+            vhost: url.vhost,
+            username: url.username,
+            password: password.unwrap_or(url.password),
             tls,
         })
     }
-}
-
-fn decode(s: &str) -> Result<String, String> {
-    let mut out = Vec::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent-encoding in {s:?}"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
 }
 
 /// Everything the AMQP path needs; shared by all connections.

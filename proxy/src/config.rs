@@ -297,15 +297,12 @@ impl Config {
         {
             problems.push("--max-header-bytes must be at least 1024, --max-headers, --max-streams and --max-connections at least 1".into());
         }
-        let needs_ca = self.amqp_upstream.starts_with("amqps://");
-        if !self.amqp_upstream.starts_with("amqp://") && !needs_ca {
-            problems.push(format!(
-                "--amqp-upstream {:?} is not an amqp:// or amqps:// URL",
-                self.amqp_upstream
-            ));
-        }
-        if needs_ca && self.amqp_ca_bundle.is_none() {
-            problems.push("an amqps:// --amqp-upstream needs --amqp-ca-bundle".into());
+        match palisade_contract::amqp_url::AmqpUrl::parse(&self.amqp_upstream) {
+            Err(why) => problems.push(format!("--amqp-upstream {why}")),
+            Ok(url) if url.tls && self.amqp_ca_bundle.is_none() => {
+                problems.push("an amqps:// --amqp-upstream needs --amqp-ca-bundle".into());
+            }
+            Ok(_) => {}
         }
         if let Some(p) = &self.amqp_ca_bundle
             && !p.is_file()
