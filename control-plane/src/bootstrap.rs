@@ -76,9 +76,7 @@ impl KubernetesVerifier {
             },
         })
     }
-}
 
-impl KubernetesVerifier {
     /// The (namespace, service account) of a token for `audience` (the admin API's, which
     /// differs from bootstrap's so that a workload's bootstrap token is no admin credential).
     pub fn service_account(
