@@ -273,3 +273,53 @@ fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
         message: format!("unreadable response: {e}"),
     })
 }
+
+/// An API path built from raw segments and query parameters, each percent-encoded, so a
+/// value holding `&`, `#`, `/`, `?` or spaces stays one value (`--principal 'a&limit=1'` must
+/// not add a parameter). Segments are joined after `/`.
+pub fn api_path(segments: &[&str], query: &[(&str, &str)]) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    // RFC 3986 unreserved characters stay as they are; everything else is encoded.
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let mut path = String::new();
+    for s in segments {
+        path.push('/');
+        path.extend(utf8_percent_encode(s, SEGMENT));
+    }
+    if !query.is_empty() {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.extend_pairs(query);
+        path.push('?');
+        path.push_str(&q.finish());
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_path;
+
+    #[test]
+    fn every_segment_and_query_value_is_encoded() {
+        assert_eq!(
+            api_path(
+                &["v1", "audit"],
+                &[("limit", "1000"), ("principal", "a&limit=1")]
+            ),
+            "/v1/audit?limit=1000&principal=a%26limit%3D1"
+        );
+        assert_eq!(
+            api_path(&["v1", "audit"], &[("principal", "a b#c?d/e+f")]),
+            "/v1/audit?principal=a+b%23c%3Fd%2Fe%2Bf"
+        );
+        assert_eq!(
+            api_path(&["v1", "namespaces", "shop", "x/../y"], &[]),
+            "/v1/namespaces/shop/x%2F..%2Fy"
+        );
+        assert_eq!(api_path(&["v1", "ca"], &[]), "/v1/ca");
+    }
+}

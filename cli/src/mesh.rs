@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::Output;
-use crate::client::{ApiClient, ApiError};
+use crate::client::{ApiClient, ApiError, api_path};
 
 /// The API's plural for a resource type as people type it.
 pub fn plural(kind: &str) -> Result<&'static str, ApiError> {
@@ -145,11 +145,11 @@ pub async fn get(
     output: Output,
 ) -> Result<(), ApiError> {
     let kind = kind_of_plural(plural(kind)?);
-    let mut path = format!("/v1/resources?kind={kind}");
-    if let Some(ns) = namespace {
-        path.push_str(&format!("&namespace={ns}"));
-    }
-    let list = api.get_json(&path).await?;
+    let mut query = vec![("kind", kind)];
+    query.extend(namespace.map(|ns| ("namespace", ns)));
+    let list = api
+        .get_json(&api_path(&["v1", "resources"], &query))
+        .await?;
     let items = list["items"].as_array().cloned().unwrap_or_default();
     match output {
         Output::Json => println!("{list:#}"),
@@ -189,7 +189,10 @@ pub async fn delete(
 ) -> Result<(), ApiError> {
     let plural = plural(kind)?;
     let result = api
-        .delete(&format!("/v1/namespaces/{namespace}/{plural}/{name}"))
+        .delete(&api_path(
+            &["v1", "namespaces", namespace, plural, name],
+            &[],
+        ))
         .await?;
     match output {
         Output::Table => println!("{} {namespace}/{name} deleted", kind_of_plural(plural)),
@@ -362,14 +365,11 @@ pub async fn audit(
     principal: Option<&str>,
     output: Output,
 ) -> Result<(), ApiError> {
-    let mut path = String::from("/v1/audit?limit=1000");
-    if let Some(since) = since {
-        path.push_str(&format!("&since={}", now() - since.as_secs() as i64));
-    }
-    if let Some(p) = principal {
-        path.push_str(&format!("&principal={p}"));
-    }
-    let trail = api.get_json(&path).await?;
+    let since = since.map(|s| (now() - s.as_secs() as i64).to_string());
+    let mut query = vec![("limit", "1000")];
+    query.extend(since.as_deref().map(|s| ("since", s)));
+    query.extend(principal.map(|p| ("principal", p)));
+    let trail = api.get_json(&api_path(&["v1", "audit"], &query)).await?;
     if let Output::Json | Output::Yaml = output {
         println!("{trail:#}");
         return Ok(());

@@ -53,6 +53,10 @@ pub enum TokenError {
     BadClaims,
     #[error("token names no valid identity")]
     BadIdentity,
+    #[error("token header lists critical extensions (crit), which are not supported")]
+    CriticalExtension,
+    #[error("more than one token was presented")]
+    Ambiguous,
 }
 
 impl TokenError {
@@ -67,6 +71,8 @@ impl TokenError {
             TokenError::WrongAudience => "wrong_audience",
             TokenError::BadClaims => "bad_claims",
             TokenError::BadIdentity => "bad_identity",
+            TokenError::CriticalExtension => "critical_extension",
+            TokenError::Ambiguous => "ambiguous",
         }
     }
 }
@@ -90,6 +96,27 @@ impl From<jsonwebtoken::errors::Error> for TokenError {
             _ => TokenError::BadClaims,
         }
     }
+}
+
+/// The protected header of a token, refused when it names critical extensions.
+///
+/// RFC 7515, section 4.1.11: a recipient that does not understand every extension listed in
+/// `crit` must refuse the token. Palisade understands none, so any `crit` (even an empty
+/// list, which the RFC forbids outright) is refused. jsonwebtoken's `Header` has no `crit`
+/// field and would silently drop it, so the header's JSON is read here first. Every
+/// verifier (join, admin, Kubernetes and end-user tokens) goes through this function.
+pub fn decode_header(token: &str) -> Result<jsonwebtoken::Header, TokenError> {
+    use base64::Engine;
+    let encoded = token.split('.').next().ok_or(TokenError::Malformed)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| TokenError::Malformed)?;
+    let fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+    if fields.contains_key("crit") {
+        return Err(TokenError::CriticalExtension);
+    }
+    jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)
 }
 
 /// Reads the issuer of a token without trusting it, to pick the verifier that will check
@@ -167,7 +194,7 @@ impl Jwks {
         issuer: &str,
         audiences: &[&str],
     ) -> Result<T, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let header = decode_header(token)?;
         let (key, alg) = match &header.kid {
             Some(kid) => self.keys.get(kid).ok_or(TokenError::UnknownKey)?,
             None => self.sole_key.as_ref().ok_or(TokenError::UnknownKey)?,
@@ -250,6 +277,23 @@ pub mod testing {
         pub fn sign(&self, claims: &Value) -> String {
             self.sign_as(Some(&self.kid), claims)
         }
+
+        /// `claims` signed with this key under a protected header written as given (to
+        /// carry fields jsonwebtoken's `Header` has no place for, such as `crit`).
+        pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+            let message = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let signature = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &self.key,
+                jsonwebtoken::Algorithm::ES256,
+            )
+            .expect("signing");
+            format!("{message}.{signature}")
+        }
     }
 
     /// Seconds since the epoch, for `exp`, `nbf` and `iat`.
@@ -258,5 +302,37 @@ pub mod testing {
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock after 1970")
             .as_secs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::testing::{TestIssuer, now};
+    use super::*;
+
+    #[test]
+    fn critical_extensions_are_refused_and_a_plain_header_passes() {
+        let issuer = TestIssuer::new("k1");
+        let jwks = Jwks::from_json(issuer.jwks.to_string().as_bytes()).unwrap();
+        let claims = json!({"iss": "i", "aud": "a", "sub": "s", "exp": now() + 60});
+        let verify = |t: &str| jwks.verify::<serde_json::Value>(t, "i", &["a"]);
+        let plain = issuer.sign_with_header(&json!({"alg": "ES256", "kid": "k1"}), &claims);
+        assert_eq!(verify(&plain).unwrap()["sub"], "s");
+        for crit in [json!(["x-unknown"]), json!([]), json!("b64"), json!(null)] {
+            let header = json!({"alg": "ES256", "kid": "k1", "crit": crit});
+            let token = issuer.sign_with_header(&header, &claims);
+            assert_eq!(
+                verify(&token).unwrap_err(),
+                TokenError::CriticalExtension,
+                "crit {crit}"
+            );
+        }
+        assert_eq!(decode_header("not a token"), Err(TokenError::Malformed));
+        assert_eq!(
+            decode_header("e30.e30.x").map(|_| ()),
+            Err(TokenError::Malformed)
+        );
     }
 }

@@ -11,8 +11,17 @@
 //!   decoded), because applications disagree on whether they separate segments;
 //! - NUL and control characters, raw or encoded, are refused, as are malformed escapes and
 //!   bytes outside visible ASCII;
+//! - escapes of bytes above 0x7F must spell valid UTF-8: overlong forms (`%C0%AF` for `/`,
+//!   `%C0%AE` for `.`), surrogates and cut-off sequences are refused, since some decoders
+//!   turn them into the ASCII they imitate; valid ones stay encoded;
 //! - repeated slashes are merged and dot-segments removed (RFC 3986, section 5.2.4), after
-//!   decoding, so `/%2e%2e/admin` cannot hide a `..`.
+//!   decoding, so `/%2e%2e/admin` cannot hide a `..`;
+//! - path parameters: Tomcat, Jetty and Spring cut `;params` off every segment before
+//!   routing, so `/public/..;/admin` serves `/admin` there. A dot-segment carrying
+//!   parameters (`..;x`, `.;x`, `%2e%2e;`, `..%3B`) is refused: no reading of it is safe.
+//!   Other parameters are forwarded as they are, and policies match the path with every
+//!   segment's parameters removed ([`NormalizedTarget::policy_path`]), the reading of those
+//!   servers, so `/admin;x` is matched as `/admin` and cannot slip past a DENY on it.
 
 /// Why a request path was refused (the sidecar answers 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,6 +38,10 @@ pub enum PathError {
     Backslash,
     #[error("the path contains a malformed percent-encoding")]
     BadEscape,
+    #[error("the path contains a percent-encoding that is not valid UTF-8 (overlong or cut off)")]
+    InvalidUtf8,
+    #[error("the path contains a dot-segment with parameters (such as ..;)")]
+    DotSegmentParameters,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,6 +60,12 @@ pub struct NormalizedTarget {
 }
 
 impl NormalizedTarget {
+    /// The path policies match: [`Self::path`] with each segment's `;parameters` removed, as
+    /// servers that strip them route it.
+    pub fn policy_path(&self) -> std::borrow::Cow<'_, str> {
+        strip_path_parameters(&self.path)
+    }
+
     /// The request target to forward: the normalized path and the original query.
     pub fn to_target(&self) -> String {
         match &self.query {
@@ -81,10 +100,46 @@ pub fn normalize(target: &str, options: PathOptions) -> Result<NormalizedTarget,
         return Err(PathError::NotAbsolute);
     }
     let decoded = decode_unreserved(raw_path.as_bytes(), options)?;
+    if decoded.split('/').any(is_dot_segment_with_parameters) {
+        return Err(PathError::DotSegmentParameters);
+    }
     Ok(NormalizedTarget {
         path: remove_dot_segments(&decoded),
         query,
     })
+}
+
+/// Where a segment's parameters begin: at `;`, or at an encoded one (servers differ on
+/// whether they cut before or after decoding, so both count).
+fn parameters_start(segment: &str) -> Option<usize> {
+    let raw = segment.find(';');
+    let encoded = segment
+        .as_bytes()
+        .windows(3)
+        .position(|w| w[0] == b'%' && w[1] == b'3' && w[2].eq_ignore_ascii_case(&b'b'));
+    match (raw, encoded) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn is_dot_segment_with_parameters(segment: &str) -> bool {
+    parameters_start(segment).is_some_and(|i| matches!(&segment[..i], "." | ".."))
+}
+
+/// `path` with every segment's `;parameters` removed.
+pub fn strip_path_parameters(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let stripped: Vec<&str> = path
+        .split('/')
+        .map(|segment| match segment.find(';') {
+            Some(i) => &segment[..i],
+            None => segment,
+        })
+        .collect();
+    std::borrow::Cow::Owned(stripped.join("/"))
 }
 
 /// Decodes escapes of unreserved characters once and checks every byte.
@@ -105,6 +160,28 @@ fn decode_unreserved(raw: &[u8], options: PathOptions) -> Result<String, PathErr
                 };
                 if value < 0x20 || value == 0x7f {
                     return Err(PathError::ControlCharacter);
+                }
+                if value >= 0x80 {
+                    // A run of escaped non-ASCII bytes must be whole, shortest-form UTF-8.
+                    let mut bytes = Vec::new();
+                    let mut j = i;
+                    while let (Some(b'%'), Some(&h), Some(&l)) =
+                        (raw.get(j), raw.get(j + 1), raw.get(j + 2))
+                    {
+                        match (hex_value(h), hex_value(l)) {
+                            (Some(h), Some(l)) if h * 16 + l >= 0x80 => bytes.push(h * 16 + l),
+                            _ => break,
+                        }
+                        j += 3;
+                    }
+                    if std::str::from_utf8(&bytes).is_err() {
+                        return Err(PathError::InvalidUtf8);
+                    }
+                    for b in bytes {
+                        out.push_str(&format!("%{b:02X}"));
+                    }
+                    i = j;
+                    continue;
                 }
                 if value == b'/' || value == b'\\' {
                     if !options.allow_encoded_slashes {
@@ -212,6 +289,27 @@ mod tests {
             // second round of decoding (%252e is not '.').
             ("/%252e%252e/admin", Ok("/%252e%252e/admin")),
             ("/a%2ab", Ok("/a%2Ab")),
+            // Overlong and otherwise invalid UTF-8 escapes.
+            ("/public/%C0%AF../admin", Err(InvalidUtf8)),
+            ("/public/%C0%AE%C0%AE/admin", Err(InvalidUtf8)),
+            ("/public/%e0%80%af", Err(InvalidUtf8)),
+            ("/a%ED%A0%80", Err(InvalidUtf8)),
+            ("/a%C3", Err(InvalidUtf8)),
+            ("/a%C3x", Err(InvalidUtf8)),
+            ("/a%FF", Err(InvalidUtf8)),
+            ("/caf%c3%a9", Ok("/caf%C3%A9")),
+            ("/%E2%82%AC%F0%9F%98%80", Ok("/%E2%82%AC%F0%9F%98%80")),
+            // Dot-segments behind path parameters.
+            ("/public/..;/admin", Err(DotSegmentParameters)),
+            ("/public/%2e%2e;/admin", Err(DotSegmentParameters)),
+            ("/public/..;x=1/admin", Err(DotSegmentParameters)),
+            ("/public/.;/admin", Err(DotSegmentParameters)),
+            ("/public/..%3B/admin", Err(DotSegmentParameters)),
+            ("/public/..%3b/admin", Err(DotSegmentParameters)),
+            ("/public/%2E.;jsessionid=1", Err(DotSegmentParameters)),
+            ("/a;b/c", Ok("/a;b/c")),
+            ("/cart;jsessionid=AB12", Ok("/cart;jsessionid=AB12")),
+            ("/x/...;/y", Ok("/x/...;/y")),
         ];
         for (input, want) in table {
             let got = norm(input);
@@ -256,6 +354,20 @@ mod tests {
             normalize("/a%2F..%2Fadmin", opts).unwrap().path,
             "/a%2F..%2Fadmin"
         );
+    }
+
+    #[test]
+    fn policies_match_the_path_without_its_parameters() {
+        let t = normalize("/admin;x=1/users;v=2?q=;", PathOptions::default()).unwrap();
+        assert_eq!(t.path, "/admin;x=1/users;v=2", "forwarded as written");
+        assert_eq!(t.policy_path(), "/admin/users");
+        assert_eq!(t.to_target(), "/admin;x=1/users;v=2?q=;");
+        let plain = normalize("/admin", PathOptions::default()).unwrap();
+        assert!(matches!(
+            plain.policy_path(),
+            std::borrow::Cow::Borrowed("/admin")
+        ));
+        assert_eq!(strip_path_parameters("/;a/b;"), "//b");
     }
 
     #[test]

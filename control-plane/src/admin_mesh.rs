@@ -502,7 +502,7 @@ pub async fn simulate(
             }
             let target = normalize(&h.path, PathOptions::default())
                 .map_err(|e| bad(format!("path {:?}: {e} (the sidecar answers 400)", h.path)))?;
-            normalized_path = Some(target.path);
+            normalized_path = Some(target.policy_path().into_owned());
             request = Request {
                 source: Some(&req.source),
                 request_principal: req.request_principal.as_deref(),

@@ -29,7 +29,7 @@ pub enum IssueError {
     MissingToken,
     #[error("bootstrap token rejected: {0}")]
     Token(TokenError),
-    #[error("join token has already been used, or was never issued")]
+    #[error("join token has already been used, or was never issued for this identity")]
     TokenReused,
     #[error("renewal requires a valid client certificate")]
     NoClientCertificate,
@@ -124,7 +124,7 @@ impl IdentityService {
         if let BootstrapSource::JoinToken { jti } = &identity.source
             && self
                 .store
-                .consume_join_token(jti, unix_now(), &cert.serial)
+                .consume_join_token(jti, identity.spiffe_id.as_str(), unix_now(), &cert.serial)
                 .await?
                 != Consumed::Fresh
         {

@@ -139,7 +139,7 @@ pub struct JoinTokenRecord {
 pub enum Consumed {
     /// First use: the token is now spent.
     Fresh,
-    /// Already used, never recorded, or past its expiry.
+    /// Already used, never recorded, recorded for another identity, or past its expiry.
     Refused,
 }
 
@@ -206,19 +206,24 @@ impl Store {
         Ok(())
     }
 
-    /// Spends a join token: succeeds once per recorded, unexpired token.
+    /// Spends a join token: succeeds once per recorded, unexpired token, and only for the
+    /// identity it was recorded for. The `jti` alone is not enough: a token carrying a
+    /// recorded `jti` with another `sub` must not spend that record for another identity.
     pub async fn consume_join_token(
         &self,
         jti: &str,
+        spiffe_id: &str,
         now: i64,
         serial: &str,
     ) -> Result<Consumed, StoreError> {
         const SQL: &str = "UPDATE join_tokens SET used_at = $1, used_by_serial = $2
-                           WHERE jti = $3 AND used_at IS NULL AND expires_at > $1";
+                           WHERE jti = $3 AND spiffe_id = $4 AND used_at IS NULL
+                             AND expires_at > $1";
         let rows = on_pool!(self, pool => sqlx::query(SQL)
             .bind(now)
             .bind(serial)
             .bind(jti)
+            .bind(spiffe_id)
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))?;
@@ -726,11 +731,30 @@ mod tests {
             .unwrap()
     }
 
+    const B: &str = "spiffe://td/ns/a/sa/b";
+
     async fn join_token_is_single_use(store: Store) {
         let now = 1_000_000;
+        let other = JoinTokenRecord {
+            jti: "bound".into(),
+            spiffe_id: B.into(),
+            created_by: "admin".into(),
+            created_at: now,
+            expires_at: now + 600,
+        };
+        store.record_join_token(&other).await.unwrap();
+        // A recorded jti presented for another identity spends nothing.
+        assert_eq!(
+            store
+                .consume_join_token("bound", "spiffe://td/ns/a/sa/admin", now + 1, "00")
+                .await
+                .unwrap(),
+            Consumed::Refused
+        );
+        assert_eq!(store.join_token_used("bound").await.unwrap(), Some(false));
         let record = JoinTokenRecord {
             jti: "abc".into(),
-            spiffe_id: "spiffe://td/ns/a/sa/b".into(),
+            spiffe_id: B.into(),
             created_by: "admin".into(),
             created_at: now,
             expires_at: now + 600,
@@ -739,14 +763,14 @@ mod tests {
         assert_eq!(store.join_token_used("abc").await.unwrap(), Some(false));
         assert_eq!(
             store
-                .consume_join_token("abc", now + 1, "01")
+                .consume_join_token("abc", B, now + 1, "01")
                 .await
                 .unwrap(),
             Consumed::Fresh
         );
         assert_eq!(
             store
-                .consume_join_token("abc", now + 2, "02")
+                .consume_join_token("abc", B, now + 2, "02")
                 .await
                 .unwrap(),
             Consumed::Refused
@@ -754,7 +778,10 @@ mod tests {
         assert_eq!(store.join_token_used("abc").await.unwrap(), Some(true));
         // Never recorded.
         assert_eq!(
-            store.consume_join_token("nope", now, "03").await.unwrap(),
+            store
+                .consume_join_token("nope", B, now, "03")
+                .await
+                .unwrap(),
             Consumed::Refused
         );
         assert_eq!(store.join_token_used("nope").await.unwrap(), None);
@@ -766,7 +793,7 @@ mod tests {
         };
         store.record_join_token(&old).await.unwrap();
         assert_eq!(
-            store.consume_join_token("old", now, "04").await.unwrap(),
+            store.consume_join_token("old", B, now, "04").await.unwrap(),
             Consumed::Refused
         );
     }
@@ -784,7 +811,7 @@ mod tests {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .consume_join_token("race", 20, &i.to_string())
+                    .consume_join_token("race", B, 20, &i.to_string())
                     .await
                     .unwrap()
             })
@@ -832,7 +859,7 @@ mod tests {
             expires_at: i64::MAX,
         };
         store.record_join_token(&record).await.unwrap();
-        store.consume_join_token("keep", 2, "01").await.unwrap();
+        store.consume_join_token("keep", B, 2, "01").await.unwrap();
         drop(store);
         let reopened = sqlite_store(&dir).await;
         assert_eq!(reopened.join_token_used("keep").await.unwrap(), Some(true));

@@ -161,7 +161,7 @@ impl TokenKey {
         token: &str,
         audience: &str,
     ) -> Result<T, TokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let header = palisade_contract::jwt::decode_header(token)?;
         if header.kid.as_deref() != Some(self.kid.as_str()) {
             return Err(TokenError::UnknownKey);
         }

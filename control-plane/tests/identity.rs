@@ -266,6 +266,19 @@ impl Forge {
         jsonwebtoken::encode(&header, claims, &self.key).unwrap()
     }
 
+    /// Signed under a protected header written as given (jsonwebtoken's `Header` has no
+    /// `crit`).
+    fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &self.key, Algorithm::ES256).unwrap();
+        format!("{message}.{signature}")
+    }
+
     fn with(&self, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
         let mut claims = self.claims();
         edit(claims.as_object_mut().unwrap());
@@ -308,8 +321,9 @@ async fn every_bad_bootstrap_token_is_refused_for_its_reason() {
         iss: forge.iss.clone(),
     };
     let mut parts: Vec<String> = real.split('.').map(String::from).collect();
-    let mut payload: Value =
+    let real_claims: Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    let mut payload = real_claims.clone();
     payload["sub"] = json!("spiffe://palisade.local/ns/shop/sa/payments");
     parts[1] = URL_SAFE_NO_PAD.encode(payload.to_string());
     let tampered = parts.join(".");
@@ -431,8 +445,37 @@ async fn every_bad_bootstrap_token_is_refused_for_its_reason() {
             forge.sign(&forge.claims()),
             "never issued",
         ),
+        (
+            "a recorded jti re-signed for another identity",
+            forge.with(|c| {
+                c.insert("jti".into(), real_claims["jti"].clone());
+                c.insert(
+                    "sub".into(),
+                    json!("spiffe://palisade.local/ns/shop/sa/payments"),
+                );
+            }),
+            "never issued for this identity",
+        ),
+        (
+            "critical extension",
+            forge.sign_with_header(
+                &json!({"alg": "ES256", "kid": forge.kid, "crit": ["x-unknown"]}),
+                &forge.claims(),
+            ),
+            "critical extensions",
+        ),
+        (
+            "empty crit",
+            forge.sign_with_header(
+                &json!({"alg": "ES256", "kid": forge.kid, "crit": []}),
+                &forge.claims(),
+            ),
+            "critical extensions",
+        ),
     ];
     assert_all_refused(&h, cases).await;
+    // The record the re-signed token named was not spent: its own token still works.
+    assert_eq!(h.issue(Some(&real), &csr().1).await.0, StatusCode::OK);
     // None of them got a certificate.
     let metrics = h.metrics().await;
     assert_eq!(
@@ -440,7 +483,8 @@ async fn every_bad_bootstrap_token_is_refused_for_its_reason() {
             &metrics,
             "palisade_ca_certificates_issued_total{method=\"join_token\"}"
         ),
-        0.0
+        1.0,
+        "only the real token's own use"
     );
 }
 

@@ -70,6 +70,7 @@ mod reply {
     pub const NOT_ALLOWED: u16 = 530;
     pub const FRAME_ERROR: u16 = 501;
     pub const SYNTAX_ERROR: u16 = 502;
+    pub const COMMAND_INVALID: u16 = 503;
     pub const UNEXPECTED_FRAME: u16 = 505;
 }
 
@@ -232,10 +233,7 @@ fn restamp(ch: u16, header: &AMQPContentHeader, set: &[(&str, String)]) -> Vec<u
     let mut headers = header.properties.headers().clone().unwrap_or_default();
     let mut kept = FieldTable::default();
     for (k, v) in headers.inner() {
-        if k.as_str() != PUBLISHER_HEADER
-            && k.as_str() != provenance::SIGNATURE_HEADER
-            && k.as_str() != provenance::VERIFIED_HEADER
-        {
+        if !is_reserved_header(k.as_str()) {
             kept.insert(k.clone(), v.clone());
         }
     }
@@ -254,6 +252,20 @@ fn restamp(ch: u16, header: &AMQPContentHeader, set: &[(&str, String)]) -> Vec<u
             properties: header.properties.clone().with_headers(headers),
         },
     ))
+}
+
+/// Whether a message header name is, in any spelling, one of the `x-palisade-` names the
+/// sidecars set ([`PUBLISHER_HEADER`], the signature, the verified publisher). Field-table
+/// keys are case-sensitive in AMQP, but applications look headers up loosely
+/// (`X-Palisade-Verified-Publisher`, `x_palisade_verified_publisher`), so the whole prefix is
+/// reserved with case and `_`/`-` folded.
+fn is_reserved_header(name: &str) -> bool {
+    const PREFIX: &[u8] = b"x-palisade-";
+    name.len() >= PREFIX.len()
+        && name.as_bytes()[..PREFIX.len()]
+            .iter()
+            .zip(PREFIX)
+            .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
 }
 
 fn header_text(header: &AMQPContentHeader, name: &str) -> Option<String> {
@@ -865,6 +877,28 @@ impl Amqp {
             };
             let ch = frame.parsed.channel_id();
             self.metrics.amqp_bytes("from_client", frame.raw.len());
+            // Channel 0 carries the connection's own methods and heartbeats, nothing else
+            // (AMQP 0-9-1, 4.2.3): anything else there is a connection error, not a channel
+            // to close.
+            if ch == 0
+                && !matches!(
+                    frame.parsed,
+                    AMQPFrame::Method(_, AMQPClass::Connection(_)) | AMQPFrame::Heartbeat
+                )
+            {
+                let text = "COMMAND_INVALID - only connection methods may use channel 0";
+                self.close_client(&to_client, reply::COMMAND_INVALID, text);
+                return Err(protocol(reply::COMMAND_INVALID, text));
+            }
+            // The tables the proxy authorizes from must read the same to the broker.
+            let checked = crate::amqp_tables::check_frame(&frame.raw)
+                .map_err(|e| e.to_string())
+                .and_then(|()| check_routing_types(&frame.parsed));
+            if let Err(e) = checked {
+                let text = format!("SYNTAX_ERROR - {e} (refused by palisade)");
+                self.close_client(&to_client, reply::SYNTAX_ERROR, &text);
+                return Err(protocol(reply::SYNTAX_ERROR, text));
+            }
             // Frames of a channel closed after a denial.
             if let Some(release) = client_frame_on_closing(&shared, ch, &frame, &to_client) {
                 for f in release {
@@ -1529,6 +1563,45 @@ fn broker_frame_on_closing(
     Some(())
 }
 
+/// The arguments and headers that route messages must have the type the broker routes by
+/// (RabbitMQ: a long string, and for `CC`/`BCC` an array of them). A value of another type
+/// would be skipped by the proxy's authorization but not necessarily by the broker.
+fn check_routing_types(frame: &AMQPFrame) -> Result<(), String> {
+    let string = |t: &FieldTable, name: &str| match t.inner().get(name) {
+        None | Some(AMQPValue::LongString(_)) => Ok(()),
+        Some(_) => Err(format!("argument {name} must be a long string")),
+    };
+    match frame {
+        AMQPFrame::Method(_, AMQPClass::Queue(queue::AMQPMethod::Declare(d))) => {
+            string(&d.arguments, "x-dead-letter-exchange")?;
+            string(&d.arguments, "x-dead-letter-routing-key")
+        }
+        AMQPFrame::Method(_, AMQPClass::Exchange(exchange::AMQPMethod::Declare(d))) => {
+            string(&d.arguments, "alternate-exchange")
+        }
+        AMQPFrame::Header(_, header) => {
+            let Some(headers) = header.properties.headers() else {
+                return Ok(());
+            };
+            for name in ["CC", "BCC"] {
+                match headers.inner().get(name) {
+                    None => {}
+                    Some(AMQPValue::FieldArray(list))
+                        if list
+                            .as_slice()
+                            .iter()
+                            .all(|v| matches!(v, AMQPValue::LongString(_))) => {}
+                    Some(_) => {
+                        return Err(format!("header {name} must be an array of long strings"));
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A string argument of a declare (`x-dead-letter-exchange` and the like).
 fn string_arg(args: &FieldTable, name: &str) -> Option<String> {
     match args.inner().get(name)? {
@@ -1555,6 +1628,101 @@ struct Op {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_spelling_of_a_reserved_header_is_reserved() {
+        for name in [
+            "x-palisade-verified-publisher",
+            "X-Palisade-Verified-Publisher",
+            "x_palisade_verified_publisher",
+            "X-PALISADE-SIGNATURE",
+            "x-palisade-anything",
+        ] {
+            assert!(is_reserved_header(name), "{name}");
+        }
+        for name in [
+            "x-palisade",
+            "x-palisadex-a",
+            "palisade-signature",
+            "CC",
+            "",
+        ] {
+            assert!(!is_reserved_header(name), "{name}");
+        }
+        let mut headers = FieldTable::default();
+        for name in [
+            "X-Palisade-Verified-Publisher",
+            "x_palisade_publisher",
+            "kept",
+        ] {
+            headers.insert(name.into(), AMQPValue::LongString("spoof".into()));
+        }
+        let header = AMQPContentHeader {
+            class_id: 60,
+            body_size: 0,
+            properties: amq_protocol::protocol::BasicProperties::default().with_headers(headers),
+        };
+        let bytes = restamp(1, &header, &[]);
+        let (_, parsed) = amq_protocol::frame::parse_frame(bytes.as_slice()).unwrap();
+        let AMQPFrame::Header(_, h) = parsed else {
+            panic!("a header frame")
+        };
+        let names: Vec<String> = h
+            .properties
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        assert_eq!(names, ["kept"]);
+    }
+
+    #[test]
+    fn routing_arguments_and_headers_must_have_the_routing_type() {
+        let declare = |value: AMQPValue| {
+            let mut args = FieldTable::default();
+            args.insert("x-dead-letter-exchange".into(), value);
+            AMQPFrame::Method(
+                1,
+                AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                    queue: "q".into(),
+                    arguments: args,
+                    ..Default::default()
+                })),
+            )
+        };
+        assert_eq!(
+            check_routing_types(&declare(AMQPValue::LongString("dlx".into()))),
+            Ok(())
+        );
+        assert!(
+            check_routing_types(&declare(AMQPValue::LongLongInt(1)))
+                .unwrap_err()
+                .contains("x-dead-letter-exchange")
+        );
+        let publish = |cc: AMQPValue| {
+            let mut headers = FieldTable::default();
+            headers.insert("CC".into(), cc);
+            AMQPFrame::Header(
+                1,
+                AMQPContentHeader {
+                    class_id: 60,
+                    body_size: 0,
+                    properties: amq_protocol::protocol::BasicProperties::default()
+                        .with_headers(headers),
+                },
+            )
+        };
+        let list = |v: Vec<AMQPValue>| AMQPValue::FieldArray(v.into());
+        assert_eq!(
+            check_routing_types(&publish(list(vec![AMQPValue::LongString("k".into())]))),
+            Ok(())
+        );
+        assert!(check_routing_types(&publish(AMQPValue::LongString("k".into()))).is_err());
+        assert!(check_routing_types(&publish(list(vec![AMQPValue::Boolean(true)]))).is_err());
+    }
 
     #[tokio::test]
     async fn frames_read_together_are_buffered_and_a_cancelled_read_loses_nothing() {

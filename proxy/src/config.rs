@@ -23,6 +23,22 @@ pub enum OutboundPolicy {
     RegistryOnly,
 }
 
+/// `--headers-with-underscores`: what the inbound sidecar does with a request header whose
+/// name holds `_` (Envoy's `headers_with_underscores_action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnderscoreHeaders {
+    /// Removed before authorization and forwarding (nginx's default,
+    /// `underscores_in_headers off`): CGI, WSGI and Rack servers read `x_user` and `x-user`
+    /// as one name, so such a header could stand in for one the sidecar checked or set.
+    #[default]
+    Drop,
+    /// The request is refused with 400.
+    Reject,
+    /// Forwarded. Even then, any spelling of a header the sidecar sets or strips (identity
+    /// headers, the end-user token's header) is removed.
+    Allow,
+}
+
 fn parse_mode(s: &str) -> Result<DefaultMode, String> {
     match s {
         "deny" => Ok(DefaultMode::Deny),
@@ -32,15 +48,46 @@ fn parse_mode(s: &str) -> Result<DefaultMode, String> {
     }
 }
 
+/// `--control-plane`: an `https://host:port` URL (as every other flag naming a server takes)
+/// or a bare `host:port`, turned into the `host:port` the client dials. Anything else is
+/// refused at start: a value that is neither used to be looked up as a host name and retried
+/// forever.
+pub fn control_plane_address(value: &str) -> Result<String, String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "{value:?} {why}; expected https://host:port or host:port, e.g. https://127.0.0.1:15012"
+        ))
+    };
+    let rest = match value.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => rest,
+        Some(_) => return refuse("is not an https URL (the control plane speaks only mTLS)"),
+        None => value,
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let authority: http::uri::Authority = match rest.parse() {
+        Ok(a) => a,
+        Err(_) => return refuse("is not a host and port"),
+    };
+    if authority.as_str() != rest || rest.contains('@') {
+        return refuse("has a path, query or credentials");
+    }
+    match authority.port_u16() {
+        Some(0) | None => refuse("names no port (or port 0)"),
+        Some(port) if !authority.host().is_empty() => Ok(format!("{}:{port}", authority.host())),
+        Some(_) => refuse("names no host"),
+    }
+}
+
 /// Palisade sidecar proxy.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "palisade-proxy", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
-    /// The control plane's sidecar-facing address (host:port).
+    /// The control plane's sidecar-facing address: `https://host:port` or `host:port`.
     #[arg(
         long,
         env = "PALISADE_CONTROL_PLANE",
-        default_value = "127.0.0.1:15012"
+        default_value = "127.0.0.1:15012",
+        value_parser = control_plane_address
     )]
     pub control_plane: String,
 
@@ -117,6 +164,16 @@ pub struct Config {
     /// Keep %2F, %5C and \ in paths (undecoded) instead of answering 400.
     #[arg(long, env = "PALISADE_ALLOW_ENCODED_SLASHES")]
     pub allow_encoded_slashes: bool,
+
+    /// Inbound request headers whose names hold an underscore: drop (default), reject (400)
+    /// or allow.
+    #[arg(
+        long,
+        env = "PALISADE_HEADERS_WITH_UNDERSCORES",
+        value_enum,
+        default_value_t = UnderscoreHeaders::Drop
+    )]
+    pub headers_with_underscores: UnderscoreHeaders,
 
     /// Time allowed for the TLS handshake and then for each request's headers.
     #[arg(long, env = "PALISADE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -264,12 +321,6 @@ impl Config {
                     .into(),
             );
         }
-        if !self.control_plane.contains(':') {
-            problems.push(format!(
-                "--control-plane {:?} must be host:port",
-                self.control_plane
-            ));
-        }
         if let Some(p) = &self.policy_file
             && !p.is_file()
         {
@@ -350,8 +401,8 @@ mod tests {
             "palisade-proxy",
             "--ca-bundle",
             "/nonexistent/bundle.pem",
-            "--control-plane",
-            "nohost",
+            "--amqp-audit-sample",
+            "0",
             "--max-backoff",
             "1ms",
         ])
@@ -364,8 +415,22 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("--token-file or --identity-dir"))
         );
-        assert!(problems.iter().any(|p| p.contains("host:port")));
+        assert!(problems.iter().any(|p| p.contains("--amqp-audit-sample")));
         assert!(problems.iter().any(|p| p.contains("--max-backoff")));
+        // A control plane that is not host:port is refused while parsing, with the flag named.
+        let err = Config::try_parse_from([
+            "palisade-proxy",
+            "--ca-bundle",
+            "b.pem",
+            "--control-plane",
+            "nohost",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--control-plane") && err.contains("https://host:port"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -374,5 +439,36 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "0.0.0.0:15090");
         assert_eq!(c.control_plane, "127.0.0.1:15012");
         assert_eq!(c.max_backoff, Duration::from_secs(30));
+        assert_eq!(c.headers_with_underscores, UnderscoreHeaders::Drop);
+    }
+
+    #[test]
+    fn the_control_plane_is_a_url_or_host_and_port_and_nothing_else() {
+        for (given, want) in [
+            ("https://127.0.0.1:15012", "127.0.0.1:15012"),
+            ("HTTPS://cp.example:15012/", "cp.example:15012"),
+            ("127.0.0.1:15012", "127.0.0.1:15012"),
+            ("https://[::1]:15012", "[::1]:15012"),
+            (
+                "palisade-control-plane.palisade-system.svc:15012",
+                "palisade-control-plane.palisade-system.svc:15012",
+            ),
+        ] {
+            assert_eq!(control_plane_address(given).as_deref(), Ok(want), "{given}");
+        }
+        for bad in [
+            "http://127.0.0.1:15012",
+            "https://127.0.0.1",
+            "127.0.0.1",
+            "https://127.0.0.1:0",
+            "https://127.0.0.1:15012/v1",
+            "https://u:p@127.0.0.1:15012",
+            "https://:15012",
+            "",
+            "tcp://x:1",
+        ] {
+            let err = control_plane_address(bad).unwrap_err();
+            assert!(err.contains("expected https://host:port"), "{bad}: {err}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use palisade_contract::SpiffeId;
 use palisade_contract::path::{PathOptions, normalize};
 use palisade_contract::policy::{
@@ -28,8 +28,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit::{AuditEvent, AuditLog};
-use crate::forwarding::unsupported;
-use crate::forwarding::{ProxyBody, local_response, strip_hop_by_hop, strip_identity_headers};
+use crate::config::UnderscoreHeaders;
+use crate::forwarding::{
+    ProxyBody, canonical_framing, framing_refusal, local_response, strip_hop_by_hop,
+    strip_identity_headers, underscore_headers, unsupported,
+};
 use crate::identity::IdentityManager;
 use crate::metrics::HttpMetrics;
 use crate::server::{Limits, http_server, serve_http};
@@ -68,6 +71,8 @@ pub struct Inbound {
     pub limits: Limits,
     /// Application ports served as opaque TCP ([`crate::tcp`]).
     pub opaque_ports: Vec<u16>,
+    /// `--headers-with-underscores`.
+    pub headers_with_underscores: UnderscoreHeaders,
     client: crate::forwarding::PlainClient,
 }
 
@@ -92,6 +97,7 @@ impl Inbound {
         path_options: PathOptions,
         limits: Limits,
         opaque_ports: Vec<u16>,
+        headers_with_underscores: UnderscoreHeaders,
     ) -> Self {
         let client = crate::forwarding::plain_client();
         Self {
@@ -104,6 +110,7 @@ impl Inbound {
             path_options,
             limits,
             opaque_ports,
+            headers_with_underscores,
             client,
         }
     }
@@ -138,6 +145,9 @@ pub async fn serve(
         let Some((tcp, addr)) = accept(&listener, &mut shutdown, "inbound").await else {
             return;
         };
+        // The header timeout runs from accept: TLS, detection and the first request's head
+        // must all be in by then, or the connection (and its slot) is given back.
+        let first_request_by = tokio::time::Instant::now() + inbound.limits.header_timeout;
         // A connection iptables redirected here (transparent interception) was addressed
         // to an application port: requests on it go to that port.
         let asked_port = crate::transparent::original_dst(&tcp)
@@ -147,8 +157,7 @@ pub async fn serve(
         let (acceptor, inbound, builder) = (acceptor.clone(), inbound.clone(), builder.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let handshake =
-                tokio::time::timeout(inbound.limits.header_timeout, acceptor.accept(tcp)).await;
+            let handshake = tokio::time::timeout_at(first_request_by, acceptor.accept(tcp)).await;
             let tls = match handshake {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -184,8 +193,8 @@ pub async fn serve(
                     async move { inbound.handle(&peer, asked_port, req).await }
                 }
             };
-            let idle = inbound.limits.idle_timeout;
-            if let Err(e) = serve_http(&builder, tls, idle, handle).await {
+            let limits = &inbound.limits;
+            if let Err(e) = serve_http(&builder, tls, limits, first_request_by, handle).await {
                 tracing::debug!(peer = %addr, error = %e, "inbound connection ended with an error");
             }
         });
@@ -242,7 +251,7 @@ impl Inbound {
         peer: &SpiffeId,
         own: Option<&SpiffeId>,
         asked_port: Option<u16>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         request_id: &str,
         event: &mut AuditEvent,
     ) -> Response<ProxyBody> {
@@ -264,6 +273,18 @@ impl Inbound {
         if let Some(why) = unsupported(&req) {
             event.reason = Some(why.into());
             return local_response(StatusCode::NOT_IMPLEMENTED, why, request_id);
+        }
+        if let Some(refusal) = framing_refusal(&req, request_id, event) {
+            return refusal;
+        }
+        // Before anything reads the headers, so authorization sees what the application will.
+        if let Err(why) = underscore_headers(req.headers_mut(), self.headers_with_underscores) {
+            event.reason = Some(why.clone());
+            return local_response(
+                StatusCode::BAD_REQUEST,
+                &format!("bad request: {why}"),
+                request_id,
+            );
         }
         let raw_target = req
             .uri()
@@ -319,7 +340,9 @@ impl Inbound {
                 return response;
             }
         };
+        let token_headers = policies.authentication.token_headers(&workload);
         event.request_principal = end_user.as_ref().map(|u| u.principal.clone());
+        let policy_path = target.policy_path();
         let decision = policies.authorization.evaluate(
             &workload,
             &AuthzRequest {
@@ -327,7 +350,7 @@ impl Inbound {
                 request_principal: end_user.as_ref().map(|u| u.principal.as_str()),
                 claims: end_user.as_ref().map(|u| &u.claims),
                 method: req.method().as_str(),
-                path: &target.path,
+                path: &policy_path,
                 port,
                 headers: req.headers(),
                 l4: false,
@@ -354,8 +377,9 @@ impl Inbound {
             }
         };
         parts.version = Version::HTTP_11;
+        canonical_framing(&mut parts.headers, body.size_hint().exact());
         strip_hop_by_hop(&mut parts.headers);
-        strip_identity_headers(&mut parts.headers);
+        strip_identity_headers(&mut parts.headers, &token_headers);
         if let Some(name) = end_user.as_ref().and_then(|u| u.strip_header.as_ref()) {
             parts.headers.remove(name);
         }

@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod amqp;
+pub mod amqp_tables;
 pub mod audit;
 pub mod config;
 pub mod config_watch;

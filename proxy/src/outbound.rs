@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_contract::process::accept;
@@ -35,7 +35,9 @@ use tokio_rustls::client::TlsStream;
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::OutboundPolicy;
-use crate::forwarding::{ProxyBody, local_response, strip_hop_by_hop, unsupported};
+use crate::forwarding::{
+    ProxyBody, canonical_framing, framing_refusal, local_response, strip_hop_by_hop, unsupported,
+};
 use crate::identity::IdentityManager;
 use crate::metrics::HttpMetrics;
 use crate::server::{Limits, http_server, serve_http};
@@ -249,6 +251,18 @@ impl Outbound {
         event.method = req.method().as_str().chars().take(32).collect();
         event.path = req.uri().path().chars().take(256).collect();
         let request_id = event.request_id.clone();
+        if let Some(refusal) = framing_refusal(&req, &request_id, &mut event) {
+            event.status = refusal.status().as_u16();
+            self.metrics.request(
+                "outbound",
+                "",
+                event.decision,
+                event.status,
+                started.elapsed(),
+            );
+            self.audit.record(&event);
+            return refusal;
+        }
         let response = match self
             .forward(
                 req,
@@ -344,6 +358,7 @@ impl Outbound {
         event.destination = entry.identity.to_string();
         let mut sender = self.connection(&entry, redirected).await?;
         let (mut parts, body) = req.into_parts();
+        canonical_framing(&mut parts.headers, body.size_hint().exact());
         retarget(&mut parts, "https", &host, Version::HTTP_2)?;
         parts.headers.remove(header::HOST);
         if let Ok(v) = HeaderValue::from_str(&event.request_id) {
@@ -391,6 +406,7 @@ impl Outbound {
         event.decision = "passthrough";
         event.destination = destination.to_string();
         let (mut parts, body) = req.into_parts();
+        canonical_framing(&mut parts.headers, body.size_hint().exact());
         if let Some(authority) = parts.uri.authority().cloned()
             && let Ok(v) = HeaderValue::from_str(authority.as_str())
         {
@@ -509,6 +525,8 @@ pub async fn serve(
         let Some((tcp, addr)) = accept(&listener, &mut shutdown, "outbound").await else {
             return;
         };
+        // The header timeout runs from accept, through protocol detection.
+        let first_request_by = tokio::time::Instant::now() + outbound.limits.header_timeout;
         let _ = tcp.set_nodelay(true);
         // Redirected here by the pod's interception rules: where the application meant to
         // go. (A connection made to this port itself is not redirected; comparing ports
@@ -533,8 +551,8 @@ pub async fn serve(
                     async move { outbound.handle(req, redirected).await }
                 }
             };
-            let idle = outbound.limits.idle_timeout;
-            if let Err(e) = serve_http(&builder, tcp, idle, handle).await {
+            let limits = &outbound.limits;
+            if let Err(e) = serve_http(&builder, tcp, limits, first_request_by, handle).await {
                 tracing::debug!(peer = %addr, error = %e, "outbound connection ended with an error");
             }
         });

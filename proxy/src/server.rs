@@ -1,11 +1,19 @@
 //! HTTP serving that the inbound and outbound listeners share: the limits a client is held
-//! to, and closing connections that sit idle.
+//! to, and closing connections that sit idle, never start, or cancel too much.
 //!
 //! hyper has a header-read timeout for HTTP/1 but nothing that closes a kept-alive connection
 //! with nothing to do, which lets idle clients pin file descriptors and connection slots
-//! forever. [`serve_http`] counts the requests in flight on each connection and, once none
-//! has been for `idle_timeout`, shuts the connection down gracefully (HTTP/1: closed between
-//! requests; HTTP/2: GOAWAY, open streams finish).
+//! forever. [`serve_http`] counts the requests in flight on each connection and:
+//! - closes a connection whose first request has not begun by its deadline (the header
+//!   timeout from accept, through TLS and protocol detection: hyper's own HTTP/1 timer
+//!   starts only once the version is known, and HTTP/2 has none, so a client sending
+//!   nothing or half a preface held a `--max-connections` slot until the idle timeout);
+//! - once no request has been in flight for `idle_timeout`, shuts the connection down
+//!   gracefully (HTTP/1: closed between requests; HTTP/2: GOAWAY, open streams finish);
+//! - ends a connection whose client cancels requests faster than [`RESET_LIMIT`] allows in
+//!   [`RESET_WINDOW`] (HTTP/2 RST_STREAM, "rapid reset", CVE-2023-44487). h2's own limit
+//!   counts only resets still waiting to be accepted, so resets paced a few dozen at a time
+//!   never reached it; this one counts over time, as Envoy's premature-reset limit does.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -74,12 +82,23 @@ pub fn http_server(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one connection with `handle` until the client closes it or it has been idle for
-/// `idle_timeout`.
+/// Most requests a client may cancel on one connection within [`RESET_WINDOW`] before the
+/// connection is ended. A browser cancelling navigations stays far below it; a flood of
+/// HEADERS + RST_STREAM, however paced, reaches it within a window.
+pub const RESET_LIMIT: usize = 100;
+/// The window [`RESET_LIMIT`] counts over.
+pub const RESET_WINDOW: Duration = Duration::from_secs(10);
+/// How long the requests in flight on a connection ended for resets may still finish.
+const RESET_DRAIN: Duration = Duration::from_secs(1);
+
+/// Serves one connection with `handle` until the client closes it, it has been idle for
+/// `limits.idle_timeout`, no request began by `first_request_by`, or its client cancelled
+/// more than [`RESET_LIMIT`] requests in a [`RESET_WINDOW`].
 pub async fn serve_http<I, F, Fut>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
-    idle_timeout: Duration,
+    limits: &Limits,
+    first_request_by: Instant,
     handle: F,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
@@ -94,36 +113,80 @@ where
             let (handle, busy) = (handle.clone(), activity.begin());
             async move {
                 let response = handle(req).await;
-                drop(busy);
+                busy.finish();
                 Ok::<_, Infallible>(response)
             }
         })
     };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => result,
-        () = activity.idle_for(idle_timeout) => {
+    let stop = tokio::select! {
+        result = conn.as_mut() => return result,
+        () = activity.never_started(first_request_by) => Stop::NoRequest,
+        () = activity.idle_for(limits.idle_timeout) => Stop::Idle,
+        () = activity.flooded.notified() => Stop::Resets,
+    };
+    match stop {
+        // Dropping the connection closes it: there is nothing in flight to finish.
+        Stop::NoRequest => Err("no request began within the header timeout".into()),
+        Stop::Idle => {
             conn.as_mut().graceful_shutdown();
             conn.await
+        }
+        Stop::Resets => {
+            tracing::warn!(
+                limit = RESET_LIMIT,
+                window = ?RESET_WINDOW,
+                "ending a connection whose client cancelled too many requests (rapid reset)"
+            );
+            // GOAWAY; what is in flight gets a moment, then the socket is closed.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(RESET_DRAIN, conn).await;
+            Err("the client cancelled too many requests".into())
         }
     }
 }
 
-/// The requests in flight on one connection, and when the last one ended.
+/// Why [`serve_http`] ends a connection the client has not closed.
+enum Stop {
+    NoRequest,
+    Idle,
+    Resets,
+}
+
+/// The requests in flight on one connection, when the last one ended, and the requests its
+/// client cancelled lately.
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
+    begun: AtomicUsize,
     last_ended: Mutex<Instant>,
+    /// Requests cancelled (dropped before their response was ready) in the current window,
+    /// and when that window began.
+    cancelled: Mutex<(usize, Instant)>,
+    flooded: tokio::sync::Notify,
 }
 
-/// A request in flight; ends when dropped.
-struct Busy(Arc<Activity>);
+/// A request in flight; ends when dropped, and counts as cancelled unless it finished.
+struct Busy {
+    activity: Arc<Activity>,
+    finished: bool,
+}
+
+impl Busy {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        *self.0.last_ended.lock().expect("not poisoned") = Instant::now();
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let activity = &self.activity;
+        *activity.last_ended.lock().expect("not poisoned") = Instant::now();
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if !self.finished {
+            activity.cancelled_one(Instant::now());
+        }
     }
 }
 
@@ -131,13 +194,41 @@ impl Activity {
     fn new() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
+            begun: AtomicUsize::new(0),
             last_ended: Mutex::new(Instant::now()),
+            cancelled: Mutex::new((0, Instant::now())),
+            flooded: tokio::sync::Notify::new(),
         }
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
+        self.begun.fetch_add(1, Ordering::AcqRel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
+        Busy {
+            activity: self.clone(),
+            finished: false,
+        }
+    }
+
+    /// Resolves at `deadline` if no request has begun by then; never otherwise.
+    async fn never_started(&self, deadline: Instant) {
+        tokio::time::sleep_until(deadline).await;
+        if self.begun.load(Ordering::Acquire) > 0 {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Counts a cancelled request at `now`; past [`RESET_LIMIT`] in a window, the connection
+    /// is flooded.
+    fn cancelled_one(&self, now: Instant) {
+        let mut window = self.cancelled.lock().expect("not poisoned");
+        if now.duration_since(window.1) >= RESET_WINDOW {
+            *window = (0, now);
+        }
+        window.0 += 1;
+        if window.0 > RESET_LIMIT {
+            self.flooded.notify_one();
+        }
     }
 
     /// Resolves once no request has been in flight for `timeout`.
@@ -157,6 +248,40 @@ impl Activity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellations_are_counted_over_a_window_however_they_are_paced() {
+        let activity = Arc::new(Activity::new());
+        let flooded = || {
+            let a = activity.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(1), a.flooded.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        // Finished requests never count.
+        for _ in 0..10 * RESET_LIMIT {
+            activity.begin().finish();
+        }
+        assert!(!flooded().await);
+        // Cancellations spread thinly over many windows never add up.
+        for _ in 0..5 {
+            for _ in 0..RESET_LIMIT / 2 {
+                drop(activity.begin());
+            }
+            tokio::time::advance(RESET_WINDOW).await;
+        }
+        assert!(!flooded().await);
+        // 50 every 10 ms, as the paced attack sent them: over the limit within the window.
+        for _ in 0..3 {
+            for _ in 0..50 {
+                drop(activity.begin());
+            }
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        assert!(flooded().await);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_only_when_nothing_is_in_flight_for_the_whole_timeout() {

@@ -194,6 +194,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         },
         limits,
         config.opaque_ports.clone(),
+        config.headers_with_underscores,
     ));
     let mut tcp_listeners = Vec::new();
     let mut tcp_outbound_addrs = Vec::new();

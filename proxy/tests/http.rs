@@ -485,6 +485,41 @@ async fn end_user_tokens_are_verified_and_authorized() {
         ),
         ("garbage".to_owned(), "well-formed"),
     ];
+    // However the token is spread or spelled, a present token is verified or refused, and
+    // never passed on unverified: a forged Bearer behind a Basic line, two tokens, and a
+    // token that is not ASCII.
+    let good = bearer(&idp.sign(&claims(json!({}))));
+    let forged = bearer(&impostor.sign(&claims(json!({}))));
+    let spread: [(Vec<(&str, &str)>, &str); 4] = [
+        (
+            vec![
+                ("authorization", "Basic YWxhZGRpbg=="),
+                ("authorization", &forged),
+            ],
+            "signature",
+        ),
+        (
+            vec![("authorization", &good), ("authorization", &good)],
+            "more than one token",
+        ),
+        (
+            vec![("authorization", &good), ("authorization", &forged)],
+            "more than one token",
+        ),
+        (
+            vec![("authorization", "Bearer t\u{e9}t\u{e9}")],
+            "well-formed",
+        ),
+    ];
+    for (headers, why) in spread {
+        let (status, response_headers, body) = m.call(false, "GET", "/me", &headers).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{headers:?}: {body}");
+        let audit = m
+            .audit_line(response_headers["x-request-id"].to_str().unwrap())
+            .await;
+        let reason = audit["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{why}: {reason}");
+    }
     for (token, why) in refused {
         let (status, headers, body) = m
             .call(false, "GET", "/me", &[("authorization", &bearer(&token))])
@@ -1211,5 +1246,315 @@ async fn upgrades_and_connect_are_refused_with_501() {
         let text = String::from_utf8_lossy(&buf[..n]);
         assert!(text.starts_with("HTTP/1.1 501"), "{head}: {text}");
     }
+    m.stop().await;
+}
+
+/// The cases adversarial testing found (issue 14): each is refused at the mechanism that let
+/// it through, over HTTP/1.1 and HTTP/2.
+const HARDENING: &str = r#"
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: public, namespace: shop }
+spec:
+  selector: { service: payments }
+  rules:
+    - from: [ { principals: ["spiffe://palisade.local/ns/shop/sa/orders"] } ]
+      to:   [ { paths: ["/public/*", "/refunds/*", "/slow"] } ]
+---
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: no-debug, namespace: shop }
+spec:
+  action: DENY
+  rules:
+    - to: [ { paths: ["/refunds/blocked"] } ]
+    - when: [ { key: "request.headers[x-debug]", values: ["on"] } ]
+"#;
+
+fn seen_headers(body: &str) -> serde_json::Map<String, Value> {
+    let seen: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{body}"));
+    seen["headers"].as_object().unwrap().clone()
+}
+
+#[tokio::test]
+async fn forged_identity_headers_in_any_spelling_never_reach_the_app() {
+    let m = mesh(Some(HARDENING)).await;
+    let forged = "By=evil;URI=spiffe://palisade.local/ns/shop/sa/admin";
+    for http2 in [false, true] {
+        let (status, _, body) = m
+            .call(
+                http2,
+                "GET",
+                "/public/x",
+                &[
+                    ("x_forwarded_client_cert", forged),
+                    ("x-forwarded_client-cert", forged),
+                    ("x_palisade_publisher", "spiffe://evil"),
+                    ("x_debug", "on"),
+                    ("x-kept", "yes"),
+                ],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "http2={http2}: {body}");
+        let headers = seen_headers(&body);
+        assert!(
+            headers.keys().all(|k| !k.contains('_')),
+            "http2={http2}: {headers:?}"
+        );
+        assert_eq!(headers["x-kept"], "yes");
+        let xfcc = headers["x-forwarded-client-cert"].as_str().unwrap();
+        assert!(
+            xfcc.ends_with("URI=spiffe://palisade.local/ns/shop/sa/orders"),
+            "{xfcc}"
+        );
+    }
+    // Mixed case over HTTP/1.1 (HTTP/2 names are lower case on the wire).
+    let (status, body) = raw_http1(
+        &m,
+        "GET /public/x HTTP/1.1\r\nHost: payments\r\nX_Forwarded_Client_Cert: By=evil\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_lowercase().contains("by=evil"), "{body}");
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn headers_with_underscores_can_be_refused_instead() {
+    let m = mesh_with(Some(HARDENING), &["--headers-with-underscores", "reject"]).await;
+    for http2 in [false, true] {
+        let (status, headers, _) = m
+            .call(http2, "GET", "/public/x", &[("x_user", "admin")])
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "http2={http2}");
+        let audit = m
+            .audit_line(headers["x-request-id"].to_str().unwrap())
+            .await;
+        assert!(
+            audit["reason"].as_str().unwrap().contains("x_user"),
+            "{audit}"
+        );
+    }
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn a_deny_on_a_header_sees_every_element_of_a_list() {
+    let m = mesh(Some(HARDENING)).await;
+    for http2 in [false, true] {
+        for value in ["on", "off, on", "off,on", "on , off"] {
+            let (status, _, _) = m
+                .call(http2, "GET", "/public/x", &[("x-debug", value)])
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "http2={http2} x-debug: {value}"
+            );
+        }
+        let (status, _, _) = m
+            .call(http2, "GET", "/public/x", &[("x-debug", "off, onward")])
+            .await;
+        assert_eq!(status, StatusCode::OK, "elements are matched whole");
+    }
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn path_parameters_and_invalid_escapes_cannot_reach_another_path() {
+    let m = mesh(Some(HARDENING)).await;
+    for http2 in [false, true] {
+        for target in [
+            "/public/..;/admin",
+            "/public/%2e%2e;/admin",
+            "/public/..;jsessionid=1/admin",
+            "/public/.%2e%3B/admin",
+            "/public/%C0%AF../admin",
+            "/public/%C0%AE%C0%AE/admin",
+        ] {
+            let (status, headers, body) = m.call(http2, "GET", target, &[]).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "http2={http2} {target}: {body}"
+            );
+            let audit = m
+                .audit_line(headers["x-request-id"].to_str().unwrap())
+                .await;
+            assert_eq!(audit["decision"], "error", "{audit}");
+        }
+        // Parameters are matched as Tomcat routes the path: a DENY is not dodged with them.
+        let (status, _, _) = m.call(http2, "GET", "/refunds/blocked;x=1", &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "http2={http2}");
+        // And forwarded as written where nothing is hidden behind them.
+        let (status, _, body) = m
+            .call(http2, "GET", "/public/cart;jsessionid=AB12", &[])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["target"], "/public/cart;jsessionid=AB12");
+    }
+    m.stop().await;
+}
+
+/// Writes `request` as raw bytes over mTLS to the payments sidecar and reads the answer
+/// until the connection closes: (status, everything after the status line).
+async fn raw_http1(m: &Mesh, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = m.tls(true, b"http/1.1").await.unwrap();
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (status, text)
+}
+
+#[tokio::test]
+async fn framing_toward_the_app_is_canonical_and_ambiguous_framing_is_refused() {
+    let m = mesh(Some(HARDENING)).await;
+    // Leading zeros: forwarded as the length the sidecar read.
+    let (status, text) = raw_http1(
+        &m,
+        "POST /public/x HTTP/1.1\r\nHost: payments\r\nContent-Length: 0003\r\nConnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""content-length":"3""#), "{text}");
+    for (te, want) in [
+        (
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            400,
+        ),
+        ("Transfer-Encoding: chunked, chunked", 400),
+        ("Transfer-Encoding: identity, chunked", 400),
+        ("Transfer-Encoding: gzip, chunked", 501),
+    ] {
+        let request = format!(
+            "POST /public/x HTTP/1.1\r\nHost: payments\r\n{te}\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        let (status, text) = raw_http1(&m, &request).await;
+        assert_eq!(status, want, "{te}: {text}");
+    }
+    // Both: hyper drops the Content-Length (RFC 9112, 6.3: chunked wins) and the application
+    // gets the one framing the sidecar read.
+    let (status, text) = raw_http1(
+        &m,
+        "POST /public/x HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains(r#""content-length":"99""#), "{text}");
+    // Plain chunked still goes through, re-framed by the sidecar.
+    let (status, text) = raw_http1(
+        &m,
+        "POST /public/x HTTP/1.1\r\nHost: payments\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    m.stop().await;
+}
+
+/// Whether the peer closes `io` within `within` (reading nothing more).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(io: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    tokio::time::timeout(within, async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn connections_that_never_send_a_request_are_cut_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let flags = [
+        "--header-timeout",
+        "300ms",
+        "--max-connections",
+        "3",
+        "--idle-timeout",
+        "5m",
+    ];
+    let m = mesh_full(Some(HARDENING), &flags, &flags).await;
+    // The outbound listener: nothing, one byte, half an HTTP/2 preface, half a request line.
+    for first in [&b""[..], b"G", b"PRI * HTTP/2.0\r\n", b"GET /x HT"] {
+        let mut tcp = TcpStream::connect(m.orders.outbound_addr).await.unwrap();
+        tcp.write_all(first).await.unwrap();
+        assert!(
+            closed_within(&mut tcp, Duration::from_secs(3)).await,
+            "outbound kept a connection that sent {first:?}"
+        );
+    }
+    // The inbound listener, after a completed mTLS handshake: more such connections than
+    // --max-connections, and a real peer still gets in once they are cut.
+    let mut idle = Vec::new();
+    for alpn in [&b"h2"[..], b"http/1.1", b"h2", b"http/1.1"] {
+        idle.push(m.tls(true, alpn).await.unwrap());
+    }
+    idle[0].write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for (i, tls) in idle.iter_mut().take(3).enumerate() {
+        assert!(
+            closed_within(tls, Duration::from_secs(3)).await,
+            "inbound kept idle connection {i}"
+        );
+    }
+    let (status, _, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        m.call(true, "GET", "/public/x", &[]),
+    )
+    .await
+    .expect("a real peer is served once the silent ones are cut");
+    assert_eq!(status, StatusCode::OK);
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn paced_resets_end_the_connection() {
+    let m = mesh(Some(HARDENING)).await;
+    let tls = m.tls(true, b"h2").await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // HEADERS + RST_STREAM, 50 to a write, 10 ms apart: no burst reaches h2's own limit.
+    let mut sent = 0;
+    'flood: for _ in 0..400 {
+        for _ in 0..50 {
+            let Ok(ready) = client.clone().ready().await else {
+                break 'flood;
+            };
+            client = ready;
+            let req = Request::get("https://payments/slow").body(()).unwrap();
+            match client.send_request(req, true) {
+                Ok((response, _)) => drop(response),
+                Err(_) => break 'flood,
+            }
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if conn.is_finished() {
+            break;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the connection was not ended after {sent} resets"
+    );
+    assert!(sent < 2000, "the server let {sent} paced resets through");
+    // Other clients are still served.
+    assert_eq!(
+        m.call(true, "GET", "/public/x", &[]).await.0,
+        StatusCode::OK
+    );
     m.stop().await;
 }

@@ -348,16 +348,30 @@ impl Authenticator {
             return Ok(None);
         }
         let rules: Vec<&CompiledRule> = rules.collect();
-        // The first header a rule reads that is present with its prefix carries the token. A
-        // header without the prefix (`Authorization: Basic ...`) is not a token, as in Envoy.
-        let token = rules
-            .iter()
-            .flat_map(|r| r.headers.iter())
-            .find_map(|(name, prefix)| {
-                let value = headers.get(name)?.to_str().ok()?;
-                let token = strip_prefix_ignore_case(value, prefix)?.trim();
-                Some((name.clone(), token.to_owned()))
-            });
+        // Every line of every header a rule reads is looked at, not just the first: a header
+        // line with the rule's prefix carries a token; one without it (`Authorization:
+        // Basic ...`) is not a token, as in Envoy. More than one token, however spread over
+        // lines and headers, is refused: the one verified must be the only one the
+        // application could read. A line that is not visible ASCII cannot be read the same
+        // way by everyone, so it is refused too, never passed on as "no token".
+        let mut token: Option<(HeaderName, String)> = None;
+        let mut seen: Vec<&HeaderName> = Vec::new();
+        for (name, prefix) in rules.iter().flat_map(|r| r.headers.iter()) {
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            for line in headers.get_all(name) {
+                let value = line.to_str().map_err(|_| TokenError::Malformed)?;
+                let Some(found) = strip_prefix_ignore_case(value, prefix) else {
+                    continue;
+                };
+                if token.is_some() {
+                    return Err(TokenError::Ambiguous);
+                }
+                token = Some((name.clone(), found.trim().to_owned()));
+            }
+        }
         let Some((header, token)) = token else {
             return Ok(None);
         };
@@ -379,6 +393,25 @@ impl Authenticator {
             claims,
             strip_header: (!rule.forward).then_some(header),
         }))
+    }
+}
+
+impl Authenticator {
+    /// The headers end-user tokens are read from for `workload` (so that no other spelling
+    /// of them reaches the application).
+    pub fn token_headers(&self, workload: &Workload<'_>) -> Vec<HeaderName> {
+        let mut names: Vec<HeaderName> = Vec::new();
+        for (name, _) in self
+            .index
+            .candidates(workload)
+            .flatten()
+            .flat_map(|r| r.headers.iter())
+        {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
     }
 }
 
@@ -663,6 +696,76 @@ spec:
             parts.join(".")
         };
         assert!(authn.authenticate(&PAYMENTS, &bearer(&unsigned)).is_err());
+    }
+
+    #[test]
+    fn every_line_of_a_token_header_is_read_and_one_token_at_most() {
+        let issuer = TestIssuer::new("k1");
+        let impostor = TestIssuer::new("k1");
+        let authn = authenticator(&doc(&issuer, ""));
+        let lines = |values: &[&[u8]]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(
+                    http::header::AUTHORIZATION,
+                    HeaderValue::from_bytes(v).unwrap(),
+                );
+            }
+            h
+        };
+        let good = format!("Bearer {}", issuer.sign(&claims()));
+        let forged = format!("Bearer {}", impostor.sign(&claims()));
+        // A forged token behind a Basic line is still read, and refused.
+        assert_eq!(
+            authn.authenticate(
+                &PAYMENTS,
+                &lines(&[b"Basic YWxhZGRpbg==", forged.as_bytes()])
+            ),
+            Err(TokenError::BadSignature)
+        );
+        // A valid token behind a Basic line is the end user.
+        assert!(
+            authn
+                .authenticate(&PAYMENTS, &lines(&[b"Basic YWxhZGRpbg==", good.as_bytes()]))
+                .unwrap()
+                .is_some()
+        );
+        // Two tokens: which one would the application read? Refused.
+        assert_eq!(
+            authn.authenticate(&PAYMENTS, &lines(&[good.as_bytes(), good.as_bytes()])),
+            Err(TokenError::Ambiguous)
+        );
+        assert_eq!(
+            authn.authenticate(&PAYMENTS, &lines(&[good.as_bytes(), forged.as_bytes()])),
+            Err(TokenError::Ambiguous)
+        );
+        // A line that is not ASCII is not "no token".
+        assert_eq!(
+            authn.authenticate(&PAYMENTS, &lines(&[b"Bearer \xffabc"])),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            authn.authenticate(&PAYMENTS, &lines(&[b"Basic x", b"Bearer \xe9t\xe9"])),
+            Err(TokenError::Malformed)
+        );
+        // Tokens in two headers that rules read: refused too.
+        let two = authenticator(&doc(
+            &issuer,
+            "      fromHeaders: [ { name: authorization, prefix: \"Bearer \" }, { name: x-jwt-assertion } ]\n",
+        ));
+        let mut h = lines(&[good.as_bytes()]);
+        h.insert(
+            "x-jwt-assertion",
+            HeaderValue::from_str(&impostor.sign(&claims())).unwrap(),
+        );
+        assert_eq!(two.authenticate(&PAYMENTS, &h), Err(TokenError::Ambiguous));
+        assert_eq!(
+            two.token_headers(&PAYMENTS),
+            [
+                http::header::AUTHORIZATION,
+                HeaderName::from_static("x-jwt-assertion")
+            ]
+        );
     }
 
     #[test]

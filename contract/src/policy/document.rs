@@ -758,6 +758,13 @@ fn check_path(s: &str) -> Result<(), String> {
         return Err("must start with '/' (or be a *suffix pattern)".into());
     }
     let literal = s.trim_end_matches('*');
+    if literal.contains(';') {
+        return Err(
+            "contains ';': requests are matched with their path parameters removed (as Tomcat \
+             and Spring route them), so this would never match"
+                .into(),
+        );
+    }
     match crate::path::normalize(
         literal,
         crate::path::PathOptions {

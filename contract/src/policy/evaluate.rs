@@ -252,7 +252,15 @@ impl CompiledCondition {
 
     /// `unreadable_matches`: what a header value that is not valid UTF-8 counts as. For a
     /// DENY it counts as a match (an attacker must not dodge a DENY with bad bytes); for an
-    /// ALLOW it counts as no match.
+    /// ALLOW it counts as no match. It is true exactly for DENY and AUDIT policies.
+    ///
+    /// A header is a list (RFC 9110, section 5.3): `x-debug: off, on` on one line means what
+    /// two lines `off` and `on` mean, and backends join or split them as they please. So a
+    /// header is matched by its readings: every line whole, and every element of a line that
+    /// holds a comma (commas inside quoted strings do not split). `values` match when any
+    /// reading does, for ALLOW and DENY alike. `notValues` exclude, for an ALLOW, when any
+    /// reading is listed; for a DENY only when every reading is, so an unlisted element
+    /// cannot hide behind a listed one.
     fn matches(&self, req: &Request<'_>, unreadable_matches: bool) -> bool {
         if req.l4 && self.uses_http_fields() {
             return true;
@@ -268,11 +276,28 @@ impl CompiledCondition {
         };
         match &self.key {
             ConditionKey::RequestHeader(name) => {
-                let values = req.headers.get_all(name.as_str());
-                if values.iter().any(|v| v.to_str().is_err()) {
+                let lines = req.headers.get_all(name.as_str());
+                if lines.iter().any(|v| v.to_str().is_err()) {
                     return unreadable_matches;
                 }
-                check(&mut values.iter().filter_map(|v| v.to_str().ok()))
+                let readings = || {
+                    lines
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .flat_map(list_readings)
+                };
+                let any = readings().any(|v| any_matches(&self.values, v));
+                let excluded = if unreadable_matches {
+                    let mut seen = false;
+                    let all_listed = readings().all(|v| {
+                        seen = true;
+                        any_matches(&self.not_values, v)
+                    });
+                    seen && all_listed && !self.not_values.is_empty()
+                } else {
+                    readings().any(|v| any_matches(&self.not_values, v))
+                };
+                (self.values.is_empty() || any) && !excluded
             }
             ConditionKey::Claim(path) => {
                 let mut node = req.claims;
@@ -299,6 +324,34 @@ impl CompiledCondition {
             }
         }
     }
+}
+
+/// The readings of one header line: the line itself, and when it holds a comma, each
+/// non-empty element of it as a list (split at commas outside double-quoted strings, with
+/// the optional whitespace around them trimmed).
+fn list_readings(line: &str) -> impl Iterator<Item = &str> {
+    let elements = line.contains(',').then(|| {
+        let mut parts = Vec::new();
+        let (mut start, mut quoted, mut escaped) = (0, false, false);
+        for (i, b) in line.bytes().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    parts.push(&line[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&line[start..]);
+        parts
+            .into_iter()
+            .map(|p| p.trim_matches([' ', '\t']))
+            .filter(|p| !p.is_empty())
+    });
+    std::iter::once(line).chain(elements.into_iter().flatten())
 }
 
 fn scalar(v: &Value) -> Option<String> {
@@ -1037,6 +1090,79 @@ mod tests {
         );
         let missing = call("orders", "GET", "/");
         assert_eq!(missing.eval(&s, &PAYMENTS).verdict, Verdict::Deny);
+        // One line holding a list is the same list as separate lines (RFC 9110).
+        let joined = call("orders", "GET", "/")
+            .header("x-tenant", b"acme")
+            .header("x-debug", b"off, on");
+        assert_eq!(joined.eval(&s, &PAYMENTS).verdict, Verdict::Deny, "off, on");
+        let joined = call("orders", "GET", "/")
+            .header("x-tenant", b"acme")
+            .header("x-debug", b"off,on,");
+        assert_eq!(joined.eval(&s, &PAYMENTS).verdict, Verdict::Deny, "off,on,");
+        let joined = call("orders", "GET", "/").header("x-tenant", b"other, acme");
+        assert_eq!(
+            joined.eval(&s, &PAYMENTS).verdict,
+            Verdict::Allow,
+            "an ALLOW is satisfied by any element, as by any line"
+        );
+        let quoted = call("orders", "GET", "/")
+            .header("x-tenant", b"acme")
+            .header("x-debug", b"\"off, on\"");
+        assert_eq!(
+            quoted.eval(&s, &PAYMENTS).verdict,
+            Verdict::Allow,
+            "a comma inside a quoted string does not split"
+        );
+    }
+
+    #[test]
+    fn list_readings_split_outside_quotes() {
+        fn r(l: &str) -> Vec<&str> {
+            list_readings(l).collect()
+        }
+        assert_eq!(r("on"), ["on"]);
+        assert_eq!(r("off, on"), ["off, on", "off", "on"]);
+        assert_eq!(r(" a ,\tb,,"), [" a ,\tb,,", "a", "b"]);
+        assert_eq!(r(r#""a,b", c"#), [r#""a,b", c"#, r#""a,b""#, "c"]);
+        assert_eq!(r(r#""a\",b", c"#), [r#""a\",b", c"#, r#""a\",b""#, "c"]);
+    }
+
+    #[test]
+    fn a_deny_with_not_values_sees_every_element() {
+        // DENY unless x-env is exactly "prod": "prod, dev" must not pass as "prod".
+        let allow = r#"[ {} ]"#;
+        let deny = r#"[ { when: [ { key: "request.headers[x-env]", notValues: ["prod"] } ] } ]"#;
+        let yaml = policy("all", "shop", SELECT_PAYMENTS, "ALLOW", allow)
+            + &policy("prod-only", "shop", "", "DENY", deny);
+        let s = set(&yaml, DefaultMode::Deny);
+        let with = |v: &[u8]| {
+            call("orders", "GET", "/")
+                .header("x-env", v)
+                .eval(&s, &PAYMENTS)
+                .verdict
+        };
+        assert_eq!(with(b"prod"), Verdict::Allow);
+        assert_eq!(with(b"dev"), Verdict::Deny);
+        assert_eq!(with(b"prod, dev"), Verdict::Deny);
+        assert_eq!(
+            with(b"prod,prod"),
+            Verdict::Deny,
+            "the whole line is a reading too"
+        );
+        // And an ALLOW's notValues exclude on any element.
+        let allow = r#"[ { when: [ { key: "request.headers[x-env]", notValues: ["dev"] } ] } ]"#;
+        let s = set(
+            &policy("not-dev", "shop", SELECT_PAYMENTS, "ALLOW", allow),
+            DefaultMode::Deny,
+        );
+        let with = |v: &[u8]| {
+            call("orders", "GET", "/")
+                .header("x-env", v)
+                .eval(&s, &PAYMENTS)
+                .verdict
+        };
+        assert_eq!(with(b"prod"), Verdict::Allow);
+        assert_eq!(with(b"prod, dev"), Verdict::Deny);
     }
 
     #[test]
