@@ -1142,3 +1142,133 @@ async fn an_application_that_goes_away_takes_its_broker_connection_with_it() {
     .await;
     mesh.stop().await;
 }
+
+/// A raw AMQP table from entries as sent: duplicates and order kept.
+fn raw_table(entries: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (k, v) in entries {
+        body.push(k.len() as u8);
+        body.extend(k.as_bytes());
+        body.push(b'S');
+        body.extend((v.len() as u32).to_be_bytes());
+        body.extend(v.as_bytes());
+    }
+    let mut t = (body.len() as u32).to_be_bytes().to_vec();
+    t.extend(body);
+    t
+}
+
+/// Opens channel 1 on a raw application connection.
+async fn open_channel(tcp: &mut tokio::net::TcpStream) {
+    tcp.write_all(&method_frame(1, &[0, 20, 0, 10, 0]))
+        .await
+        .unwrap();
+    let (_, ch, open_ok) = raw_frame(tcp).await;
+    assert_eq!((ch, &open_ok[..4]), (1, &[0u8, 20, 0, 11][..]));
+}
+
+#[tokio::test]
+async fn tables_with_duplicate_keys_are_refused_before_authorization() {
+    let t = setup().await;
+    for key in [
+        "x-dead-letter-exchange",
+        "x-dead-letter-routing-key",
+        "alternate-exchange",
+    ] {
+        let mut tcp = raw_app(t.sidecar.amqp_addr.unwrap()).await;
+        open_channel(&mut tcp).await;
+        // queue.declare (50,10) of "q" whose arguments name `key` twice: the proxy's
+        // decoder keeps the last value, RabbitMQ the first.
+        let mut declare = vec![0, 50, 0, 10, 0, 0, 1, b'q', 0];
+        declare.extend(raw_table(&[(key, "allowed"), (key, "denied")]));
+        tcp.write_all(&method_frame(1, &declare)).await.unwrap();
+        assert_eq!(close_code(&mut tcp).await, Some(502), "{key}");
+        let audit = support::audit_where(&t.audit, |v| {
+            v["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("duplicate key") && r.contains(key))
+        })
+        .await;
+        assert_eq!(audit["decision"], "error");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn methods_on_channel_0_are_a_connection_error_closed_properly() {
+    let t = setup().await;
+    for method in [
+        // basic.publish and basic.consume on channel 0.
+        vec![0, 60, 0, 40, 0, 0, 0, 0, 0],
+        vec![0, 60, 0, 20, 0, 0, 1, b'q', 0, 0, 0, 0, 0, 0],
+    ] {
+        let mut tcp = raw_app(t.sidecar.amqp_addr.unwrap()).await;
+        tcp.write_all(&method_frame(0, &method)).await.unwrap();
+        assert_eq!(close_code(&mut tcp).await, Some(503));
+        // close-ok, and the sidecar closes the socket at once rather than hanging.
+        tcp.write_all(&method_frame(0, &[0, 10, 0, 51]))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection hung after close-ok");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn reserved_headers_are_stripped_in_every_spelling() {
+    let t = setup().await;
+    let app = t.app().await;
+    let ch = confirming(&app).await;
+    let mut headers = FieldTable::default();
+    for name in [
+        "X-Palisade-Verified-Publisher",
+        "x_palisade_verified_publisher",
+        "X-PALISADE-SIGNATURE",
+        "X-Palisade-Publisher",
+    ] {
+        headers.insert(
+            name.into(),
+            AMQPValue::LongString("spiffe://palisade.local/ns/shop/sa/admin".into()),
+        );
+    }
+    headers.insert("x-kept".into(), AMQPValue::LongString("yes".into()));
+    let c = publish(
+        &ch,
+        &t.exchange,
+        "order.spoof",
+        b"spoof",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .unwrap();
+    assert!(c.is_ack());
+    let m = t.take(&t.queue).await.expect("delivered");
+    let names: Vec<String> = m
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .unwrap()
+        .inner()
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n
+            .to_lowercase()
+            .replace('_', "-")
+            .starts_with("x-palisade-")
+            || n == "x-palisade-publisher"
+            || n == "x-palisade-signature"),
+        "{names:?}"
+    );
+    assert_eq!(header(&m, "x-kept").as_deref(), Some("yes"));
+    assert_eq!(
+        header(&m, "x-palisade-publisher").as_deref(),
+        Some("spiffe://palisade.local/ns/shop/sa/orders")
+    );
+    let _ = app.close(200, s("bye")).await;
+    t.stop().await;
+}
