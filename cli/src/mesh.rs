@@ -464,6 +464,15 @@ pub fn findings(resources: &[Value], workloads: &[Value], mesh_version: i64) -> 
             }
         }
     }
+    for p in policies.iter().filter(|p| !is_allow(p)) {
+        for message in exact_deny_gaps(p) {
+            out.push(Finding {
+                severity: "warning",
+                target: format!("AuthorizationPolicy {}", name(p)),
+                message,
+            });
+        }
+    }
     for s in &services {
         let ns = s["metadata"]["namespace"].as_str().unwrap_or_default();
         let svc = s["metadata"]["name"].as_str().unwrap_or_default();
@@ -500,6 +509,64 @@ pub fn findings(resources: &[Value], workloads: &[Value], mesh_version: i64) -> 
                 target: format!("sidecar {id}"),
                 message: format!("certificate expires in {left}s"),
             });
+        }
+    }
+    out
+}
+
+/// Whether a policy path pattern (exact, `prefix*`, `*suffix` or `*`) matches `path`.
+fn path_pattern_matches(pattern: &str, path: &str) -> bool {
+    if pattern == "*" {
+        true
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        path.starts_with(prefix)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        path.ends_with(suffix)
+    } else {
+        pattern == path
+    }
+}
+
+/// A DENY (or AUDIT) on an exact path matches that spelling only, while backends often
+/// serve `/admin/` as `/admin` and some route without regard to case: the variants the
+/// policy does not cover itself, one message each.
+fn exact_deny_gaps(policy: &Value) -> Vec<String> {
+    let paths: Vec<&str> = policy["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["to"].as_array().into_iter().flatten())
+        .flat_map(|t| {
+            let op = t.get("operation").unwrap_or(t);
+            op["paths"].as_array().into_iter().flatten()
+        })
+        .filter_map(Value::as_str)
+        .collect();
+    let covered = |variant: &str| paths.iter().any(|p| path_pattern_matches(p, variant));
+    let mut out = Vec::new();
+    for exact in paths.iter().filter(|p| !p.contains('*')) {
+        let slash = match exact.strip_suffix('/') {
+            Some("") => None,
+            Some(without) => Some(without.to_owned()),
+            None => Some(format!("{exact}/")),
+        };
+        if let Some(variant) = slash.filter(|v| !covered(v)) {
+            out.push(format!(
+                "DENY on the exact path {exact:?} does not cover {variant:?}, which a backend \
+                 may serve as the same resource; add {variant:?} (or \"{exact}*\")"
+            ));
+        }
+        let has_letters = exact.bytes().any(|b| b.is_ascii_alphabetic());
+        let other_case = paths
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(exact) && p != exact);
+        if has_letters && !other_case {
+            out.push(format!(
+                "DENY on the exact path {exact:?} matches that letter case only ({:?} is not \
+                 denied); if the backend routes without regard to case, list the variants or \
+                 deny by ALLOW-listing instead",
+                exact.to_ascii_uppercase()
+            ));
         }
     }
     out
@@ -568,6 +635,60 @@ mod tests {
         assert!(messages[3].contains("applied version 3; the mesh is at 5"));
         assert!(messages[4].starts_with("error sidecar"));
         assert!(findings(&[], &[], 0).is_empty());
+    }
+
+    #[test]
+    fn check_warns_about_exact_deny_paths_a_backend_may_serve_otherwise() {
+        let deny = |paths: Value| {
+            vec![resource(
+                "AuthorizationPolicy",
+                json!({"metadata": {"name": "no-admin", "namespace": "shop"},
+                       "spec": {"action": "DENY", "rules": [{"to": [{"paths": paths}]}]}}),
+            )]
+        };
+        let messages = |paths: Value| -> Vec<String> {
+            findings(&deny(paths), &[], 0)
+                .into_iter()
+                .map(|f| f.message)
+                .collect()
+        };
+        let found = messages(json!(["/admin"]));
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found[0].contains("does not cover \"/admin/\""),
+            "{}",
+            found[0]
+        );
+        assert!(
+            found[1].contains("\"/ADMIN\" is not denied"),
+            "{}",
+            found[1]
+        );
+        // Covered variants are not reported.
+        assert!(messages(json!(["/admin", "/admin/", "/ADMIN", "/ADMIN/"])).is_empty());
+        assert!(
+            messages(json!(["/admin*"])).is_empty(),
+            "prefixes are not exact"
+        );
+        let found = messages(json!(["/v1/", "/V1/"]));
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(
+            found
+                .iter()
+                .all(|m| m.contains("does not cover \"/v1\"") || m.contains("\"/V1\""))
+        );
+        assert!(
+            messages(json!(["/", "/1"]))
+                .iter()
+                .all(|m| m.contains("\"/1/\""))
+        );
+        // ALLOW policies are not concerned.
+        let allow = vec![resource(
+            "AuthorizationPolicy",
+            json!({"metadata": {"name": "a", "namespace": "shop"},
+                   "spec": {"rules": [{"to": [{"paths": ["/admin"]}]}]}}),
+        )];
+        assert!(findings(&allow, &[], 0).is_empty());
     }
 
     #[test]
