@@ -76,6 +76,9 @@ enum Command {
     /// Bootstrap tokens for sidecars.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Tokens for the administration API: create (shown once), list, revoke.
+    #[command(subcommand)]
+    AdminToken(AdminTokenCommand),
     /// The mesh's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -182,6 +185,40 @@ enum TokenCommand {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         ttl: std::time::Duration,
     },
+}
+
+/// What `palisade admin-token` was asked to do, for [`mesh::admin_token`].
+fn command_args(command: AdminTokenCommand) -> mesh::AdminTokenAction {
+    match command {
+        AdminTokenCommand::Create { role, name, ttl } => {
+            mesh::AdminTokenAction::Create { role, name, ttl }
+        }
+        AdminTokenCommand::List => mesh::AdminTokenAction::List,
+        AdminTokenCommand::Revoke { id_or_name } => mesh::AdminTokenAction::Revoke(id_or_name),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminTokenCommand {
+    /// Create a token for one role; prints the token (it is not stored and cannot be shown
+    /// again). Needs the admin role.
+    Create {
+        /// viewer, editor, auditor or admin.
+        #[arg(long)]
+        role: String,
+        /// A name to list and revoke it by, and the principal the audit trail records
+        /// (lower-case letters, digits, '-'; unique among usable tokens).
+        #[arg(long)]
+        name: String,
+        /// How long the token may be used (e.g. 8h; at most 90d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// List the tokens (never the tokens themselves): id, name, role, expiry, revocation.
+    List,
+    /// Revoke a token by id or name; refused on the very next call, on every replica.
+    /// Revoke `initial-admin` once named admin tokens exist.
+    Revoke { id_or_name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,6 +369,9 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
                 Output::Json | Output::Yaml => println!("{response:#}"),
                 Output::Table => println!("{}", response["token"].as_str().unwrap_or_default()),
             }
+        }
+        Command::AdminToken(command) => {
+            mesh::admin_token(&api, command_args(command), cli.output).await?
         }
         Command::Ca(CaCommand::Status) => {
             let status = api.get_json("/v1/ca").await?;

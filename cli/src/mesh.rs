@@ -393,6 +393,89 @@ pub async fn audit(
     Ok(())
 }
 
+/// `palisade admin-token ...`.
+#[derive(Debug)]
+pub enum AdminTokenAction {
+    Create {
+        role: String,
+        name: String,
+        ttl: Duration,
+    },
+    List,
+    Revoke(String),
+}
+
+pub async fn admin_token(
+    api: &ApiClient,
+    action: AdminTokenAction,
+    output: Output,
+) -> Result<(), ApiError> {
+    let result = match action {
+        AdminTokenAction::Create { role, name, ttl } => {
+            let body = json!({"name": name, "role": role, "ttlSeconds": ttl.as_secs()});
+            let created = api
+                .post_json(&api_path(&["v1", "admin-tokens"], &[]), &body)
+                .await?;
+            if let Output::Table = output {
+                println!("{}", created["token"].as_str().unwrap_or_default());
+                return Ok(());
+            }
+            created
+        }
+        AdminTokenAction::List => {
+            let list = api
+                .get_json(&api_path(&["v1", "admin-tokens"], &[]))
+                .await?;
+            if let Output::Table = output {
+                println!(
+                    "{:<32} {:<24} {:<8} {:>11} {:<10} CREATED BY",
+                    "ID", "NAME", "ROLE", "EXPIRES", "STATE"
+                );
+                let now = now();
+                for t in list["items"].as_array().into_iter().flatten() {
+                    let expires = t["expiresAt"].as_i64().unwrap_or_default();
+                    let state = if !t["revokedAt"].is_null() {
+                        "revoked"
+                    } else if expires <= now {
+                        "expired"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<32} {:<24} {:<8} {:>11} {:<10} {}",
+                        t["id"].as_str().unwrap_or_default(),
+                        t["name"].as_str().unwrap_or_default(),
+                        t["role"].as_str().unwrap_or_default(),
+                        expires,
+                        state,
+                        t["createdBy"].as_str().unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            list
+        }
+        AdminTokenAction::Revoke(id) => {
+            let revoked = api
+                .delete(&api_path(&["v1", "admin-tokens", &id], &[]))
+                .await?;
+            if let Output::Table = output {
+                for t in revoked["revoked"].as_array().into_iter().flatten() {
+                    println!(
+                        "revoked {} ({})",
+                        t["name"].as_str().unwrap_or_default(),
+                        t["id"].as_str().unwrap_or_default()
+                    );
+                }
+                return Ok(());
+            }
+            revoked
+        }
+    };
+    println!("{result:#}");
+    Ok(())
+}
+
 /// One finding of `palisade check`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Finding {

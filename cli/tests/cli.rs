@@ -250,3 +250,169 @@ async fn inject_adds_the_sidecar_to_pod_templates_offline_and_only_once() {
         stderr(&bad)
     );
 }
+
+/// `palisade` with an explicit token (instead of the initial admin token's file).
+async fn palisade_as(cp: &RunningControlPlane, token: &str, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"));
+    cmd.args(["--server", &format!("http://{}", cp.admin_addr)])
+        .args(args)
+        .env("PALISADE_TOKEN", token)
+        .env_remove("PALISADE_TOKEN_FILE");
+    tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admin_tokens_are_created_listed_revoked_and_checked_on_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path()).await;
+    let create = |role: &'static str, name: &'static str| {
+        let cp = &cp;
+        async move {
+            let out = palisade(
+                Some(cp),
+                None,
+                &[
+                    "admin-token",
+                    "create",
+                    "--role",
+                    role,
+                    "--name",
+                    name,
+                    "--ttl",
+                    "2h",
+                ],
+            )
+            .await;
+            assert!(out.status.success(), "{}", stderr(&out));
+            stdout(&out).trim().to_owned()
+        }
+    };
+    let viewer = create("viewer", "ci-viewer").await;
+    let ops = create("admin", "ops").await;
+    // The new tokens work, for their role only.
+    assert!(
+        palisade_as(&cp, &viewer, &["ca", "status"])
+            .await
+            .status
+            .success()
+    );
+    let out = palisade_as(
+        &cp,
+        &viewer,
+        &["token", "create", "-n", "shop", "-s", "orders"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("role viewer may not do this"),
+        "{}",
+        stderr(&out)
+    );
+    // A name is unique among usable tokens; bad roles, names and lifetimes are refused.
+    for (args, why) in [
+        (vec!["--role", "viewer", "--name", "ci-viewer"], "exists"),
+        (vec!["--role", "root", "--name", "x"], "is not viewer"),
+        (
+            vec!["--role", "viewer", "--name", "Not_A_Name"],
+            "lower-case",
+        ),
+        (
+            vec!["--role", "viewer", "--name", "y", "--ttl", "365d"],
+            "lifetime",
+        ),
+    ] {
+        let mut all = vec!["admin-token", "create"];
+        all.extend(args);
+        let out = palisade(Some(&cp), None, &all).await;
+        assert!(!out.status.success(), "{all:?}");
+        assert!(stderr(&out).contains(why), "{all:?}: {}", stderr(&out));
+    }
+    // The list shows ids and metadata, never a token.
+    let out = palisade(Some(&cp), None, &["admin-token", "list", "-o", "json"]).await;
+    let list = stdout(&out);
+    let items: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "{list}");
+    for name in ["initial-admin", "ci-viewer", "ops"] {
+        assert!(names.contains(&name), "{name} in {list}");
+    }
+    for token in [&viewer, &ops] {
+        assert!(!list.contains(token.as_str()));
+    }
+    // Revoked by name: refused on the very next call.
+    let out = palisade(Some(&cp), None, &["admin-token", "revoke", "ci-viewer"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("revoked ci-viewer"),
+        "{}",
+        stdout(&out)
+    );
+    let out = palisade_as(&cp, &viewer, &["ca", "status"]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("revoked"), "{}", stderr(&out));
+    let out = palisade(Some(&cp), None, &["admin-token", "revoke", "ci-viewer"]).await;
+    assert!(!out.status.success(), "revoking twice is an error");
+    // The initial token is retired the same way; the named admin token carries on.
+    let out = palisade_as(&cp, &ops, &["admin-token", "revoke", "initial-admin"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !palisade(Some(&cp), None, &["ca", "status"])
+            .await
+            .status
+            .success()
+    );
+    let out = palisade_as(&cp, &ops, &["audit", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trail: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let steps: Vec<String> = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "AdminToken")
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["principal"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "initial-admin created ci-viewer",
+            "initial-admin created ops",
+            "initial-admin revoked ci-viewer",
+            "ops revoked initial-admin",
+        ]
+    );
+    // Neither the API's answers nor the database hold a token.
+    let mut db = std::fs::read(dir.path().join("data/palisade.db")).unwrap();
+    db.extend(std::fs::read(dir.path().join("data/palisade.db-wal")).unwrap_or_default());
+    let ids = items["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    assert!(
+        db.windows(ids.len()).any(|w| w == ids),
+        "the ids are stored"
+    );
+    for token in [&viewer, &ops] {
+        let needle = token.as_bytes();
+        assert!(
+            !db.windows(needle.len()).any(|w| w == needle),
+            "a token was stored"
+        );
+    }
+    cp.shutdown().await;
+}

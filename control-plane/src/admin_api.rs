@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use palisade_contract::SpiffeId;
 
 use crate::admin_mesh;
+use crate::admin_tokens::{AdminTokenError, AdminTokenIssuer, DEFAULT_ADMIN_TOKEN_TTL};
 use crate::ca::{CaError, CaStatus, CertificateAuthority};
 use crate::join_tokens::{DEFAULT_JOIN_TOKEN_TTL, JoinTokenError, JoinTokenIssuer};
 use crate::mesh_config::MeshConfig;
@@ -119,6 +120,8 @@ impl IntoResponse for AdminError {
 pub struct AdminState {
     pub ca: Arc<CertificateAuthority>,
     pub token_key: Arc<TokenKey>,
+    /// The record every local admin token is checked against (revocation).
+    pub admin_tokens: AdminTokenIssuer,
     pub join_tokens: JoinTokenIssuer,
     pub mesh: Arc<MeshConfig>,
     /// Operators' tokens from an OIDC provider, when configured.
@@ -253,6 +256,9 @@ impl OidcAdmins {
 /// decided.
 pub const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/v1/join-tokens", Role::Admin),
+    ("POST", "/v1/admin-tokens", Role::Admin),
+    ("GET", "/v1/admin-tokens", Role::Admin),
+    ("DELETE", "/v1/admin-tokens/{id}", Role::Admin),
     ("GET", "/v1/trust-bundle", Role::Viewer),
     ("GET", "/v1/ca", Role::Viewer),
     ("POST", "/v1/ca/rotation/{step}", Role::Admin),
@@ -368,6 +374,19 @@ impl FromRequestParts<Arc<AdminState>> for Principal {
         })?;
         let role = Role::parse(&claims.role)
             .ok_or(AdminError::Unauthenticated("token has an unknown role"))?;
+        // A valid signature is not enough: the token must still be recorded and unrevoked.
+        let active = state
+            .admin_tokens
+            .active(&claims.jti)
+            .await
+            .map_err(|e| AdminError::Internal(e.to_string()))?;
+        if !active {
+            tracing::info!(target: "palisade::admin", reason = "revoked_or_unknown",
+                id = %claims.jti, "admin token refused");
+            return Err(AdminError::Unauthenticated(
+                "the token was revoked, or is not known to this control plane",
+            ));
+        }
         Ok(Principal {
             subject: claims.sub,
             role,
@@ -382,6 +401,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
     let ns_doc = "/v1/namespaces/{namespace}/{plural}/{name}";
     let authenticated = Router::new()
         .route("/v1/join-tokens", post(create_join_token))
+        .route(
+            "/v1/admin-tokens",
+            post(create_admin_token).get(list_admin_tokens),
+        )
+        .route(
+            "/v1/admin-tokens/{id}",
+            axum::routing::delete(revoke_admin_token),
+        )
         .route("/v1/trust-bundle", get(trust_bundle))
         .route("/v1/ca", get(ca_status))
         .route("/v1/ca/rotation/{step}", post(rotate))
@@ -520,6 +547,99 @@ async fn create_join_token(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdminTokenRequest {
+    pub name: String,
+    pub role: String,
+    /// Lifetime in seconds (default 3600, at most 90 days).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+impl From<AdminTokenError> for AdminError {
+    fn from(e: AdminTokenError) -> Self {
+        match e {
+            AdminTokenError::Invalid(detail) => AdminError::Invalid {
+                error: "invalid admin token request".into(),
+                details: vec![detail],
+            },
+            AdminTokenError::Conflict(m) => AdminError::Conflict(m),
+            AdminTokenError::NotFound(m) => AdminError::NotFound(m),
+            AdminTokenError::Internal(m) => AdminError::Internal(m),
+        }
+    }
+}
+
+async fn create_admin_token(
+    State(state): State<Arc<AdminState>>,
+    principal: Principal,
+    headers: axum::http::HeaderMap,
+    body: Result<Json<AdminTokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, AdminError> {
+    let invalid = |detail: String| AdminError::Invalid {
+        error: "invalid admin token request".into(),
+        details: vec![detail],
+    };
+    let Json(request) = body.map_err(|rejection| invalid(rejection.body_text()))?;
+    let role = Role::parse(&request.role).ok_or_else(|| {
+        invalid(format!(
+            "role {:?} is not viewer, editor, auditor or admin",
+            request.role.chars().take(32).collect::<String>()
+        ))
+    })?;
+    let ttl = request
+        .ttl_seconds
+        .map_or(DEFAULT_ADMIN_TOKEN_TTL, Duration::from_secs);
+    let token = state
+        .admin_tokens
+        .create(&request.name, role.name(), ttl, &principal.subject)
+        .await?;
+    // The token itself is a credential: the trail records which one, never the token.
+    audit_event(
+        &state,
+        &principal,
+        &headers,
+        "created",
+        "AdminToken",
+        palisade_contract::identity_api::CONTROL_PLANE_NAMESPACE,
+        &token.name,
+        serde_json::json!({"id": token.id, "role": token.role, "expiresAt": token.expires_at}),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+async fn list_admin_tokens(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<serde_json::Value>, AdminError> {
+    let items = state.admin_tokens.list().await?;
+    Ok(Json(serde_json::json!({ "items": items })))
+}
+
+async fn revoke_admin_token(
+    State(state): State<Arc<AdminState>>,
+    principal: Principal,
+    headers: axum::http::HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, AdminError> {
+    let revoked = state.admin_tokens.revoke(&id, &principal.subject).await?;
+    for t in &revoked {
+        audit_event(
+            &state,
+            &principal,
+            &headers,
+            "revoked",
+            "AdminToken",
+            palisade_contract::identity_api::CONTROL_PLANE_NAMESPACE,
+            &t.name,
+            serde_json::json!({"id": t.jti, "role": t.role}),
+        )
+        .await?;
+    }
+    Ok(Json(serde_json::json!({ "revoked": revoked })))
 }
 
 async fn trust_bundle(State(state): State<Arc<AdminState>>) -> Result<Response, AdminError> {

@@ -16,6 +16,7 @@
 
 pub mod admin_api;
 pub mod admin_mesh;
+pub mod admin_tokens;
 pub mod bootstrap;
 pub mod ca;
 pub mod config;

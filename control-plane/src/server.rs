@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin_api::{self, AdminState};
+use crate::admin_tokens::{AdminToken, AdminTokenError, AdminTokenIssuer};
 use crate::bootstrap::{BootstrapVerifier, KubernetesVerifier};
 use crate::ca::{CertificateAuthority, write_file};
 use crate::config::Config;
@@ -41,8 +42,6 @@ use crate::webhook;
 
 /// Where the initial admin token is written, in the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
-/// Lifetime of the initial admin token.
-pub const ADMIN_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A started control plane. Dropping it does not stop it; call [`Self::shutdown`].
 #[derive(Debug)]
@@ -55,6 +54,7 @@ pub struct RunningControlPlane {
     pub admin_token_path: PathBuf,
     pub ca: Arc<CertificateAuthority>,
     join_tokens: JoinTokenIssuer,
+    admin_tokens: AdminTokenIssuer,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -77,6 +77,17 @@ impl RunningControlPlane {
         self.join_tokens
             .create(namespace, service_account, ttl, "embedder")
             .await
+    }
+
+    /// Creates a recorded admin token without going through the admin API (for embedders
+    /// such as tests); recorded as created by `embedder`.
+    pub async fn create_admin_token(
+        &self,
+        name: &str,
+        role: &str,
+        ttl: Duration,
+    ) -> Result<AdminToken, AdminTokenError> {
+        self.admin_tokens.create(name, role, ttl, "embedder").await
     }
 
     /// The initial admin token (read from the data dir).
@@ -146,12 +157,27 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         &[b"h2", b"http/1.1"],
     ));
 
+    let admin_tokens = AdminTokenIssuer {
+        key: token_key.clone(),
+        store: store.clone(),
+    };
     let admin_token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
-    if !admin_token_path.exists() {
-        let token = token_key.mint_admin("initial-admin", "admin", ADMIN_TOKEN_TTL)?;
-        write_file(&admin_token_path, format!("{token}\n").as_bytes(), true)?;
-        tracing::info!(path = %admin_token_path.display(),
-            "wrote the initial admin token (role admin); use it with `palisade --token-file`");
+    if admin_token_path.exists() {
+        // A data dir from before tokens were recorded: its initial token is recorded now.
+        let token = std::fs::read_to_string(&admin_token_path)
+            .with_context(|| format!("reading {}", admin_token_path.display()))?;
+        admin_tokens.adopt(token.trim()).await?;
+    } else {
+        let initial = admin_tokens.create_initial().await?;
+        write_file(
+            &admin_token_path,
+            format!("{}\n", initial.token).as_bytes(),
+            true,
+        )?;
+        tracing::info!(path = %admin_token_path.display(), expires_at = initial.expires_at,
+            "wrote the initial admin token (role admin, name initial-admin); create named \
+             tokens with `palisade admin-token create`, then retire it with \
+             `palisade admin-token revoke initial-admin`");
     }
 
     let sidecar_listener = bind(config.sidecar_listen, "sidecar").await?;
@@ -219,6 +245,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let admin = admin_api::router(Arc::new(AdminState {
         ca: ca.clone(),
         token_key: token_key.clone(),
+        admin_tokens: admin_tokens.clone(),
         join_tokens: join_tokens.clone(),
         mesh: mesh.clone(),
         oidc: oidc_admins(config)?,
@@ -350,6 +377,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         metrics_addr,
         webhook_addr,
         admin_token_path,
+        admin_tokens,
         ca,
         join_tokens,
         stop,

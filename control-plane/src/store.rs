@@ -84,6 +84,22 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             PRIMARY KEY (spiffe_id, instance)
          )",
     ),
+    (
+        3,
+        "admin tokens",
+        // Only the token's id is kept, never the token: a token is accepted while its row
+        // exists, is unexpired and is not revoked (checked on every call).
+        "CREATE TABLE admin_tokens (
+            jti TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            revoked_at BIGINT,
+            revoked_by TEXT
+        )",
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -132,6 +148,21 @@ pub struct JoinTokenRecord {
     pub created_by: String,
     pub created_at: i64,
     pub expires_at: i64,
+}
+
+/// An admin token as recorded at creation (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminTokenRecord {
+    #[serde(rename = "id")]
+    pub jti: String,
+    pub name: String,
+    pub role: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
 }
 
 /// What consuming a join token found.
@@ -232,6 +263,85 @@ impl Store {
         } else {
             Consumed::Refused
         })
+    }
+
+    pub async fn record_admin_token(&self, r: &AdminTokenRecord) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO admin_tokens
+            (jti, name, role, created_by, created_at, expires_at, revoked_at, revoked_by)
+            VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(&r.jti)
+            .bind(&r.name)
+            .bind(&r.role)
+            .bind(&r.created_by)
+            .bind(r.created_at)
+            .bind(r.expires_at)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Every recorded admin token, newest first.
+    pub async fn admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        const SQL: &str = "SELECT jti, name, role, created_by, created_at, expires_at,
+                                  revoked_at, revoked_by
+                           FROM admin_tokens ORDER BY created_at DESC, jti";
+        let rows = on_pool!(self, pool => sqlx::query(SQL).fetch_all(pool).await.and_then(|rows| {
+            rows.iter()
+                .map(|r| {
+                    Ok(AdminTokenRecord {
+                        jti: r.try_get(0)?,
+                        name: r.try_get(1)?,
+                        role: r.try_get(2)?,
+                        created_by: r.try_get(3)?,
+                        created_at: r.try_get(4)?,
+                        expires_at: r.try_get(5)?,
+                        revoked_at: r.try_get(6)?,
+                        revoked_by: r.try_get(7)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        }))?;
+        Ok(rows)
+    }
+
+    /// Whether the admin token `jti` may be used at `now`: recorded, unexpired, unrevoked.
+    pub async fn admin_token_active(&self, jti: &str, now: i64) -> Result<bool, StoreError> {
+        const SQL: &str = "SELECT COUNT(*) FROM admin_tokens
+                           WHERE jti = $1 AND revoked_at IS NULL AND expires_at > $2";
+        let n: i64 = on_pool!(self, pool => sqlx::query(SQL)
+            .bind(jti)
+            .bind(now)
+            .fetch_one(pool)
+            .await
+            .and_then(|r| r.try_get(0)))?;
+        Ok(n > 0)
+    }
+
+    /// Revokes the unrevoked admin tokens whose id or name is `id_or_name`; returns them.
+    pub async fn revoke_admin_tokens(
+        &self,
+        id_or_name: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        const SQL: &str = "UPDATE admin_tokens SET revoked_at = $1, revoked_by = $2
+                           WHERE (jti = $3 OR name = $3) AND revoked_at IS NULL";
+        let targets: Vec<AdminTokenRecord> = self
+            .admin_tokens()
+            .await?
+            .into_iter()
+            .filter(|t| (t.jti == id_or_name || t.name == id_or_name) && t.revoked_at.is_none())
+            .collect();
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(now)
+            .bind(by)
+            .bind(id_or_name)
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(targets)
     }
 
     /// Whether a join token has been used (None when it was never recorded).
@@ -823,6 +933,68 @@ mod tests {
             }
         }
         assert_eq!(fresh, 1);
+    }
+
+    async fn admin_tokens_are_active_until_revoked_or_expired(store: Store) {
+        let record = |jti: &str, name: &str, expires_at: i64| AdminTokenRecord {
+            jti: jti.into(),
+            name: name.into(),
+            role: "viewer".into(),
+            created_by: "admin".into(),
+            created_at: 10,
+            expires_at,
+            revoked_at: None,
+            revoked_by: None,
+        };
+        store
+            .record_admin_token(&record("a", "ci", 1000))
+            .await
+            .unwrap();
+        store
+            .record_admin_token(&record("b", "old", 50))
+            .await
+            .unwrap();
+        assert!(store.admin_token_active("a", 100).await.unwrap());
+        assert!(
+            !store.admin_token_active("b", 100).await.unwrap(),
+            "expired"
+        );
+        assert!(
+            !store.admin_token_active("nope", 100).await.unwrap(),
+            "never recorded"
+        );
+        let revoked = store.revoke_admin_tokens("ci", "ops", 200).await.unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(revoked[0].jti, "a");
+        assert!(
+            !store.admin_token_active("a", 201).await.unwrap(),
+            "revoked"
+        );
+        assert!(
+            store
+                .revoke_admin_tokens("a", "ops", 202)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let all = store.admin_tokens().await.unwrap();
+        let a = all.iter().find(|t| t.jti == "a").unwrap();
+        assert_eq!(
+            (a.revoked_at, a.revoked_by.as_deref()),
+            (Some(200), Some("ops"))
+        );
+        assert_eq!(all.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn sqlite_admin_tokens_are_active_until_revoked_or_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        admin_tokens_are_active_until_revoked_or_expired(sqlite_store(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_admin_tokens_are_active_until_revoked_or_expired() {
+        admin_tokens_are_active_until_revoked_or_expired(postgres_store().await).await;
     }
 
     #[tokio::test]

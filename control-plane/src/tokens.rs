@@ -134,9 +134,16 @@ impl TokenKey {
         self.sign(claims)
     }
 
-    pub fn mint_admin(&self, subject: &str, role: &str, ttl: Duration) -> Result<String, CaError> {
+    /// Signs an admin token; its claims say what to record ([`crate::admin_tokens`]: an
+    /// admin token is accepted only while its `jti` is recorded and unrevoked).
+    pub fn mint_admin(
+        &self,
+        subject: &str,
+        role: &str,
+        ttl: Duration,
+    ) -> Result<(String, AdminClaims), CaError> {
         let now = unix_now() as u64;
-        self.sign(&AdminClaims {
+        let claims = AdminClaims {
             iss: self.issuer.clone(),
             aud: ADMIN_AUDIENCE.into(),
             sub: subject.into(),
@@ -145,7 +152,8 @@ impl TokenKey {
             nbf: now,
             iat: now,
             jti: random_id()?,
-        })
+        };
+        Ok((self.sign(&claims)?, claims))
     }
 
     pub fn verify_join(&self, token: &str) -> Result<JoinClaims, TokenError> {

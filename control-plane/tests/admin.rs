@@ -32,10 +32,11 @@ const DOC_PATH: &str = "/v1/namespaces/shop/authorizationpolicies/payments-from-
 
 async fn role_matrix(h: Harness) {
     let roles = [Role::Viewer, Role::Editor, Role::Admin, Role::Auditor];
-    let tokens: Vec<(Role, String)> = roles
-        .iter()
-        .map(|r| (*r, h.token_for("matrix", r.name())))
-        .collect();
+    let mut tokens: Vec<(Role, String)> = Vec::new();
+    for r in roles {
+        let name = format!("matrix-{}", r.name());
+        tokens.push((r, h.token_for(&name, r.name()).await));
+    }
     for (method, template, needed) in ROUTES {
         // Parameters that pass authorization and then fail harmlessly (no CA rotation, no
         // stored change).
@@ -127,9 +128,9 @@ async fn the_served_openapi_document_is_the_one_in_the_repository() {
 }
 
 async fn documents_versions_and_the_audit_trail(mut h: Harness) {
-    let editor = h.token_for("erin", "editor");
-    let viewer = h.token_for("vic", "viewer");
-    let auditor = h.token_for("aude", "auditor");
+    let editor = h.token_for("erin", "editor").await;
+    let viewer = h.token_for("vic", "viewer").await;
+    let auditor = h.token_for("aude", "auditor").await;
     let put = |token: String, headers: Vec<(&'static str, String)>, body: String| {
         let h = &h;
         async move {
@@ -393,7 +394,7 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
 
     // Everything survives a restart.
     h.restart().await;
-    let viewer = h.token_for("vic", "viewer");
+    let viewer = h.token_for("vic", "viewer").await;
     let (status, _, got) = h
         .admin_raw(Method::GET, DOC_PATH, Some(&viewer), &[], String::new())
         .await;
@@ -652,7 +653,7 @@ async fn operators_can_authenticate_with_a_client_certificate() {
     let cert_for = |ns: &'static str, sa: &'static str| {
         let h = &h;
         async move {
-            let token = h.token_for("setup", "admin");
+            let token = h.token_for(&format!("setup-{ns}-{sa}"), "admin").await;
             let (status, body) = h
                 .tls_request(
                     h.cp().admin_addr,

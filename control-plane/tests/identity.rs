@@ -957,11 +957,23 @@ async fn the_admin_api_needs_a_valid_token_with_the_right_role() {
     let (status, _) = h.admin(Method::GET, "/v1/ca", Some(&join), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // Signed with the right key but never recorded: refused.
     let key = palisade_control_plane::tokens::TokenKey::load_or_create(&h.config.data_dir, &td())
         .unwrap();
-    let viewer = key
-        .mint_admin("alice", "viewer", Duration::from_secs(60))
+    let (unrecorded, _) = key
+        .mint_admin("alice", "admin", Duration::from_secs(60))
         .unwrap();
+    let (status, body) = h
+        .admin(Method::GET, "/v1/ca", Some(&unrecorded), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let viewer =
+        h.cp.as_ref()
+            .unwrap()
+            .create_admin_token("alice", "viewer", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .token;
     let (status, _) = h
         .admin(
             Method::POST,

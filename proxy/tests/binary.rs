@@ -5,12 +5,7 @@ use tokio::process::Command;
 #[tokio::test]
 async fn bad_settings_are_all_reported_with_exit_status_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_palisade-proxy"))
-        .args([
-            "--ca-bundle",
-            "/nonexistent.pem",
-            "--control-plane",
-            "nohost",
-        ])
+        .args(["--ca-bundle", "/nonexistent.pem", "--idle-timeout", "1ms"])
         .env_clear()
         .output()
         .await
@@ -19,12 +14,28 @@ async fn bad_settings_are_all_reported_with_exit_status_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in [
         "--ca-bundle /nonexistent.pem",
-        "host:port",
+        "--idle-timeout",
         "--token-file or --identity-dir",
     ] {
         assert!(
             stderr.contains(expected),
             "{expected} missing from: {stderr}"
+        );
+    }
+    // A control plane that is neither a URL nor host:port is refused at start, not looked
+    // up as a host name and retried forever.
+    for bad in ["nohost", "http://127.0.0.1:15012", "https://127.0.0.1"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_palisade-proxy"))
+            .args(["--ca-bundle", "/nonexistent.pem", "--control-plane", bad])
+            .env_clear()
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--control-plane") && stderr.contains("https://host:port"),
+            "{bad}: {stderr}"
         );
     }
     let help = Command::new(env!("CARGO_BIN_EXE_palisade-proxy"))

@@ -138,12 +138,15 @@ impl Harness {
         (status, headers, value)
     }
 
-    /// A token of the control plane for `role`.
-    pub fn token_for(&self, subject: &str, role: &str) -> String {
-        palisade_control_plane::tokens::TokenKey::load_or_create(&self.config.data_dir, &td())
+    /// A recorded admin token of the control plane for `role`, named `name`.
+    pub async fn token_for(&self, name: &str, role: &str) -> String {
+        self.cp
+            .as_ref()
+            .expect("running")
+            .create_admin_token(name, role, Duration::from_secs(600))
+            .await
             .unwrap()
-            .mint_admin(subject, role, Duration::from_secs(600))
-            .unwrap()
+            .token
     }
 
     pub async fn join_token(&self, ns: &str, sa: &str) -> String {
