@@ -57,6 +57,8 @@ pub struct CertificateResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     pub error: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Always present (an empty list when there is nothing more to say), as the admin API's
+    /// OpenAPI document requires.
+    #[serde(default)]
     pub details: Vec<String>,
 }

@@ -87,6 +87,62 @@ pub enum AdminError {
     NotFound(String),
     #[error("internal error")]
     Internal(String),
+    /// A request refused before a handler could read it, with the status the extractor
+    /// chose (413 too large, 415 not JSON, 400 or 422 not the expected shape).
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
+}
+
+impl AdminError {
+    /// A JSON body the extractor refused, keeping its status (a 2 MiB body is 413, not 400).
+    pub fn from_json_rejection(r: axum::extract::rejection::JsonRejection, what: &str) -> Self {
+        match r.status() {
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => AdminError::Invalid {
+                error: format!("invalid {what}"),
+                details: vec![r.body_text()],
+            },
+            status => AdminError::Rejected {
+                status,
+                message: r.body_text(),
+            },
+        }
+    }
+}
+
+/// Every error the admin API answers is the documented JSON (`{"error", "details"}`),
+/// whoever made it: axum's extractors answer 400, 413, 415 and 422 in plain text, and the
+/// router 404 and 405 with an empty body. Applied to the whole router, so no route or
+/// layer can slip past it.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let error = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut json = error_response(status, &error, Vec::new());
+    for name in [header::WWW_AUTHENTICATE, header::ALLOW] {
+        if let Some(v) = parts.headers.get(&name) {
+            json.headers_mut().insert(name, v.clone());
+        }
+    }
+    json
 }
 
 impl IntoResponse for AdminError {
@@ -97,6 +153,7 @@ impl IntoResponse for AdminError {
             AdminError::Invalid { .. } => StatusCode::BAD_REQUEST,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Rejected { status, .. } => *status,
             AdminError::Internal(detail) => {
                 tracing::error!(target: "palisade::admin", error = %detail, "admin request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -434,6 +491,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/readyz", get(ready))
         .merge(authenticated)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::map_response(json_errors))
         .with_state(state)
 }
 
@@ -513,11 +571,8 @@ async fn create_join_token(
     headers: axum::http::HeaderMap,
     body: Result<Json<JoinTokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AdminError> {
-    let invalid = |detail: String| AdminError::Invalid {
-        error: "invalid join token request".into(),
-        details: vec![detail],
-    };
-    let Json(request) = body.map_err(|rejection| invalid(rejection.body_text()))?;
+    let Json(request) =
+        body.map_err(|r| AdminError::from_json_rejection(r, "join token request"))?;
     let ttl = request
         .ttl_seconds
         .map_or(DEFAULT_JOIN_TOKEN_TTL, Duration::from_secs);
@@ -531,7 +586,10 @@ async fn create_join_token(
         )
         .await
         .map_err(|e| match e {
-            JoinTokenError::Invalid(detail) => invalid(detail),
+            JoinTokenError::Invalid(detail) => AdminError::Invalid {
+                error: "invalid join token request".into(),
+                details: vec![detail],
+            },
             JoinTokenError::Internal(detail) => AdminError::Internal(detail),
         })?;
     // The token itself is a credential: the trail records whom it is for, never the token.
@@ -583,7 +641,8 @@ async fn create_admin_token(
         error: "invalid admin token request".into(),
         details: vec![detail],
     };
-    let Json(request) = body.map_err(|rejection| invalid(rejection.body_text()))?;
+    let Json(request) =
+        body.map_err(|r| AdminError::from_json_rejection(r, "admin token request"))?;
     let role = Role::parse(&request.role).ok_or_else(|| {
         invalid(format!(
             "role {:?} is not viewer, editor, auditor or admin",

@@ -422,8 +422,9 @@ pub struct SimulateResult {
 
 pub async fn simulate(
     State(state): State<Arc<AdminState>>,
-    Json(req): Json<SimulateRequest>,
+    body: Result<Json<SimulateRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<SimulateResult>, AdminError> {
+    let Json(req) = body.map_err(|r| AdminError::from_json_rejection(r, "simulate request"))?;
     let bad = |error: String| AdminError::Invalid {
         error,
         details: Vec::new(),

@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::BTreeSet;
 
+use bytes::Bytes;
 use http::{Method, StatusCode};
 use palisade_control_plane::admin_api::{OPENAPI, ROUTES, Role};
 use serde_json::{Value, json};
@@ -106,6 +107,7 @@ fn the_openapi_document_matches_the_routes() {
         .map(|(m, p, r)| (m.to_string(), p.to_string(), Some(r.name().to_owned())))
         .collect();
     routed.insert(("GET".into(), "/healthz".into(), None));
+    routed.insert(("GET".into(), "/readyz".into(), None));
     assert_eq!(
         documented, routed,
         "openapi.json and admin_api::ROUTES differ"
@@ -142,7 +144,7 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
     };
 
     // Create, then read back with its version as the ETag.
-    let (status, headers, created) = put(editor.clone(), vec![], POLICY.into()).await;
+    let (status, headers, created) = put(editor.clone(), vec![], POLICY.to_owned()).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let v1 = created["resourceVersion"].as_i64().unwrap();
     assert_eq!(headers["etag"], format!("\"{v1}\"").as_str());
@@ -189,7 +191,7 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
             "/v1/namespaces/shop/authorizationpolicies/other-name",
             Some(&editor),
             &[],
-            POLICY.into(),
+            POLICY.to_owned(),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -207,7 +209,7 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 
     // A viewer may not write.
-    let (status, _, _) = put(viewer.clone(), vec![], POLICY.into()).await;
+    let (status, _, _) = put(viewer.clone(), vec![], POLICY.to_owned()).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // Invalid documents: every problem, located.
@@ -392,9 +394,8 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
         "the trail must not hold the token"
     );
 
-    // Everything survives a restart.
+    // Everything survives a restart, admin tokens included.
     h.restart().await;
-    let viewer = h.token_for("vic", "viewer").await;
     let (status, _, got) = h
         .admin_raw(Method::GET, DOC_PATH, Some(&viewer), &[], String::new())
         .await;
@@ -420,7 +421,13 @@ async fn simulate_explains_the_decision() {
     let h = Harness::start().await;
     let admin = h.admin_token();
     let (status, _, body) = h
-        .admin_raw(Method::POST, "/v1/apply", Some(&admin), &[], POLICY.into())
+        .admin_raw(
+            Method::POST,
+            "/v1/apply",
+            Some(&admin),
+            &[],
+            POLICY.to_owned(),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let simulate = |request: Value| {
@@ -482,7 +489,7 @@ async fn simulate_explains_the_decision() {
             "/v1/apply",
             Some(&admin),
             &[],
-            amqp_policy.into(),
+            amqp_policy.to_owned(),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -532,7 +539,7 @@ async fn a_change_through_one_postgres_replica_reaches_sidecars_of_another() {
                 "/v1/apply",
                 Some(&a.admin_token()),
                 &[],
-                POLICY.into(),
+                POLICY.to_owned(),
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -594,7 +601,7 @@ async fn operators_can_sign_in_with_an_oidc_provider() {
             "/v1/apply",
             Some(&token(json!({}))),
             &[],
-            POLICY.into(),
+            POLICY.to_owned(),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -685,7 +692,7 @@ async fn operators_can_authenticate_with_a_client_certificate() {
         Some(operator.clone()),
         Method::POST,
         "/v1/apply",
-        POLICY.into(),
+        POLICY.to_owned(),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -736,7 +743,12 @@ async fn readiness_follows_the_database() {
         .admin_raw(Method::GET, "/readyz", None, &[], String::new())
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(body.as_str().unwrap().contains("database"), "{body}");
+    // As every error of this API: the documented JSON.
+    assert!(
+        body["error"].as_str().unwrap().contains("database"),
+        "{body}"
+    );
+    assert_eq!(body["details"], json!([]), "{body}");
     let (status, _, _) = h
         .admin_raw(Method::GET, "/healthz", None, &[], String::new())
         .await;
@@ -817,5 +829,160 @@ async fn kubernetes_service_accounts_named_with_a_role_use_the_admin_api() {
             .parse::<palisade_control_plane::admin_api::K8sAdmin>()
             .unwrap_err();
         assert!(e.contains(reason), "{bad}: {e}");
+    }
+}
+
+/// (method, path, token, headers, body, the status expected).
+type ErrorCase<'a> = (
+    Method,
+    &'a str,
+    Option<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    Bytes,
+    StatusCode,
+);
+
+#[tokio::test]
+async fn every_error_is_the_documented_json_with_the_right_status() {
+    let h = Harness::start().await;
+    let admin = h.admin_token();
+    let big = format!(
+        "{{\"namespace\": \"shop\", \"serviceAccount\": \"{}\"}}",
+        "a".repeat(2 * 1024 * 1024)
+    );
+    let cases: Vec<ErrorCase> = vec![
+        // Too large, as JSON: 413, not 400.
+        (
+            Method::POST,
+            "/v1/join-tokens",
+            Some(&admin),
+            vec![],
+            Bytes::from(big.clone()),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            Method::POST,
+            "/v1/apply",
+            Some(&admin),
+            vec![],
+            Bytes::from(big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        // Not JSON where JSON is required: 415.
+        (
+            Method::POST,
+            "/v1/join-tokens",
+            Some(&admin),
+            vec![("content-type", "text/plain")],
+            Bytes::from_static(b"x"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        // JSON of the wrong shape: 400 (axum says 422).
+        (
+            Method::POST,
+            "/v1/simulate",
+            Some(&admin),
+            vec![],
+            Bytes::from_static(b"{\"source\": 1}"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/v1/join-tokens",
+            Some(&admin),
+            vec![],
+            Bytes::from_static(b"{\"namespace\": []}"),
+            StatusCode::BAD_REQUEST,
+        ),
+        // Unknown query parameters.
+        (
+            Method::GET,
+            "/v1/resources?bogus=1",
+            Some(&admin),
+            vec![],
+            Bytes::new(),
+            StatusCode::BAD_REQUEST,
+        ),
+        // A body that is not UTF-8.
+        (
+            Method::POST,
+            "/v1/validate",
+            Some(&admin),
+            vec![("content-type", "application/yaml")],
+            Bytes::from_static(b"\xff\xfe"),
+            StatusCode::BAD_REQUEST,
+        ),
+        // No token, a bad one.
+        (
+            Method::GET,
+            "/v1/ca",
+            None,
+            vec![],
+            Bytes::new(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            Method::GET,
+            "/v1/ca",
+            Some("garbage"),
+            vec![],
+            Bytes::new(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        // Unknown rotation steps, kinds and routes, and a method a route lacks.
+        (
+            Method::POST,
+            "/v1/ca/rotation/sideways",
+            Some(&admin),
+            vec![],
+            Bytes::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::GET,
+            "/v1/namespaces/shop/pods/x",
+            Some(&admin),
+            vec![],
+            Bytes::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::GET,
+            "/v1/nothing-here",
+            Some(&admin),
+            vec![],
+            Bytes::new(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::DELETE,
+            "/v1/ca",
+            Some(&admin),
+            vec![],
+            Bytes::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    for (method, path, token, headers, body, want) in cases {
+        let (status, response_headers, json) = h
+            .admin_raw(method.clone(), path, token, &headers, body)
+            .await;
+        assert_eq!(status, want, "{method} {path}: {json}");
+        assert_eq!(
+            response_headers[http::header::CONTENT_TYPE],
+            "application/json",
+            "{method} {path}"
+        );
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {path}: {json}"
+        );
+        assert!(json["details"].is_array(), "{method} {path}: {json}");
+        if want == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(response_headers.contains_key(http::header::ALLOW));
+        }
+        if want == StatusCode::UNAUTHORIZED {
+            assert!(response_headers.contains_key(http::header::WWW_AUTHENTICATE));
+        }
     }
 }

@@ -106,8 +106,9 @@ impl Harness {
         path: &str,
         token: Option<&str>,
         headers: &[(&str, &str)],
-        body: String,
+        body: impl Into<Bytes>,
     ) -> (StatusCode, http::HeaderMap, Value) {
+        let body: Bytes = body.into();
         let tcp = TcpStream::connect(self.cp().admin_addr).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
@@ -120,14 +121,14 @@ impl Harness {
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        if body.starts_with('{') {
+        if body.starts_with(b"{") {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let resp = sender
-            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .send_request(req.body(Full::new(body)).unwrap())
             .await
             .unwrap();
         let status = resp.status();
