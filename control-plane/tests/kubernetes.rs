@@ -374,9 +374,15 @@ async fn the_control_plane_publishes_its_trust_bundle_ca_and_webhook_ca_bundle()
     // A second replica reads the same CA from the Secret, so sidecars of either verify.
     let mut config_b = Config::for_data_dir(dir.path().join("cp-b"));
     in_cluster(&mut config_b, &api, &token);
+    // Replicas share the store (PostgreSQL in the replicated overlay), where admin tokens
+    // are recorded; here replica B opens replica A's database.
+    config_b.database_url = Some(format!(
+        "sqlite://{}",
+        dir.path().join("cp-a/palisade.db").display()
+    ));
     let b = palisade_control_plane::start(&config_b).await.unwrap();
     assert_eq!(b.ca.bundle_pem(), bundle, "replicas share the CA");
-    // ... and the token key: replica A's admin token is good at replica B.
+    // ... and the token key and the store: replica A's admin token is good at replica B.
     let token_a = a.admin_token().unwrap();
     let status_b = {
         let tcp = TcpStream::connect(b.admin_addr).await.unwrap();

@@ -1168,86 +1168,7 @@ impl Amqp {
 
     /// Authorizes a non-publish method; `Some((class, method))` when it is refused.
     fn check_method(&self, vhost: &str, ch: u16, method: &AMQPClass) -> Option<(u16, u16)> {
-        let s = |v: &ShortString| Some(v.as_str().to_owned());
-        let op = |operation, exchange, routing_key, queue| Op {
-            operation,
-            exchange,
-            routing_key,
-            queue,
-        };
-        // Each operation, and what its arguments would make the broker do.
-        let (checks, ids): (Vec<Op>, (u16, u16)) = match method {
-            AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => {
-                (vec![op("consume", None, None, s(&c.queue))], (60, 20))
-            }
-            AMQPClass::Basic(basic::AMQPMethod::Get(g)) => {
-                (vec![op("get", None, None, s(&g.queue))], (60, 70))
-            }
-            AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => {
-                let mut v = vec![op("exchange.declare", s(&d.exchange), None, None)];
-                if let Some(alt) = string_arg(&d.arguments, "alternate-exchange") {
-                    // Unroutable messages are published there.
-                    v.push(op("publish", Some(alt), None, None));
-                }
-                (v, (40, 10))
-            }
-            AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => (
-                vec![op("exchange.delete", s(&d.exchange), None, None)],
-                (40, 20),
-            ),
-            AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => (
-                vec![op(
-                    "exchange.bind",
-                    s(&b.destination),
-                    s(&b.routing_key),
-                    None,
-                )],
-                (40, 30),
-            ),
-            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => (
-                vec![op(
-                    "exchange.unbind",
-                    s(&b.destination),
-                    s(&b.routing_key),
-                    None,
-                )],
-                (40, 40),
-            ),
-            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
-                let mut v = vec![op("queue.declare", None, None, s(&d.queue))];
-                if let Some(dlx) = string_arg(&d.arguments, "x-dead-letter-exchange") {
-                    // Dead letters are published there.
-                    let key = string_arg(&d.arguments, "x-dead-letter-routing-key");
-                    v.push(op("publish", Some(dlx), key, None));
-                }
-                (v, (50, 10))
-            }
-            AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => (
-                vec![op(
-                    "queue.bind",
-                    s(&b.exchange),
-                    s(&b.routing_key),
-                    s(&b.queue),
-                )],
-                (50, 20),
-            ),
-            AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => (
-                vec![op(
-                    "queue.unbind",
-                    s(&b.exchange),
-                    s(&b.routing_key),
-                    s(&b.queue),
-                )],
-                (50, 50),
-            ),
-            AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
-                (vec![op("queue.purge", None, None, s(&p.queue))], (50, 30))
-            }
-            AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
-                (vec![op("queue.delete", None, None, s(&d.queue))], (50, 40))
-            }
-            _ => return None,
-        };
+        let (checks, ids) = operations(method)?;
         let actor = self.actor();
         let refused = checks.iter().any(|c| {
             let request = AmqpRequest {
@@ -1563,10 +1484,97 @@ fn broker_frame_on_closing(
     Some(())
 }
 
+/// What a non-publish method asks the broker to do, as the operations to authorize (each
+/// one must be allowed), with the method's class and method ids for the refusal; `None` for
+/// methods that are not authorized here. Declare arguments that reroute messages count as
+/// what they do: a publish to the alternate or dead-letter exchange.
+pub fn operations(method: &AMQPClass) -> Option<(Vec<Op>, (u16, u16))> {
+    let s = |v: &ShortString| Some(v.as_str().to_owned());
+    let op = |operation, exchange, routing_key, queue| Op {
+        operation,
+        exchange,
+        routing_key,
+        queue,
+    };
+    let (checks, ids): (Vec<Op>, (u16, u16)) = match method {
+        AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => {
+            (vec![op("consume", None, None, s(&c.queue))], (60, 20))
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Get(g)) => {
+            (vec![op("get", None, None, s(&g.queue))], (60, 70))
+        }
+        AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => {
+            let mut v = vec![op("exchange.declare", s(&d.exchange), None, None)];
+            if let Some(alt) = string_arg(&d.arguments, "alternate-exchange") {
+                // Unroutable messages are published there.
+                v.push(op("publish", Some(alt), None, None));
+            }
+            (v, (40, 10))
+        }
+        AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => (
+            vec![op("exchange.delete", s(&d.exchange), None, None)],
+            (40, 20),
+        ),
+        AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => (
+            vec![op(
+                "exchange.bind",
+                s(&b.destination),
+                s(&b.routing_key),
+                None,
+            )],
+            (40, 30),
+        ),
+        AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => (
+            vec![op(
+                "exchange.unbind",
+                s(&b.destination),
+                s(&b.routing_key),
+                None,
+            )],
+            (40, 40),
+        ),
+        AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
+            let mut v = vec![op("queue.declare", None, None, s(&d.queue))];
+            if let Some(dlx) = string_arg(&d.arguments, "x-dead-letter-exchange") {
+                // Dead letters are published there.
+                let key = string_arg(&d.arguments, "x-dead-letter-routing-key");
+                v.push(op("publish", Some(dlx), key, None));
+            }
+            (v, (50, 10))
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => (
+            vec![op(
+                "queue.bind",
+                s(&b.exchange),
+                s(&b.routing_key),
+                s(&b.queue),
+            )],
+            (50, 20),
+        ),
+        AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => (
+            vec![op(
+                "queue.unbind",
+                s(&b.exchange),
+                s(&b.routing_key),
+                s(&b.queue),
+            )],
+            (50, 50),
+        ),
+        AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
+            (vec![op("queue.purge", None, None, s(&p.queue))], (50, 30))
+        }
+        AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
+            (vec![op("queue.delete", None, None, s(&d.queue))], (50, 40))
+        }
+        _ => return None,
+    };
+    Some((checks, ids))
+}
+
 /// The arguments and headers that route messages must have the type the broker routes by
 /// (RabbitMQ: a long string, and for `CC`/`BCC` an array of them). A value of another type
 /// would be skipped by the proxy's authorization but not necessarily by the broker.
-fn check_routing_types(frame: &AMQPFrame) -> Result<(), String> {
+pub fn check_routing_types(frame: &AMQPFrame) -> Result<(), String> {
     let string = |t: &FieldTable, name: &str| match t.inner().get(name) {
         None | Some(AMQPValue::LongString(_)) => Ok(()),
         Some(_) => Err(format!("argument {name} must be a long string")),
@@ -1618,11 +1626,12 @@ struct Actor {
 }
 
 /// An operation to authorize, with owned names (they may come from declare arguments).
-struct Op {
-    operation: &'static str,
-    exchange: Option<String>,
-    routing_key: Option<String>,
-    queue: Option<String>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Op {
+    pub operation: &'static str,
+    pub exchange: Option<String>,
+    pub routing_key: Option<String>,
+    pub queue: Option<String>,
 }
 
 #[cfg(test)]
