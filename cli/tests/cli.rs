@@ -416,3 +416,41 @@ async fn admin_tokens_are_created_listed_revoked_and_checked_on_every_call() {
     }
     cp.shutdown().await;
 }
+
+#[tokio::test]
+async fn query_values_are_sent_as_one_value_however_they_are_spelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(dir.path()).await;
+    // Something in the trail, by the initial admin.
+    let out = palisade(
+        Some(&cp),
+        None,
+        &["token", "create", "-n", "shop", "-s", "orders"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    for principal in ["a&limit=1", "a#b", "a b", "initial-admin&kind=x", "%41"] {
+        let out = palisade(
+            Some(&cp),
+            None,
+            &["audit", "--principal", principal, "-o", "json"],
+        )
+        .await;
+        assert!(out.status.success(), "{principal}: {}", stderr(&out));
+        let trail: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+        assert_eq!(
+            trail,
+            serde_json::json!([]),
+            "{principal}: no such principal"
+        );
+    }
+    let out = palisade(
+        Some(&cp),
+        None,
+        &["audit", "--principal", "initial-admin", "-o", "json"],
+    )
+    .await;
+    let trail: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(trail.as_array().map(Vec::len), Some(1), "{trail}");
+    cp.shutdown().await;
+}

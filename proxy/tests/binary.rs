@@ -25,11 +25,14 @@ async fn bad_settings_are_all_reported_with_exit_status_2() {
     // A control plane that is neither a URL nor host:port is refused at start, not looked
     // up as a host name and retried forever.
     for bad in ["nohost", "http://127.0.0.1:15012", "https://127.0.0.1"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_palisade-proxy"))
+        let run = Command::new(env!("CARGO_BIN_EXE_palisade-proxy"))
             .args(["--ca-bundle", "/nonexistent.pem", "--control-plane", bad])
             .env_clear()
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), run)
             .await
+            .unwrap_or_else(|_| panic!("{bad}: the sidecar kept running instead of refusing it"))
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad}");
         let stderr = String::from_utf8_lossy(&out.stderr);
