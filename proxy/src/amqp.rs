@@ -41,8 +41,8 @@ use tokio::sync::mpsc;
 
 use crate::audit::{AmqpAudit, AuditEvent, AuditLog};
 use crate::identity::IdentityManager;
-use crate::inbound::Policies;
 use crate::metrics::HttpMetrics;
+use crate::policies::Policies;
 use crate::provenance;
 
 /// AMQP 0-9-1's protocol header.
@@ -580,7 +580,7 @@ enum Inject {
 
 impl Amqp {
     fn service_name(&self, own: Option<&SpiffeId>) -> String {
-        crate::inbound::service_name(self.service.as_deref(), own)
+        crate::policies::service_name(self.service.as_deref(), own)
     }
 
     async fn connection(self: &Arc<Self>, mut client: TcpStream) -> Result<(), AmqpError> {
@@ -628,11 +628,9 @@ impl Amqp {
     /// `--amqp-ca-bundle` for the URL's host name).
     async fn connect_broker(&self) -> Result<BrokerStream, AmqpError> {
         let unreachable = |e| AmqpError::Upstream(self.upstream.addr.clone(), e);
-        let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&self.upstream.addr))
+        let tcp = crate::net::connect(self.upstream.addr.as_str(), HANDSHAKE_TIMEOUT)
             .await
-            .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
             .map_err(unreachable)?;
-        let _ = tcp.set_nodelay(true);
         let Some(tls) = &self.upstream.tls else {
             return Ok(Box::new(tcp));
         };

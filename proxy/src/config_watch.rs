@@ -24,7 +24,7 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use tokio::sync::watch;
 
 use crate::identity::IdentityManager;
-use crate::inbound::Policies;
+use crate::policies::Policies;
 
 /// File in the identity directory holding the last good configuration.
 pub const CACHE_FILE: &str = "mesh-config.json";

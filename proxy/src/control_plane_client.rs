@@ -22,7 +22,6 @@ use palisade_contract::tls::{
     ExpectedServer, IdentitySlot, SharedBundle, client_config, server_name_for,
 };
 use rustls::ClientConfig;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// Time allowed for one call, connection and TLS handshake included.
@@ -148,13 +147,12 @@ impl ControlPlaneClient {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ControlPlaneError> {
-        let tcp = TcpStream::connect(&self.addr).await.map_err(|source| {
-            ControlPlaneError::Unreachable {
+        let tcp = crate::net::connect(self.addr.as_str(), crate::net::CONNECT_TIMEOUT)
+            .await
+            .map_err(|source| ControlPlaneError::Unreachable {
                 addr: self.addr.clone(),
                 source,
-            }
-        })?;
-        let _ = tcp.set_nodelay(true);
+            })?;
         let stream = TlsConnector::from(tls.clone())
             .connect(server_name_for(&self.expected), tcp)
             .await

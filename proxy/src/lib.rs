@@ -3,11 +3,14 @@
 //! - [`identity`]: obtaining, renewing and hot-swapping the workload certificate.
 //! - [`control_plane_client`]: the identity and configuration protocols, client side.
 //! - [`config_watch`]: following the mesh configuration, with a last-good cache.
-//! - [`inbound`]: mTLS in, authorize, forward to the application.
-//! - [`outbound`]: from the application to other services, over pooled mTLS, with secure naming.
+//! - [`inbound`]: mTLS in, authorize, forward to the application (HTTP, and opaque TCP ports
+//!   authorized on identity and port).
+//! - [`outbound`]: from the application to other services, over pooled mTLS, with secure
+//!   naming (HTTP, intercepted passthrough, and `--tcp-outbound` ports).
+//! - [`policies`]: what this workload enforces, swapped whole; [`net`]: dialling and piping.
 //! - [`amqp`]: the AMQP 0-9-1 proxy: credential injection and authorization of every operation.
 //! - [`provenance`]: signing and verifying who published an AMQP message.
-//! - [`tcp`]: opaque TCP ports, authorized on identity and port, piped both ways.
+//! - [`amqp_tables`]: AMQP field tables read as RabbitMQ reads them.
 //! - [`transparent`]: the original destination of a connection iptables redirected.
 //! - [`server`]: HTTP limits and idle connections, for both listeners.
 //! - [`audit`]: one JSON line per decision; [`metrics`]: data-plane counters.
@@ -25,11 +28,12 @@ pub mod forwarding;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
+pub mod net;
 pub mod outbound;
+pub mod policies;
 pub mod provenance;
 pub mod server;
 pub mod sidecar;
-pub mod tcp;
 pub mod transparent;
 
 pub use config::Config;

@@ -25,7 +25,6 @@ use crate::inbound::{self, Inbound, Policies};
 use crate::metrics::HttpMetrics;
 use crate::outbound::{self, Outbound};
 use crate::server::Limits;
-use crate::tcp;
 
 /// The registry from `--registry-file` (every problem reported), or an empty one.
 fn load_registry(config: &Config) -> anyhow::Result<ServiceRegistry> {
@@ -288,7 +287,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
     ));
     for (listener, target) in tcp_listeners {
         let mut tcp_stop = stopped.clone();
-        tasks.spawn(tcp::serve_outbound(
+        tasks.spawn(outbound::serve_tcp(
             listener,
             outbound.clone(),
             target,

@@ -1,214 +1,32 @@
-//! The inbound path: what reaches the application through its sidecar.
-//!
-//! accept -> TLS with a required client certificate (verified against the trust bundle; one
-//! SPIFFE ID or no handshake) -> HTTP/1.1 or HTTP/2 (limits on headers, streams, resets and
-//! slow clients) -> method and path checks (400) -> authorization (403, default deny) ->
-//! identity headers (the caller's `x-forwarded-client-cert` and `x-palisade-*` are dropped,
-//! ours is set) -> the application over plain HTTP/1.1 on loopback, bodies streamed both
-//! ways. Every request leaves one audit line and is counted.
+//! One HTTP request from a peer sidecar, in phases: method, framing and header checks (400,
+//! 501) -> path normalization (400) -> the sidecar's own identity (503) -> end-user
+//! authentication (401) -> authorization (403, default deny) -> identity headers (the
+//! caller's `x-forwarded-client-cert` and `x-palisade-*`, in any spelling, are dropped; ours
+//! is set) -> the application over plain HTTP/1.1 (502 when it does not answer) -> one audit
+//! line and the metrics.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use palisade_contract::SpiffeId;
-use palisade_contract::path::{PathOptions, normalize};
-use palisade_contract::policy::{
-    Authenticator, PolicySet, Request as AuthzRequest, Verdict, Workload,
-};
-use palisade_contract::process::accept;
-use palisade_contract::tls::{ClientAuth, peer_spiffe_id, server_config};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use palisade_contract::path::normalize;
+use palisade_contract::policy::{Request as AuthzRequest, Verdict, Workload};
 
-use crate::audit::{AuditEvent, AuditLog};
-use crate::config::UnderscoreHeaders;
+use super::Inbound;
+use crate::audit::AuditEvent;
 use crate::forwarding::{
     ProxyBody, canonical_framing, framing_refusal, local_response, strip_hop_by_hop,
     strip_identity_headers, underscore_headers, unsupported,
 };
-use crate::identity::IdentityManager;
-use crate::metrics::HttpMetrics;
-use crate::server::{Limits, http_server, serve_http};
-use crate::tcp;
-
-/// The service policies select a workload by: `--service`, else its service account.
-pub fn service_name(configured: Option<&str>, own: Option<&SpiffeId>) -> String {
-    configured
-        .map(str::to_owned)
-        .or_else(|| {
-            own.and_then(SpiffeId::namespace_and_service_account)
-                .map(|(_, sa)| sa.to_owned())
-        })
-        .unwrap_or_default()
-}
-
-/// What the inbound path enforces, swapped whole when it changes.
-#[derive(Debug, Default)]
-pub struct Policies {
-    pub authorization: PolicySet,
-    pub authentication: Authenticator,
-}
-
-/// Everything the inbound path needs; shared by all connections.
-pub struct Inbound {
-    pub identity: Arc<IdentityManager>,
-    pub policies: Arc<ArcSwap<Policies>>,
-    /// The service this sidecar protects (policies select it by this name); by default the
-    /// service account of its own SPIFFE ID.
-    pub service: Option<String>,
-    /// The application's plain-HTTP address.
-    pub app: SocketAddr,
-    pub audit: AuditLog,
-    pub metrics: HttpMetrics,
-    pub path_options: PathOptions,
-    pub limits: Limits,
-    /// Application ports served as opaque TCP ([`crate::tcp`]).
-    pub opaque_ports: Vec<u16>,
-    /// `--headers-with-underscores`.
-    pub headers_with_underscores: UnderscoreHeaders,
-    client: crate::forwarding::PlainClient,
-}
-
-impl std::fmt::Debug for Inbound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inbound")
-            .field("service", &self.service)
-            .field("app", &self.app)
-            .finish_non_exhaustive()
-    }
-}
 
 impl Inbound {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        identity: Arc<IdentityManager>,
-        policies: Arc<ArcSwap<Policies>>,
-        service: Option<String>,
-        app: SocketAddr,
-        audit: AuditLog,
-        metrics: HttpMetrics,
-        path_options: PathOptions,
-        limits: Limits,
-        opaque_ports: Vec<u16>,
-        headers_with_underscores: UnderscoreHeaders,
-    ) -> Self {
-        let client = crate::forwarding::plain_client();
-        Self {
-            identity,
-            policies,
-            service,
-            app,
-            audit,
-            metrics,
-            path_options,
-            limits,
-            opaque_ports,
-            headers_with_underscores,
-            client,
-        }
-    }
-}
-
-/// Serves the inbound listener until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    inbound: Arc<Inbound>,
-    shutdown: impl Future<Output = ()>,
-) {
-    // HTTP, and opaque TCP for the configured ports (the client names the port in ALPN).
-    let mut alpn: Vec<Vec<u8>> = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    alpn.extend(inbound.opaque_ports.iter().map(|p| tcp::alpn_for(*p)));
-    let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
-    let tls = Arc::new(server_config(
-        inbound.identity.slot(),
-        inbound.identity.bundle(),
-        ClientAuth::Required,
-        &alpn,
-    ));
-    let acceptor = TlsAcceptor::from(tls);
-    let connections = Arc::new(tokio::sync::Semaphore::new(inbound.limits.max_connections));
-    let builder = Arc::new(http_server(&inbound.limits));
-    let own_port = listener.local_addr().map(|a| a.port()).ok();
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => p.expect("semaphore never closes"),
-            () = &mut shutdown => return,
-        };
-        let Some((tcp, addr)) = accept(&listener, &mut shutdown, "inbound").await else {
-            return;
-        };
-        // The header timeout runs from accept: TLS, detection and the first request's head
-        // must all be in by then, or the connection (and its slot) is given back.
-        let first_request_by = tokio::time::Instant::now() + inbound.limits.header_timeout;
-        // A connection iptables redirected here (transparent interception) was addressed
-        // to an application port: requests on it go to that port.
-        let asked_port = crate::transparent::original_dst(&tcp)
-            .ok()
-            .map(|d| d.port())
-            .filter(|p| Some(*p) != own_port);
-        let (acceptor, inbound, builder) = (acceptor.clone(), inbound.clone(), builder.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let handshake = tokio::time::timeout_at(first_request_by, acceptor.accept(tcp)).await;
-            let tls = match handshake {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    inbound.metrics.handshake("inbound", "failure");
-                    tracing::debug!(peer = %addr, error = %e, "inbound TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    inbound.metrics.handshake("inbound", "timeout");
-                    return;
-                }
-            };
-            let Some(peer) = peer_spiffe_id(tls.get_ref().1.peer_certificates()) else {
-                inbound.metrics.handshake("inbound", "failure");
-                return;
-            };
-            inbound.metrics.handshake("inbound", "success");
-            if let Some(port) = tls
-                .get_ref()
-                .1
-                .alpn_protocol()
-                .and_then(tcp::port_from_alpn)
-            {
-                inbound.serve_opaque(&peer, port, tls).await;
-                return;
-            }
-            let _open = inbound.metrics.open_connection("inbound");
-            let peer = Arc::new(peer);
-            let handle = {
-                let inbound = inbound.clone();
-                move |req| {
-                    let (inbound, peer) = (inbound.clone(), peer.clone());
-                    async move { inbound.handle(&peer, asked_port, req).await }
-                }
-            };
-            let limits = &inbound.limits;
-            if let Err(e) = serve_http(&builder, tls, limits, first_request_by, handle).await {
-                tracing::debug!(peer = %addr, error = %e, "inbound connection ended with an error");
-            }
-        });
-    }
-}
-
-impl Inbound {
-    pub(crate) fn service_name(&self, own: Option<&SpiffeId>) -> String {
-        service_name(self.service.as_deref(), own)
-    }
-
     /// `asked_port`: the application port the connection was addressed to, when it was
     /// redirected here; otherwise requests go to `--app`.
-    async fn handle(
+    pub(super) async fn handle(
         &self,
         peer: &SpiffeId,
         asked_port: Option<u16>,
