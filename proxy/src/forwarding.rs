@@ -187,30 +187,6 @@ pub fn check_framing(headers: &HeaderMap) -> Framing {
     Framing::Ok
 }
 
-/// The response refusing a request whose framing [`check_framing`] does not accept (400 for
-/// ambiguous framing, 501 for a transfer coding other than chunked), with the reason in the
-/// audit event; `None` when the framing is fine.
-pub(crate) fn framing_refusal<B>(
-    req: &http::Request<B>,
-    request_id: &str,
-    event: &mut crate::audit::AuditEvent,
-) -> Option<Response<ProxyBody>> {
-    let (status, why) = match check_framing(req.headers()) {
-        Framing::Ok => return None,
-        Framing::Ambiguous(why) => (StatusCode::BAD_REQUEST, why),
-        Framing::UnsupportedCoding => (
-            StatusCode::NOT_IMPLEMENTED,
-            "transfer codings other than chunked are not supported",
-        ),
-    };
-    event.reason = Some(why.into());
-    Some(local_response(
-        status,
-        &format!("palisade: {why}"),
-        request_id,
-    ))
-}
-
 /// Rewrites the framing headers of a checked request into one canonical form for the next
 /// hop: `Content-Length` as a plain decimal of the length hyper read (no leading zeros, no
 /// repeats), or none, in which case the client side frames the body itself (chunked).

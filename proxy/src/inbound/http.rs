@@ -13,15 +13,123 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use palisade_contract::SpiffeId;
-use palisade_contract::path::normalize;
+use palisade_contract::jwt::TokenError;
+use palisade_contract::path::{PathError, normalize};
 use palisade_contract::policy::{Request as AuthzRequest, Verdict, Workload};
 
 use super::Inbound;
 use crate::audit::AuditEvent;
 use crate::forwarding::{
-    ProxyBody, canonical_framing, framing_refusal, local_response, strip_hop_by_hop,
+    Framing, ProxyBody, canonical_framing, check_framing, local_response, strip_hop_by_hop,
     strip_identity_headers, underscore_headers, unsupported,
 };
+
+/// Why the sidecar answered a request itself instead of the application. Every way a
+/// request can end without the application's answer is one variant, and [`Refusal::finish`]
+/// is the one place that turns it into the response, the decision and the reason the audit
+/// line records (so a 400 can never be audited as `allow`).
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Not an upper-case token: `get` is not `GET` and would slip past rules written for it.
+    BadMethod,
+    /// An upgrade or CONNECT (501).
+    Unsupported(&'static str),
+    /// Framing two readers could take differently (400).
+    AmbiguousFraming(&'static str),
+    /// A transfer coding other than chunked (501).
+    UnsupportedCoding,
+    /// A header the sidecar refuses (`--headers-with-underscores reject`).
+    BadHeader(String),
+    BadPath(PathError),
+    /// The sidecar has no certificate yet, so no namespace to evaluate policies in (503).
+    NoIdentity,
+    /// An end-user token that is present but not acceptable (401).
+    Unauthenticated(TokenError),
+    /// Authorization said no (403); the decision is already on the audit event.
+    Denied,
+    /// The request target could not be rebuilt for the application (400).
+    BadTarget,
+    /// The application did not answer (502).
+    AppUnavailable,
+}
+
+impl Refusal {
+    /// The response, and the decision and reason on the audit event.
+    fn finish(self, event: &mut AuditEvent, request_id: &str) -> Response<ProxyBody> {
+        // Allowed, and then the application failed: the decision stays the policy's.
+        let keeps_decision = matches!(self, Refusal::AppUnavailable);
+        let (status, body, reason): (StatusCode, String, Option<String>) = match self {
+            Refusal::BadMethod => (
+                StatusCode::BAD_REQUEST,
+                "bad request: invalid method".into(),
+                Some("method is not an upper-case token".into()),
+            ),
+            Refusal::Unsupported(why) => {
+                (StatusCode::NOT_IMPLEMENTED, why.into(), Some(why.into()))
+            }
+            Refusal::AmbiguousFraming(why) => (
+                StatusCode::BAD_REQUEST,
+                format!("palisade: {why}"),
+                Some(why.into()),
+            ),
+            Refusal::UnsupportedCoding => {
+                let why = "transfer codings other than chunked are not supported";
+                (
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!("palisade: {why}"),
+                    Some(why.into()),
+                )
+            }
+            Refusal::BadHeader(why) => (
+                StatusCode::BAD_REQUEST,
+                format!("bad request: {why}"),
+                Some(why),
+            ),
+            Refusal::BadPath(e) => (
+                StatusCode::BAD_REQUEST,
+                format!("bad request: {e}"),
+                Some(e.to_string()),
+            ),
+            Refusal::NoIdentity => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no identity".into(),
+                Some("the sidecar has no identity".into()),
+            ),
+            Refusal::Unauthenticated(e) => {
+                event.decision = "unauthenticated";
+                event.reason = Some(format!("end-user token refused: {e}"));
+                let mut response = local_response(
+                    StatusCode::UNAUTHORIZED,
+                    "Jwt verification fails",
+                    request_id,
+                );
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                return response;
+            }
+            Refusal::Denied => {
+                return local_response(StatusCode::FORBIDDEN, "RBAC: access denied", request_id);
+            }
+            Refusal::BadTarget => (
+                StatusCode::BAD_REQUEST,
+                "bad request: target".into(),
+                Some("the request target could not be rebuilt for the application".into()),
+            ),
+            Refusal::AppUnavailable => (
+                StatusCode::BAD_GATEWAY,
+                "upstream unavailable".into(),
+                Some("the application did not answer".into()),
+            ),
+        };
+        if !keeps_decision {
+            event.decision = "error";
+        }
+        event.reason = reason;
+        local_response(status, &body, request_id)
+    }
+}
 
 impl Inbound {
     /// `asked_port`: the application port the connection was addressed to, when it was
@@ -49,9 +157,14 @@ impl Inbound {
         event.method = req.method().as_str().chars().take(32).collect();
         event.policy_version = self.policies.load().authorization.version();
         let request_id = event.request_id.clone();
-        let response = self
+        // Finish: the one place a request's outcome becomes its response, metrics and audit.
+        let response = match self
             .decide_and_forward(peer, own.as_ref(), asked_port, req, &request_id, &mut event)
-            .await;
+            .await
+        {
+            Ok(response) => response,
+            Err(refusal) => refusal.finish(&mut event, &request_id),
+        };
         event.status = response.status().as_u16();
         self.metrics.request(
             "inbound",
@@ -64,6 +177,7 @@ impl Inbound {
         response
     }
 
+    /// The phases of one request, in order; each refusal ends it with its [`Refusal`].
     async fn decide_and_forward(
         &self,
         peer: &SpiffeId,
@@ -72,65 +186,45 @@ impl Inbound {
         mut req: Request<Incoming>,
         request_id: &str,
         event: &mut AuditEvent,
-    ) -> Response<ProxyBody> {
-        // Methods are case-sensitive tokens; a lower-case "get" is not GET and would slip
-        // past rules written for GET.
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        // Request checks: what the sidecar will not carry, before anything reads the request.
         if !req
             .method()
             .as_str()
             .bytes()
             .all(|b| b.is_ascii_uppercase())
         {
-            event.reason = Some("method is not an upper-case token".into());
-            return local_response(
-                StatusCode::BAD_REQUEST,
-                "bad request: invalid method",
-                request_id,
-            );
+            return Err(Refusal::BadMethod);
         }
         if let Some(why) = unsupported(&req) {
-            event.reason = Some(why.into());
-            return local_response(StatusCode::NOT_IMPLEMENTED, why, request_id);
+            return Err(Refusal::Unsupported(why));
         }
-        if let Some(refusal) = framing_refusal(&req, request_id, event) {
-            return refusal;
+        match check_framing(req.headers()) {
+            Framing::Ok => {}
+            Framing::Ambiguous(why) => return Err(Refusal::AmbiguousFraming(why)),
+            Framing::UnsupportedCoding => return Err(Refusal::UnsupportedCoding),
         }
         // Before anything reads the headers, so authorization sees what the application will.
-        if let Err(why) = underscore_headers(req.headers_mut(), self.headers_with_underscores) {
-            event.reason = Some(why.clone());
-            return local_response(
-                StatusCode::BAD_REQUEST,
-                &format!("bad request: {why}"),
-                request_id,
-            );
-        }
+        underscore_headers(req.headers_mut(), self.headers_with_underscores)
+            .map_err(Refusal::BadHeader)?;
+        // Path: the one reading that is both authorized and forwarded.
         let raw_target = req
             .uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let target = match normalize(&raw_target, self.path_options) {
-            Ok(t) => t,
-            Err(e) => {
-                event.path = raw_target.chars().take(256).collect();
-                event.reason = Some(e.to_string());
-                return local_response(
-                    StatusCode::BAD_REQUEST,
-                    &format!("bad request: {e}"),
-                    request_id,
-                );
-            }
-        };
+        let target = normalize(&raw_target, self.path_options).map_err(|e| {
+            event.path = raw_target.chars().take(256).collect();
+            Refusal::BadPath(e)
+        })?;
         event.path = target.path.clone();
 
+        // Own identity: policies are evaluated in this workload's namespace.
         let app = SocketAddr::new(self.app.ip(), asked_port.unwrap_or(self.app.port()));
-        let (own_ns, port) = match own.and_then(SpiffeId::namespace) {
-            Some(ns) => (ns, app.port()),
-            None => {
-                event.reason = Some("the sidecar has no identity".into());
-                return local_response(StatusCode::SERVICE_UNAVAILABLE, "no identity", request_id);
-            }
-        };
+        let (own_ns, port) = own
+            .and_then(SpiffeId::namespace)
+            .map(|ns| (ns, app.port()))
+            .ok_or(Refusal::NoIdentity)?;
         let policies = self.policies.load();
         let workload = Workload {
             namespace: own_ns,
@@ -138,28 +232,13 @@ impl Inbound {
         };
         // End-user authentication first: a token that is present must be valid (401, as
         // Envoy's jwt_authn answers); a missing one is left to authorization to judge.
-        let end_user = match policies
+        let end_user = policies
             .authentication
             .authenticate(&workload, req.headers())
-        {
-            Ok(user) => user,
-            Err(e) => {
-                event.decision = "unauthenticated";
-                event.reason = Some(format!("end-user token refused: {e}"));
-                let mut response = local_response(
-                    StatusCode::UNAUTHORIZED,
-                    "Jwt verification fails",
-                    request_id,
-                );
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-                return response;
-            }
-        };
+            .map_err(Refusal::Unauthenticated)?;
         let token_headers = policies.authentication.token_headers(&workload);
         event.request_principal = end_user.as_ref().map(|u| u.principal.clone());
+        // Authorize: default deny.
         let policy_path = target.policy_path();
         let decision = policies.authorization.evaluate(
             &workload,
@@ -178,22 +257,18 @@ impl Inbound {
         event.apply_decision(&decision);
         self.metrics.decision(&decision);
         if decision.verdict == Verdict::Deny {
-            return local_response(StatusCode::FORBIDDEN, "RBAC: access denied", request_id);
+            return Err(Refusal::Denied);
         }
 
+        // Forward: canonical framing, identity headers, the application over HTTP/1.1.
         let (mut parts, body) = req.into_parts();
         let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
-        parts.uri = match Uri::builder()
+        parts.uri = Uri::builder()
             .scheme("http")
             .authority(app.to_string())
             .path_and_query(target.to_target())
             .build()
-        {
-            Ok(uri) => uri,
-            Err(_) => {
-                return local_response(StatusCode::BAD_REQUEST, "bad request: target", request_id);
-            }
-        };
+            .map_err(|_| Refusal::BadTarget)?;
         parts.version = Version::HTTP_11;
         canonical_framing(&mut parts.headers, body.size_hint().exact());
         strip_hop_by_hop(&mut parts.headers);
@@ -220,13 +295,70 @@ impl Inbound {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.boxed())
+                Ok(Response::from_parts(parts, body.boxed()))
             }
             Err(e) => {
                 tracing::warn!(%app, error = %e, "the application did not answer");
-                event.reason = Some("the application did not answer".into());
-                local_response(StatusCode::BAD_GATEWAY, "upstream unavailable", request_id)
+                Err(Refusal::AppUnavailable)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_says_why_and_is_never_audited_as_allowed_beside_an_error() {
+        let refusals = || {
+            vec![
+                (Refusal::BadMethod, 400),
+                (Refusal::Unsupported("no"), 501),
+                (Refusal::AmbiguousFraming("twice"), 400),
+                (Refusal::UnsupportedCoding, 501),
+                (Refusal::BadHeader("x_y".into()), 400),
+                (Refusal::BadPath(PathError::BadEscape), 400),
+                (Refusal::NoIdentity, 503),
+                (Refusal::Unauthenticated(TokenError::Expired), 401),
+                (Refusal::BadTarget, 400),
+            ]
+        };
+        for (refusal, status) in refusals() {
+            let what = format!("{refusal:?}");
+            // As if authorization had already allowed (the BadTarget case did say "allow").
+            let mut event = AuditEvent::begin("inbound", "http1");
+            event.decision = "allow";
+            let response = refusal.finish(&mut event, "id");
+            assert_eq!(response.status().as_u16(), status, "{what}");
+            let want = if status == 401 {
+                "unauthenticated"
+            } else {
+                "error"
+            };
+            assert_eq!(event.decision, want, "{what}");
+            assert!(event.reason.is_some(), "{what}");
+            assert_eq!(response.headers()["x-request-id"], "id", "{what}");
+        }
+        // A denial keeps the decision and reason authorization put on the event.
+        let mut event = AuditEvent::begin("inbound", "http1");
+        event.decision = "deny";
+        event.reason = Some("no ALLOW policy matched".into());
+        let response = Refusal::Denied.finish(&mut event, "id");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            (event.decision, event.reason.as_deref()),
+            ("deny", Some("no ALLOW policy matched"))
+        );
+        // The application failing after an allow stays the policy's decision, with why.
+        let mut event = AuditEvent::begin("inbound", "http1");
+        event.decision = "allow";
+        let response = Refusal::AppUnavailable.finish(&mut event, "id");
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(event.decision, "allow");
+        assert_eq!(
+            event.reason.as_deref(),
+            Some("the application did not answer")
+        );
     }
 }

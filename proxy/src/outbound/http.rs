@@ -14,11 +14,50 @@ use hyper::body::{Body as _, Incoming};
 use crate::audit::AuditEvent;
 use crate::config::OutboundPolicy;
 use crate::forwarding::{
-    ProxyBody, canonical_framing, framing_refusal, local_response, strip_hop_by_hop, unsupported,
+    Framing, ProxyBody, canonical_framing, check_framing, local_response, strip_hop_by_hop,
+    unsupported,
 };
 
 use super::pool::pool_key;
 use super::{ForwardError, Outbound};
+
+/// Where a forwarded request went.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Route {
+    /// To a mesh service's sidecar over mTLS.
+    Mesh,
+    /// Outside the mesh, as plain HTTP to the intercepted destination.
+    Passthrough,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::Mesh => "forward",
+            Route::Passthrough => "passthrough",
+        }
+    }
+}
+
+impl ForwardError {
+    /// The response, and the decision and reason on the audit event.
+    fn finish(self, event: &mut AuditEvent, request_id: &str) -> Response<ProxyBody> {
+        if matches!(self, ForwardError::SecureNaming { .. }) {
+            tracing::warn!(target: "palisade::audit", error = %self, "secure naming violation");
+        }
+        let (status, decision) = match self {
+            ForwardError::Unsupported(_) | ForwardError::UnsupportedCoding => {
+                (StatusCode::NOT_IMPLEMENTED, "error")
+            }
+            ForwardError::AmbiguousFraming(_) => (StatusCode::BAD_REQUEST, "error"),
+            ForwardError::OutsideRegistry(_) => (StatusCode::FORBIDDEN, "deny"),
+            _ => (StatusCode::BAD_GATEWAY, "error"),
+        };
+        event.decision = decision;
+        event.reason = Some(self.to_string());
+        local_response(status, &format!("palisade: {self}"), request_id)
+    }
+}
 
 impl Outbound {
     /// `redirected`: the original destination, when the pod's interception rules sent
@@ -42,51 +81,17 @@ impl Outbound {
         event.method = req.method().as_str().chars().take(32).collect();
         event.path = req.uri().path().chars().take(256).collect();
         let request_id = event.request_id.clone();
-        if let Some(refusal) = framing_refusal(&req, &request_id, &mut event) {
-            event.status = refusal.status().as_u16();
-            self.metrics.request(
-                "outbound",
-                "",
-                event.decision,
-                event.status,
-                started.elapsed(),
-            );
-            self.audit.record(&event);
-            return refusal;
-        }
+        // Finish: the one place a request's outcome becomes its response, metrics and audit.
+        let own_namespace = own.as_ref().and_then(|id| id.namespace());
         let response = match self
-            .forward(
-                req,
-                own.as_ref().and_then(|id| id.namespace()),
-                redirected,
-                &mut event,
-            )
+            .forward(req, own_namespace, redirected, &mut event)
             .await
         {
-            Ok(r) => {
-                if event.decision == "error" {
-                    event.decision = "forward";
-                }
-                r
+            Ok((response, route)) => {
+                event.decision = route.label();
+                response
             }
-            Err(e) => {
-                if matches!(e, ForwardError::SecureNaming { .. }) {
-                    tracing::warn!(target: "palisade::audit", error = %e, "secure naming violation");
-                }
-                event.reason = Some(e.to_string());
-                local_response(
-                    match e {
-                        ForwardError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
-                        ForwardError::OutsideRegistry(_) => {
-                            event.decision = "deny";
-                            StatusCode::FORBIDDEN
-                        }
-                        _ => StatusCode::BAD_GATEWAY,
-                    },
-                    &format!("palisade: {e}"),
-                    &request_id,
-                )
-            }
+            Err(e) => e.finish(&mut event, &request_id),
         };
         event.status = response.status().as_u16();
         let peer = event.destination.clone();
@@ -107,9 +112,14 @@ impl Outbound {
         own_namespace: Option<&str>,
         redirected: Option<SocketAddr>,
         event: &mut AuditEvent,
-    ) -> Result<Response<ProxyBody>, ForwardError> {
+    ) -> Result<(Response<ProxyBody>, Route), ForwardError> {
         if let Some(why) = unsupported(&req) {
             return Err(ForwardError::Unsupported(why));
+        }
+        match check_framing(req.headers()) {
+            Framing::Ok => {}
+            Framing::Ambiguous(why) => return Err(ForwardError::AmbiguousFraming(why)),
+            Framing::UnsupportedCoding => return Err(ForwardError::UnsupportedCoding),
         }
         let host = req
             .uri()
@@ -137,7 +147,8 @@ impl Outbound {
                         host.chars().take(253).collect(),
                     ));
                 }
-                return self.forward_plain(req, destination, event).await;
+                let response = self.forward_plain(req, destination, event).await?;
+                return Ok((response, Route::Passthrough));
             }
             (None, None) => {
                 return Err(ForwardError::UnknownService(
@@ -165,7 +176,7 @@ impl Outbound {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 parts.version = Version::HTTP_11;
-                Ok(Response::from_parts(parts, body.boxed()))
+                Ok((Response::from_parts(parts, body.boxed()), Route::Mesh))
             }
             Err(e) => {
                 // A pooled connection is broken: forget it so the next request reconnects.
@@ -192,7 +203,6 @@ impl Outbound {
         destination: SocketAddr,
         event: &mut AuditEvent,
     ) -> Result<Response<ProxyBody>, ForwardError> {
-        event.decision = "passthrough";
         event.destination = destination.to_string();
         let (mut parts, body) = req.into_parts();
         canonical_framing(&mut parts.headers, body.size_hint().exact());
@@ -213,13 +223,10 @@ impl Outbound {
                 strip_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(parts, body.boxed()))
             }
-            Err(e) => {
-                event.decision = "error";
-                Err(ForwardError::Unreachable {
-                    service: destination.to_string(),
-                    detail: e.to_string(),
-                })
-            }
+            Err(e) => Err(ForwardError::Unreachable {
+                service: destination.to_string(),
+                detail: e.to_string(),
+            }),
         }
     }
 }
@@ -246,4 +253,31 @@ fn retarget(
     parts.version = version;
     strip_hop_by_hop(&mut parts.headers);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_forwarding_error_has_one_status_and_decision() {
+        let cases = [
+            (ForwardError::Unsupported("no"), 501, "error"),
+            (ForwardError::UnsupportedCoding, 501, "error"),
+            (ForwardError::AmbiguousFraming("twice"), 400, "error"),
+            (ForwardError::OutsideRegistry("x".into()), 403, "deny"),
+            (ForwardError::UnknownService("x".into()), 502, "error"),
+            (ForwardError::NoHost, 502, "error"),
+        ];
+        for (e, status, decision) in cases {
+            let what = e.to_string();
+            let mut event = AuditEvent::begin("outbound", "http1");
+            let response = e.finish(&mut event, "id");
+            assert_eq!(response.status().as_u16(), status, "{what}");
+            assert_eq!(event.decision, decision, "{what}");
+            assert_eq!(event.reason.as_deref(), Some(what.as_str()));
+        }
+        assert_eq!(Route::Mesh.label(), "forward");
+        assert_eq!(Route::Passthrough.label(), "passthrough");
+    }
 }

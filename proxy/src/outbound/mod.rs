@@ -80,6 +80,10 @@ pub(crate) enum ForwardError {
     },
     #[error("{0}")]
     Unsupported(&'static str),
+    #[error("{0}")]
+    AmbiguousFraming(&'static str),
+    #[error("transfer codings other than chunked are not supported")]
+    UnsupportedCoding,
     #[error("{0} is not a mesh service, and the outbound policy is registry-only")]
     OutsideRegistry(String),
     #[error("cannot reach {service}: {detail}")]
