@@ -2,7 +2,7 @@
 //! Each is a thin shell over one admin API route; the output is a table for people and the
 //! API's JSON with `-o json` for scripts.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -31,11 +31,7 @@ fn kind_of_plural(plural: &str) -> &'static str {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use palisade_contract::unix_now as now;
 
 fn read_input(file: &str) -> Result<String, ApiError> {
     if file == "-" {

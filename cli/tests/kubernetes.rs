@@ -431,11 +431,20 @@ fn monitors_scrape_ports_that_exist_and_the_dashboard_uses_real_metrics() {
         "{sm_port} is not a port of the control plane's Service"
     );
     // Every metric the dashboard and the alerts query is one the binaries register.
-    let sources: String = ["proxy/src", "control-plane/src"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(root().join(d)).unwrap())
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect();
+    fn rust_sources(dir: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut sources = String::new();
+    for d in ["proxy/src", "control-plane/src"] {
+        rust_sources(&root().join(d), &mut sources);
+    }
     let dashboard =
         std::fs::read_to_string(root().join("k8s/monitoring/grafana-dashboard.json")).unwrap();
     let dashboard_json: Value = serde_json::from_str(&dashboard).unwrap();

@@ -24,8 +24,17 @@ pub mod policy;
 pub mod private_files;
 pub mod process;
 pub mod registry;
+pub mod request;
 pub mod spiffe;
 pub mod telemetry;
 pub mod tls;
 
 pub use spiffe::{SpiffeId, TrustDomain};
+
+/// Seconds since the Unix epoch (0 if the clock is before it): the one clock reading of
+/// certificate, token and record times on both sides.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -19,7 +19,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use palisade_contract::certs::{self, CertSummary};
@@ -690,12 +690,7 @@ fn x509_issuer(der: &CertificateDer<'_>) -> Option<String> {
         .map(|(_, c)| c.issuer().to_string())
 }
 
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use palisade_contract::unix_now;
 
 fn read(path: &Path) -> Result<Vec<u8>, CaError> {
     fs::read(path).map_err(|source| CaError::Io {

@@ -137,7 +137,7 @@ pub struct Config {
         value_delimiter = ',',
         requires = "k8s_issuer"
     )]
-    pub admin_k8s_service_account: Vec<crate::admin_api::K8sAdmin>,
+    pub admin_k8s_service_account: Vec<crate::admin::K8sAdmin>,
 
     /// Admin API: the audience ServiceAccount tokens must carry (not bootstrap's, so a
     /// workload's bootstrap token never works here).
@@ -162,7 +162,7 @@ pub struct Config {
         value_delimiter = ',',
         requires = "admin_tls"
     )]
-    pub admin_spiffe_id: Vec<crate::admin_api::SpiffeAdmin>,
+    pub admin_spiffe_id: Vec<crate::admin::SpiffeAdmin>,
 
     /// Kubernetes: the API server (in a pod: https://kubernetes.default.svc). Turns on the
     /// control plane's writes to it: the trust-bundle ConfigMap in every namespace, the

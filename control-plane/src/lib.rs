@@ -8,14 +8,13 @@
 //! - [`store`]: persistent state (SQLite or PostgreSQL).
 //! - [`sidecar_api`]: the TLS listener sidecars talk to.
 //! - [`mesh_config`]: the stored mesh configuration and the sidecars following it.
-//! - [`admin_api`] and [`admin_mesh`]: the authenticated administration API.
+//! - [`admin`]: the authenticated administration API, one file per resource.
 //! - [`webhook`]: the sidecar injector's admission webhook.
 //! - [`kubernetes`]: what the control plane publishes in a cluster (trust-bundle
 //!   ConfigMaps, the webhook's caBundle, the CA Secret).
 //! - [`server`]: how the pieces are assembled and served.
 
-pub mod admin_api;
-pub mod admin_mesh;
+pub mod admin;
 pub mod admin_tokens;
 pub mod bootstrap;
 pub mod ca;

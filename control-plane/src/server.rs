@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::admin_api::{self, AdminState};
+use crate::admin::{self, AdminState};
 use crate::admin_tokens::{AdminToken, AdminTokenError, AdminTokenIssuer};
 use crate::bootstrap::{BootstrapVerifier, KubernetesVerifier};
 use crate::ca::{CertificateAuthority, write_file};
@@ -242,7 +242,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         key: token_key.clone(),
         store: store.clone(),
     };
-    let admin = admin_api::router(Arc::new(AdminState {
+    let admin = admin::router(Arc::new(AdminState {
         ca: ca.clone(),
         token_key: token_key.clone(),
         admin_tokens: admin_tokens.clone(),
@@ -255,7 +255,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
             .map(|a| (a.id.clone(), a.role))
             .collect(),
         k8s_admins: match (&kubernetes, config.admin_k8s_service_account.is_empty()) {
-            (Some(verifier), false) => Some(admin_api::K8sAdmins {
+            (Some(verifier), false) => Some(admin::K8sAdmins {
                 verifier: verifier.clone(),
                 audience: config.admin_k8s_audience.clone(),
                 accounts: config.admin_k8s_service_account.clone(),
@@ -415,14 +415,14 @@ async fn kubernetes_verifier(
 }
 
 /// The OIDC issuer whose tokens the admin API accepts, if configured.
-fn oidc_admins(config: &Config) -> anyhow::Result<Option<admin_api::OidcAdmins>> {
+fn oidc_admins(config: &Config) -> anyhow::Result<Option<admin::OidcAdmins>> {
     let (Some(issuer), Some(jwks)) = (&config.admin_oidc_issuer, &config.admin_oidc_jwks) else {
         return Ok(None);
     };
     let bytes = std::fs::read(jwks).with_context(|| format!("reading {}", jwks.display()))?;
     let keys = palisade_contract::jwt::Jwks::from_json(&bytes)
         .with_context(|| format!("loading --admin-oidc-jwks {}", jwks.display()))?;
-    Ok(Some(admin_api::OidcAdmins {
+    Ok(Some(admin::OidcAdmins {
         issuer: issuer.clone(),
         audience: config.admin_oidc_audience.clone(),
         role_claim: config.admin_oidc_role_claim.clone(),

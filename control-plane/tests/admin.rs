@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use palisade_control_plane::admin_api::{OPENAPI, ROUTES, Role};
+use palisade_control_plane::admin::{OPENAPI, ROUTES, Role};
 use serde_json::{Value, json};
 use support::{Harness, csr, identity_from};
 
@@ -108,10 +108,7 @@ fn the_openapi_document_matches_the_routes() {
         .collect();
     routed.insert(("GET".into(), "/healthz".into(), None));
     routed.insert(("GET".into(), "/readyz".into(), None));
-    assert_eq!(
-        documented, routed,
-        "openapi.json and admin_api::ROUTES differ"
-    );
+    assert_eq!(documented, routed, "openapi.json and admin::ROUTES differ");
 }
 
 #[tokio::test]
@@ -826,7 +823,7 @@ async fn kubernetes_service_accounts_named_with_a_role_use_the_admin_api() {
         ("Shop/x=viewer", "not a namespace"),
     ] {
         let e = bad
-            .parse::<palisade_control_plane::admin_api::K8sAdmin>()
+            .parse::<palisade_control_plane::admin::K8sAdmin>()
             .unwrap_err();
         assert!(e.contains(reason), "{bad}: {e}");
     }

@@ -67,15 +67,6 @@ pub enum UnderscoreHeaders {
     Allow,
 }
 
-fn parse_mode(s: &str) -> Result<DefaultMode, String> {
-    match s {
-        "deny" => Ok(DefaultMode::Deny),
-        "allow" => Ok(DefaultMode::Allow),
-        "audit" => Ok(DefaultMode::Audit),
-        other => Err(format!("{other:?} is not deny, allow or audit")),
-    }
-}
-
 /// `--control-plane`: an `https://host:port` URL (as every other flag naming a server takes)
 /// or a bare `host:port`, turned into the `host:port` the client dials. Anything else is
 /// refused at start: a value that is neither used to be looked up as a host name and retried
@@ -182,7 +173,7 @@ pub struct Config {
 
     /// What happens to requests for a workload no ALLOW policy selects: deny, allow or audit
     /// (allow, and log as audit) — the last two only for migrations.
-    #[arg(long, env = "PALISADE_DEFAULT_MODE", default_value = "deny", value_parser = parse_mode)]
+    #[arg(long, env = "PALISADE_DEFAULT_MODE", default_value = "deny")]
     pub default_mode: DefaultMode,
 
     /// Where audit events go: stdout, or a file path (JSON lines, appended).

@@ -16,7 +16,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use palisade_contract::certs;
 use palisade_contract::identity_api::{CertificateResponse, control_plane_id};
@@ -376,12 +376,7 @@ fn new_key_and_csr() -> Result<(KeyPair, String), IdentityError> {
     Ok((key, pem))
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use palisade_contract::unix_now;
 
 /// A uniformly random fraction in `[low, high)`.
 fn jittered_fraction(low: f64, high: f64) -> f64 {

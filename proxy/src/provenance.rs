@@ -16,7 +16,7 @@
 //! `x-palisade-verified-publisher`. A message re-routed by the broker (dead-lettering, an
 //! alternate exchange) no longer verifies: its exchange or routing key changed.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -64,11 +64,7 @@ pub fn body_digest(body: &[u8]) -> Vec<u8> {
     digest(&SHA256, body).as_ref().to_vec()
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+use palisade_contract::unix_now as now;
 
 fn signing_input(header_b64: &str, payload: &Payload<'_>) -> String {
     let payload = serde_json::to_vec(payload).expect("a payload always serializes");

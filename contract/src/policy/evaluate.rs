@@ -36,6 +36,24 @@ pub enum DefaultMode {
     Audit,
 }
 
+impl std::str::FromStr for DefaultMode {
+    type Err = String;
+
+    /// `deny`, `allow` or `audit`: the one parser of the default mode, for the sidecar's
+    /// `--default-mode` and the control plane's `simulate`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "deny" => Ok(DefaultMode::Deny),
+            "allow" => Ok(DefaultMode::Allow),
+            "audit" => Ok(DefaultMode::Audit),
+            other => Err(format!(
+                "{:?} is not deny, allow or audit",
+                other.chars().take(32).collect::<String>()
+            )),
+        }
+    }
+}
+
 /// A compiled string pattern: exact, `prefix*`, `*suffix` or `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum StringMatch {

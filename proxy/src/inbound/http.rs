@@ -14,8 +14,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use palisade_contract::SpiffeId;
 use palisade_contract::jwt::TokenError;
-use palisade_contract::path::{PathError, normalize};
+use palisade_contract::path::PathError;
 use palisade_contract::policy::{Request as AuthzRequest, Verdict, Workload};
+use palisade_contract::request::{RequestError, check_request};
 
 use super::Inbound;
 use crate::audit::AuditEvent;
@@ -30,7 +31,7 @@ use crate::forwarding::{
 /// line records (so a 400 can never be audited as `allow`).
 #[derive(Debug)]
 pub(crate) enum Refusal {
-    /// Not an upper-case token: `get` is not `GET` and would slip past rules written for it.
+    /// Not an upper-case token (see [`check_request`]).
     BadMethod,
     /// An upgrade or CONNECT (501).
     Unsupported(&'static str),
@@ -188,14 +189,6 @@ impl Inbound {
         event: &mut AuditEvent,
     ) -> Result<Response<ProxyBody>, Refusal> {
         // Request checks: what the sidecar will not carry, before anything reads the request.
-        if !req
-            .method()
-            .as_str()
-            .bytes()
-            .all(|b| b.is_ascii_uppercase())
-        {
-            return Err(Refusal::BadMethod);
-        }
         if let Some(why) = unsupported(&req) {
             return Err(Refusal::Unsupported(why));
         }
@@ -207,16 +200,24 @@ impl Inbound {
         // Before anything reads the headers, so authorization sees what the application will.
         underscore_headers(req.headers_mut(), self.headers_with_underscores)
             .map_err(Refusal::BadHeader)?;
-        // Path: the one reading that is both authorized and forwarded.
+        // Method and path: the one reading that is both authorized and forwarded.
         let raw_target = req
             .uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let target = normalize(&raw_target, self.path_options).map_err(|e| {
-            event.path = raw_target.chars().take(256).collect();
-            Refusal::BadPath(e)
-        })?;
+        // The pre-checks `palisade simulate` makes too (contract::request): an upper-case
+        // method token, and the path normalized.
+        let target =
+            check_request(req.method().as_str(), &raw_target, self.path_options).map_err(|e| {
+                match e {
+                    RequestError::BadMethod(_) => Refusal::BadMethod,
+                    RequestError::BadPath(e) => {
+                        event.path = raw_target.chars().take(256).collect();
+                        Refusal::BadPath(e)
+                    }
+                }
+            })?;
         event.path = target.path.clone();
 
         // Own identity: policies are evaluated in this workload's namespace.
