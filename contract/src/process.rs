@@ -55,3 +55,15 @@ pub async fn accept(
         }
     }
 }
+
+/// Resolves once `stopped` turns true (or its sender is dropped): the shutdown future each
+/// listener and loop of a process is given, written once for the sidecar and the control
+/// plane.
+pub fn until_stopped(
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = stopped.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}

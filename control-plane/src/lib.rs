@@ -6,7 +6,8 @@
 //! - [`issuance`]: who gets which certificate.
 //! - [`join_tokens`]: creating single-use join tokens.
 //! - [`store`]: persistent state (SQLite or PostgreSQL).
-//! - [`sidecar_api`]: the TLS listener sidecars talk to.
+//! - [`sidecar_api`]: the TLS listener sidecars talk to; [`serving`]: TLS serving and the
+//!   JSON error body, shared by the three TLS listeners.
 //! - [`mesh_config`]: the stored mesh configuration and the sidecars following it.
 //! - [`admin`]: the authenticated administration API, one file per resource.
 //! - [`webhook`]: the sidecar injector's admission webhook.
@@ -26,6 +27,7 @@ pub mod kubernetes;
 pub mod mesh_config;
 pub mod metrics;
 pub mod server;
+pub mod serving;
 pub mod sidecar_api;
 pub mod store;
 pub mod tokens;

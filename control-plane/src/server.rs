@@ -35,10 +35,10 @@ use crate::join_tokens::{JoinToken, JoinTokenError, JoinTokenIssuer};
 use crate::k8s_discovery::{self, Discovery};
 use crate::mesh_config::{MeshConfig, validate};
 use crate::metrics::{CaMetrics, WebhookMetrics};
-use crate::sidecar_api;
 use crate::store::Store;
 use crate::tokens::TokenKey;
 use crate::webhook;
+use crate::{serving, sidecar_api};
 
 /// Where the initial admin token is written, in the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
@@ -205,12 +205,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let metrics_addr = metrics_listener.local_addr()?;
 
     let (stop, stopped) = watch::channel(false);
-    let until_stopped = move || {
-        let mut rx = stopped.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let until_stopped = || palisade_contract::process::until_stopped(&stopped);
     let mut tasks = JoinSet::new();
 
     let mesh = Arc::new(
@@ -229,7 +224,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         follower.close();
     });
 
-    tasks.spawn(sidecar_api::serve_tls(
+    tasks.spawn(serving::serve_tls(
         sidecar_listener,
         tls.clone(),
         sidecar_api::router(service.clone(), mesh.clone()),
@@ -266,7 +261,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     if config.admin_tls {
         // The same TLS as the sidecar port: the control plane's own certificate, client
         // certificates optional (a bearer token still works), peers' SPIFFE IDs passed on.
-        tasks.spawn(sidecar_api::serve_tls(
+        tasks.spawn(serving::serve_tls(
             admin_listener,
             tls.clone(),
             admin,
@@ -288,7 +283,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let webhook_addr = match webhook {
         Some((listener, webhook_tls)) => {
             let addr = listener.local_addr()?;
-            tasks.spawn(sidecar_api::serve_tls(
+            tasks.spawn(serving::serve_tls(
                 listener,
                 webhook_tls,
                 webhook::router(

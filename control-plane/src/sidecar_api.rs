@@ -3,56 +3,26 @@
 //! renewal needs the certificate the handshake verified.
 //!
 //! accept -> TLS handshake (bounded in time) -> peer SPIFFE ID into the request's
-//! extensions -> axum routes -> [`IdentityService`].
+//! extensions -> axum routes -> [`IdentityService`]. The TLS serving itself is
+//! [`crate::serving`], shared with the admin API and the webhook.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use palisade_contract::SpiffeId;
 use palisade_contract::config_api::{CONFIG_PATH, ConfigQuery};
 use palisade_contract::identity_api::{
-    CertificateRequest, CertificateResponse, ErrorBody, ISSUE_PATH, MAX_REQUEST_BYTES, RENEW_PATH,
+    CertificateRequest, CertificateResponse, ISSUE_PATH, MAX_REQUEST_BYTES, RENEW_PATH,
     TRUST_BUNDLE_PATH,
 };
-use palisade_contract::process::accept;
-use palisade_contract::tls::peer_spiffe_id;
-use rustls::ServerConfig;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 
 use crate::ca::IssuedCertificate;
 use crate::issuance::{IdentityService, IssueError};
 use crate::mesh_config::MeshConfig;
-
-/// The caller as the TLS layer saw it.
-#[derive(Debug, Clone)]
-pub(crate) struct Peer {
-    addr: SocketAddr,
-    spiffe_id: Option<SpiffeId>,
-    /// When the client certificate expires: a keep-alive connection can outlive it, so each
-    /// request checks again.
-    cert_not_after: i64,
-}
-
-impl Peer {
-    pub(crate) fn current_identity(&self) -> Option<&SpiffeId> {
-        self.spiffe_id
-            .as_ref()
-            .filter(|_| crate::ca::unix_now() < self.cert_not_after)
-    }
-}
+use crate::serving::{Peer, bearer_token, error_response};
 
 pub fn router(service: Arc<IdentityService>, mesh: Arc<MeshConfig>) -> Router {
     Router::new()
@@ -154,17 +124,6 @@ async fn trust_bundle(State(service): State<Arc<IdentityService>>) -> Response {
         .into_response()
 }
 
-/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let (scheme, token) = headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 fn bad_body(rejection: axum::extract::rejection::JsonRejection) -> Response {
     error_response(
         rejection.status(),
@@ -196,106 +155,5 @@ fn status_of(e: &IssueError) -> StatusCode {
         IssueError::Csr(_) => StatusCode::BAD_REQUEST,
         IssueError::Reserved(_) => StatusCode::FORBIDDEN,
         IssueError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-pub(crate) fn error_response(status: StatusCode, error: &str, details: Vec<String>) -> Response {
-    (
-        status,
-        Json(ErrorBody {
-            error: error.to_owned(),
-            details,
-        }),
-    )
-        .into_response()
-}
-
-/// Serves `router` over TLS on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish (for at most 10 s). A client gets `handshake_timeout` to complete the TLS
-/// handshake and then to send each request's headers.
-pub async fn serve_tls(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
-    router: Router,
-    handshake_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout);
-    let builder = Arc::new(builder);
-    tokio::pin!(shutdown);
-    loop {
-        let Some((tcp, addr)) = accept(&listener, &mut shutdown, "sidecar API").await else {
-            break;
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %addr, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let peer_certs = tls.get_ref().1.peer_certificates();
-            let peer = Peer {
-                addr,
-                spiffe_id: peer_spiffe_id(peer_certs),
-                cert_not_after: peer_certs
-                    .and_then(|c| c.first())
-                    .and_then(|c| palisade_contract::certs::summarize(c).ok())
-                    .map_or(0, |s| s.not_after),
-            };
-            let service =
-                router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(peer.clone());
-                    req.map(axum::body::Body::new)
-                });
-            let conn =
-                builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after 10 s of draining; closing them");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_auth(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, value.parse().unwrap());
-        h
-    }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_the_token_required() {
-        assert_eq!(bearer_token(&with_auth("Bearer abc")), Some("abc"));
-        assert_eq!(bearer_token(&with_auth("bearer abc ")), Some("abc"));
-        assert_eq!(bearer_token(&with_auth("BEARER abc")), Some("abc"));
-        assert_eq!(bearer_token(&with_auth("Basic abc")), None);
-        assert_eq!(bearer_token(&with_auth("Bearer ")), None);
-        assert_eq!(bearer_token(&with_auth("Bearerabc")), None);
-        assert_eq!(bearer_token(&HeaderMap::new()), None);
     }
 }

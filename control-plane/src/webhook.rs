@@ -20,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 
 use crate::metrics::WebhookMetrics;
-use crate::sidecar_api::error_response;
+use crate::serving::error_response;
 
 /// Largest AdmissionReview read (a pod with large inline env or annotations is still far
 /// below; the API server's own request limit is 3 MiB).

@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 
 use crate::audit::{AmqpAudit, AuditEvent, AuditLog};
 use crate::identity::IdentityManager;
-use crate::metrics::HttpMetrics;
+use crate::metrics::ProxyMetrics;
 use crate::policies::Policies;
 use crate::provenance;
 
@@ -156,7 +156,7 @@ pub struct Amqp {
     pub service: Option<String>,
     pub upstream: Upstream,
     pub audit: AuditLog,
-    pub metrics: HttpMetrics,
+    pub metrics: ProxyMetrics,
     pub provenance: ProvenanceSettings,
     /// Record one allowed publish in this many (denials and other operations always).
     pub audit_sample: u64,

@@ -10,8 +10,10 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// Every data-plane metric of the sidecar (HTTP, opaque TCP, AMQP, handshakes, policy
+/// decisions, the audit writer), registered once and cloned into each path.
 #[derive(Debug, Clone)]
-pub struct HttpMetrics {
+pub struct ProxyMetrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     decisions: IntCounterVec,
@@ -37,7 +39,7 @@ impl Drop for OpenConnection {
     }
 }
 
-impl HttpMetrics {
+impl ProxyMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let requests = IntCounterVec::new(
             Opts::new(

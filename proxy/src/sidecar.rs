@@ -21,8 +21,10 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::config_watch::ConfigWatch;
 use crate::identity::{IdentityManager, IdentitySettings};
+use palisade_contract::process::until_stopped;
+
 use crate::inbound::{self, Inbound, Policies};
-use crate::metrics::HttpMetrics;
+use crate::metrics::ProxyMetrics;
 use crate::outbound::{self, Outbound};
 use crate::server::Limits;
 
@@ -126,11 +128,11 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         &registry,
     )?;
     let policies = Arc::new(ArcSwap::from_pointee(load_policies(config)?));
-    let http_metrics = HttpMetrics::register(&registry)?;
-    http_metrics
+    let metrics = ProxyMetrics::register(&registry)?;
+    metrics
         .policy_version
         .set(policies.load().authorization.version() as i64);
-    let audit = AuditLog::start(config.audit_log.clone(), http_metrics.audit_dropped.clone())
+    let audit = AuditLog::start(config.audit_log.clone(), metrics.audit_dropped.clone())
         .await
         .context("opening the audit log")?;
     let services = Arc::new(ArcSwap::from_pointee(load_registry(config)?));
@@ -143,7 +145,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
             services.clone(),
             config.default_mode,
             config.identity_dir.clone(),
-            http_metrics.policy_version.clone(),
+            metrics.policy_version.clone(),
             &registry,
         )?);
         watch.load_cache();
@@ -172,7 +174,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         identity.clone(),
         services,
         audit.clone(),
-        http_metrics.clone(),
+        metrics.clone(),
         limits.clone(),
         config.worker_threads(),
         config.outbound_policy,
@@ -187,7 +189,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         config.service.clone(),
         config.app,
         audit,
-        http_metrics,
+        metrics,
         PathOptions {
             allow_encoded_slashes: config.allow_encoded_slashes,
         },
@@ -266,7 +268,6 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
     if let Some(watch) = &config_watch {
         tasks.spawn(watch.clone().run(stopped.clone()));
     }
-    let mut admin_stop = stopped.clone();
     tasks.spawn(admin::serve(
         admin_listener,
         AdminState {
@@ -281,35 +282,29 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
                     .collect(),
             ),
         },
-        async move {
-            let _ = admin_stop.wait_for(|s| *s).await;
-        },
+        until_stopped(&stopped),
     ));
     for (listener, target) in tcp_listeners {
-        let mut tcp_stop = stopped.clone();
         tasks.spawn(outbound::serve_tcp(
             listener,
             outbound.clone(),
             target,
-            async move {
-                let _ = tcp_stop.wait_for(|s| *s).await;
-            },
+            until_stopped(&stopped),
         ));
     }
     if let Some((listener, amqp)) = amqp {
-        let mut amqp_stop = stopped.clone();
-        tasks.spawn(crate::amqp::serve(listener, amqp, async move {
-            let _ = amqp_stop.wait_for(|s| *s).await;
-        }));
+        tasks.spawn(crate::amqp::serve(listener, amqp, until_stopped(&stopped)));
     }
-    let mut outbound_stop = stopped.clone();
-    tasks.spawn(outbound::serve(outbound_listener, outbound, async move {
-        let _ = outbound_stop.wait_for(|s| *s).await;
-    }));
-    let mut inbound_stop = stopped.clone();
-    tasks.spawn(inbound::serve(inbound_listener, inbound, async move {
-        let _ = inbound_stop.wait_for(|s| *s).await;
-    }));
+    tasks.spawn(outbound::serve(
+        outbound_listener,
+        outbound,
+        until_stopped(&stopped),
+    ));
+    tasks.spawn(inbound::serve(
+        inbound_listener,
+        inbound,
+        until_stopped(&stopped),
+    ));
     tracing::info!(%admin_addr, %inbound_addr, %outbound_addr, app = %config.app,
         control_plane = %config.control_plane, "sidecar started");
     Ok(RunningSidecar {

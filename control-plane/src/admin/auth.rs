@@ -11,7 +11,7 @@ use axum::response::Response;
 use palisade_contract::SpiffeId;
 use serde::{Deserialize, Serialize};
 
-use crate::sidecar_api::bearer_token;
+use crate::serving::bearer_token;
 
 use super::{AdminError, AdminState, ROUTES};
 
@@ -229,7 +229,7 @@ impl FromRequestParts<Arc<AdminState>> for Principal {
             // No token: a client certificate naming an admin SPIFFE ID (with --admin-tls).
             let peer = parts
                 .extensions
-                .get::<crate::sidecar_api::Peer>()
+                .get::<crate::serving::Peer>()
                 .and_then(|p| p.current_identity());
             return match peer.and_then(|id| state.spiffe_admins.iter().find(|(a, _)| a == id)) {
                 Some((id, role)) => Ok(Principal {

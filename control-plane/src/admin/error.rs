@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use palisade_contract::policy::Problems;
 
 use crate::admin_tokens::AdminTokenError;
-use crate::sidecar_api::error_response;
+use crate::serving::error_response;
 use crate::store::ChangeError;
 
 use super::Role;

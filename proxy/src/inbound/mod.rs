@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::audit::AuditLog;
 use crate::config::UnderscoreHeaders;
 use crate::identity::IdentityManager;
-use crate::metrics::HttpMetrics;
+use crate::metrics::ProxyMetrics;
 pub use crate::policies::{Policies, service_name};
 use crate::server::{Limits, http_server, serve_http};
 
@@ -44,7 +44,7 @@ pub struct Inbound {
     /// The application's plain-HTTP address.
     pub app: SocketAddr,
     pub audit: AuditLog,
-    pub metrics: HttpMetrics,
+    pub metrics: ProxyMetrics,
     pub path_options: PathOptions,
     pub limits: Limits,
     /// Application ports served as opaque TCP (`opaque.rs`).
@@ -71,7 +71,7 @@ impl Inbound {
         service: Option<String>,
         app: SocketAddr,
         audit: AuditLog,
-        metrics: HttpMetrics,
+        metrics: ProxyMetrics,
         path_options: PathOptions,
         limits: Limits,
         opaque_ports: Vec<u16>,

@@ -31,14 +31,14 @@ use crate::audit::AuditLog;
 use crate::config::OutboundPolicy;
 use crate::forwarding::ProxyBody;
 use crate::identity::IdentityManager;
-use crate::metrics::HttpMetrics;
+use crate::metrics::ProxyMetrics;
 use crate::server::{Limits, http_server, serve_http};
 
 pub struct Outbound {
     pub identity: Arc<IdentityManager>,
     pub registry: Arc<ArcSwap<ServiceRegistry>>,
     pub audit: AuditLog,
-    pub metrics: HttpMetrics,
+    pub metrics: ProxyMetrics,
     pub limits: Limits,
     /// Up to `connections_per_service` HTTP/2 connections per destination service
     /// (`namespace/name`), used in turn.
@@ -95,7 +95,7 @@ impl Outbound {
         identity: Arc<IdentityManager>,
         registry: Arc<ArcSwap<ServiceRegistry>>,
         audit: AuditLog,
-        metrics: HttpMetrics,
+        metrics: ProxyMetrics,
         limits: Limits,
         connections_per_service: usize,
         policy: OutboundPolicy,
