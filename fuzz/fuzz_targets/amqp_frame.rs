@@ -6,7 +6,7 @@
 use amq_protocol::frame::{AMQPFrame, parse_frame};
 use libfuzzer_sys::fuzz_target;
 use palisade_proxy::amqp::{check_routing_types, operations};
-use palisade_proxy::amqp_tables::check_frame;
+use palisade_proxy::amqp::tables::check_frame;
 
 fuzz_target!(|data: &[u8]| {
     let table_check = check_frame(data);

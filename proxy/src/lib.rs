@@ -8,9 +8,8 @@
 //! - [`outbound`]: from the application to other services, over pooled mTLS, with secure
 //!   naming (HTTP, intercepted passthrough, and `--tcp-outbound` ports).
 //! - [`policies`]: what this workload enforces, swapped whole; [`net`]: dialling and piping.
-//! - [`amqp`]: the AMQP 0-9-1 proxy: credential injection and authorization of every operation.
-//! - [`provenance`]: signing and verifying who published an AMQP message.
-//! - [`amqp_tables`]: AMQP field tables read as RabbitMQ reads them.
+//! - [`amqp`]: the AMQP 0-9-1 proxy: credential injection, authorization of every operation,
+//!   field tables read as RabbitMQ reads them, publisher provenance.
 //! - [`transparent`]: the original destination of a connection iptables redirected.
 //! - [`server`]: HTTP limits and idle connections, for both listeners.
 //! - [`audit`]: one JSON line per decision; [`metrics`]: data-plane counters.
@@ -19,7 +18,6 @@
 
 pub mod admin;
 pub mod amqp;
-pub mod amqp_tables;
 pub mod audit;
 pub mod config;
 pub mod config_watch;
@@ -31,7 +29,6 @@ pub mod metrics;
 pub mod net;
 pub mod outbound;
 pub mod policies;
-pub mod provenance;
 pub mod server;
 pub mod sidecar;
 pub mod transparent;
