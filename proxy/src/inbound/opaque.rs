@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use palisade_contract::SpiffeId;
 use palisade_contract::policy::{Request, Verdict, Workload};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use super::Inbound;
 use crate::audit::AuditEvent;
@@ -42,8 +43,43 @@ pub fn port_from_alpn(alpn: &[u8]) -> Option<u16> {
         .ok()
 }
 
+/// Why an opaque connection was closed before a byte reached the application; its
+/// `finish` is the one place the audit event gets the decision and reason.
+#[derive(Debug)]
+enum Refusal {
+    /// Opaque ports are configured per sidecar; one it was not given is refused in the
+    /// handshake already, this is the second line.
+    NotOpaquePort(u16),
+    NoIdentity,
+    /// Authorization said no; the decision is already on the event.
+    Denied,
+    /// Allowed, and the application's port did not accept the connection.
+    AppUnreachable(String),
+}
+
+impl Refusal {
+    fn finish(self, event: &mut AuditEvent) {
+        match self {
+            Refusal::NotOpaquePort(port) => {
+                event.decision = "error";
+                event.reason = Some(format!("port {port} is not an opaque port here"));
+            }
+            Refusal::NoIdentity => {
+                event.decision = "error";
+                event.reason = Some("the sidecar has no identity".into());
+            }
+            Refusal::Denied => {}
+            Refusal::AppUnreachable(reason) => {
+                event.decision = "error";
+                event.reason = Some(reason);
+            }
+        }
+    }
+}
+
 impl Inbound {
-    /// An opaque connection from `peer` for the application's `port`, after the handshake.
+    /// An opaque connection from `peer` for the application's `port`, after the handshake:
+    /// decide, then one audit line and one count, then (when allowed) the bytes piped.
     pub(crate) async fn serve_opaque<S>(&self, peer: &SpiffeId, port: u16, tls: S)
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -55,54 +91,55 @@ impl Inbound {
         event.destination = own.as_ref().map(ToString::to_string).unwrap_or_default();
         event.path = format!(":{port}");
         let _open = self.metrics.open_connection("inbound");
-        let verdict = match own.as_ref().and_then(SpiffeId::namespace) {
-            // Opaque ports are configured per sidecar; one it was not given is refused in
-            // the handshake already, this is the second line.
-            _ if !self.opaque_ports.contains(&port) => {
-                event.reason = Some(format!("port {port} is not an opaque port here"));
-                Verdict::Deny
-            }
-            None => {
-                event.reason = Some("the sidecar has no identity".into());
-                Verdict::Deny
-            }
-            Some(namespace) => {
-                let policies = self.policies.load();
-                let decision = policies.authorization.evaluate(
-                    &Workload {
-                        namespace,
-                        service: &event.destination_service,
-                    },
-                    &Request::connection(Some(peer), port),
-                );
-                event.apply_decision(&decision);
-                self.metrics.decision(&decision);
-                decision.verdict
-            }
-        };
-        if verdict == Verdict::Deny {
-            self.metrics
-                .connection("inbound", peer.as_str(), event.decision);
-            self.audit.record(&event);
-            return;
+        let decided = self
+            .decide_opaque(peer, own.as_ref(), port, &mut event)
+            .await;
+        // Finish: the connection's one audit line and count, whatever the outcome.
+        if let Err(refusal) = &decided {
+            tracing::debug!(peer = %peer, port, refusal = ?refusal, "opaque connection refused");
         }
-        let app = SocketAddr::new(self.app.ip(), port);
-        let upstream = match connect(app, "the application at").await {
-            Ok(tcp) => tcp,
-            Err(reason) => {
-                event.decision = "error";
-                event.reason = Some(reason);
-                self.metrics
-                    .connection("inbound", peer.as_str(), event.decision);
-                self.audit.record(&event);
-                return;
-            }
-        };
+        let upstream = decided.map_err(|r| r.finish(&mut event));
         self.metrics
             .connection("inbound", peer.as_str(), event.decision);
         self.audit.record(&event);
-        let (sent, received) = pipe(tls, upstream).await;
-        self.metrics.tcp_bytes("inbound", sent, received);
+        if let Ok(upstream) = upstream {
+            let (sent, received) = pipe(tls, upstream).await;
+            self.metrics.tcp_bytes("inbound", sent, received);
+        }
+    }
+
+    /// Authorize on identity and port (an ALLOW rule that needs HTTP fields never matches),
+    /// then connect to the application's port.
+    async fn decide_opaque(
+        &self,
+        peer: &SpiffeId,
+        own: Option<&SpiffeId>,
+        port: u16,
+        event: &mut AuditEvent,
+    ) -> Result<TcpStream, Refusal> {
+        if !self.opaque_ports.contains(&port) {
+            return Err(Refusal::NotOpaquePort(port));
+        }
+        let namespace = own
+            .and_then(SpiffeId::namespace)
+            .ok_or(Refusal::NoIdentity)?;
+        let policies = self.policies.load();
+        let decision = policies.authorization.evaluate(
+            &Workload {
+                namespace,
+                service: &event.destination_service,
+            },
+            &Request::connection(Some(peer), port),
+        );
+        event.apply_decision(&decision);
+        self.metrics.decision(&decision);
+        if decision.verdict == Verdict::Deny {
+            return Err(Refusal::Denied);
+        }
+        let app = SocketAddr::new(self.app.ip(), port);
+        connect(app, "the application at")
+            .await
+            .map_err(Refusal::AppUnreachable)
     }
 }
 

@@ -10,7 +10,9 @@ use palisade_contract::SpiffeId;
 use palisade_contract::process::accept;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::Outbound;
+use tokio_rustls::client::TlsStream;
+
+use super::{ForwardError, Outbound};
 use crate::audit::AuditEvent;
 use crate::config::TcpOutbound;
 use crate::inbound::alpn_for;
@@ -35,41 +37,46 @@ pub async fn serve_outbound(
 }
 
 impl Outbound {
+    /// One `--tcp-outbound` connection: resolve and dial (secure naming, the port asked for
+    /// in ALPN), then one audit line and one count, then (when connected) the bytes piped.
     async fn forward_opaque(&self, app: TcpStream, target: &TcpOutbound) {
         let own = self.identity.spiffe_id();
         let mut event = AuditEvent::begin("outbound", "tcp");
         event.source = own.as_ref().map(ToString::to_string);
         event.path = format!(":{}", target.port);
-        let resolved = self.registry.load().resolve(
-            &target.service,
-            own.as_ref()
-                .and_then(SpiffeId::namespace)
-                .unwrap_or_default(),
-        );
-        let Some(entry) = resolved else {
-            event.reason = Some(format!("no such service: {}", target.service));
-            self.metrics.connection("outbound", "", event.decision);
-            self.audit.record(&event);
-            return;
-        };
+        let own_namespace = own.as_ref().and_then(SpiffeId::namespace);
+        let dialled = self.dial_opaque(target, own_namespace, &mut event).await;
+        // Finish: the connection's one audit line and count, whatever the outcome.
+        match &dialled {
+            Ok(_) => event.decision = "forward",
+            Err(e) => {
+                event.decision = "error";
+                event.reason = Some(e.to_string());
+            }
+        }
+        self.metrics
+            .connection("outbound", &event.destination, event.decision);
+        self.audit.record(&event);
+        if let Ok(tls) = dialled {
+            let _open = self.metrics.open_connection("outbound");
+            let (sent, received) = pipe(tls, app).await;
+            self.metrics.tcp_bytes("outbound", sent, received);
+        }
+    }
+
+    async fn dial_opaque(
+        &self,
+        target: &TcpOutbound,
+        own_namespace: Option<&str>,
+        event: &mut AuditEvent,
+    ) -> Result<TlsStream<TcpStream>, ForwardError> {
+        let entry = self
+            .registry
+            .load()
+            .resolve(&target.service, own_namespace.unwrap_or_default())
+            .ok_or_else(|| ForwardError::UnknownService(target.service.clone()))?;
         event.destination_service = entry.name.clone();
         event.destination = entry.identity.to_string();
-        let tls = match self.dial(&entry, None, alpn_for(target.port)).await {
-            Ok(tls) => tls,
-            Err(e) => {
-                event.reason = Some(e.to_string());
-                self.metrics
-                    .connection("outbound", entry.identity.as_str(), event.decision);
-                self.audit.record(&event);
-                return;
-            }
-        };
-        event.decision = "forward";
-        self.metrics
-            .connection("outbound", entry.identity.as_str(), event.decision);
-        self.audit.record(&event);
-        let _open = self.metrics.open_connection("outbound");
-        let (sent, received) = pipe(tls, app).await;
-        self.metrics.tcp_bytes("outbound", sent, received);
+        self.dial(&entry, None, alpn_for(target.port)).await
     }
 }
