@@ -1,0 +1,459 @@
+//! `palisade-bench run`: the scenarios in order over one mesh started once (`setup.rs`):
+//! policy evaluation (`policy_eval.rs`), HTTP and footprint (here, with `http.rs` types),
+//! AMQP publishes (`amqp_publish.rs`), issuance, propagation (`propagation.rs`); then the
+//! report with the targets judged (`Report`, `finish`).
+
+mod amqp_publish;
+mod http;
+mod policy_eval;
+mod propagation;
+mod setup;
+
+use crate::load::{Proto, percentile};
+use crate::mesh::{Procs, cpu_seconds, free_addr, memory, wait_status};
+use crate::run::amqp_publish::amqp_scenario;
+use crate::run::http::{HttpFigures, HttpPath};
+use crate::run::propagation::propagation_scenario;
+use crate::run::setup::{Mesh, sidecar_tls, write_policy};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Settings {
+    /// Where the palisade binaries are (target/release).
+    #[arg(long)]
+    pub(crate) bin_dir: PathBuf,
+    /// Where results.md and results.json go.
+    #[arg(long, default_value = "bench-results")]
+    pub(crate) out: PathBuf,
+    /// A moment per scenario (for CI); the numbers mean nothing.
+    #[arg(long)]
+    pub(crate) smoke: bool,
+    /// Connections for the throughput runs.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) concurrency: usize,
+    /// Offered rate for the latency runs (requests per second).
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) rate: u64,
+    /// The broker for the AMQP scenario.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub(crate) broker: String,
+    /// Run only these scenarios (comma-separated: eval, http1, http2, amqp, issuance,
+    /// propagation), for investigating one; a published run runs them all.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) only: Vec<String>,
+}
+
+impl Settings {
+    pub(crate) fn runs(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| o == scenario)
+    }
+
+    /// Interleaved rounds of each throughput measurement (the median is reported).
+    pub(crate) fn rounds(&self) -> usize {
+        if self.smoke { 1 } else { 3 }
+    }
+
+    /// Length of one throughput round.
+    pub(crate) fn round_time(&self) -> Duration {
+        if self.smoke {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+}
+
+/// The results as they are measured: a Markdown report, the same figures as JSON, and the
+/// verdict on each target.
+#[derive(Default)]
+pub(crate) struct Report {
+    pub(crate) md: String,
+    pub(crate) results: Vec<Value>,
+    pub(crate) targets: Vec<(String, bool, String)>,
+}
+
+impl Report {
+    pub(crate) fn target(&mut self, what: &str, met: bool, detail: String) {
+        self.targets.push((what.to_owned(), met, detail));
+    }
+}
+
+pub(crate) fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+/// The median (NaN when empty; NaN values sort last).
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    percentile(&v, 0.5)
+}
+
+pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
+    let dur = if s.smoke {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(10)
+    };
+    let rate = if s.smoke { s.rate.min(200) } else { s.rate };
+    let work = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let mut procs = Procs(Vec::new());
+    let me = std::env::current_exe()?;
+    let mut r = Report::default();
+
+    // 5. Policy evaluation, in process.
+    policy_eval::scenario(&s, &mut r);
+
+    // The mesh: control plane, the app, payments' sidecar in front of it, orders' sidecar
+    // calling it, and two publishers' sidecars for AMQP.
+    let (cp_sidecar, cp_admin, cp_metrics) = (free_addr(), free_addr(), free_addr());
+    let data = work.join("cp");
+    procs.spawn(
+        "control-plane",
+        &s.bin_dir.join("palisade-control-plane"),
+        &[
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--sidecar-listen".into(),
+            cp_sidecar.to_string(),
+            "--admin-listen".into(),
+            cp_admin.to_string(),
+            "--metrics-listen".into(),
+            cp_metrics.to_string(),
+        ],
+        &work.join("cp.log"),
+    )?;
+    wait_status(cp_admin, "cp", "/healthz", 200).await?;
+    let app = free_addr();
+    procs.spawn(
+        "app",
+        &me,
+        &["app".into(), "--listen".into(), app.to_string()],
+        &work.join("app.log"),
+    )?;
+    let mesh = Mesh {
+        bin_dir: s.bin_dir.clone(),
+        work: work.clone(),
+        data: data.clone(),
+        cp_sidecar,
+        cp_admin,
+        app,
+    };
+    let http_policy = work.join("policy.yaml");
+    write_policy(
+        &http_policy,
+        "bench",
+        "  selector: { service: payments }\n  rules:\n    - from: [ { principals: [\"spiffe://palisade.local/ns/shop/sa/orders\"] } ]\n      to: [ { methods: [\"GET\"], paths: [\"/item\"] } ]\n",
+    )?;
+    let amqp_policy = work.join("amqp-policy.yaml");
+    write_policy(
+        &amqp_policy,
+        "bench-publish",
+        &format!(
+            "  rules:\n    - to: [ {{ amqp: {{ operations: [publish], vhosts: [\"/\"], exchanges: [\"\"], routingKeys: [\"{}\"] }} }} ]\n",
+            crate::amqp::QUEUE
+        ),
+    )?;
+    let payments_inbound = free_addr();
+    let registry = work.join("registry.yaml");
+    std::fs::write(
+        &registry,
+        format!(
+            "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: payments, namespace: shop }}\nspec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/payments\", endpoints: [\"{payments_inbound}\"] }}\n"
+        ),
+    )?;
+    let path_arg = |flag: &str, p: &Path| [flag.to_owned(), p.display().to_string()];
+    let payments = mesh
+        .sidecar(
+            &mut procs,
+            "payments",
+            payments_inbound,
+            &path_arg("--policy-file", &http_policy),
+        )
+        .await?;
+    let orders = mesh
+        .sidecar(
+            &mut procs,
+            "orders",
+            free_addr(),
+            &path_arg("--registry-file", &registry),
+        )
+        .await?;
+    let mut publishers = Vec::new();
+    for (sa, sign) in [("publisher", "true"), ("publisher-unsigned", "false")] {
+        let mut extra = path_arg("--policy-file", &amqp_policy).to_vec();
+        extra.extend([
+            "--amqp-upstream".into(),
+            s.broker.clone(),
+            "--amqp-sign".into(),
+            sign.into(),
+        ]);
+        publishers.push(mesh.sidecar(&mut procs, sa, free_addr(), &extra).await?);
+    }
+    wait_status(orders.outbound, "payments", "/item", 200).await?;
+    wait_status(app, "app", "/item", 200).await?;
+
+    let mut paths = vec![
+        HttpPath {
+            name: "direct",
+            key: "direct",
+            http1: app,
+            http2: app,
+            host: "app",
+            proxies: vec![],
+        },
+        HttpPath {
+            name: "Palisade (2 sidecars, mTLS, policy, audit)",
+            key: "palisade",
+            http1: orders.outbound,
+            http2: orders.outbound,
+            host: "payments",
+            proxies: vec![
+                ("orders sidecar", orders.pid),
+                ("payments sidecar", payments.pid),
+            ],
+        },
+    ];
+    match crate::nginx::find() {
+        Some(bin) => {
+            let ports = crate::nginx::Ports {
+                out_http1: free_addr(),
+                out_http2: free_addr(),
+                inbound: free_addr(),
+            };
+            let [inbound, outbound] =
+                crate::nginx::start(&mut procs, &bin, &work.join("nginx"), app, ports)?;
+            wait_status(ports.out_http1, "payments", "/item", 200).await?;
+            paths.push(HttpPath {
+                name: "nginx (2 instances, mTLS, subject check, access log)",
+                key: "nginx",
+                http1: ports.out_http1,
+                http2: ports.out_http2,
+                host: "payments",
+                proxies: vec![("nginx outbound", outbound), ("nginx inbound", inbound)],
+            });
+        }
+        None => {
+            r.md.push_str("\n**nginx was not found: the nginx rows are missing from this run.**\n");
+        }
+    }
+    let idle: HashMap<u32, u64> = paths
+        .iter()
+        .flat_map(|p| p.proxies.iter())
+        .map(|&(_, pid)| (pid, memory(pid).0))
+        .collect();
+
+    // 1 and 2. HTTP, each protocol over every path; 4. footprint after scenario 1.
+    for proto in [Proto::Http1, Proto::Http2] {
+        if !s.runs(proto.key()) {
+            continue;
+        }
+        r.md.push_str(&format!(
+            "\n| {}, 1 KiB responses | req/s ({} connections, median of rounds) | lowest–highest round | vs direct | vs nginx | p50 ms | p99 ms | p99.9 ms | p99 vs nginx | CPU s / 10k req (proxies) | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            proto.label(),
+            s.concurrency
+        ));
+        // Throughput in interleaved rounds (every path once per round), the median kept:
+        // on a shared two-core VM one path's run can land on a noisy moment.
+        let addr_of = |path: &HttpPath| match proto {
+            Proto::Http1 => path.http1,
+            Proto::Http2 => path.http2,
+        };
+        let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); paths.len()];
+        let mut errors = vec![0u64; paths.len()];
+        for _ in 0..s.rounds() {
+            for (i, path) in paths.iter().enumerate() {
+                let cpu = || -> f64 { path.proxies.iter().map(|&(_, p)| cpu_seconds(p)).sum() };
+                let before = cpu();
+                let (rps, e) = crate::load::throughput(
+                    addr_of(path),
+                    proto,
+                    path.host,
+                    s.concurrency,
+                    s.round_time(),
+                )
+                .await?;
+                let used = cpu() - before;
+                let requests = rps * s.round_time().as_secs_f64();
+                let cpu_per_10k = if path.proxies.is_empty() || requests == 0.0 {
+                    f64::NAN
+                } else {
+                    used / requests * 10_000.0
+                };
+                rounds[i].push((rps, cpu_per_10k));
+                errors[i] += e;
+            }
+        }
+        let mut measured: Vec<(HttpFigures, [f64; 3], u64)> = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            let (lat, errors_l) =
+                crate::load::latency(addr_of(path), proto, path.host, rate, dur).await?;
+            measured.push((
+                HttpFigures {
+                    rps: median(rounds[i].iter().map(|r| r.0)),
+                    p99: lat[1],
+                    cpu_per_10k: median(rounds[i].iter().map(|r| r.1)),
+                    range: rounds[i]
+                        .iter()
+                        .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+                            (lo.min(r.0), hi.max(r.0))
+                        }),
+                },
+                lat,
+                errors[i] + errors_l,
+            ));
+        }
+        let direct = measured[0].0;
+        let nginx = paths
+            .iter()
+            .position(|p| p.key == "nginx")
+            .map(|i| measured[i].0);
+        for (i, (path, (f, [p50, p99, p999], errors))) in paths.iter().zip(&measured).enumerate() {
+            let vs_nginx = nginx.map_or(f64::NAN, |n| n.rps);
+            let p99_nginx = nginx.map_or(f64::NAN, |n| n.p99);
+            r.md.push_str(&format!(
+                "| {} | {:.0} | {:.0}–{:.0} | {} | {} | {p50:.2} | {p99:.2} | {p999:.2} | {} | {} | {errors} |\n",
+                path.name,
+                f.rps,
+                f.range.0,
+                f.range.1,
+                ratio(f.rps, direct.rps),
+                ratio(f.rps, vs_nginx),
+                ratio(*p99, p99_nginx),
+                if f.cpu_per_10k.is_nan() {
+                    "–".to_owned()
+                } else {
+                    format!("{:.2}", f.cpu_per_10k)
+                },
+            ));
+            r.results.push(json!({
+                "scenario": proto.key(), "path": path.key, "throughput_rps": f.rps,
+                "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
+                "cpu_s_per_10k_requests": f.cpu_per_10k, "errors": errors,
+                "throughput_rounds_rps": rounds[i].iter().map(|r| r.0).collect::<Vec<_>>(),
+                "offered_rate_rps": rate, "connections": s.concurrency,
+            }));
+        }
+        if let (Some(n), Some(i)) = (nginx, paths.iter().position(|p| p.key == "palisade")) {
+            let p = measured[i].0;
+            r.target(
+                &format!("{} throughput at least the nginx pair's", proto.label()),
+                p.rps >= n.rps,
+                format!(
+                    "{:.0} vs {:.0} req/s ({})",
+                    p.rps,
+                    n.rps,
+                    ratio(p.rps, n.rps)
+                ),
+            );
+            r.target(
+                &format!(
+                    "{} p99 at {rate} req/s no worse than the nginx pair's",
+                    proto.label()
+                ),
+                p.p99 <= n.p99,
+                format!("{:.2} vs {:.2} ms", p.p99, n.p99),
+            );
+        }
+        if proto == Proto::Http1 {
+            r.md.push_str(
+                "\n| footprint (scenario 1) | idle RSS MiB | peak RSS MiB |\n|---|---:|---:|\n",
+            );
+            let mut sidecar_peak: u64 = 0;
+            for path in paths.iter().filter(|p| !p.proxies.is_empty()) {
+                for &(label, pid) in &path.proxies {
+                    let (_, peak) = memory(pid);
+                    if path.key == "palisade" {
+                        sidecar_peak = sidecar_peak.max(peak);
+                    }
+                    r.md.push_str(&format!(
+                        "| {label}{} | {:.1} | {:.1} |\n",
+                        if path.key == "nginx" {
+                            " (master + workers)"
+                        } else {
+                            ""
+                        },
+                        idle[&pid] as f64 / 1024.0,
+                        peak as f64 / 1024.0
+                    ));
+                    r.results.push(json!({"scenario": "footprint", "process": label, "idle_rss_kib": idle[&pid], "peak_rss_kib": peak}));
+                }
+            }
+            r.target(
+                "sidecar resident memory under 20 MB at peak in scenario 1",
+                sidecar_peak * 1024 < 20_000_000,
+                format!("{:.1} MB", sidecar_peak as f64 * 1024.0 / 1e6),
+            );
+        }
+    }
+
+    // 3. AMQP publishes.
+    if s.runs("amqp") {
+        amqp_scenario(&s, &mut r, &publishers).await?;
+    }
+
+    // 6. Certificate issuance.
+    if s.runs("issuance") {
+        let (slot, bundle, server) = sidecar_tls(&work.join("orders-id"))?;
+        let (signed, p50, p99, errors) =
+            crate::issuance::rate(cp_sidecar, slot, bundle, server, 8, dur).await?;
+        r.md.push_str(&format!(
+            "\n| certificate issuance (renewal: mTLS + CSR + sign) | CSRs signed/s (8 clients) | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|\n| control plane, SQLite | {signed:.0} | {p50:.2} | {p99:.2} | {errors} |\n"
+        ));
+        r.results.push(json!({"scenario": "issuance", "clients": 8, "signed_per_s": signed, "p50_ms": p50, "p99_ms": p99, "errors": errors}));
+    }
+
+    // 7. Propagation: simulated sidecars (orders' certificate, many instances) wait on the
+    // configuration long poll; one policy change; how long until each has it.
+    if s.runs("propagation") {
+        let admin_token = std::fs::read_to_string(data.join("admin-token"))?
+            .trim()
+            .to_owned();
+        propagation_scenario(&s, &mut r, cp_sidecar, cp_admin, &admin_token, &work).await?;
+    }
+    drop(procs);
+    finish(&s, r)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// The targets table, then results.md and results.json.
+pub(crate) fn finish(s: &Settings, mut r: Report) -> anyhow::Result<()> {
+    r.md.push_str(&format!(
+        "\n| target{} | met | measured |\n|---|---|---|\n",
+        if s.smoke {
+            " (smoke run: means nothing)"
+        } else {
+            ""
+        }
+    ));
+    for (what, met, detail) in &r.targets {
+        r.md.push_str(&format!(
+            "| {what} | {} | {detail} |\n",
+            if *met { "yes" } else { "**no**" }
+        ));
+    }
+    let targets: Vec<Value> = r
+        .targets
+        .iter()
+        .map(|(what, met, detail)| json!({"target": what, "met": met, "measured": detail}))
+        .collect();
+    std::fs::create_dir_all(&s.out)?;
+    std::fs::write(s.out.join("results.md"), &r.md)?;
+    std::fs::write(
+        s.out.join("results.json"),
+        serde_json::to_string_pretty(
+            &json!({"smoke": s.smoke, "results": r.results, "targets": targets}),
+        )?,
+    )?;
+    println!("{}", r.md);
+    Ok(())
+}
