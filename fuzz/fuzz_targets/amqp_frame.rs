@@ -1,15 +1,15 @@
 //! AMQP frames from an application: the codec, the raw field-table walk, the routing-type
-//! checks and the authorization table must never panic, and must agree: a frame the raw walk
-//! accepts holds no table whose decoded map lost an entry.
+//! checks and the authorization table must never panic, and every method the table
+//! authorizes names at least one operation.
 #![no_main]
 
 use amq_protocol::frame::{AMQPFrame, parse_frame};
 use libfuzzer_sys::fuzz_target;
-use palisade_proxy::amqp::{check_routing_types, operations};
 use palisade_proxy::amqp::tables::check_frame;
+use palisade_proxy::amqp::{check_routing_types, operations};
 
 fuzz_target!(|data: &[u8]| {
-    let table_check = check_frame(data);
+    let _ = check_frame(data);
     let Ok((_, frame)) = parse_frame(data) else {
         return;
     };
@@ -22,5 +22,4 @@ fuzz_target!(|data: &[u8]| {
             assert!(!op.operation.is_empty());
         }
     }
-    let _ = table_check;
 });
