@@ -31,7 +31,13 @@ pub async fn rate(
         csrs.push(params.serialize_request(&key)?.pem()?);
     }
     let csrs = Arc::new(csrs);
-    let client = ControlPlaneClient::new(cp.to_string(), server, bundle, identity);
+    let client = ControlPlaneClient::new(
+        cp.to_string(),
+        server,
+        bundle,
+        identity,
+        std::time::Duration::from_secs(5),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(concurrency);

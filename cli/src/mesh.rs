@@ -4,30 +4,26 @@
 
 use std::time::Duration;
 
+use palisade_contract::documents::Kind;
 use serde_json::{Value, json};
 
 use crate::Output;
 use crate::client::{ApiClient, ApiError, api_path};
 
-/// The API's plural for a resource type as people type it.
-pub fn plural(kind: &str) -> Result<&'static str, ApiError> {
-    match kind.to_ascii_lowercase().as_str() {
+/// The kind a resource type names, as people type it (kubectl's way: singular, plural or
+/// short name, any case).
+pub fn kind(typed: &str) -> Result<Kind, ApiError> {
+    match typed.to_ascii_lowercase().as_str() {
         "policy" | "policies" | "authorizationpolicy" | "authorizationpolicies" | "ap" => {
-            Ok("authorizationpolicies")
+            Ok(Kind::AuthorizationPolicy)
         }
-        "requestauthentication" | "requestauthentications" | "ra" => Ok("requestauthentications"),
-        "service" | "services" | "svc" => Ok("services"),
+        "requestauthentication" | "requestauthentications" | "ra" => {
+            Ok(Kind::RequestAuthentication)
+        }
+        "service" | "services" | "svc" => Ok(Kind::Service),
         other => Err(ApiError::Usage(format!(
             "unknown resource type {other:?}: use policies, requestauthentications or services"
         ))),
-    }
-}
-
-fn kind_of_plural(plural: &str) -> &'static str {
-    match plural {
-        "authorizationpolicies" => "AuthorizationPolicy",
-        "requestauthentications" => "RequestAuthentication",
-        _ => "Service",
     }
 }
 
@@ -140,8 +136,8 @@ pub async fn get(
     namespace: Option<&str>,
     output: Output,
 ) -> Result<(), ApiError> {
-    let kind = kind_of_plural(plural(kind)?);
-    let mut query = vec![("kind", kind)];
+    let kind = self::kind(kind)?;
+    let mut query = vec![("kind", kind.as_str())];
     query.extend(namespace.map(|ns| ("namespace", ns)));
     let list = api
         .get_json(&api_path(&["v1", "resources"], &query))
@@ -183,15 +179,15 @@ pub async fn delete(
     namespace: &str,
     output: Output,
 ) -> Result<(), ApiError> {
-    let plural = plural(kind)?;
+    let kind = self::kind(kind)?;
     let result = api
         .delete(&api_path(
-            &["v1", "namespaces", namespace, plural, name],
+            &["v1", "namespaces", namespace, kind.resource(), name],
             &[],
         ))
         .await?;
     match output {
-        Output::Table => println!("{} {namespace}/{name} deleted", kind_of_plural(plural)),
+        Output::Table => println!("{kind} {namespace}/{name} deleted"),
         _ => println!("{result:#}"),
     }
     Ok(())
@@ -487,12 +483,12 @@ pub fn findings(resources: &[Value], workloads: &[Value], mesh_version: i64) -> 
     let doc_of = |r: &Value| r["document"].clone();
     let policies: Vec<Value> = resources
         .iter()
-        .filter(|r| r["kind"] == "AuthorizationPolicy")
+        .filter(|r| r["kind"] == Kind::AuthorizationPolicy.as_str())
         .map(doc_of)
         .collect();
     let services: Vec<Value> = resources
         .iter()
-        .filter(|r| r["kind"] == "Service")
+        .filter(|r| r["kind"] == Kind::Service.as_str())
         .map(doc_of)
         .collect();
     let name = |d: &Value| {
@@ -772,8 +768,9 @@ mod tests {
 
     #[test]
     fn resource_type_aliases() {
-        assert_eq!(plural("policy").unwrap(), "authorizationpolicies");
-        assert_eq!(plural("svc").unwrap(), "services");
-        assert!(plural("pods").is_err());
+        assert_eq!(kind("policy").unwrap(), Kind::AuthorizationPolicy);
+        assert_eq!(kind("AP").unwrap().resource(), "authorizationpolicies");
+        assert_eq!(kind("svc").unwrap(), Kind::Service);
+        assert!(kind("pods").is_err());
     }
 }

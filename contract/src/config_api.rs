@@ -8,7 +8,7 @@
 //! identity apart. The answer carries only what concerns the caller ([`concerns`]).
 //!
 //! The documents travel as they were stored, and the sidecar validates them with the same
-//! code the control plane used ([`crate::policy::validate_values`]): a set it cannot accept
+//! code the control plane used ([`crate::documents::validate_values`]): a set it cannot accept
 //! is refused whole and the last good one stays.
 
 use std::time::Duration;
@@ -48,7 +48,9 @@ pub struct MeshConfig {
 /// policies and request authentication of its namespace and the mesh-wide namespace, and
 /// every service (any of them may be called).
 pub fn concerns(kind: &str, namespace: &str, sidecar_namespace: &str) -> bool {
-    kind == crate::registry::KIND || namespace == sidecar_namespace || namespace == MESH_NAMESPACE
+    kind == crate::documents::Kind::Service.as_str()
+        || namespace == sidecar_namespace
+        || namespace == MESH_NAMESPACE
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! - [`config_api`]: how sidecars follow the mesh configuration.
 //! - [`jwt`]: strict JWT and JWKS verification (bootstrap and end-user tokens alike).
 //! - [`path`]: request path normalization (policies match the path that is forwarded).
+//! - [`documents`]: the kinds of document the mesh stores, and reading them (one walk, every
+//!   problem with its location).
 //! - [`policy`]: the authorization policy model and its evaluator.
 //! - [`registry`]: services, their endpoints and the identity they must present.
 //! - [`private_files`]: writing keys and tokens to disk safely.
@@ -17,6 +19,7 @@
 pub mod amqp_url;
 pub mod certs;
 pub mod config_api;
+pub mod documents;
 pub mod identity_api;
 pub mod jwt;
 pub mod path;

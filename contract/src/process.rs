@@ -67,3 +67,69 @@ pub fn until_stopped(
         let _ = rx.wait_for(|s| *s).await;
     }
 }
+
+/// The long-running tasks of a process (listeners, loops), all stopped by one signal: each
+/// is spawned with the future that resolves when the process stops, and [`Tasks::shutdown`]
+/// raises the signal and waits for every one to finish (listeners drain in-flight work).
+/// Written once for the sidecar and the control plane.
+#[derive(Debug)]
+pub struct Tasks {
+    stop: tokio::sync::watch::Sender<bool>,
+    set: tokio::task::JoinSet<()>,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Tasks {
+    pub fn new() -> Self {
+        Self {
+            stop: tokio::sync::watch::channel(false).0,
+            set: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Spawns `task(stopping)`, where `stopping` resolves once the process stops.
+    pub fn spawn<F>(&mut self, task: impl FnOnce(Stopping) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stopping = until_stopped(&self.stop.subscribe());
+        self.set.spawn(task(Box::pin(stopping)));
+    }
+
+    /// Raises the stop signal and waits for every task.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        while self.set.join_next().await.is_some() {}
+    }
+}
+
+/// The future a task of [`Tasks`] is given: it resolves when the process stops.
+pub type Stopping = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_task_sees_the_stop_and_shutdown_waits_for_it() {
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Tasks::new();
+        for _ in 0..3 {
+            let finished = finished.clone();
+            tasks.spawn(|stopping| async move {
+                stopping.await;
+                tokio::task::yield_now().await;
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(finished.load(std::sync::atomic::Ordering::SeqCst), 0);
+        tasks.shutdown().await;
+        assert_eq!(finished.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+}

@@ -21,11 +21,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::policy::document::{Envelope, Walk, join};
-use crate::policy::{Problem, Problems, parse_documents};
+use crate::documents::kind::Kind;
+use crate::documents::walk::{Envelope, Walk, join};
 use crate::spiffe::{SpiffeId, validate_namespace};
-
-pub const KIND: &str = "Service";
 
 /// One service: its name, and where and as whom its sidecars answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,7 +47,7 @@ impl Walk<'_> {
             namespace,
             spec,
             spec_loc,
-        } = self.envelope(v, root, KIND, &["identity", "endpoints"])?;
+        } = self.envelope(v, root, Kind::Service, &["identity", "endpoints"])?;
         if let Some(n) = &name
             && validate_namespace(n).is_err()
         {
@@ -95,19 +93,6 @@ impl Walk<'_> {
             endpoints,
         })
     }
-}
-
-/// Parses `Service` documents (YAML or JSON, several per input); all must be valid, and all
-/// must be services.
-pub fn parse_services(input: &str) -> Result<Vec<ServiceEntry>, Problems> {
-    let docs = parse_documents(input)?;
-    if !docs.authorization.is_empty() || !docs.authentication.is_empty() {
-        return Err(Problems(vec![Problem {
-            location: "input".into(),
-            message: "only Service documents belong in a registry file".into(),
-        }]));
-    }
-    Ok(docs.services)
 }
 
 /// Services by namespace and name.
@@ -156,6 +141,7 @@ impl ServiceRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::documents::parse_services;
 
     const DOC: &str = r#"
 apiVersion: palisade.dev/v1

@@ -10,8 +10,10 @@
 //! refresh fails, so the cluster's key rotation is followed.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -58,6 +60,27 @@ impl Discovery {
             audience: audience.to_owned(),
             http: HttpsClient::new(ca_pem, token_file).map_err(DiscoveryError::Config)?,
         })
+    }
+
+    /// Refetches the keys every [`REFRESH_INTERVAL`] into `current` until `stop` resolves;
+    /// a failed fetch keeps the previous keys (and says so).
+    pub async fn keep_fresh(
+        self,
+        current: Arc<ArcSwap<KubernetesVerifier>>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(REFRESH_INTERVAL) => {}
+                () = &mut stop => return,
+            }
+            match self.fetch().await {
+                Ok(verifier) => current.store(Arc::new(verifier)),
+                Err(e) => tracing::warn!(error = %e,
+                    "refreshing the Kubernetes token keys failed; keeping the previous keys"),
+            }
+        }
     }
 
     /// Fetches the discovery document and the keys it points to.

@@ -3,11 +3,12 @@
 //! - [`ca`]: the certificate authority and the trust bundle (with root rotation).
 //! - [`tokens`] and [`bootstrap`]: the JWTs it signs and the bootstrap tokens it accepts;
 //!   [`k8s_discovery`] fetches a cluster's token keys.
-//! - [`issuance`]: who gets which certificate.
+//! - [`issuance`]: who gets which certificate; [`own_identity`]: the control plane's own.
 //! - [`join_tokens`]: creating single-use join tokens.
 //! - [`store`]: persistent state (SQLite or PostgreSQL).
-//! - [`sidecar_api`]: the TLS listener sidecars talk to; [`serving`]: TLS serving and the
-//!   JSON error body, shared by the three TLS listeners.
+//! - [`sidecar_api`]: the TLS listener sidecars talk to; [`serving`]: serving (TLS or
+//!   plain) and the JSON error body, shared by every listener; [`metrics`]: counters and
+//!   `/metrics`.
 //! - [`mesh_config`]: the stored mesh configuration and the sidecars following it.
 //! - [`admin`]: the authenticated administration API, one file per resource.
 //! - [`webhook`]: the sidecar injector's admission webhook.
@@ -26,6 +27,7 @@ pub mod k8s_discovery;
 pub mod kubernetes;
 pub mod mesh_config;
 pub mod metrics;
+pub mod own_identity;
 pub mod server;
 pub mod serving;
 pub mod sidecar_api;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade_contract::config_api::{self, LONG_POLL};
-use palisade_contract::policy::{Problem, Problems, validate_values};
+use palisade_contract::documents::{Kind, Problem, Problems, validate_values};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -44,7 +44,7 @@ impl std::fmt::Debug for MeshConfig {
 /// A validated document with its identity, ready to be stored.
 #[derive(Debug, Clone)]
 pub struct Validated {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
     pub value: Value,
@@ -54,7 +54,7 @@ pub struct Validated {
 /// its location, nothing returned unless all are valid. Two documents with the same kind,
 /// namespace and name in one input are a problem too.
 pub fn validate(input: &str) -> Result<Vec<Validated>, Problems> {
-    let values = palisade_contract::policy::parse_values(input)?;
+    let values = palisade_contract::documents::parse_values(input)?;
     if values.len() > MAX_BATCH {
         return Err(Problems(vec![Problem {
             location: "input".into(),
@@ -131,19 +131,22 @@ impl MeshConfig {
         });
     }
 
-    /// Follows changes made through other replicas until `stop` resolves.
-    pub async fn follow(&self, stop: impl std::future::Future<Output = ()>) {
+    /// Follows changes made through other replicas until `stop` resolves, then releases
+    /// the sidecars waiting for a change.
+    pub async fn follow(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
-                () = &mut stop => return,
+                () = &mut stop => break,
             }
             match self.store.mesh_version().await {
                 Ok(v) => self.publish(v),
                 Err(e) => tracing::warn!(error = %e, "reading the mesh version failed"),
             }
         }
+        // Shutting down: release the sidecars' long polls so draining does not wait.
+        self.close();
     }
 
     /// Stores a batch (see [`Store::apply`]) and wakes the sidecars waiting for it.
@@ -169,7 +172,7 @@ impl MeshConfig {
         let changes: Vec<Change> = docs
             .iter()
             .map(|d| Change {
-                kind: d.kind.to_owned(),
+                kind: d.kind.as_str().to_owned(),
                 namespace: d.namespace.clone(),
                 name: d.name.clone(),
                 document: Some(d.value.clone()),
@@ -187,7 +190,10 @@ impl MeshConfig {
     ) -> Result<Vec<(Outcome, Option<Resource>)>, StoreError> {
         let mut out = Vec::with_capacity(docs.len());
         for d in docs {
-            let current = self.store.get(d.kind, &d.namespace, &d.name).await?;
+            let current = self
+                .store
+                .get(d.kind.as_str(), &d.namespace, &d.name)
+                .await?;
             let action = match &current {
                 None => "created",
                 Some(r) if r.document == d.value => "unchanged",
@@ -195,7 +201,7 @@ impl MeshConfig {
             };
             out.push((
                 Outcome {
-                    kind: d.kind.to_owned(),
+                    kind: d.kind.as_str().to_owned(),
                     namespace: d.namespace.clone(),
                     name: d.name.clone(),
                     action,

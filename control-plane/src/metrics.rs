@@ -1,7 +1,28 @@
 //! The control plane's Prometheus metrics. One registry is built at start-up and handed to
 //! the components that count; nothing is global. Served on `--metrics-listen` at `/metrics`.
 
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use palisade_contract::telemetry::encode_metrics;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::ca::CertificateAuthority;
+
+/// `GET /metrics`: the registry, with the trust bundle's root count read at scrape time.
+pub fn router(registry: Registry, ca: Arc<CertificateAuthority>, bundle_roots: IntGauge) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let (registry, ca, gauge) = (registry.clone(), ca.clone(), bundle_roots.clone());
+            async move {
+                gauge.set(ca.bundle().load().len() as i64);
+                encode_metrics(&registry)
+            }
+        }),
+    )
+}
 
 #[derive(Clone, Debug)]
 pub struct CaMetrics {

@@ -1,10 +1,8 @@
-//! Assembling the control plane: load the CA and keys, open the store, bind the three
-//! listeners and serve until shut down.
-//!
-//! The control plane's own serving certificate is issued by its own CA for
-//! `spiffe://<td>/ns/palisade-system/sa/control-plane` with the workload TTL, and renewed
-//! at half its lifetime (and at once when a rotation changes the signing root), so it
-//! follows the same rules it imposes on sidecars.
+//! Assembling the control plane: load the CA and keys, open the store, bind the listeners,
+//! then run the components, each a named task given the one stop signal: the mesh
+//! configuration follower ([`MeshConfig::follow`]), the sidecar, admin, webhook and metrics
+//! listeners, the Kubernetes key refresh ([`Discovery::keep_fresh`]) and trust-bundle
+//! publisher, and the renewal of the control plane's own certificate ([`OwnIdentity`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,17 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use axum::Router;
-use axum::routing::get;
-use palisade_contract::identity_api::control_plane_id;
-use palisade_contract::telemetry::encode_metrics;
-use palisade_contract::tls::{ClientAuth, IdentitySlot, WorkloadIdentity, server_config};
+use palisade_contract::process::Tasks;
+use palisade_contract::tls::{ClientAuth, server_config};
 use prometheus::Registry;
-use rcgen::KeyPair;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
 use crate::admin_tokens::{AdminToken, AdminTokenError, AdminTokenIssuer};
@@ -32,9 +23,10 @@ use crate::ca::{CertificateAuthority, write_file};
 use crate::config::Config;
 use crate::issuance::IdentityService;
 use crate::join_tokens::{JoinToken, JoinTokenError, JoinTokenIssuer};
-use crate::k8s_discovery::{self, Discovery};
+use crate::k8s_discovery::Discovery;
 use crate::mesh_config::{MeshConfig, validate};
 use crate::metrics::{CaMetrics, WebhookMetrics};
+use crate::own_identity::OwnIdentity;
 use crate::store::Store;
 use crate::tokens::TokenKey;
 use crate::webhook;
@@ -55,15 +47,13 @@ pub struct RunningControlPlane {
     pub ca: Arc<CertificateAuthority>,
     join_tokens: JoinTokenIssuer,
     admin_tokens: AdminTokenIssuer,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
 }
 
 impl RunningControlPlane {
     /// Stops accepting, drains in-flight requests, and waits for every task.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn shutdown(self) {
+        self.tasks.shutdown().await;
     }
 
     /// Creates a join token without going through the admin API (for embedders such as the
@@ -146,12 +136,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         &td,
     ));
 
-    // The control plane's own identity.
-    let own_identity = IdentitySlot::new();
-    let dns_names = config.webhook_dns_name.clone();
-    renew_own_identity(&ca, &dns_names, &own_identity)?;
+    // The control plane's own identity, renewed by its own task below.
+    let own_identity = OwnIdentity::issue(ca.clone(), config.webhook_dns_name.clone())?;
     let tls = Arc::new(server_config(
-        own_identity.clone(),
+        own_identity.slot(),
         ca.bundle(),
         ClientAuth::Optional,
         &[b"h2", b"http/1.1"],
@@ -196,7 +184,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         // The control plane's own certificate, which carries --webhook-dns-name.
         (Some(addr), _, _) => Some((
             bind(*addr, "webhook").await?,
-            Arc::new(webhook::own_tls_config(own_identity.clone())),
+            Arc::new(webhook::own_tls_config(own_identity.slot())),
         )),
         _ => None,
     };
@@ -204,9 +192,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let admin_addr = admin_listener.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
 
-    let (stop, stopped) = watch::channel(false);
-    let until_stopped = || palisade_contract::process::until_stopped(&stopped);
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::new();
 
     let mesh = Arc::new(
         MeshConfig::new(store.clone(), ca.clone())
@@ -217,20 +203,19 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         load_config_file(&mesh, path).await?;
     }
     let follower = mesh.clone();
-    let stop_follow = until_stopped();
-    tasks.spawn(async move {
-        follower.follow(stop_follow).await;
-        // Shutting down: release the sidecars' long polls so draining does not wait.
-        follower.close();
-    });
+    tasks.spawn(|stop| follower.follow(stop));
 
-    tasks.spawn(serving::serve_tls(
-        sidecar_listener,
-        tls.clone(),
-        sidecar_api::router(service.clone(), mesh.clone()),
-        config.handshake_timeout,
-        until_stopped(),
-    ));
+    let sidecar_router = sidecar_api::router(service.clone(), mesh.clone());
+    let (sidecar_tls, handshake_timeout) = (tls.clone(), config.handshake_timeout);
+    tasks.spawn(|stop| {
+        serving::serve_tls(
+            sidecar_listener,
+            sidecar_tls,
+            sidecar_router,
+            handshake_timeout,
+            stop,
+        )
+    });
 
     let join_tokens = JoinTokenIssuer {
         trust_domain: td.clone(),
@@ -261,108 +246,40 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     if config.admin_tls {
         // The same TLS as the sidecar port: the control plane's own certificate, client
         // certificates optional (a bearer token still works), peers' SPIFFE IDs passed on.
-        tasks.spawn(serving::serve_tls(
-            admin_listener,
-            tls.clone(),
-            admin,
-            config.handshake_timeout,
-            until_stopped(),
-        ));
-    } else {
-        let stop_admin = until_stopped();
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(stop_admin)
-                .await
-            {
-                tracing::error!(error = %e, "admin listener failed");
-            }
+        let admin_tls = tls.clone();
+        tasks.spawn(|stop| {
+            serving::serve_tls(admin_listener, admin_tls, admin, handshake_timeout, stop)
         });
+    } else {
+        tasks.spawn(|stop| serving::serve_plain(admin_listener, admin, "admin", stop));
     }
 
     let webhook_addr = match webhook {
         Some((listener, webhook_tls)) => {
             let addr = listener.local_addr()?;
-            tasks.spawn(serving::serve_tls(
-                listener,
-                webhook_tls,
-                webhook::router(
-                    config.inject_settings(),
-                    WebhookMetrics::register(&registry).context("registering metrics")?,
-                ),
-                config.handshake_timeout,
-                until_stopped(),
-            ));
+            let router = webhook::router(
+                config.inject_settings(),
+                WebhookMetrics::register(&registry).context("registering metrics")?,
+            );
+            tasks.spawn(|stop| {
+                serving::serve_tls(listener, webhook_tls, router, handshake_timeout, stop)
+            });
             Some(addr)
         }
         None => None,
     };
 
-    let metrics_ca = ca.clone();
-    let metrics_router = Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            let ca = metrics_ca.clone();
-            let gauge = metrics.bundle_roots.clone();
-            async move {
-                gauge.set(ca.bundle().load().len() as i64);
-                encode_metrics(&registry)
-            }
-        }),
-    );
-    let stop_metrics = until_stopped();
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(metrics_listener, metrics_router)
-            .with_graceful_shutdown(stop_metrics)
-            .await
-        {
-            tracing::error!(error = %e, "metrics listener failed");
-        }
-    });
+    let metrics_router = crate::metrics::router(registry, ca.clone(), metrics.bundle_roots);
+    tasks.spawn(|stop| serving::serve_plain(metrics_listener, metrics_router, "metrics", stop));
 
     if let (Some(current), Some(discovery)) = (kubernetes.clone(), discovery) {
-        let stop_discovery = until_stopped();
-        tasks.spawn(async move {
-            tokio::pin!(stop_discovery);
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(k8s_discovery::REFRESH_INTERVAL) => {}
-                    () = &mut stop_discovery => return,
-                }
-                match discovery.fetch().await {
-                    Ok(verifier) => current.store(Arc::new(verifier)),
-                    Err(e) => tracing::warn!(error = %e,
-                        "refreshing the Kubernetes token keys failed; keeping the previous keys"),
-                }
-            }
-        });
+        tasks.spawn(|stop| discovery.keep_fresh(current, stop));
     }
-
     if let Some(publisher) = publisher {
-        tasks.spawn(publisher.run(config.k8s_sync_interval, until_stopped()));
+        let interval = config.k8s_sync_interval;
+        tasks.spawn(|stop| publisher.run(interval, stop));
     }
-
-    let refresh_ca = ca.clone();
-    let stop_refresh = until_stopped();
-    let mut signer_changes = ca.watch_signer();
-    tasks.spawn(async move {
-        tokio::pin!(stop_refresh);
-        loop {
-            let wait = own_identity
-                .get()
-                .map(|id| half_life(id.not_before, id.not_after))
-                .unwrap_or(Duration::from_secs(1));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = signer_changes.changed() => {}
-                () = &mut stop_refresh => return,
-            }
-            if let Err(e) = renew_own_identity(&refresh_ca, &dns_names, &own_identity) {
-                tracing::error!(error = %e, "renewing the control plane's own certificate failed");
-            }
-        }
-    });
+    tasks.spawn(|stop| own_identity.run(stop));
 
     tracing::info!(%sidecar_addr, %admin_addr, %metrics_addr, trust_domain = %td,
         database = store.backend_name(), "control plane ready");
@@ -375,7 +292,6 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         admin_tokens,
         ca,
         join_tokens,
-        stop,
         tasks,
     })
 }
@@ -454,13 +370,6 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding the {what} listener on {addr}"))
 }
 
-/// Time from now until half of the certificate's lifetime (counted from now) is left.
-fn half_life(not_before: i64, not_after: i64) -> Duration {
-    let now = crate::ca::unix_now();
-    let lifetime = (not_after - not_before.max(now)).max(2) as u64;
-    Duration::from_secs(lifetime / 2)
-}
-
 /// The Kubernetes API client, when --k8s-api-server is set.
 fn kube_api(config: &Config) -> anyhow::Result<Option<crate::kubernetes::KubeApi>> {
     let Some(server) = &config.k8s_api_server else {
@@ -472,20 +381,4 @@ fn kube_api(config: &Config) -> anyhow::Result<Option<crate::kubernetes::KubeApi
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("--k8s-ca-file {}", config.k8s_ca_file.display()))?;
     Ok(Some(crate::kubernetes::KubeApi::new(server, http)))
-}
-
-/// Issues the control plane a fresh certificate (with a fresh key) from its own CA, with
-/// `dns_names` (the webhook's) besides its SPIFFE ID.
-fn renew_own_identity(
-    ca: &CertificateAuthority,
-    dns_names: &[String],
-    slot: &IdentitySlot,
-) -> anyhow::Result<()> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let id = control_plane_id(ca.trust_domain());
-    let issued = ca.issue_for_key(&id, dns_names, &key, ca.workload_ttl())?;
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    slot.set(WorkloadIdentity::from_der(issued.chain, key_der)?);
-    tracing::debug!(serial = %issued.serial, "control plane certificate renewed");
-    Ok(())
 }

@@ -66,6 +66,22 @@ pub(crate) fn error_response(status: StatusCode, error: &str, details: Vec<Strin
         .into_response()
 }
 
+/// Serves `router` in plain HTTP on `listener` until `shutdown` resolves (the metrics port,
+/// and the admin port without `--admin-tls`), then lets in-flight requests finish.
+pub async fn serve_plain(
+    listener: TcpListener,
+    router: Router,
+    what: &'static str,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(listener = what, error = %e, "listener failed");
+    }
+}
+
 /// Serves `router` over TLS on `listener` until `shutdown` resolves, then lets in-flight
 /// requests finish (for at most 10 s). A client gets `handshake_timeout` to complete the TLS
 /// handshake and then to send each request's headers.

@@ -6,10 +6,9 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use palisade_contract::SpiffeId;
-use palisade_contract::policy::{
-    DefaultMode, PolicySet, Request, Verdict, Workload, parse_documents,
-};
-use palisade_proxy::config::UnderscoreHeaders;
+use palisade_contract::documents::parse_documents;
+use palisade_contract::policy::{DefaultMode, PolicySet, Request, Verdict, Workload};
+use palisade_proxy::forwarding::UnderscoreHeaders;
 use palisade_proxy::forwarding::{check_framing, underscore_headers};
 
 const POLICIES: &str = r#"

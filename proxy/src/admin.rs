@@ -34,6 +34,15 @@ use crate::identity::IdentityManager;
 /// How long the application gets to answer a probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The admin port's part of the configuration.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// The application, and its health paths by probe name (`--app-probe`).
+    pub app: SocketAddr,
+    pub probes: HashMap<String, String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub identity: Arc<IdentityManager>,
@@ -41,6 +50,21 @@ pub struct AdminState {
     /// The application, and its health paths by probe name (`--app-probe`).
     pub app: SocketAddr,
     pub probes: Arc<HashMap<String, String>>,
+}
+
+impl AdminState {
+    pub fn new(
+        settings: AdminSettings,
+        identity: Arc<IdentityManager>,
+        registry: Registry,
+    ) -> Self {
+        Self {
+            identity,
+            registry,
+            app: settings.app,
+            probes: Arc::new(settings.probes),
+        }
+    }
 }
 
 /// One `--app-probe NAME=PATH`.

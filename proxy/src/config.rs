@@ -1,5 +1,6 @@
 //! Command-line flags, each with a `PALISADE_*` environment twin, validated up front with
-//! every problem reported at once.
+//! every problem reported at once, into typed [`Settings`]: one part per component, each
+//! defined beside the component that takes it, so nothing downstream reads a flag again.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,62 +11,18 @@ use palisade_contract::TrustDomain;
 use palisade_contract::policy::DefaultMode;
 use palisade_contract::telemetry::LogFormat;
 
-use crate::admin::AppProbe;
+use palisade_contract::amqp_url::AmqpUrl;
+use palisade_contract::path::PathOptions;
+
+use crate::admin::{AdminSettings, AppProbe};
+use crate::amqp::{AmqpSettings, ProvenanceSettings};
 use crate::audit::AuditTarget;
-
-/// One `--tcp-outbound` mapping: a loopback listener for a service's port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpOutbound {
-    pub listen: SocketAddr,
-    /// As the registry resolves it: `name` or `name.namespace`.
-    pub service: String,
-    pub port: u16,
-}
-
-impl std::str::FromStr for TcpOutbound {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let usage = || format!("{s:?} is not LISTEN=SERVICE:PORT (e.g. 127.0.0.1:15432=db:5432)");
-        let (listen, target) = s.split_once('=').ok_or_else(usage)?;
-        let (service, port) = target.rsplit_once(':').ok_or_else(usage)?;
-        let listen = listen.parse().map_err(|_| usage())?;
-        let port = port.parse().ok().filter(|p| *p != 0).ok_or_else(usage)?;
-        if service.is_empty() {
-            return Err(usage());
-        }
-        Ok(TcpOutbound {
-            listen,
-            service: service.to_owned(),
-            port,
-        })
-    }
-}
-
-/// `--outbound-policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutboundPolicy {
-    /// Destinations outside the registry are passed through.
-    AllowAny,
-    /// Only registry services are reachable through interception.
-    RegistryOnly,
-}
-
-/// `--headers-with-underscores`: what the inbound sidecar does with a request header whose
-/// name holds `_` (Envoy's `headers_with_underscores_action`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum UnderscoreHeaders {
-    /// Removed before authorization and forwarding (nginx's default,
-    /// `underscores_in_headers off`): CGI, WSGI and Rack servers read `x_user` and `x-user`
-    /// as one name, so such a header could stand in for one the sidecar checked or set.
-    #[default]
-    Drop,
-    /// The request is refused with 400.
-    Reject,
-    /// Forwarded. Even then, any spelling of a header the sidecar sets or strips (identity
-    /// headers, the end-user token's header) is removed.
-    Allow,
-}
+use crate::forwarding::UnderscoreHeaders;
+use crate::identity::{INITIAL_BACKOFF, IdentitySettings};
+use crate::inbound::InboundSettings;
+use crate::outbound::{OutboundPolicy, OutboundSettings, TcpOutbound};
+use crate::policies::PolicySource;
+use crate::server::Limits;
 
 /// `--control-plane`: an `https://host:port` URL (as every other flag naming a server takes)
 /// or a bare `host:port`, turned into the `host:port` the client dials. Anything else is
@@ -239,6 +196,11 @@ pub struct Config {
     #[arg(long, env = "PALISADE_TCP_OUTBOUND", value_delimiter = ',')]
     pub tcp_outbound: Vec<TcpOutbound>,
 
+    /// Longest wait for a TCP connection the sidecar opens: to the application, a peer
+    /// sidecar, a passthrough destination, the broker or the control plane.
+    #[arg(long, env = "PALISADE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
     /// Close client connections that have had no request in flight for this long (HTTP/1
     /// keep-alive and HTTP/2 alike; HTTP/2 gets a GOAWAY).
     #[arg(long, env = "PALISADE_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -308,16 +270,27 @@ pub struct Config {
     pub cores: Option<usize>,
 }
 
-impl Config {
+/// The validated configuration, one typed part per component: what [`Config::settings`]
+/// returns and all that [`crate::sidecar::start_with`] reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The trust bundle read at start (the roots until the control plane sends newer).
+    pub ca_bundle: PathBuf,
+    pub identity: IdentitySettings,
+    pub admin: AdminSettings,
+    pub inbound: InboundSettings,
+    pub outbound: OutboundSettings,
+    /// With `--amqp-listen` only.
+    pub amqp: Option<AmqpSettings>,
+    pub policy: PolicySource,
+    pub audit_log: AuditTarget,
     /// Threads serving traffic: `--cores`, or the CPUs available to this process.
-    pub fn worker_threads(&self) -> usize {
-        self.cores.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        })
-    }
+    pub worker_threads: usize,
+}
 
-    /// Every problem with the configuration, or nothing.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+impl Config {
+    /// Every problem with the configuration at once, or the typed settings.
+    pub fn settings(&self) -> Result<Settings, Vec<String>> {
         let mut problems = Vec::new();
         if !self.ca_bundle.is_file() {
             problems.push(format!(
@@ -367,13 +340,17 @@ impl Config {
         {
             problems.push("--max-header-bytes must be at least 1024, --max-headers, --max-streams and --max-connections at least 1".into());
         }
-        match palisade_contract::amqp_url::AmqpUrl::parse(&self.amqp_upstream) {
-            Err(why) => problems.push(format!("--amqp-upstream {why}")),
+        let amqp_upstream = match AmqpUrl::parse(&self.amqp_upstream) {
+            Err(why) => {
+                problems.push(format!("--amqp-upstream {why}"));
+                None
+            }
             Ok(url) if url.tls && self.amqp_ca_bundle.is_none() => {
                 problems.push("an amqps:// --amqp-upstream needs --amqp-ca-bundle".into());
+                None
             }
-            Ok(_) => {}
-        }
+            Ok(url) => Some(url),
+        };
         if let Some(p) = &self.amqp_ca_bundle
             && !p.is_file()
         {
@@ -399,14 +376,89 @@ impl Config {
         if self.idle_timeout < Duration::from_millis(100) {
             problems.push("--idle-timeout must be at least 100ms".into());
         }
+        if self.connect_timeout < Duration::from_millis(100) {
+            problems.push("--connect-timeout must be at least 100ms".into());
+        }
         if self.max_backoff < Duration::from_millis(100) {
             problems.push("--max-backoff must be at least 100ms".into());
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        let Some(amqp_upstream) = amqp_upstream.filter(|_| problems.is_empty()) else {
+            return Err(problems);
+        };
+        let worker_threads = self.cores.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let limits = Limits {
+            header_timeout: self.header_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_streams: self.max_streams,
+            max_headers: self.max_headers,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+        };
+        Ok(Settings {
+            ca_bundle: self.ca_bundle.clone(),
+            identity: IdentitySettings {
+                control_plane: self.control_plane.clone(),
+                trust_domain: self.trust_domain.clone(),
+                token_file: self.token_file.clone(),
+                cache_dir: self.identity_dir.clone(),
+                initial_backoff: INITIAL_BACKOFF.min(self.max_backoff),
+                max_backoff: self.max_backoff,
+                connect_timeout: self.connect_timeout,
+            },
+            admin: AdminSettings {
+                listen: self.admin_listen,
+                app: self.app,
+                probes: self
+                    .app_probe
+                    .iter()
+                    .map(|p| (p.name.clone(), p.path.clone()))
+                    .collect(),
+            },
+            inbound: InboundSettings {
+                listen: self.inbound_listen,
+                app: self.app,
+                service: self.service.clone(),
+                path_options: PathOptions {
+                    allow_encoded_slashes: self.allow_encoded_slashes,
+                },
+                limits: limits.clone(),
+                opaque_ports: self.opaque_ports.clone(),
+                headers_with_underscores: self.headers_with_underscores,
+                connect_timeout: self.connect_timeout,
+            },
+            outbound: OutboundSettings {
+                listen: self.outbound_listen,
+                limits,
+                connections_per_service: worker_threads,
+                policy: self.outbound_policy,
+                tcp: self.tcp_outbound.clone(),
+                connect_timeout: self.connect_timeout,
+            },
+            amqp: self.amqp_listen.map(|listen| AmqpSettings {
+                listen,
+                upstream: amqp_upstream,
+                password_file: self.amqp_password_file.clone(),
+                ca_bundle: self.amqp_ca_bundle.clone(),
+                service: self.service.clone(),
+                provenance: ProvenanceSettings {
+                    sign: self.amqp_sign,
+                    verify: self.amqp_verify,
+                    max_message_bytes: self.amqp_max_signed_bytes,
+                    max_age: self.amqp_signature_max_age,
+                },
+                audit_sample: self.amqp_audit_sample,
+                connect_timeout: self.connect_timeout,
+            }),
+            policy: PolicySource {
+                policy_file: self.policy_file.clone(),
+                registry_file: self.registry_file.clone(),
+                default_mode: self.default_mode,
+            },
+            audit_log: self.audit_log.clone(),
+            worker_threads,
+        })
     }
 }
 
@@ -424,10 +476,13 @@ mod tests {
             "0",
             "--max-backoff",
             "1ms",
+            "--connect-timeout",
+            "10ms",
         ])
         .unwrap();
-        let problems = c.validate().unwrap_err();
-        assert_eq!(problems.len(), 4, "{problems:#?}");
+        let problems = c.settings().unwrap_err();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("--connect-timeout")));
         assert!(problems.iter().any(|p| p.contains("--ca-bundle")));
         assert!(
             problems
@@ -459,6 +514,48 @@ mod tests {
         assert_eq!(c.control_plane, "127.0.0.1:15012");
         assert_eq!(c.max_backoff, Duration::from_secs(30));
         assert_eq!(c.headers_with_underscores, UnderscoreHeaders::Drop);
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn settings_carry_each_flag_to_its_component_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, "").unwrap();
+        let c = Config::try_parse_from([
+            "palisade-proxy",
+            "--ca-bundle",
+            bundle.to_str().unwrap(),
+            "--identity-dir",
+            dir.path().to_str().unwrap(),
+            "--connect-timeout",
+            "2s",
+            "--cores",
+            "3",
+            "--service",
+            "orders",
+            "--amqp-listen",
+            "127.0.0.1:5673",
+            "--amqp-upstream",
+            "amqp://u:p@rabbit:5672/shop",
+        ])
+        .unwrap();
+        let s = c.settings().unwrap();
+        let two = Duration::from_secs(2);
+        assert_eq!(s.identity.connect_timeout, two);
+        assert_eq!(s.inbound.connect_timeout, two);
+        assert_eq!(s.outbound.connect_timeout, two);
+        assert_eq!(s.outbound.connections_per_service, 3);
+        assert_eq!(s.worker_threads, 3);
+        let amqp = s.amqp.expect("--amqp-listen gives AMQP settings");
+        assert_eq!(amqp.connect_timeout, two);
+        assert_eq!(
+            (amqp.upstream.vhost.as_str(), amqp.upstream.addr().as_str()),
+            ("shop", "rabbit:5672")
+        );
+        assert_eq!(amqp.service.as_deref(), Some("orders"));
+        assert_eq!(s.inbound.service.as_deref(), Some("orders"));
+        assert!(s.policy.from_control_plane());
     }
 
     #[test]
@@ -488,27 +585,6 @@ mod tests {
         ] {
             let err = control_plane_address(bad).unwrap_err();
             assert!(err.contains("expected https://host:port"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn tcp_outbound_flag() {
-        assert_eq!(
-            "127.0.0.1:15432=db.shop:5432".parse::<TcpOutbound>(),
-            Ok(TcpOutbound {
-                listen: "127.0.0.1:15432".parse().unwrap(),
-                service: "db.shop".into(),
-                port: 5432
-            })
-        );
-        for bad in [
-            "db:5432",
-            "127.0.0.1:1=db",
-            "127.0.0.1:1=:5432",
-            "x=db:5432",
-            "127.0.0.1:1=db:0",
-        ] {
-            assert!(bad.parse::<TcpOutbound>().is_err(), "{bad}");
         }
     }
 }

@@ -15,16 +15,16 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use palisade_contract::config_api::{ConfigQuery, MeshConfig};
-use palisade_contract::policy::{
-    Authenticator, DefaultMode, PolicyDocuments, PolicySet, Problems, validate_values,
-};
+use palisade_contract::documents::{PolicyDocuments, Problems, validate_values};
+use palisade_contract::policy::{Authenticator, DefaultMode, PolicySet};
 use palisade_contract::private_files::{ensure_private_dir, write_atomic};
+use palisade_contract::process::Stopping;
 use palisade_contract::registry::ServiceRegistry;
 use prometheus::{IntCounter, IntGauge, Registry};
-use tokio::sync::watch;
 
 use crate::identity::IdentityManager;
 use crate::policies::Policies;
+use crate::runtime::ProxyRuntime;
 
 /// File in the identity directory holding the last good configuration.
 pub const CACHE_FILE: &str = "mesh-config.json";
@@ -80,13 +80,11 @@ impl std::fmt::Debug for ConfigWatch {
 
 impl ConfigWatch {
     #[allow(clippy::too_many_arguments)]
+    /// Follows into the runtime's policies and registry; caches in `cache_dir`.
     pub fn new(
-        identity: Arc<IdentityManager>,
-        policies: Arc<ArcSwap<Policies>>,
-        registry: Arc<ArcSwap<ServiceRegistry>>,
+        runtime: &ProxyRuntime,
         default_mode: DefaultMode,
         cache_dir: Option<PathBuf>,
-        policy_version: IntGauge,
         metrics_registry: &Registry,
     ) -> prometheus::Result<Self> {
         let rejected = IntCounter::new(
@@ -95,14 +93,14 @@ impl ConfigWatch {
         )?;
         metrics_registry.register(Box::new(rejected.clone()))?;
         Ok(Self {
-            identity,
-            policies,
-            registry,
+            identity: runtime.identity.clone(),
+            policies: runtime.policies.clone(),
+            registry: runtime.services.clone(),
             default_mode,
             cache_dir,
             instance: crate::forwarding::request_id(),
             metrics: WatchMetrics {
-                applied: policy_version,
+                applied: runtime.metrics.policy_version.clone(),
                 rejected,
             },
             applied: std::sync::atomic::AtomicI64::new(0),
@@ -165,18 +163,15 @@ impl ConfigWatch {
         Ok(())
     }
 
-    /// Follows the control plane until `shutdown` turns true.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Follows the control plane until `stopping` resolves.
+    pub async fn run(self: Arc<Self>, mut stopping: Stopping) {
         let mut seen = self.applied_version();
         loop {
-            if *shutdown.borrow() {
-                return;
-            }
             if !self.identity.is_ready() {
                 // No certificate, no mTLS: wait for the identity lifecycle.
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                    _ = shutdown.changed() => return,
+                    () = &mut stopping => return,
                 }
             }
             let query = ConfigQuery {
@@ -186,7 +181,7 @@ impl ConfigWatch {
             };
             let polled = tokio::select! {
                 p = self.identity.control_plane().config(&query) => p,
-                _ = shutdown.changed() => return,
+                () = &mut stopping => return,
             };
             match polled {
                 Ok(None) => {}
@@ -202,7 +197,7 @@ impl ConfigWatch {
                     tracing::debug!(error = %e, "configuration poll failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(RETRY) => {}
-                        _ = shutdown.changed() => return,
+                        () = &mut stopping => return,
                     }
                 }
             }

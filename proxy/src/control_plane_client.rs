@@ -56,6 +56,7 @@ pub struct ControlPlaneClient {
     anonymous: Arc<ClientConfig>,
     /// Presents the workload's current certificate: for renewal.
     authenticated: Arc<ClientConfig>,
+    connect_timeout: Duration,
 }
 
 impl ControlPlaneClient {
@@ -65,6 +66,7 @@ impl ControlPlaneClient {
         control_plane_id: SpiffeId,
         bundle: SharedBundle,
         identity: Arc<IdentitySlot>,
+        connect_timeout: Duration,
     ) -> Self {
         let expected = ExpectedServer::Exact(control_plane_id.clone());
         let alpn: &[&[u8]] = &[b"http/1.1"];
@@ -73,6 +75,7 @@ impl ControlPlaneClient {
             authenticated: Arc::new(client_config(Some(identity), bundle, expected, alpn)),
             addr,
             expected: control_plane_id,
+            connect_timeout,
         }
     }
 
@@ -147,7 +150,7 @@ impl ControlPlaneClient {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ControlPlaneError> {
-        let tcp = crate::net::connect(self.addr.as_str(), crate::net::CONNECT_TIMEOUT)
+        let tcp = crate::net::connect(self.addr.as_str(), self.connect_timeout)
             .await
             .map_err(|source| ControlPlaneError::Unreachable {
                 addr: self.addr.clone(),

@@ -8,6 +8,22 @@ use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
+/// `--headers-with-underscores`: what the inbound sidecar does with a request header whose
+/// name holds `_` (Envoy's `headers_with_underscores_action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnderscoreHeaders {
+    /// Removed before authorization and forwarding (nginx's default,
+    /// `underscores_in_headers off`): CGI, WSGI and Rack servers read `x_user` and `x-user`
+    /// as one name, so such a header could stand in for one the sidecar checked or set.
+    #[default]
+    Drop,
+    /// The request is refused with 400.
+    Reject,
+    /// Forwarded. Even then, any spelling of a header the sidecar sets or strips (identity
+    /// headers, the end-user token's header) is removed.
+    Allow,
+}
+
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// A pooled plain HTTP/1.1 client (no TLS).
@@ -18,10 +34,10 @@ pub(crate) type PlainClient = hyper_util::client::legacy::Client<
 
 /// The client for plain HTTP: the inbound sidecar's to its application, and the outbound
 /// sidecar's to destinations outside the mesh on intercepted connections.
-pub(crate) fn plain_client() -> PlainClient {
+pub(crate) fn plain_client(connect_timeout: std::time::Duration) -> PlainClient {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    connector.set_connect_timeout(Some(connect_timeout));
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(90))
         .timer(hyper_util::rt::TokioTimer::new())
@@ -93,9 +109,9 @@ pub fn strip_identity_headers(headers: &mut HeaderMap, token_headers: &[HeaderNa
 /// request is to be refused (400).
 pub fn underscore_headers(
     headers: &mut HeaderMap,
-    action: crate::config::UnderscoreHeaders,
+    action: UnderscoreHeaders,
 ) -> Result<(), String> {
-    use crate::config::UnderscoreHeaders as U;
+    use UnderscoreHeaders as U;
     if action == U::Allow {
         return Ok(());
     }
@@ -305,7 +321,7 @@ mod tests {
 
     #[test]
     fn headers_with_underscores_are_dropped_rejected_or_allowed() {
-        use crate::config::UnderscoreHeaders as U;
+        use UnderscoreHeaders as U;
         let headers = || {
             let mut h = HeaderMap::new();
             h.insert("x_user", HeaderValue::from_static("admin"));

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use palisade_contract::certs;
 use palisade_contract::identity_api::{CertificateResponse, control_plane_id};
 use palisade_contract::private_files::{ensure_private_dir, write_atomic};
+use palisade_contract::process::Stopping;
 use palisade_contract::tls::{
     IdentitySlot, KeyUsage, SharedBundle, TrustBundle, WorkloadIdentity, shared_bundle,
 };
@@ -29,7 +30,6 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
-use tokio::sync::watch;
 
 use crate::control_plane_client::{ControlPlaneClient, ControlPlaneError};
 
@@ -49,7 +49,12 @@ pub struct IdentitySettings {
     /// First retry delay after a failure; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Longest wait for the TCP connection to the control plane.
+    pub connect_timeout: Duration,
 }
+
+/// First retry delay after a failed certificate request (never above `--max-backoff`).
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -127,6 +132,7 @@ impl IdentityManager {
             control_plane_id(&settings.trust_domain),
             bundle.clone(),
             slot.clone(),
+            settings.connect_timeout,
         );
         let metrics = IdentityMetrics::register(registry)?;
         metrics.bundle_roots.set(bundle.load().len() as i64);
@@ -186,15 +192,15 @@ impl IdentityManager {
         self.slot.get().map(|id| id.spiffe_id.clone())
     }
 
-    /// Obtains and renews certificates until `shutdown` turns true.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Obtains and renews certificates until `stopping` resolves.
+    pub async fn run(self: Arc<Self>, mut stopping: Stopping) {
         let mut backoff = self.settings.initial_backoff;
         loop {
             let wait = self.time_until_refresh();
             if !wait.is_zero() {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    () = &mut stopping => return,
                 }
             }
             match self.refresh().await {
@@ -205,7 +211,7 @@ impl IdentityManager {
                         valid = self.is_ready(), "could not obtain a certificate");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait_for(|s| *s) => return,
+                        () = &mut stopping => return,
                     }
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                 }

@@ -8,6 +8,8 @@
 //! - [`outbound`]: from the application to other services, over pooled mTLS, with secure
 //!   naming (HTTP, intercepted passthrough, and `--tcp-outbound` ports).
 //! - [`policies`]: what this workload enforces, swapped whole; [`net`]: dialling and piping.
+//! - [`config`]: the flags, validated once into typed settings for each component;
+//!   [`runtime`]: what every path shares (identity, policies, registry, log, metrics).
 //! - [`amqp`]: the AMQP 0-9-1 proxy: credential injection, authorization of every operation,
 //!   field tables read as RabbitMQ reads them, publisher provenance.
 //! - [`transparent`]: the original destination of a connection iptables redirected.
@@ -29,9 +31,10 @@ pub mod metrics;
 pub mod net;
 pub mod outbound;
 pub mod policies;
+pub mod runtime;
 pub mod server;
 pub mod sidecar;
 pub mod transparent;
 
-pub use config::Config;
-pub use sidecar::{RunningSidecar, start};
+pub use config::{Config, Settings};
+pub use sidecar::{RunningSidecar, start, start_with};

@@ -9,15 +9,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use palisade_contract::process::{report_problems, shutdown_signal};
 use palisade_contract::telemetry::init_tracing;
-use palisade_proxy::{Config, start};
+use palisade_proxy::{Config, start_with};
 
 fn main() -> ExitCode {
     let config = Config::parse();
     init_tracing(config.log_format);
-    if let Some(code) = report_problems(config.validate()) {
-        return code;
-    }
-    let threads = config.worker_threads();
+    let settings = match config.settings() {
+        Ok(settings) => settings,
+        Err(problems) => return report_problems(Err(problems)).unwrap_or(ExitCode::FAILURE),
+    };
+    let threads = settings.worker_threads;
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let running = match start(&config).await {
+        let running = match start_with(settings).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e:#}");

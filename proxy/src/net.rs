@@ -12,10 +12,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
-/// How long the sidecar waits for a TCP connection to an application, a peer sidecar or a
-/// passthrough destination.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// TCP to `addr` within `timeout`, with `TCP_NODELAY` set. A missed deadline is an
 /// `io::ErrorKind::TimedOut` error.
 pub async fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<TcpStream> {
@@ -42,18 +38,17 @@ where
     }
 }
 
-/// A TCP connection to `addr`, or why not, naming it `what {addr}` for the audit line:
-/// opaque ports to the application, and outbound passthrough.
+/// A TCP connection to `addr` within `timeout`, or why not, naming it `what {addr}` for the
+/// audit line: opaque ports to the application, and outbound passthrough.
 pub(crate) async fn connect_described(
     addr: std::net::SocketAddr,
+    timeout: Duration,
     what: &str,
 ) -> Result<TcpStream, String> {
-    connect(addr, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::TimedOut => format!("{what} {addr} did not answer"),
-            _ => format!("{what} {addr} refused: {e}"),
-        })
+    connect(addr, timeout).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => format!("{what} {addr} did not answer"),
+        _ => format!("{what} {addr} refused: {e}"),
+    })
 }
 
 #[cfg(test)]
@@ -64,11 +59,12 @@ mod tests {
     async fn connects_without_nagle_and_says_why_not() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let tcp = connect(addr, CONNECT_TIMEOUT).await.unwrap();
+        let timeout = Duration::from_secs(5);
+        let tcp = connect(addr, timeout).await.unwrap();
         assert!(tcp.nodelay().unwrap());
         drop((tcp, listener));
         // A port nobody listens on is refused at once, and the audit text says so.
-        let refused = connect_described(addr, "the application at")
+        let refused = connect_described(addr, timeout, "the application at")
             .await
             .unwrap_err();
         assert!(

@@ -1,80 +1,28 @@
-//! Assembling the sidecar: trust bundle, identity lifecycle, policies, the inbound listener
-//! and the admin port. (The outbound listener and AMQP proxy join here as they arrive.)
+//! Assembling the sidecar: the trust bundle and the identity lifecycle, the policies (from
+//! files or the control plane), the shared runtime, then each component from its settings,
+//! and the listeners bound before anything is served (so a taken port fails the start).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use palisade_contract::path::PathOptions;
-use palisade_contract::policy::{Authenticator, PolicySet, parse_documents};
-use palisade_contract::registry::{ServiceRegistry, parse_services};
+use palisade_contract::process::Tasks;
 use palisade_contract::tls::TrustBundle;
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
+use crate::amqp::{self, Amqp};
 use crate::audit::AuditLog;
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::config_watch::ConfigWatch;
-use crate::identity::{IdentityManager, IdentitySettings};
-use palisade_contract::process::until_stopped;
-
-use crate::inbound::{self, Inbound, Policies};
+use crate::identity::IdentityManager;
+use crate::inbound::{self, Inbound};
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{self, Outbound};
-use crate::server::Limits;
-
-/// The registry from `--registry-file` (every problem reported), or an empty one.
-fn load_registry(config: &Config) -> anyhow::Result<ServiceRegistry> {
-    let entries = match &config.registry_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --registry-file {}", path.display()))?;
-            parse_services(&text).map_err(|problems| {
-                anyhow::anyhow!("--registry-file {}: {problems}", path.display())
-            })?
-        }
-        None => Vec::new(),
-    };
-    Ok(ServiceRegistry::new(entries))
-}
-
-/// The policy set and the end-user authenticator from `--policy-file` (every problem
-/// reported), or empty ones.
-fn load_policies(config: &Config) -> anyhow::Result<Policies> {
-    let docs = match &config.policy_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --policy-file {}", path.display()))?;
-            parse_documents(&text).map_err(|problems| {
-                anyhow::anyhow!(
-                    "--policy-file {}:\n  {}",
-                    path.display(),
-                    problems
-                        .0
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("\n  ")
-                )
-            })?
-        }
-        None => Default::default(),
-    };
-    let authenticator = Authenticator::new(&docs.authentication)
-        .map_err(|problems| anyhow::anyhow!("--policy-file: {problems}"))?;
-    Ok(Policies {
-        authorization: PolicySet::new(&docs.authorization, 1, config.default_mode),
-        authentication: authenticator,
-    })
-}
-
-/// First retry delay after a failed certificate request.
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+use crate::policies::{Policies, load_policies, load_registry};
+use crate::runtime::ProxyRuntime;
 
 /// A started sidecar. Call [`Self::shutdown`] to stop it.
 #[derive(Debug)]
@@ -93,59 +41,82 @@ pub struct RunningSidecar {
     /// Following the control plane's configuration (when no policy or registry file is
     /// given).
     pub config_watch: Option<Arc<ConfigWatch>>,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
 }
 
 impl RunningSidecar {
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn shutdown(self) {
+        self.tasks.shutdown().await;
     }
 }
 
-/// Loads the bundle, starts the identity lifecycle and the admin port. Returns at once: the
-/// sidecar reports ready when its first certificate arrives.
+/// Validates `config` (every problem in the error) and starts the sidecar: for embedders
+/// and tests; the binary validates first and calls [`start_with`].
 pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
-    let bundle_pem = std::fs::read(&config.ca_bundle)
-        .with_context(|| format!("reading --ca-bundle {}", config.ca_bundle.display()))?;
-    let bundle = TrustBundle::from_pem(config.trust_domain.clone(), &bundle_pem)
-        .with_context(|| format!("loading --ca-bundle {}", config.ca_bundle.display()))?;
+    let settings = config
+        .settings()
+        .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+    start_with(settings).await
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// Loads the bundle, starts the identity lifecycle, the listeners and the admin port.
+/// Returns at once: the sidecar reports ready when its first certificate arrives.
+pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
+    let Settings {
+        ca_bundle,
+        identity: identity_settings,
+        admin: admin_settings,
+        inbound: inbound_settings,
+        outbound: outbound_settings,
+        amqp: amqp_settings,
+        policy,
+        audit_log,
+        worker_threads: _,
+    } = settings;
+    let control_plane = identity_settings.control_plane.clone();
+    let cache_dir = identity_settings.cache_dir.clone();
+
+    // Trust and identity: the roots from the file until the control plane sends newer; the
+    // certificate comes from the control plane (or the cache) and is renewed in `run`.
+    let bundle_pem = std::fs::read(&ca_bundle)
+        .with_context(|| format!("reading --ca-bundle {}", ca_bundle.display()))?;
+    let bundle = TrustBundle::from_pem(identity_settings.trust_domain.clone(), &bundle_pem)
+        .with_context(|| format!("loading --ca-bundle {}", ca_bundle.display()))?;
     let registry = Registry::new();
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
-    let identity = IdentityManager::new(
-        IdentitySettings {
-            control_plane: config.control_plane.clone(),
-            trust_domain: config.trust_domain.clone(),
-            token_file: config.token_file.clone(),
-            cache_dir: config.identity_dir.clone(),
-            initial_backoff: INITIAL_BACKOFF.min(config.max_backoff),
-            max_backoff: config.max_backoff,
-        },
-        bundle,
-        &registry,
-    )?;
-    let policies = Arc::new(ArcSwap::from_pointee(load_policies(config)?));
+    let identity = IdentityManager::new(identity_settings, bundle, &registry)?;
+
+    // Policies and the registry: from the files, else followed from the control plane
+    // (starting from the cached configuration, if any).
+    let policies = Arc::new(ArcSwap::from_pointee(load_policies(&policy)?));
     let metrics = ProxyMetrics::register(&registry)?;
     metrics
         .policy_version
         .set(policies.load().authorization.version() as i64);
-    let audit = AuditLog::start(config.audit_log.clone(), metrics.audit_dropped.clone())
+    let audit = AuditLog::start(audit_log, metrics.audit_dropped.clone())
         .await
         .context("opening the audit log")?;
-    let services = Arc::new(ArcSwap::from_pointee(load_registry(config)?));
-    // Without policy or registry files, the configuration comes from the control plane
-    // (starting from the cached one, if any).
-    let config_watch = if config.policy_file.is_none() && config.registry_file.is_none() {
+    let services = Arc::new(ArcSwap::from_pointee(load_registry(&policy)?));
+    let runtime = ProxyRuntime {
+        identity: identity.clone(),
+        policies: policies.clone(),
+        services,
+        audit,
+        metrics,
+    };
+    let config_watch = if policy.from_control_plane() {
         let watch = Arc::new(ConfigWatch::new(
-            identity.clone(),
-            policies.clone(),
-            services.clone(),
-            config.default_mode,
-            config.identity_dir.clone(),
-            metrics.policy_version.clone(),
+            &runtime,
+            policy.default_mode,
+            cache_dir,
             &registry,
         )?);
         watch.load_cache();
@@ -153,160 +124,63 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
     } else {
         None
     };
-    let outbound_listener = TcpListener::bind(config.outbound_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the outbound listener on {}",
-                config.outbound_listen
-            )
-        })?;
-    let outbound_addr = outbound_listener.local_addr()?;
-    let limits = Limits {
-        header_timeout: config.header_timeout,
-        max_header_bytes: config.max_header_bytes,
-        max_streams: config.max_streams,
-        max_headers: config.max_headers,
-        max_connections: config.max_connections,
-        idle_timeout: config.idle_timeout,
-    };
-    let outbound = Arc::new(Outbound::new(
-        identity.clone(),
-        services,
-        audit.clone(),
-        metrics.clone(),
-        limits.clone(),
-        config.worker_threads(),
-        config.outbound_policy,
-    ));
-    let inbound_listener = TcpListener::bind(config.inbound_listen)
-        .await
-        .with_context(|| format!("binding the inbound listener on {}", config.inbound_listen))?;
-    let inbound_addr = inbound_listener.local_addr()?;
-    let inbound = Arc::new(Inbound::new(
-        identity.clone(),
-        policies.clone(),
-        config.service.clone(),
-        config.app,
-        audit,
-        metrics,
-        PathOptions {
-            allow_encoded_slashes: config.allow_encoded_slashes,
-        },
-        limits,
-        config.opaque_ports.clone(),
-        config.headers_with_underscores,
-    ));
+
+    // Every listener is bound before anything is served: a taken port fails the start.
+    let outbound_listener = bind(outbound_settings.listen, "outbound").await?;
+    let inbound_listener = bind(inbound_settings.listen, "inbound").await?;
     let mut tcp_listeners = Vec::new();
-    let mut tcp_outbound_addrs = Vec::new();
-    for target in &config.tcp_outbound {
+    for target in &outbound_settings.tcp {
         let listener = TcpListener::bind(target.listen).await.with_context(|| {
             format!(
                 "binding --tcp-outbound {} for {}",
                 target.listen, target.service
             )
         })?;
-        tcp_outbound_addrs.push(listener.local_addr()?);
         tcp_listeners.push((listener, target.clone()));
     }
-    let amqp = match config.amqp_listen {
-        Some(addr) => {
-            let password = match &config.amqp_password_file {
-                Some(p) => Some(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("reading --amqp-password-file {}", p.display()))?
-                        .trim_end_matches(['\r', '\n'])
-                        .to_owned(),
-                ),
-                None => None,
-            };
-            let ca = match &config.amqp_ca_bundle {
-                Some(p) => Some(
-                    std::fs::read(p)
-                        .with_context(|| format!("reading --amqp-ca-bundle {}", p.display()))?,
-                ),
-                None => None,
-            };
-            let upstream =
-                crate::amqp::Upstream::parse(&config.amqp_upstream, password, ca.as_deref())
-                    .map_err(|e| anyhow::anyhow!("--amqp-upstream: {e}"))?;
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the AMQP listener on {addr}"))?;
-            let amqp = Arc::new(crate::amqp::Amqp {
-                identity: identity.clone(),
-                policies: policies.clone(),
-                service: config.service.clone(),
-                upstream,
-                audit: inbound.audit.clone(),
-                metrics: inbound.metrics.clone(),
-                audit_sample: config.amqp_audit_sample,
-                allowed_publishes: std::sync::atomic::AtomicU64::new(0),
-                provenance: crate::amqp::ProvenanceSettings {
-                    sign: config.amqp_sign,
-                    verify: config.amqp_verify,
-                    max_message_bytes: config.amqp_max_signed_bytes,
-                    max_age: config.amqp_signature_max_age,
-                },
-            });
-            Some((listener, amqp))
+    let amqp = match amqp_settings {
+        Some(settings) => {
+            let listener = bind(settings.listen, "AMQP").await?;
+            Some((listener, Arc::new(Amqp::new(settings, &runtime)?)))
         }
         None => None,
     };
+    let admin_listener = bind(admin_settings.listen, "admin").await?;
+    let (inbound_addr, outbound_addr, admin_addr) = (
+        inbound_listener.local_addr()?,
+        outbound_listener.local_addr()?,
+        admin_listener.local_addr()?,
+    );
     let amqp_addr = match &amqp {
         Some((l, _)) => Some(l.local_addr()?),
         None => None,
     };
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin listener on {}", config.admin_listen))?;
-    let admin_addr = admin_listener.local_addr()?;
+    let tcp_outbound_addrs = tcp_listeners
+        .iter()
+        .map(|(l, _)| l.local_addr())
+        .collect::<Result<_, _>>()?;
 
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    tasks.spawn(identity.clone().run(stopped.clone()));
+    let app = inbound_settings.app;
+    let inbound = Arc::new(Inbound::new(inbound_settings, &runtime));
+    let outbound = Arc::new(Outbound::new(outbound_settings, &runtime));
+    let mut tasks = Tasks::new();
+    tasks.spawn(|stop| identity.clone().run(stop));
     if let Some(watch) = &config_watch {
-        tasks.spawn(watch.clone().run(stopped.clone()));
+        tasks.spawn(|stop| watch.clone().run(stop));
     }
-    tasks.spawn(admin::serve(
-        admin_listener,
-        AdminState {
-            identity: identity.clone(),
-            registry: registry.clone(),
-            app: config.app,
-            probes: Arc::new(
-                config
-                    .app_probe
-                    .iter()
-                    .map(|p| (p.name.clone(), p.path.clone()))
-                    .collect(),
-            ),
-        },
-        until_stopped(&stopped),
-    ));
+    let admin_state = AdminState::new(admin_settings, identity.clone(), registry.clone());
+    tasks.spawn(|stop| admin::serve(admin_listener, admin_state, stop));
     for (listener, target) in tcp_listeners {
-        tasks.spawn(outbound::serve_tcp(
-            listener,
-            outbound.clone(),
-            target,
-            until_stopped(&stopped),
-        ));
+        let outbound = outbound.clone();
+        tasks.spawn(|stop| outbound::serve_tcp(listener, outbound, target, stop));
     }
     if let Some((listener, amqp)) = amqp {
-        tasks.spawn(crate::amqp::serve(listener, amqp, until_stopped(&stopped)));
+        tasks.spawn(|stop| amqp::serve(listener, amqp, stop));
     }
-    tasks.spawn(outbound::serve(
-        outbound_listener,
-        outbound,
-        until_stopped(&stopped),
-    ));
-    tasks.spawn(inbound::serve(
-        inbound_listener,
-        inbound,
-        until_stopped(&stopped),
-    ));
-    tracing::info!(%admin_addr, %inbound_addr, %outbound_addr, app = %config.app,
-        control_plane = %config.control_plane, "sidecar started");
+    tasks.spawn(|stop| outbound::serve(outbound_listener, outbound, stop));
+    tasks.spawn(|stop| inbound::serve(inbound_listener, inbound, stop));
+    tracing::info!(%admin_addr, %inbound_addr, %outbound_addr, %app, %control_plane,
+        "sidecar started");
     Ok(RunningSidecar {
         admin_addr,
         inbound_addr,
@@ -317,7 +191,6 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningSidecar> {
         identity,
         registry,
         config_watch,
-        stop,
         tasks,
     })
 }

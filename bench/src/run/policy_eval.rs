@@ -7,9 +7,8 @@ use std::time::Instant;
 /// Time per decision with `rules` rules spread over the mesh (10 per policy, one policy per
 /// service, 100 services per namespace), the evaluated workload holding one policy.
 pub(crate) fn policy_eval(rules: usize, iterations: u64) -> f64 {
-    use palisade_contract::policy::{
-        DefaultMode, PolicySet, Request as Authz, Workload, parse_documents,
-    };
+    use palisade_contract::documents::parse_documents;
+    use palisade_contract::policy::{DefaultMode, PolicySet, Request as Authz, Workload};
     let policies = rules.div_ceil(10);
     let mut all = Vec::with_capacity(policies);
     for p in 0..policies {

@@ -27,11 +27,10 @@ use http::{HeaderMap, HeaderName};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::document::{Envelope, Problem, Problems, Walk, join};
 use super::index::{Workload, WorkloadIndex};
+use crate::documents::kind::Kind;
+use crate::documents::walk::{Envelope, Problem, Problems, Walk, join};
 use crate::jwt::{Jwks, TokenError, unverified_issuer};
-
-pub const KIND: &str = "RequestAuthentication";
 
 /// An inline JWKS may be this large (a few dozen RSA keys).
 pub const MAX_JWKS_LEN: usize = 64 * 1024;
@@ -75,7 +74,7 @@ pub struct FromHeader {
 
 impl Walk<'_> {
     /// One `RequestAuthentication` document; `None` when a problem was reported.
-    pub(super) fn request_authentication(
+    pub(crate) fn request_authentication(
         &mut self,
         v: &Value,
         root: &str,
@@ -86,7 +85,12 @@ impl Walk<'_> {
             namespace,
             spec,
             spec_loc,
-        } = self.envelope(v, root, KIND, &["selector", "jwtRules"])?;
+        } = self.envelope(
+            v,
+            root,
+            Kind::RequestAuthentication,
+            &["selector", "jwtRules"],
+        )?;
         let service = self.selector(spec, &spec_loc).ok()?;
         let jwt_rules = self.rules(spec, &spec_loc, "jwtRules", Self::jwt_rule);
         if jwt_rules.is_empty() && self.problems.len() == before {
@@ -428,8 +432,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::documents::parse_documents;
     use crate::jwt::testing::{TestIssuer, now};
-    use crate::policy::parse_documents;
 
     const ISS: &str = "https://idp.example";
 
@@ -533,7 +537,7 @@ spec:
             "spec.jwtRules[2].jwksFile: \"relative.json\" must be an absolute path",
             "spec.jwtRules[2].forwardOriginalToken: must be true or false",
         ];
-        crate::policy::document::tests::assert_problems(text, &expect);
+        crate::documents::tests::assert_problems(text, &expect);
 
         let empty = "apiVersion: palisade.dev/v1\nkind: RequestAuthentication\nmetadata: { name: e, namespace: shop }\nspec: { jwtRules: [] }\n";
         assert_eq!(

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::document::{
+use super::authorization::{
     Action, AuthorizationPolicy, Condition, ConditionKey, Operation, Rule, Source,
 };
 use super::index::WorkloadIndex;
@@ -764,7 +764,7 @@ impl PolicySet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::parse_documents;
+    use crate::documents::parse_documents;
     use http::HeaderMap;
 
     fn set(yaml: &str, mode: DefaultMode) -> PolicySet {

@@ -24,7 +24,7 @@ pub struct AdminTokenRequest {
     pub ttl_seconds: Option<u64>,
 }
 
-pub(crate) async fn create_admin_token(
+pub(super) async fn create_admin_token(
     State(state): State<Arc<AdminState>>,
     principal: Principal,
     headers: axum::http::HeaderMap,
@@ -64,14 +64,14 @@ pub(crate) async fn create_admin_token(
     Ok((StatusCode::CREATED, Json(token)).into_response())
 }
 
-pub(crate) async fn list_admin_tokens(
+pub(super) async fn list_admin_tokens(
     State(state): State<Arc<AdminState>>,
 ) -> Result<Json<serde_json::Value>, AdminError> {
     let items = state.admin_tokens.list().await?;
     Ok(Json(serde_json::json!({ "items": items })))
 }
 
-pub(crate) async fn revoke_admin_token(
+pub(super) async fn revoke_admin_token(
     State(state): State<Arc<AdminState>>,
     principal: Principal,
     headers: axum::http::HeaderMap,

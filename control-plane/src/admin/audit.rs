@@ -45,7 +45,7 @@ pub async fn audit(
 
 /// Records a non-configuration administrative action in the audit trail.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn audit_event(
+pub(super) async fn audit_event(
     state: &AdminState,
     principal: &Principal,
     headers: &axum::http::HeaderMap,

@@ -177,7 +177,7 @@ impl OidcAdmins {
 }
 
 /// Authenticates the caller and checks the role [`ROUTES`] gives the matched route.
-pub(crate) async fn authorize(
+pub(super) async fn authorize(
     State(state): State<Arc<AdminState>>,
     matched: MatchedPath,
     request: axum::extract::Request,

@@ -11,7 +11,7 @@ use crate::ca::{CaError, CaStatus};
 
 use super::{AdminError, AdminState, Principal, audit_event};
 
-pub(crate) async fn trust_bundle(
+pub(super) async fn trust_bundle(
     State(state): State<Arc<AdminState>>,
 ) -> Result<Response, AdminError> {
     Ok((
@@ -21,13 +21,13 @@ pub(crate) async fn trust_bundle(
         .into_response())
 }
 
-pub(crate) async fn ca_status(
+pub(super) async fn ca_status(
     State(state): State<Arc<AdminState>>,
 ) -> Result<Json<CaStatus>, AdminError> {
     Ok(Json(state.ca.status()))
 }
 
-pub(crate) async fn rotate(
+pub(super) async fn rotate(
     State(state): State<Arc<AdminState>>,
     principal: Principal,
     headers: axum::http::HeaderMap,

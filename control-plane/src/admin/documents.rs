@@ -14,6 +14,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use palisade_contract::documents::Kind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -23,19 +24,18 @@ use crate::store::{Actor, Change, Expect, Outcome, Resource};
 use super::{AdminError, AdminState, Principal, change_error, internal, invalid, request_id};
 
 /// The document kind a URL's plural names.
-pub(crate) fn kind_of(plural: &str) -> Result<&'static str, AdminError> {
-    match plural {
-        "authorizationpolicies" => Ok("AuthorizationPolicy"),
-        "requestauthentications" => Ok("RequestAuthentication"),
-        "services" => Ok("Service"),
-        other => Err(AdminError::NotFound(format!(
-            "unknown resource type {other:?}: use authorizationpolicies, requestauthentications or services"
-        ))),
-    }
+pub(super) fn kind_of(plural: &str) -> Result<Kind, AdminError> {
+    Kind::from_resource(plural).ok_or_else(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.resource()).collect();
+        AdminError::NotFound(format!(
+            "unknown resource type {plural:?}: use {}",
+            known.join(", ")
+        ))
+    })
 }
 
 /// `If-Match: "<n>"` / `If-None-Match: *`.
-pub(crate) fn expectation(headers: &HeaderMap) -> Result<Expect, AdminError> {
+pub(super) fn expectation(headers: &HeaderMap) -> Result<Expect, AdminError> {
     if let Some(v) = headers.get(header::IF_MATCH) {
         let text = v.to_str().unwrap_or_default().trim().trim_matches('"');
         return text
@@ -55,7 +55,7 @@ pub(crate) fn expectation(headers: &HeaderMap) -> Result<Expect, AdminError> {
     Ok(Expect::Any)
 }
 
-pub(crate) fn with_etag(status: StatusCode, resource: &Resource) -> Response {
+pub(super) fn with_etag(status: StatusCode, resource: &Resource) -> Response {
     let mut response = (status, Json(resource)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", resource.resource_version)) {
         response.headers_mut().insert(header::ETAG, v);
@@ -101,7 +101,7 @@ pub async fn get_one(
     let resource = state
         .mesh
         .store()
-        .get(kind, &namespace, &name)
+        .get(kind.as_str(), &namespace, &name)
         .await
         .map_err(internal)?
         .ok_or_else(|| AdminError::NotFound(format!("{kind} {namespace}/{name} does not exist")))?;
@@ -133,7 +133,7 @@ pub async fn put_one(
         });
     }
     let change = Change {
-        kind: kind.to_owned(),
+        kind: kind.as_str().to_owned(),
         namespace: namespace.clone(),
         name: name.clone(),
         document: Some(doc.value.clone()),
@@ -143,7 +143,7 @@ pub async fn put_one(
     let stored = state
         .mesh
         .store()
-        .get(kind, &namespace, &name)
+        .get(kind.as_str(), &namespace, &name)
         .await
         .map_err(internal)?
         .ok_or_else(|| AdminError::Internal("a stored document vanished".into()))?;
@@ -163,7 +163,7 @@ pub async fn delete_one(
 ) -> Result<Json<Outcome>, AdminError> {
     let kind = kind_of(&plural)?;
     let change = Change {
-        kind: kind.to_owned(),
+        kind: kind.as_str().to_owned(),
         namespace,
         name,
         document: None,
@@ -173,7 +173,7 @@ pub async fn delete_one(
 }
 
 /// Applies one change as `principal`, for this request.
-pub(crate) async fn apply_one(
+pub(super) async fn apply_one(
     state: &AdminState,
     principal: &Principal,
     headers: &HeaderMap,
@@ -295,7 +295,7 @@ pub async fn validate_only(body: String) -> Result<Json<ValidateResult>, AdminEr
         documents: docs
             .into_iter()
             .map(|d: Validated| DocumentRef {
-                kind: d.kind,
+                kind: d.kind.as_str(),
                 namespace: d.namespace,
                 name: d.name,
             })

@@ -3,7 +3,7 @@
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use palisade_contract::policy::Problems;
+use palisade_contract::documents::Problems;
 
 use crate::admin_tokens::AdminTokenError;
 use crate::serving::error_response;
@@ -53,7 +53,7 @@ impl AdminError {
 /// whoever made it: axum's extractors answer 400, 413, 415 and 422 in plain text, and the
 /// router 404 and 405 with an empty body. Applied to the whole router, so no route or
 /// layer can slip past it.
-pub(crate) async fn json_errors(response: Response) -> Response {
+pub(super) async fn json_errors(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()
@@ -128,14 +128,14 @@ impl From<AdminTokenError> for AdminError {
     }
 }
 
-pub(crate) fn invalid(problems: Problems) -> AdminError {
+pub(super) fn invalid(problems: Problems) -> AdminError {
     AdminError::Invalid {
         error: "invalid document".into(),
         details: problems.0.iter().map(ToString::to_string).collect(),
     }
 }
 
-pub(crate) fn change_error(e: ChangeError) -> AdminError {
+pub(super) fn change_error(e: ChangeError) -> AdminError {
     match e {
         ChangeError::Stale { .. } | ChangeError::Exists { .. } => {
             AdminError::Conflict(e.to_string())
@@ -145,6 +145,6 @@ pub(crate) fn change_error(e: ChangeError) -> AdminError {
     }
 }
 
-pub(crate) fn internal(e: impl std::fmt::Display) -> AdminError {
+pub(super) fn internal(e: impl std::fmt::Display) -> AdminError {
     AdminError::Internal(e.to_string())
 }

@@ -23,7 +23,7 @@ pub struct JoinTokenRequest {
     pub ttl_seconds: Option<u64>,
 }
 
-pub(crate) async fn create_join_token(
+pub(super) async fn create_join_token(
     State(state): State<Arc<AdminState>>,
     principal: Principal,
     headers: axum::http::HeaderMap,

@@ -25,10 +25,10 @@ mod state;
 mod workloads;
 
 pub use audit::AuditQuery;
-pub(crate) use audit::audit_event;
+use audit::audit_event;
 pub use auth::{K8sAdmin, K8sAdmins, OidcAdmins, Principal, Role, SpiffeAdmin};
 pub use error::AdminError;
-pub(crate) use error::{change_error, internal, invalid};
+use error::{change_error, internal, invalid};
 pub use state::AdminState;
 
 use std::sync::Arc;
@@ -126,7 +126,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 
 /// Readiness: the database answers (a replica that lost PostgreSQL can neither issue
 /// renewals' records nor serve current configuration, so traffic should go elsewhere).
-pub(crate) async fn ready(State(state): State<Arc<AdminState>>) -> Response {
+async fn ready(State(state): State<Arc<AdminState>>) -> Response {
     match tokio::time::timeout(
         std::time::Duration::from_secs(2),
         state.mesh.store().mesh_version(),
@@ -153,7 +153,7 @@ pub(crate) async fn ready(State(state): State<Arc<AdminState>>) -> Response {
 }
 
 /// A request id for the audit trail: the caller's `x-request-id` when it sends a sane one.
-pub(crate) fn request_id(headers: &HeaderMap) -> String {
+fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use palisade_contract::SpiffeId;
+use palisade_contract::documents::{Kind, PolicyDocuments, validate_values};
 use palisade_contract::path::PathOptions;
-use palisade_contract::policy::{
-    Decision, DefaultMode, Explanation, PolicyDocuments, PolicySet, Request, Workload,
-    validate_values,
-};
+use palisade_contract::policy::{Decision, DefaultMode, Explanation, PolicySet, Request, Workload};
 use palisade_contract::request::{RequestError, check_request};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -70,11 +68,11 @@ pub struct SimulatedAmqp {
     pub queue: Option<String>,
 }
 
-pub(crate) fn default_vhost() -> String {
+pub(super) fn default_vhost() -> String {
     "/".into()
 }
 
-pub(crate) fn default_port() -> u16 {
+pub(super) fn default_port() -> u16 {
     8080
 }
 
@@ -109,7 +107,7 @@ pub async fn simulate(
     let (mesh_version, stored) = state
         .mesh
         .store()
-        .list(Some("AuthorizationPolicy"), None)
+        .list(Some(Kind::AuthorizationPolicy.as_str()), None)
         .await
         .map_err(internal)?;
     let mut values: Vec<(String, String, Value)> = stored
@@ -118,7 +116,7 @@ pub async fn simulate(
         .collect();
     if let Some(proposed) = &req.proposed {
         for doc in validate(proposed).map_err(invalid)? {
-            if doc.kind != "AuthorizationPolicy" {
+            if doc.kind != Kind::AuthorizationPolicy {
                 continue;
             }
             values.retain(|(ns, name, _)| (ns, name) != (&doc.namespace, &doc.name));
@@ -203,7 +201,7 @@ pub async fn simulate(
 
 /// An AMQP operation: each routing key is a decision of its own (as the sidecar makes them);
 /// the first refused one is the answer, else the last allowed one.
-pub(crate) fn simulate_amqp(
+pub(super) fn simulate_amqp(
     set: &PolicySet,
     workload: &Workload<'_>,
     req: &SimulateRequest,

@@ -138,7 +138,7 @@ pub fn check_routing_types(frame: &AMQPFrame) -> Result<(), String> {
 }
 
 /// A string argument of a declare (`x-dead-letter-exchange` and the like).
-pub(crate) fn string_arg(args: &FieldTable, name: &str) -> Option<String> {
+pub(super) fn string_arg(args: &FieldTable, name: &str) -> Option<String> {
     match args.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
@@ -147,9 +147,9 @@ pub(crate) fn string_arg(args: &FieldTable, name: &str) -> Option<String> {
 }
 
 /// The workload performing AMQP operations.
-pub(crate) struct Actor {
-    pub(crate) own: Option<SpiffeId>,
-    pub(crate) service: String,
+pub(super) struct Actor {
+    pub(super) own: Option<SpiffeId>,
+    pub(super) service: String,
 }
 
 /// An operation to authorize, with owned names (they may come from declare arguments).
@@ -163,7 +163,7 @@ pub struct Op {
 
 impl Amqp {
     /// Authorizes a non-publish method; `Some((class, method))` when it is refused.
-    pub(crate) fn check_method(
+    pub(super) fn check_method(
         &self,
         vhost: &str,
         ch: u16,
@@ -185,7 +185,7 @@ impl Amqp {
     }
 
     /// Every routing key of a publish must be allowed.
-    pub(crate) fn authorize_publish(
+    pub(super) fn authorize_publish(
         &self,
         vhost: &str,
         ch: u16,
@@ -211,7 +211,7 @@ impl Amqp {
 
     /// Who is acting: this workload, as its policies select it. Looked up once per
     /// operation, not once per routing key.
-    pub(crate) fn actor(&self) -> Actor {
+    pub(super) fn actor(&self) -> Actor {
         let own = self.identity.spiffe_id();
         Actor {
             service: self.service_name(own.as_ref()),
@@ -220,7 +220,7 @@ impl Amqp {
     }
 
     /// One decision: evaluated, counted and audited.
-    pub(crate) fn authorize(
+    pub(super) fn authorize(
         &self,
         actor: &Actor,
         ch: u16,

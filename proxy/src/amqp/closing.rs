@@ -13,24 +13,24 @@ use super::frames::{Frame, channel_close_ok};
 
 /// Where a channel stands after a denial.
 #[derive(Debug, Default)]
-pub(crate) struct Closing {
-    pub(crate) client_close_ok: bool,
-    pub(crate) broker_close_ok: bool,
+pub(super) struct Closing {
+    pub(super) client_close_ok: bool,
+    pub(super) broker_close_ok: bool,
     /// Frames from the application for the channel re-opened before the broker confirmed.
-    pub(crate) held: VecDeque<Vec<u8>>,
+    pub(super) held: VecDeque<Vec<u8>>,
 }
 
 /// What both directions of one connection share: the channels closing after a denial.
 #[derive(Debug, Default)]
-pub(crate) struct Shared {
-    pub(crate) closing: Mutex<HashMap<u16, Closing>>,
+pub(super) struct Shared {
+    pub(super) closing: Mutex<HashMap<u16, Closing>>,
     /// How many channels are closing, so that every frame need not take the lock to learn
     /// that none is.
-    pub(crate) closing_now: std::sync::atomic::AtomicUsize,
+    pub(super) closing_now: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
-    pub(crate) fn start_closing(&self, ch: u16) {
+    pub(super) fn start_closing(&self, ch: u16) {
         let mut closing = self.closing.lock().expect("not poisoned");
         if closing.insert(ch, Closing::default()).is_none() {
             self.closing_now
@@ -40,7 +40,7 @@ impl Shared {
 
     /// Applies `update` to channel `ch` if it is closing; `None` if it is not. When both
     /// sides have confirmed, the closing ends and its held application frames are returned.
-    pub(crate) fn on_closing(
+    pub(super) fn on_closing(
         &self,
         ch: u16,
         update: impl FnOnce(&mut Closing),
@@ -63,7 +63,7 @@ impl Shared {
 
 /// What to do with an application frame on a channel closed after a denial: `None` if the
 /// channel is not closing; otherwise the held frames it releases (usually none).
-pub(crate) fn client_frame_on_closing(
+pub(super) fn client_frame_on_closing(
     shared: &Shared,
     ch: u16,
     frame: &Frame,
@@ -91,7 +91,7 @@ pub(crate) fn client_frame_on_closing(
 
 /// The same for a broker frame: `None` if the channel is not closing. When the closing
 /// completes, the held application frames go to the broker's writer.
-pub(crate) fn broker_frame_on_closing(
+pub(super) fn broker_frame_on_closing(
     shared: &Shared,
     ch: u16,
     frame: &Frame,

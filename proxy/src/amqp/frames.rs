@@ -13,31 +13,31 @@ use super::{AmqpError, protocol, reply};
 /// AMQP 0-9-1's protocol header.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 
-pub(crate) const FRAME_END: u8 = 0xCE;
+pub(super) const FRAME_END: u8 = 0xCE;
 
 /// Largest frame accepted before `tune` has negotiated one (RabbitMQ's default frame_max).
-pub(crate) const INITIAL_FRAME_MAX: u32 = 128 * 1024;
+pub(super) const INITIAL_FRAME_MAX: u32 = 128 * 1024;
 
 /// One frame: its parsed form and its original bytes.
-pub(crate) struct Frame {
-    pub(crate) parsed: AMQPFrame,
-    pub(crate) raw: Vec<u8>,
+pub(super) struct Frame {
+    pub(super) parsed: AMQPFrame,
+    pub(super) raw: Vec<u8>,
 }
 
 /// Bytes asked of the socket per read, and gathered per write.
-pub(crate) const IO_BUFFER: usize = 64 * 1024;
+pub(super) const IO_BUFFER: usize = 64 * 1024;
 
 /// The frames of one socket, read through a buffer. One read brings every frame that has
 /// arrived (a publish is three frames; the profile showed three system calls per frame
 /// when each frame was read field by field), and reading is cancel-safe: a frame half
 /// read when a `select!` takes another branch stays in the buffer for the next call.
-pub(crate) struct FrameReader<R> {
-    pub(crate) inner: R,
-    pub(crate) buf: BytesMut,
+pub(super) struct FrameReader<R> {
+    pub(super) inner: R,
+    pub(super) buf: BytesMut,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    pub(crate) fn new(inner: R) -> Self {
+    pub(super) fn new(inner: R) -> Self {
         Self {
             inner,
             buf: BytesMut::with_capacity(IO_BUFFER),
@@ -46,7 +46,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Whether a whole frame is already buffered: the writer need not flush before the
     /// next frame is handled, so frames that arrived together leave together.
-    pub(crate) fn has_frame(&self) -> bool {
+    pub(super) fn has_frame(&self) -> bool {
         self.buf.len() >= 7
             && self.buf.len()
                 >= u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]) as usize
@@ -55,7 +55,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame, refusing one larger than `frame_max` before its payload is read.
     /// `Ok(None)` on a clean end of stream between frames.
-    pub(crate) async fn next(&mut self, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
+    pub(super) async fn next(&mut self, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
         loop {
             if let Some(frame) = self.take(frame_max)? {
                 return Ok(Some(frame));
@@ -74,7 +74,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// A whole frame from the buffer, if there is one.
-    pub(crate) fn take(&mut self, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
+    pub(super) fn take(&mut self, frame_max: u32) -> Result<Option<Frame>, AmqpError> {
         let Some(&kind) = self.buf.first() else {
             return Ok(None);
         };
@@ -117,7 +117,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-pub(crate) fn encode(frame: &AMQPFrame) -> Vec<u8> {
+pub(super) fn encode(frame: &AMQPFrame) -> Vec<u8> {
     match gen_frame(frame)(WriteContext::from(Vec::new())) {
         Ok(ctx) => ctx.write,
         Err(e) => {
@@ -128,7 +128,7 @@ pub(crate) fn encode(frame: &AMQPFrame) -> Vec<u8> {
     }
 }
 
-pub(crate) fn channel_close(
+pub(super) fn channel_close(
     ch: u16,
     code: u16,
     text: &str,
@@ -146,14 +146,14 @@ pub(crate) fn channel_close(
     ))
 }
 
-pub(crate) fn channel_close_ok(ch: u16) -> Vec<u8> {
+pub(super) fn channel_close_ok(ch: u16) -> Vec<u8> {
     encode(&AMQPFrame::Method(
         ch,
         AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
     ))
 }
 
-pub(crate) fn connection_close(code: u16, text: &str) -> Vec<u8> {
+pub(super) fn connection_close(code: u16, text: &str) -> Vec<u8> {
     encode(&AMQPFrame::Method(
         0,
         AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {

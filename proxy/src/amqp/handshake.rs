@@ -12,7 +12,7 @@ use super::{Amqp, AmqpError, Legs, protocol, reply};
 impl Amqp {
     /// Relays the login, replacing the application's credentials with the sidecar's.
     /// Returns the negotiated frame_max and the vhost, or `None` when the broker refused.
-    pub(crate) async fn handshake(
+    pub(super) async fn handshake(
         &self,
         legs: &mut Legs,
     ) -> Result<Option<(u32, String)>, AmqpError> {

@@ -42,10 +42,14 @@ use crate::audit::{AmqpAudit, AuditEvent, AuditLog};
 use crate::identity::IdentityManager;
 use crate::metrics::ProxyMetrics;
 use crate::policies::Policies;
+use crate::runtime::ProxyRuntime;
 use arc_swap::ArcSwap;
 use palisade_contract::SpiffeId;
+use palisade_contract::amqp_url::AmqpUrl;
 use palisade_contract::process::accept;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
@@ -56,21 +60,21 @@ use frames::{FrameReader, IO_BUFFER, connection_close};
 use upstream::BrokerStream;
 
 /// Time allowed for the protocol header and the login.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the leg reading from the broker gets to report a broker that the writing leg
 /// found gone (a failed write means the connection was reset, so its read fails at once).
-pub(crate) const BROKER_LOST_GRACE: Duration = Duration::from_secs(1);
+const BROKER_LOST_GRACE: Duration = Duration::from_secs(1);
 
 /// How long an application that has been sent connection.close gets to acknowledge it
 /// before its socket is closed anyway.
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The header the sidecar sets on every publish it allows.
 pub const PUBLISHER_HEADER: &str = "x-palisade-publisher";
 
 /// AMQP reply codes used here.
-pub(crate) mod reply {
+mod reply {
     pub const SUCCESS: u16 = 200;
     pub const CONNECTION_FORCED: u16 = 320;
     pub const ACCESS_REFUSED: u16 = 403;
@@ -79,6 +83,26 @@ pub(crate) mod reply {
     pub const SYNTAX_ERROR: u16 = 502;
     pub const COMMAND_INVALID: u16 = 503;
     pub const UNEXPECTED_FRAME: u16 = 505;
+}
+
+/// The AMQP proxy's part of the configuration.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// Where the application connects, as if to RabbitMQ.
+    pub listen: SocketAddr,
+    /// The real broker, parsed once (`--amqp-upstream`).
+    pub upstream: AmqpUrl,
+    /// Replaces the URL's password.
+    pub password_file: Option<PathBuf>,
+    /// The roots an `amqps://` broker's certificate must chain to.
+    pub ca_bundle: Option<PathBuf>,
+    /// The service policies select this workload by (as for the inbound path).
+    pub service: Option<String>,
+    pub provenance: ProvenanceSettings,
+    /// Record one allowed publish in this many (denials and other operations always).
+    pub audit_sample: u64,
+    /// Longest wait for the TCP connection to the broker.
+    pub connect_timeout: Duration,
 }
 
 /// Everything the AMQP path needs; shared by all connections.
@@ -93,6 +117,44 @@ pub struct Amqp {
     /// Record one allowed publish in this many (denials and other operations always).
     pub audit_sample: u64,
     pub allowed_publishes: std::sync::atomic::AtomicU64,
+    connect_timeout: Duration,
+}
+
+impl Amqp {
+    /// Reads the broker password and roots the settings name, and builds the upstream.
+    pub fn new(settings: AmqpSettings, runtime: &ProxyRuntime) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let password = match &settings.password_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading --amqp-password-file {}", p.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let ca = match &settings.ca_bundle {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("reading --amqp-ca-bundle {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let upstream = Upstream::new(settings.upstream, password, ca.as_deref())
+            .map_err(|e| anyhow::anyhow!("--amqp-upstream: {e}"))?;
+        Ok(Self {
+            identity: runtime.identity.clone(),
+            policies: runtime.policies.clone(),
+            service: settings.service,
+            upstream,
+            audit: runtime.audit.clone(),
+            metrics: runtime.metrics.clone(),
+            provenance: settings.provenance,
+            audit_sample: settings.audit_sample,
+            allowed_publishes: std::sync::atomic::AtomicU64::new(0),
+            connect_timeout: settings.connect_timeout,
+        })
+    }
 }
 
 /// Publisher provenance ([`provenance`]), switchable per sidecar.
@@ -147,7 +209,7 @@ pub enum AmqpError {
     Timeout,
 }
 
-pub(crate) fn protocol(code: u16, text: impl Into<String>) -> AmqpError {
+fn protocol(code: u16, text: impl Into<String>) -> AmqpError {
     AmqpError::Protocol {
         code,
         text: text.into(),
@@ -155,15 +217,15 @@ pub(crate) fn protocol(code: u16, text: impl Into<String>) -> AmqpError {
 }
 
 /// Both sockets of a proxied connection, each way buffered.
-pub(crate) struct Legs {
-    pub(crate) client_r: FrameReader<OwnedReadHalf>,
-    pub(crate) client_w: BufWriter<OwnedWriteHalf>,
-    pub(crate) broker_r: FrameReader<ReadHalf<BrokerStream>>,
-    pub(crate) broker_w: BufWriter<WriteHalf<BrokerStream>>,
+struct Legs {
+    client_r: FrameReader<OwnedReadHalf>,
+    client_w: BufWriter<OwnedWriteHalf>,
+    broker_r: FrameReader<ReadHalf<BrokerStream>>,
+    broker_w: BufWriter<WriteHalf<BrokerStream>>,
 }
 
 /// A frame made by the sidecar, for the writer of one socket.
-pub(crate) enum Inject {
+enum Inject {
     /// For the application, on a channel (sent when that channel is not mid-content).
     ToClient(u16, Vec<u8>),
     /// For the broker: frames the broker-side close-ok released.
@@ -173,14 +235,11 @@ pub(crate) enum Inject {
 }
 
 impl Amqp {
-    pub(crate) fn service_name(&self, own: Option<&SpiffeId>) -> String {
+    fn service_name(&self, own: Option<&SpiffeId>) -> String {
         crate::policies::service_name(self.service.as_deref(), own)
     }
 
-    pub(crate) async fn connection(
-        self: &Arc<Self>,
-        mut client: TcpStream,
-    ) -> Result<(), AmqpError> {
+    async fn connection(self: &Arc<Self>, mut client: TcpStream) -> Result<(), AmqpError> {
         let mut header = [0u8; 8];
         tokio::time::timeout(HANDSHAKE_TIMEOUT, client.read_exact(&mut header))
             .await
@@ -222,7 +281,7 @@ impl Amqp {
     }
 
     /// Tells the application why its connection ends, and records it.
-    pub(crate) async fn fail<W: AsyncWrite + Unpin>(&self, client: &mut W, e: &AmqpError) {
+    async fn fail<W: AsyncWrite + Unpin>(&self, client: &mut W, e: &AmqpError) {
         if let AmqpError::Protocol { code, text } = e {
             let _ = client.write_all(&connection_close(*code, text)).await;
             let _ = client.flush().await;
@@ -230,7 +289,7 @@ impl Amqp {
         self.record_error(None, &e.to_string());
     }
 
-    pub(crate) fn record_error(&self, channel: Option<u16>, reason: &str) {
+    fn record_error(&self, channel: Option<u16>, reason: &str) {
         let own = self.identity.spiffe_id();
         let mut event = AuditEvent::begin("outbound", "amqp");
         event.source = own.as_ref().map(ToString::to_string);

@@ -23,26 +23,26 @@ use super::{
 };
 
 /// The channels open on one connection, counted in a gauge; dropping closes them all.
-pub(crate) struct OpenChannels {
-    pub(crate) open: std::collections::HashSet<u16>,
-    pub(crate) gauge: prometheus::IntGauge,
+pub(super) struct OpenChannels {
+    pub(super) open: std::collections::HashSet<u16>,
+    pub(super) gauge: prometheus::IntGauge,
 }
 
 impl OpenChannels {
-    pub(crate) fn new(gauge: prometheus::IntGauge) -> Self {
+    pub(super) fn new(gauge: prometheus::IntGauge) -> Self {
         Self {
             open: std::collections::HashSet::new(),
             gauge,
         }
     }
 
-    pub(crate) fn opened(&mut self, ch: u16) {
+    pub(super) fn opened(&mut self, ch: u16) {
         if self.open.insert(ch) {
             self.gauge.inc();
         }
     }
 
-    pub(crate) fn closed(&mut self, ch: u16) {
+    pub(super) fn closed(&mut self, ch: u16) {
         if self.open.remove(&ch) {
             self.gauge.dec();
         }
@@ -56,7 +56,7 @@ impl Drop for OpenChannels {
 }
 
 impl Amqp {
-    pub(crate) async fn relay(
+    pub(super) async fn relay(
         self: &Arc<Self>,
         legs: Legs,
         frame_max: u32,
@@ -155,7 +155,7 @@ impl Amqp {
 
     /// Reads the application's frames, authorizes, and is the broker socket's only writer.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn client_to_broker(
+    pub(super) async fn client_to_broker(
         &self,
         client: &mut FrameReader<OwnedReadHalf>,
         mut broker: ToBroker,
@@ -371,7 +371,7 @@ impl Amqp {
     }
 
     /// Reads the broker's frames and is the application socket's only writer.
-    pub(crate) async fn broker_to_client(
+    pub(super) async fn broker_to_client(
         &self,
         mut broker: FrameReader<ReadHalf<BrokerStream>>,
         mut client: BufWriter<OwnedWriteHalf>,
@@ -541,7 +541,7 @@ impl Amqp {
         }
     }
 
-    pub(crate) async fn unexpected(
+    pub(super) async fn unexpected(
         &self,
         to_client: &mpsc::UnboundedSender<Inject>,
         text: &str,
@@ -552,7 +552,7 @@ impl Amqp {
 
     /// Ends the application's connection with connection.close `code` (written by the
     /// leg that owns its socket, which then ends; see [`Amqp::relay`]) and audits why.
-    pub(crate) fn close_client(
+    pub(super) fn close_client(
         &self,
         to_client: &mpsc::UnboundedSender<Inject>,
         code: u16,
@@ -563,7 +563,7 @@ impl Amqp {
     }
 
     /// Closes channel `ch` on both legs after a denial.
-    pub(crate) async fn deny(
+    pub(super) async fn deny(
         &self,
         ch: u16,
         class_id: u16,

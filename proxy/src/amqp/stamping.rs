@@ -11,27 +11,27 @@ use super::frames::encode;
 use super::{Amqp, PUBLISHER_HEADER};
 
 /// A content sequence from the application in progress on one channel.
-pub(crate) struct Outgoing {
-    pub(crate) remaining: u64,
+pub(super) struct Outgoing {
+    pub(super) remaining: u64,
     /// With signing: everything held until the body is complete.
-    pub(crate) held: Option<Held>,
+    pub(super) held: Option<Held>,
 }
 
 /// A message held whole: its method, header and body frames, and the running body hash.
-pub(crate) struct Held {
-    pub(crate) method: Vec<u8>,
-    pub(crate) header: Option<AMQPContentHeader>,
-    pub(crate) exchange: String,
-    pub(crate) routing_key: String,
-    pub(crate) bodies: Vec<Vec<u8>>,
-    pub(crate) hash: ring::digest::Context,
-    pub(crate) remaining: u64,
+pub(super) struct Held {
+    pub(super) method: Vec<u8>,
+    pub(super) header: Option<AMQPContentHeader>,
+    pub(super) exchange: String,
+    pub(super) routing_key: String,
+    pub(super) bodies: Vec<Vec<u8>>,
+    pub(super) hash: ring::digest::Context,
+    pub(super) remaining: u64,
 }
 
 impl Held {
     /// The message with its header restamped by `headers` (given the header, exchange,
     /// routing key and body hash), ready to write.
-    pub(crate) fn finish(
+    pub(super) fn finish(
         self,
         ch: u16,
         headers: impl FnOnce(&AMQPContentHeader, &str, &str, &[u8]) -> Vec<(&'static str, String)>,
@@ -47,7 +47,7 @@ impl Held {
         out
     }
 
-    pub(crate) fn new(method: Vec<u8>, exchange: String, routing_key: String) -> Self {
+    pub(super) fn new(method: Vec<u8>, exchange: String, routing_key: String) -> Self {
         Held {
             method,
             header: None,
@@ -62,7 +62,7 @@ impl Held {
 
 /// The header frame with `set` added and the provenance headers an application could forge
 /// removed.
-pub(crate) fn restamp(ch: u16, header: &AMQPContentHeader, set: &[(&str, String)]) -> Vec<u8> {
+pub(super) fn restamp(ch: u16, header: &AMQPContentHeader, set: &[(&str, String)]) -> Vec<u8> {
     let mut headers = header.properties.headers().clone().unwrap_or_default();
     let mut kept = FieldTable::default();
     for (k, v) in headers.inner() {
@@ -92,7 +92,7 @@ pub(crate) fn restamp(ch: u16, header: &AMQPContentHeader, set: &[(&str, String)
 /// keys are case-sensitive in AMQP, but applications look headers up loosely
 /// (`X-Palisade-Verified-Publisher`, `x_palisade_verified_publisher`), so the whole prefix is
 /// reserved with case and `_`/`-` folded.
-pub(crate) fn is_reserved_header(name: &str) -> bool {
+pub(super) fn is_reserved_header(name: &str) -> bool {
     const PREFIX: &[u8] = b"x-palisade-";
     name.len() >= PREFIX.len()
         && name.as_bytes()[..PREFIX.len()]
@@ -101,7 +101,7 @@ pub(crate) fn is_reserved_header(name: &str) -> bool {
             .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
 }
 
-pub(crate) fn header_text(header: &AMQPContentHeader, name: &str) -> Option<String> {
+pub(super) fn header_text(header: &AMQPContentHeader, name: &str) -> Option<String> {
     match header.properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongString(v) => String::from_utf8(v.as_bytes().to_vec()).ok(),
         AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
@@ -113,7 +113,7 @@ impl Amqp {
     /// A held delivery with its provenance checked: the application sees
     /// `x-palisade-verified-publisher` only for a valid signature, and never the signature
     /// itself or a forged verified header.
-    pub(crate) fn verified(&self, ch: u16, held: Held) -> Vec<u8> {
+    pub(super) fn verified(&self, ch: u16, held: Held) -> Vec<u8> {
         held.finish(ch, |header, exchange, routing_key, digest| {
             let publisher = header_text(header, PUBLISHER_HEADER);
             let outcome = match (
@@ -154,7 +154,7 @@ impl Amqp {
     }
 
     /// A held publish, stamped with the publisher and its signature, ready for the broker.
-    pub(crate) fn signed(&self, ch: u16, held: Held) -> Vec<u8> {
+    pub(super) fn signed(&self, ch: u16, held: Held) -> Vec<u8> {
         held.finish(ch, |_, exchange, routing_key, digest| {
             let mut set = Vec::with_capacity(2);
             if let Some(identity) = self.identity.slot().get() {

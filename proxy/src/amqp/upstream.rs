@@ -8,11 +8,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, WriteHalf};
 use super::{Amqp, AmqpError, HANDSHAKE_TIMEOUT};
 
 /// The connection to the broker: TCP, or TLS over it.
-pub(crate) trait BrokerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(super) trait BrokerIo: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> BrokerIo for T {}
 
-pub(crate) type BrokerStream = Box<dyn BrokerIo>;
+pub(super) type BrokerStream = Box<dyn BrokerIo>;
 
 /// Where and how the sidecar reaches the broker.
 #[derive(Clone)]
@@ -59,15 +59,14 @@ pub fn broker_tls(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 impl Upstream {
-    /// From `amqp://user:pass@host:port/vhost` or `amqps://...` (see
+    /// From a parsed `amqp://user:pass@host:port/vhost` or `amqps://...` URL (see
     /// [`palisade_contract::amqp_url`]). `password` (from a file) replaces the URL's;
     /// `ca_pem` holds the roots an `amqps://` broker's certificate must chain to.
-    pub fn parse(
-        url: &str,
+    pub fn new(
+        url: AmqpUrl,
         password: Option<String>,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, String> {
-        let url = AmqpUrl::parse(url)?;
         let tls = match (url.tls, ca_pem) {
             (false, _) => None,
             (true, Some(pem)) => Some(broker_tls(pem)?),
@@ -87,14 +86,14 @@ impl Upstream {
 /// The broker socket's writer in the relay. Its errors are [`AmqpError::BrokerLost`]: the
 /// leg that writes there also reads the application, and only a failure here means the
 /// broker (not the application) went away.
-pub(crate) struct ToBroker(pub(crate) BufWriter<WriteHalf<BrokerStream>>);
+pub(super) struct ToBroker(pub(super) BufWriter<WriteHalf<BrokerStream>>);
 
 impl ToBroker {
-    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> Result<(), AmqpError> {
+    pub(super) async fn write_all(&mut self, bytes: &[u8]) -> Result<(), AmqpError> {
         self.0.write_all(bytes).await.map_err(AmqpError::BrokerLost)
     }
 
-    pub(crate) async fn flush(&mut self) -> Result<(), AmqpError> {
+    pub(super) async fn flush(&mut self) -> Result<(), AmqpError> {
         self.0.flush().await.map_err(AmqpError::BrokerLost)
     }
 }
@@ -102,9 +101,9 @@ impl ToBroker {
 impl Amqp {
     /// TCP, and TLS for an `amqps://` upstream (the broker's certificate checked against
     /// `--amqp-ca-bundle` for the URL's host name).
-    pub(crate) async fn connect_broker(&self) -> Result<BrokerStream, AmqpError> {
+    pub(super) async fn connect_broker(&self) -> Result<BrokerStream, AmqpError> {
         let unreachable = |e| AmqpError::Upstream(self.upstream.addr.clone(), e);
-        let tcp = crate::net::connect(self.upstream.addr.as_str(), HANDSHAKE_TIMEOUT)
+        let tcp = crate::net::connect(self.upstream.addr.as_str(), self.connect_timeout)
             .await
             .map_err(unreachable)?;
         let Some(tls) = &self.upstream.tls else {
@@ -127,15 +126,19 @@ impl Amqp {
 mod tests {
     use super::*;
 
+    fn url(s: &str) -> AmqpUrl {
+        AmqpUrl::parse(s).unwrap()
+    }
+
     #[test]
     fn upstream_urls() {
-        let u = Upstream::parse("amqp://app:s%3Acret@rabbit:5673/%2f", None, None).unwrap();
+        let u = Upstream::new(url("amqp://app:s%3Acret@rabbit:5673/%2f"), None, None).unwrap();
         assert_eq!((u.addr.as_str(), u.vhost.as_str()), ("rabbit:5673", "/"));
         assert_eq!(
             (u.username.as_str(), u.password.as_str()),
             ("app", "s:cret")
         );
-        let u = Upstream::parse("amqp://rabbit/shop", Some("from-file".into()), None).unwrap();
+        let u = Upstream::new(url("amqp://rabbit/shop"), Some("from-file".into()), None).unwrap();
         assert_eq!(
             (u.addr.as_str(), u.vhost.as_str(), u.password.as_str()),
             ("rabbit:5672", "shop", "from-file")
@@ -144,9 +147,8 @@ mod tests {
             !format!("{u:?}").contains("from-file"),
             "the password is never printed"
         );
-        assert!(Upstream::parse("http://x", None, None).is_err());
         assert!(
-            Upstream::parse("amqps://x", None, None)
+            Upstream::new(url("amqps://x"), None, None)
                 .unwrap_err()
                 .contains("--amqp-ca-bundle")
         );

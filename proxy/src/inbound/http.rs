@@ -198,7 +198,7 @@ impl Inbound {
             Framing::UnsupportedCoding => return Err(Refusal::UnsupportedCoding),
         }
         // Before anything reads the headers, so authorization sees what the application will.
-        underscore_headers(req.headers_mut(), self.headers_with_underscores)
+        underscore_headers(req.headers_mut(), self.settings.headers_with_underscores)
             .map_err(Refusal::BadHeader)?;
         // Method and path: the one reading that is both authorized and forwarded.
         let raw_target = req
@@ -208,20 +208,25 @@ impl Inbound {
             .to_owned();
         // The pre-checks `palisade simulate` makes too (contract::request): an upper-case
         // method token, and the path normalized.
-        let target =
-            check_request(req.method().as_str(), &raw_target, self.path_options).map_err(|e| {
-                match e {
-                    RequestError::BadMethod(_) => Refusal::BadMethod,
-                    RequestError::BadPath(e) => {
-                        event.path = raw_target.chars().take(256).collect();
-                        Refusal::BadPath(e)
-                    }
-                }
-            })?;
+        let target = check_request(
+            req.method().as_str(),
+            &raw_target,
+            self.settings.path_options,
+        )
+        .map_err(|e| match e {
+            RequestError::BadMethod(_) => Refusal::BadMethod,
+            RequestError::BadPath(e) => {
+                event.path = raw_target.chars().take(256).collect();
+                Refusal::BadPath(e)
+            }
+        })?;
         event.path = target.path.clone();
 
         // Own identity: policies are evaluated in this workload's namespace.
-        let app = SocketAddr::new(self.app.ip(), asked_port.unwrap_or(self.app.port()));
+        let app = SocketAddr::new(
+            self.settings.app.ip(),
+            asked_port.unwrap_or(self.settings.app.port()),
+        );
         let (own_ns, port) = own
             .and_then(SpiffeId::namespace)
             .map(|ns| (ns, app.port()))

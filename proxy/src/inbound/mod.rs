@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use palisade_contract::SpiffeId;
@@ -23,10 +24,11 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::audit::AuditLog;
-use crate::config::UnderscoreHeaders;
+use crate::forwarding::UnderscoreHeaders;
 use crate::identity::IdentityManager;
 use crate::metrics::ProxyMetrics;
 pub use crate::policies::{Policies, service_name};
+use crate::runtime::ProxyRuntime;
 use crate::server::{Limits, http_server, serve_http};
 
 mod http;
@@ -34,62 +36,52 @@ mod opaque;
 
 pub use opaque::{alpn_for, port_from_alpn};
 
-/// Everything the inbound path needs; shared by all connections.
-pub struct Inbound {
-    pub identity: Arc<IdentityManager>,
-    pub policies: Arc<ArcSwap<Policies>>,
+/// The inbound path's part of the configuration.
+#[derive(Debug, Clone)]
+pub struct InboundSettings {
+    pub listen: SocketAddr,
+    /// The application's plain-HTTP address.
+    pub app: SocketAddr,
     /// The service this sidecar protects (policies select it by this name); by default the
     /// service account of its own SPIFFE ID.
     pub service: Option<String>,
-    /// The application's plain-HTTP address.
-    pub app: SocketAddr,
-    pub audit: AuditLog,
-    pub metrics: ProxyMetrics,
     pub path_options: PathOptions,
     pub limits: Limits,
     /// Application ports served as opaque TCP (`opaque.rs`).
     pub opaque_ports: Vec<u16>,
     /// `--headers-with-underscores`.
     pub headers_with_underscores: UnderscoreHeaders,
+    /// Longest wait for the TCP connection to the application.
+    pub connect_timeout: Duration,
+}
+
+/// Everything the inbound path needs; shared by all connections.
+pub struct Inbound {
+    pub identity: Arc<IdentityManager>,
+    pub policies: Arc<ArcSwap<Policies>>,
+    pub audit: AuditLog,
+    pub metrics: ProxyMetrics,
+    pub settings: InboundSettings,
     client: crate::forwarding::PlainClient,
 }
 
 impl std::fmt::Debug for Inbound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inbound")
-            .field("service", &self.service)
-            .field("app", &self.app)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl Inbound {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        identity: Arc<IdentityManager>,
-        policies: Arc<ArcSwap<Policies>>,
-        service: Option<String>,
-        app: SocketAddr,
-        audit: AuditLog,
-        metrics: ProxyMetrics,
-        path_options: PathOptions,
-        limits: Limits,
-        opaque_ports: Vec<u16>,
-        headers_with_underscores: UnderscoreHeaders,
-    ) -> Self {
-        let client = crate::forwarding::plain_client();
+    pub fn new(settings: InboundSettings, runtime: &ProxyRuntime) -> Self {
         Self {
-            identity,
-            policies,
-            service,
-            app,
-            audit,
-            metrics,
-            path_options,
-            limits,
-            opaque_ports,
-            headers_with_underscores,
-            client,
+            identity: runtime.identity.clone(),
+            policies: runtime.policies.clone(),
+            audit: runtime.audit.clone(),
+            metrics: runtime.metrics.clone(),
+            client: crate::forwarding::plain_client(settings.connect_timeout),
+            settings,
         }
     }
 }
@@ -102,7 +94,7 @@ pub async fn serve(
 ) {
     // HTTP, and opaque TCP for the configured ports (the client names the port in ALPN).
     let mut alpn: Vec<Vec<u8>> = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    alpn.extend(inbound.opaque_ports.iter().map(|p| alpn_for(*p)));
+    alpn.extend(inbound.settings.opaque_ports.iter().map(|p| alpn_for(*p)));
     let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
     let tls = Arc::new(server_config(
         inbound.identity.slot(),
@@ -111,8 +103,10 @@ pub async fn serve(
         &alpn,
     ));
     let acceptor = TlsAcceptor::from(tls);
-    let connections = Arc::new(tokio::sync::Semaphore::new(inbound.limits.max_connections));
-    let builder = Arc::new(http_server(&inbound.limits));
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        inbound.settings.limits.max_connections,
+    ));
+    let builder = Arc::new(http_server(&inbound.settings.limits));
     let own_port = listener.local_addr().map(|a| a.port()).ok();
     tokio::pin!(shutdown);
     loop {
@@ -125,7 +119,7 @@ pub async fn serve(
         };
         // The header timeout runs from accept: TLS, detection and the first request's head
         // must all be in by then, or the connection (and its slot) is given back.
-        let first_request_by = tokio::time::Instant::now() + inbound.limits.header_timeout;
+        let first_request_by = tokio::time::Instant::now() + inbound.settings.limits.header_timeout;
         // A connection iptables redirected here (transparent interception) was addressed
         // to an application port: requests on it go to that port.
         let asked_port = crate::transparent::original_dst(&tcp)
@@ -166,7 +160,7 @@ pub async fn serve(
                     async move { inbound.handle(&peer, asked_port, req).await }
                 }
             };
-            let limits = &inbound.limits;
+            let limits = &inbound.settings.limits;
             if let Err(e) = serve_http(&builder, tls, limits, first_request_by, handle).await {
                 tracing::debug!(peer = %addr, error = %e, "inbound connection ended with an error");
             }
@@ -176,6 +170,6 @@ pub async fn serve(
 
 impl Inbound {
     pub(crate) fn service_name(&self, own: Option<&SpiffeId>) -> String {
-        service_name(self.service.as_deref(), own)
+        service_name(self.settings.service.as_deref(), own)
     }
 }

@@ -117,7 +117,7 @@ impl Inbound {
         port: u16,
         event: &mut AuditEvent,
     ) -> Result<TcpStream, Refusal> {
-        if !self.opaque_ports.contains(&port) {
+        if !self.settings.opaque_ports.contains(&port) {
             return Err(Refusal::NotOpaquePort(port));
         }
         let namespace = own
@@ -136,8 +136,8 @@ impl Inbound {
         if decision.verdict == Verdict::Deny {
             return Err(Refusal::Denied);
         }
-        let app = SocketAddr::new(self.app.ip(), port);
-        connect(app, "the application at")
+        let app = SocketAddr::new(self.settings.app.ip(), port);
+        connect(app, self.settings.connect_timeout, "the application at")
             .await
             .map_err(Refusal::AppUnreachable)
     }

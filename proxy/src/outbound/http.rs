@@ -11,8 +11,8 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
+use super::OutboundPolicy;
 use crate::audit::AuditEvent;
-use crate::config::OutboundPolicy;
 use crate::forwarding::{
     Framing, ProxyBody, canonical_framing, check_framing, local_response, strip_hop_by_hop,
     unsupported,

@@ -17,8 +17,10 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::client::conn::http2::SendRequest;
@@ -28,11 +30,35 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 use crate::audit::AuditLog;
-use crate::config::OutboundPolicy;
 use crate::forwarding::ProxyBody;
 use crate::identity::IdentityManager;
 use crate::metrics::ProxyMetrics;
+use crate::runtime::ProxyRuntime;
 use crate::server::{Limits, http_server, serve_http};
+
+/// `--outbound-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutboundPolicy {
+    /// Destinations outside the registry are passed through.
+    AllowAny,
+    /// Only registry services are reachable through interception.
+    RegistryOnly,
+}
+
+/// The outbound path's part of the configuration.
+#[derive(Debug, Clone)]
+pub struct OutboundSettings {
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    /// HTTP/2 connections kept per destination service (one per worker thread).
+    pub connections_per_service: usize,
+    /// Whether destinations outside the registry are reachable.
+    pub policy: OutboundPolicy,
+    /// The `--tcp-outbound` listeners.
+    pub tcp: Vec<TcpOutbound>,
+    /// Longest wait for a TCP connection to a peer sidecar or a passthrough destination.
+    pub connect_timeout: Duration,
+}
 
 pub struct Outbound {
     pub identity: Arc<IdentityManager>,
@@ -40,6 +66,7 @@ pub struct Outbound {
     pub audit: AuditLog,
     pub metrics: ProxyMetrics,
     pub limits: Limits,
+    connect_timeout: Duration,
     /// Up to `connections_per_service` HTTP/2 connections per destination service
     /// (`namespace/name`), used in turn.
     pool: Mutex<HashMap<String, Vec<SendRequest<ProxyBody>>>>,
@@ -63,7 +90,7 @@ mod opaque;
 mod passthrough;
 mod pool;
 
-pub use opaque::serve_outbound as serve_tcp;
+pub use opaque::{TcpOutbound, serve_outbound as serve_tcp};
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -91,27 +118,20 @@ pub(crate) enum ForwardError {
 }
 
 impl Outbound {
-    pub fn new(
-        identity: Arc<IdentityManager>,
-        registry: Arc<ArcSwap<ServiceRegistry>>,
-        audit: AuditLog,
-        metrics: ProxyMetrics,
-        limits: Limits,
-        connections_per_service: usize,
-        policy: OutboundPolicy,
-    ) -> Self {
+    pub fn new(settings: OutboundSettings, runtime: &ProxyRuntime) -> Self {
         Self {
-            identity,
-            registry,
-            audit,
-            metrics,
-            limits,
+            identity: runtime.identity.clone(),
+            registry: runtime.services.clone(),
+            audit: runtime.audit.clone(),
+            metrics: runtime.metrics.clone(),
+            limits: settings.limits,
+            connect_timeout: settings.connect_timeout,
             pool: Mutex::new(HashMap::new()),
-            connections_per_service: connections_per_service.max(1),
+            connections_per_service: settings.connections_per_service.max(1),
             next_endpoint: AtomicUsize::new(0),
             next_connection: AtomicUsize::new(0),
-            plain: crate::forwarding::plain_client(),
-            policy,
+            plain: crate::forwarding::plain_client(settings.connect_timeout),
+            policy: settings.policy,
         }
     }
 }

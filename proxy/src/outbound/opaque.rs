@@ -4,6 +4,7 @@
 //! [`crate::inbound`]) and pipes bytes. One audit event per connection (protocol `tcp`).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use palisade_contract::SpiffeId;
@@ -14,9 +15,37 @@ use tokio_rustls::client::TlsStream;
 
 use super::{ForwardError, Outbound};
 use crate::audit::AuditEvent;
-use crate::config::TcpOutbound;
 use crate::inbound::alpn_for;
 use crate::net::pipe;
+
+/// One `--tcp-outbound` mapping: a loopback listener for a service's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpOutbound {
+    pub listen: SocketAddr,
+    /// As the registry resolves it: `name` or `name.namespace`.
+    pub service: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for TcpOutbound {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let usage = || format!("{s:?} is not LISTEN=SERVICE:PORT (e.g. 127.0.0.1:15432=db:5432)");
+        let (listen, target) = s.split_once('=').ok_or_else(usage)?;
+        let (service, port) = target.rsplit_once(':').ok_or_else(usage)?;
+        let listen = listen.parse().map_err(|_| usage())?;
+        let port = port.parse().ok().filter(|p| *p != 0).ok_or_else(usage)?;
+        if service.is_empty() {
+            return Err(usage());
+        }
+        Ok(TcpOutbound {
+            listen,
+            service: service.to_owned(),
+            port,
+        })
+    }
+}
 
 /// Serves one `--tcp-outbound` listener until `shutdown` resolves.
 pub async fn serve_outbound(
@@ -78,5 +107,31 @@ impl Outbound {
         event.destination_service = entry.name.clone();
         event.destination = entry.identity.to_string();
         self.dial(&entry, None, alpn_for(target.port)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_outbound_flag() {
+        assert_eq!(
+            "127.0.0.1:15432=db.shop:5432".parse::<TcpOutbound>(),
+            Ok(TcpOutbound {
+                listen: "127.0.0.1:15432".parse().unwrap(),
+                service: "db.shop".into(),
+                port: 5432
+            })
+        );
+        for bad in [
+            "db:5432",
+            "127.0.0.1:1=db",
+            "127.0.0.1:1=:5432",
+            "x=db:5432",
+            "127.0.0.1:1=db:0",
+        ] {
+            assert!(bad.parse::<TcpOutbound>().is_err(), "{bad}");
+        }
     }
 }

@@ -6,10 +6,39 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
+use super::OutboundPolicy;
 use crate::audit::AuditEvent;
-use crate::config::OutboundPolicy;
 
 use super::Outbound;
+
+/// What became of a passthrough connection; `finish` is the one place its audit line gets
+/// the decision and reason.
+enum Outcome {
+    /// Dialled: the bytes are piped.
+    Piped(TcpStream),
+    /// Not HTTP, so not routable by the registry, and the outbound policy is registry-only:
+    /// refused by closing the connection at once (TCP has no way to say more).
+    RegistryOnly,
+    /// The original destination did not accept the connection.
+    Unreachable(String),
+}
+
+impl Outcome {
+    fn finish(self, event: &mut AuditEvent) -> Option<TcpStream> {
+        let (decision, reason, upstream) = match self {
+            Outcome::Piped(tcp) => ("passthrough", None, Some(tcp)),
+            Outcome::RegistryOnly => (
+                "deny",
+                Some("not HTTP to a mesh service, and the outbound policy is registry-only".into()),
+                None,
+            ),
+            Outcome::Unreachable(reason) => ("error", Some(reason), None),
+        };
+        event.decision = decision;
+        event.reason = reason;
+        upstream
+    }
+}
 
 impl Outbound {
     /// A redirected connection that is not HTTP, piped to its original destination (the
@@ -19,26 +48,25 @@ impl Outbound {
         let mut event = AuditEvent::begin("outbound", "tcp");
         event.source = own.as_ref().map(ToString::to_string);
         event.destination = destination.to_string();
-        if self.policy == OutboundPolicy::RegistryOnly {
-            // Not HTTP, so not routable by the registry: refused by closing the connection
-            // at once (TCP has no way to say more).
-            event.decision = "deny";
-            event.reason =
-                Some("not HTTP to a mesh service, and the outbound policy is registry-only".into());
-            self.audit.record(&event);
-            return;
-        }
-        let upstream = match crate::net::connect_described(destination, "the destination").await {
-            Ok(tcp) => tcp,
-            Err(reason) => {
-                event.decision = "error";
-                event.reason = Some(reason);
-                self.audit.record(&event);
-                return;
+        let outcome = if self.policy == OutboundPolicy::RegistryOnly {
+            Outcome::RegistryOnly
+        } else {
+            match crate::net::connect_described(
+                destination,
+                self.connect_timeout,
+                "the destination",
+            )
+            .await
+            {
+                Ok(tcp) => Outcome::Piped(tcp),
+                Err(reason) => Outcome::Unreachable(reason),
             }
         };
-        event.decision = "passthrough";
+        // Finish: one audit line, whatever the outcome; then the bytes, when dialled.
+        let upstream = outcome.finish(&mut event);
         self.audit.record(&event);
-        crate::net::pipe(app, upstream).await;
+        if let Some(upstream) = upstream {
+            crate::net::pipe(app, upstream).await;
+        }
     }
 }

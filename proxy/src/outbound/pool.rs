@@ -20,7 +20,6 @@ use tokio_rustls::client::TlsStream;
 use crate::forwarding::ProxyBody;
 
 use super::{ForwardError, Outbound};
-use crate::net::CONNECT_TIMEOUT;
 
 impl Outbound {
     /// TCP and then mTLS to one of `entry`'s endpoints (in turn), or, for a service listed
@@ -49,7 +48,7 @@ impl Outbound {
             let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
             entry.endpoints[i % entry.endpoints.len()].clone()
         };
-        let tcp = crate::net::connect(endpoint.as_str(), CONNECT_TIMEOUT)
+        let tcp = crate::net::connect(endpoint.as_str(), self.connect_timeout)
             .await
             .map_err(|e| unreachable(format!("{endpoint}: {e}")))?;
         let tls_config = client_config(
@@ -59,7 +58,7 @@ impl Outbound {
             &[alpn.as_slice()],
         );
         let tls = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
+            self.connect_timeout,
             TlsConnector::from(Arc::new(tls_config)).connect(server_name_for(&entry.identity), tcp),
         )
         .await

@@ -82,7 +82,7 @@ pub fn sidecar_config(
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let config = Config::try_parse_from(args).expect("valid test flags");
-    config.validate().expect("valid test config");
+    config.settings().expect("valid test config");
     config
 }
 

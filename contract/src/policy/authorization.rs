@@ -1,23 +1,14 @@
-//! Authorization policy documents: parsing and validation.
+//! The `AuthorizationPolicy` document: its schema and how it is read.
 //!
-//! Documents are YAML or JSON (several per input, `---`-separated), shaped like Istio's
-//! `AuthorizationPolicy` so that Istio users can port theirs with little change. Parsing
-//! goes through a generic value first and then walks it field by field, so that *every*
-//! problem is reported with its location (`spec.rules[0].to[0].methods[1]: "get" is not an
-//! upper-case HTTP method`), and unknown fields are errors rather than silently ignored.
+//! Shaped like Istio's `AuthorizationPolicy` so that Istio users can port theirs with little
+//! change; what differs is in the README's policy reference.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::spiffe::{SpiffeId, validate_namespace, validate_service_account};
-
-pub const API_VERSION: &str = "palisade.dev/v1";
-pub const KIND: &str = "AuthorizationPolicy";
-
-/// Limits that keep a policy cheap to compile and to evaluate.
-pub const MAX_RULES: usize = 256;
-pub const MAX_VALUES: usize = 1024;
-pub const MAX_VALUE_LEN: usize = 1024;
+use crate::documents::kind::Kind;
+use crate::documents::walk::{Envelope, Walk, join};
+use crate::spiffe::{SpiffeId, validate_namespace};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -100,354 +91,21 @@ pub enum ConditionKey {
     DestinationPort,
 }
 
-/// One problem in a document, with where it is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    pub location: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.location, self.message)
-    }
-}
-
-/// Every problem found in an input, in document order.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} problem(s): {}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
-pub struct Problems(pub Vec<Problem>);
-
-/// The documents of one input, by kind.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PolicyDocuments {
-    pub authorization: Vec<AuthorizationPolicy>,
-    pub authentication: Vec<super::authentication::RequestAuthentication>,
-    pub services: Vec<crate::registry::ServiceEntry>,
-}
-
-/// One validated document of any kind the mesh knows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Document {
-    Authorization(AuthorizationPolicy),
-    Authentication(super::authentication::RequestAuthentication),
-    Service(crate::registry::ServiceEntry),
-}
-
-impl Document {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Document::Authorization(_) => KIND,
-            Document::Authentication(_) => super::authentication::KIND,
-            Document::Service(_) => crate::registry::KIND,
-        }
-    }
-
-    /// `(namespace, name)`.
-    pub fn key(&self) -> (&str, &str) {
-        match self {
-            Document::Authorization(d) => (&d.namespace, &d.name),
-            Document::Authentication(d) => (&d.namespace, &d.name),
-            Document::Service(d) => (&d.namespace, &d.name),
-        }
-    }
-}
-
-/// The kinds of document the mesh stores, in the order they are listed.
-pub const KINDS: [&str; 3] = [KIND, super::authentication::KIND, crate::registry::KIND];
-
-/// Splits YAML or JSON input (several documents, `---`-separated) into generic values.
-pub fn parse_values(input: &str) -> Result<Vec<Value>, Problems> {
-    let values: Vec<Value> = serde_saphyr::from_multiple(input).map_err(|e| {
-        Problems(vec![Problem {
-            location: "input".into(),
-            message: format!("not valid YAML or JSON: {e}"),
-        }])
-    })?;
-    if values.is_empty() {
-        return Err(Problems(vec![Problem {
-            location: "input".into(),
-            message: "no document found".into(),
-        }]));
-    }
-    Ok(values)
-}
-
-/// Validates each value as the document its `kind` names. All must be valid for any to be
-/// returned: a batch is applied whole or not at all. Locations are prefixed with `[i]` when
-/// there are several documents.
-pub fn validate_values(values: &[Value]) -> Result<Vec<Document>, Problems> {
-    let mut problems = Vec::new();
-    let mut docs = Vec::new();
-    let several = values.len() > 1;
-    for (i, value) in values.iter().enumerate() {
-        let root = if several {
-            format!("[{i}]")
-        } else {
-            String::new()
-        };
-        let mut walk = Walk {
-            problems: &mut problems,
-        };
-        let doc = match value.get("kind").and_then(Value::as_str) {
-            Some(super::authentication::KIND) => walk
-                .request_authentication(value, &root)
-                .map(Document::Authentication),
-            Some(crate::registry::KIND) => walk.service(value, &root).map(Document::Service),
-            _ => walk.policy(value, &root).map(Document::Authorization),
-        };
-        docs.extend(doc);
-    }
-    if problems.is_empty() {
-        Ok(docs)
-    } else {
-        Err(Problems(problems))
-    }
-}
-
-impl PolicyDocuments {
-    pub fn from_documents(docs: Vec<Document>) -> Self {
-        let mut out = Self::default();
-        for doc in docs {
-            match doc {
-                Document::Authorization(d) => out.authorization.push(d),
-                Document::Authentication(d) => out.authentication.push(d),
-                Document::Service(d) => out.services.push(d),
-            }
-        }
-        out
-    }
-}
-
-/// Parses and validates one or more YAML or JSON documents of any kind (see
-/// [`validate_values`]).
-pub fn parse_documents(input: &str) -> Result<PolicyDocuments, Problems> {
-    let values = parse_values(input)?;
-    validate_values(&values).map(PolicyDocuments::from_documents)
-}
-
-pub(crate) fn join(base: &str, field: &str) -> String {
-    if base.is_empty() {
-        field.to_owned()
-    } else {
-        format!("{base}.{field}")
-    }
-}
-
-/// Walks a generic value, collecting every problem with its location.
-pub(crate) struct Walk<'p> {
-    pub(crate) problems: &'p mut Vec<Problem>,
-}
-
-/// The common parts of a document, as [`Walk::envelope`] found them.
-pub(crate) struct Envelope<'v> {
-    pub(crate) name: Option<String>,
-    pub(crate) namespace: Option<String>,
-    pub(crate) spec: &'v Map<String, Value>,
-    pub(crate) spec_loc: String,
-}
-
 impl Walk<'_> {
-    pub(crate) fn problem(&mut self, location: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            location: if location.is_empty() {
-                "document".into()
-            } else {
-                location.to_owned()
-            },
-            message: message.into(),
-        });
-    }
-
-    /// The value as an object whose fields are all in `known`; unknown fields are reported.
-    pub(crate) fn object<'v>(
-        &mut self,
-        v: &'v Value,
-        loc: &str,
-        known: &[&str],
-    ) -> Option<&'v Map<String, Value>> {
-        let Some(map) = v.as_object() else {
-            self.problem(loc, format!("must be an object, not {}", type_name(v)));
-            return None;
-        };
-        for key in map.keys() {
-            if !known.contains(&key.as_str()) {
-                self.problem(
-                    &join(loc, key),
-                    format!("unknown field (expected one of: {})", known.join(", ")),
-                );
-            }
-        }
-        Some(map)
-    }
-
-    pub(crate) fn string<'v>(&mut self, v: &'v Value, loc: &str) -> Option<&'v str> {
-        match v.as_str() {
-            Some(s) if s.len() <= MAX_VALUE_LEN => Some(s),
-            Some(_) => {
-                self.problem(loc, format!("is longer than {MAX_VALUE_LEN} bytes"));
-                None
-            }
-            None => {
-                self.problem(loc, format!("must be a string, not {}", type_name(v)));
-                None
-            }
-        }
-    }
-
-    pub(crate) fn list<'v>(&mut self, v: Option<&'v Value>, loc: &str) -> &'v [Value] {
-        match v {
-            None | Some(Value::Null) => &[],
-            Some(Value::Array(items)) if items.len() <= MAX_VALUES => items,
-            Some(Value::Array(_)) => {
-                self.problem(loc, format!("has more than {MAX_VALUES} entries"));
-                &[]
-            }
-            Some(other) => {
-                self.problem(loc, format!("must be a list, not {}", type_name(other)));
-                &[]
-            }
-        }
-    }
-
-    /// The list `field` of `map`, each entry parsed by `parse` (at most [`MAX_RULES`]).
-    pub(crate) fn rules<T>(
-        &mut self,
-        map: &Map<String, Value>,
-        base: &str,
-        field: &str,
-        parse: impl Fn(&mut Self, &Value, &str) -> Option<T>,
-    ) -> Vec<T> {
-        let loc = join(base, field);
-        let items = self.list(map.get(field), &loc);
-        if items.len() > MAX_RULES {
-            self.problem(&loc, format!("has more than {MAX_RULES} rules"));
-        }
-        items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| parse(self, r, &format!("{loc}[{i}]")))
-            .collect()
-    }
-
-    /// A list of strings, each checked by `check` (which returns why a value is wrong).
-    pub(crate) fn strings(
-        &mut self,
-        map: &Map<String, Value>,
-        base: &str,
-        field: &str,
-        check: impl Fn(&str) -> Result<(), String>,
-    ) -> Vec<String> {
-        let loc = join(base, field);
-        let mut out = Vec::new();
-        for (i, item) in self.list(map.get(field), &loc).iter().enumerate() {
-            let item_loc = format!("{loc}[{i}]");
-            if let Some(s) = self.string(item, &item_loc) {
-                match check(s) {
-                    Ok(()) => out.push(s.to_owned()),
-                    Err(why) => self.problem(&item_loc, format!("{s:?} {why}")),
-                }
-            }
-        }
-        out
-    }
-
-    fn ports(&mut self, map: &Map<String, Value>, base: &str, field: &str) -> Vec<u16> {
-        let loc = join(base, field);
-        let mut out = Vec::new();
-        for (i, item) in self.list(map.get(field), &loc).iter().enumerate() {
-            // Istio writes ports as strings; numbers are accepted too.
-            let port = match item {
-                Value::Number(n) => n.as_u64(),
-                Value::String(s) => s.parse::<u64>().ok(),
-                _ => None,
-            };
-            match port {
-                Some(p @ 1..=65535) => out.push(p as u16),
-                _ => self.problem(
-                    &format!("{loc}[{i}]"),
-                    format!("{item} is not a port (1-65535)"),
-                ),
-            }
-        }
-        out
-    }
-
-    /// The parts every document kind shares: `apiVersion`, `kind`, `metadata` (name and
-    /// namespace) and a `spec` object with the given fields.
-    pub(crate) fn envelope<'v>(
-        &mut self,
-        v: &'v Value,
-        root: &str,
-        kind: &str,
-        spec_fields: &[&str],
-    ) -> Option<Envelope<'v>> {
-        let doc = self.object(v, root, &["apiVersion", "kind", "metadata", "spec"])?;
-        match doc.get("apiVersion").and_then(Value::as_str) {
-            Some(API_VERSION) => {}
-            _ => self.problem(
-                &join(root, "apiVersion"),
-                format!("must be {API_VERSION:?}"),
-            ),
-        }
-        if doc.get("kind").and_then(Value::as_str) != Some(kind) {
-            self.problem(&join(root, "kind"), format!("must be {kind:?}"));
-        }
-        let (name, namespace) = self.metadata(doc.get("metadata"), &join(root, "metadata"));
-        let spec_loc = join(root, "spec");
-        // A missing spec is an empty one (for an ALLOW policy: allow nothing, as Istio).
-        static EMPTY: std::sync::LazyLock<Value> =
-            std::sync::LazyLock::new(|| Value::Object(Map::new()));
-        let spec = self.object(doc.get("spec").unwrap_or(&EMPTY), &spec_loc, spec_fields)?;
-        Some(Envelope {
-            name,
-            namespace,
-            spec,
-            spec_loc,
-        })
-    }
-
-    /// `spec.selector`: `Ok(None)` protects the whole namespace; `Err` was reported.
-    pub(crate) fn selector(
-        &mut self,
-        spec: &Map<String, Value>,
-        spec_loc: &str,
-    ) -> Result<Option<String>, ()> {
-        let sel = match spec.get("selector") {
-            None | Some(Value::Null) => return Ok(None),
-            Some(sel) => sel,
-        };
-        let loc = join(spec_loc, "selector");
-        let sel = self.object(sel, &loc, &["service"]).ok_or(())?;
-        let Some(s) = sel.get("service") else {
-            self.problem(
-                &loc,
-                "must name a service (omit the selector to protect the whole namespace)",
-            );
-            return Err(());
-        };
-        let loc = join(&loc, "service");
-        let s = self.string(s, &loc).ok_or(())?;
-        match validate_namespace(s) {
-            Ok(()) => Ok(Some(s.to_owned())),
-            Err(_) => {
-                self.problem(
-                    &loc,
-                    format!("{s:?} is not a valid service name (a DNS label)"),
-                );
-                Err(())
-            }
-        }
-    }
-
-    fn policy(&mut self, v: &Value, root: &str) -> Option<AuthorizationPolicy> {
+    /// One `AuthorizationPolicy` document; `None` when a problem was reported.
+    pub(crate) fn policy(&mut self, v: &Value, root: &str) -> Option<AuthorizationPolicy> {
         let before = self.problems.len();
         let Envelope {
             name,
             namespace,
             spec,
             spec_loc,
-        } = self.envelope(v, root, KIND, &["selector", "action", "dryRun", "rules"])?;
+        } = self.envelope(
+            v,
+            root,
+            Kind::AuthorizationPolicy,
+            &["selector", "action", "dryRun", "rules"],
+        )?;
         let service = self.selector(spec, &spec_loc).ok()?;
         let action = match spec.get("action") {
             None => Action::Allow,
@@ -487,47 +145,6 @@ impl Walk<'_> {
             dry_run,
             rules,
         })
-    }
-
-    fn metadata(&mut self, v: Option<&Value>, loc: &str) -> (Option<String>, Option<String>) {
-        let Some(v) = v else {
-            self.problem(loc, "is required (name and namespace)");
-            return (None, None);
-        };
-        let Some(meta) = self.object(v, loc, &["name", "namespace", "labels", "annotations"])
-        else {
-            return (None, None);
-        };
-        let field = |walk: &mut Self, key: &str, check: fn(&str) -> bool, rule: &str| {
-            let loc = join(loc, key);
-            match meta.get(key) {
-                None => {
-                    walk.problem(&loc, "is required");
-                    None
-                }
-                Some(v) => walk.string(v, &loc).and_then(|s| {
-                    if check(s) {
-                        Some(s.to_owned())
-                    } else {
-                        walk.problem(&loc, format!("{s:?} is not {rule}"));
-                        None
-                    }
-                }),
-            }
-        };
-        let name = field(
-            self,
-            "name",
-            |s| validate_service_account(s).is_ok(),
-            "a valid name (a DNS subdomain)",
-        );
-        let namespace = field(
-            self,
-            "namespace",
-            |s| validate_namespace(s).is_ok(),
-            "a valid namespace (a DNS label)",
-        );
-        (name, namespace)
     }
 
     fn rule(&mut self, v: &Value, loc: &str) -> Option<Rule> {
@@ -695,17 +312,6 @@ impl Walk<'_> {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// Exact, `prefix*`, `*suffix` or `*`: at most one `*`, at an end.
 fn check_pattern(s: &str) -> Result<(), String> {
     if s.is_empty() {
@@ -823,10 +429,11 @@ fn parse_key(k: &str) -> Result<ConditionKey, String> {
     }
     Err(unknown())
 }
-
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
+    use crate::documents::parse_documents;
+    use crate::documents::tests::assert_problems;
 
     const EXAMPLE: &str = r#"
 apiVersion: palisade.dev/v1
@@ -911,49 +518,6 @@ spec:
             "spec.rules[0].when[1]: needs values or notValues",
         ];
         assert_problems(bad, &expect);
-    }
-
-    /// `input` is refused with exactly the problems `expect` (each a prefix of one).
-    pub(in crate::policy) fn assert_problems(input: &str, expect: &[&str]) {
-        let problems = parse_documents(input).unwrap_err().0;
-        let got: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        for e in expect {
-            assert!(
-                got.iter().any(|g| g.starts_with(e)),
-                "missing {e:?} in {got:#?}"
-            );
-        }
-        assert_eq!(got.len(), expect.len(), "{got:#?}");
-    }
-
-    #[test]
-    fn a_batch_with_one_bad_document_is_refused_whole() {
-        let bad = EXAMPLE.replace("POST", "post");
-        let err = parse_documents(&format!("{EXAMPLE}\n---\n{bad}")).unwrap_err();
-        assert_eq!(err.0.len(), 1);
-        assert!(
-            err.0[0]
-                .location
-                .starts_with("[1].spec.rules[0].to[0].methods[0]"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn garbage_and_limits() {
-        assert!(parse_documents("{ not: [yaml").is_err());
-        assert!(
-            parse_documents("42").unwrap_err().0[0]
-                .message
-                .contains("must be an object")
-        );
-        let many: Vec<String> = (0..=MAX_VALUES).map(|i| format!("\"/p{i}\"")).collect();
-        let big = EXAMPLE.replace(
-            r#"["/charge", "/refunds/*"]"#,
-            &format!("[{}]", many.join(",")),
-        );
-        let err = parse_documents(&big).unwrap_err();
-        assert!(err.to_string().contains("more than 1024 entries"), "{err}");
     }
 
     #[test]
