@@ -1,6 +1,14 @@
 //! Scenarios 1, 2 and 4: HTTP over each path (direct, Palisade, nginx) and the footprint.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Report, Settings, median, ratio};
+use crate::load::Proto;
+use crate::mesh::{cpu_seconds, memory};
 
 /// One path of the HTTP scenarios: where the client connects for each protocol, and the
 /// processes whose CPU and memory it costs.
@@ -23,4 +31,153 @@ pub(crate) struct HttpFigures {
     pub(crate) cpu_per_10k: f64,
     /// Lowest and highest round.
     pub(crate) range: (f64, f64),
+}
+
+/// One protocol over every path: throughput in interleaved rounds, then latency at `rate`.
+pub(crate) async fn scenario(
+    s: &Settings,
+    r: &mut Report,
+    proto: Proto,
+    paths: &[HttpPath],
+    rate: u64,
+    dur: Duration,
+) -> anyhow::Result<()> {
+    r.md.push_str(&format!(
+        "\n| {}, 1 KiB responses | req/s ({} connections, median of rounds) | lowest–highest round | vs direct | vs nginx | p50 ms | p99 ms | p99.9 ms | p99 vs nginx | CPU s / 10k req (proxies) | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        proto.label(),
+        s.concurrency
+    ));
+    // Throughput in interleaved rounds (every path once per round), the median kept:
+    // on a shared two-core VM one path's run can land on a noisy moment.
+    let addr_of = |path: &HttpPath| match proto {
+        Proto::Http1 => path.http1,
+        Proto::Http2 => path.http2,
+    };
+    let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); paths.len()];
+    let mut errors = vec![0u64; paths.len()];
+    for _ in 0..s.rounds() {
+        for (i, path) in paths.iter().enumerate() {
+            let cpu = || -> f64 { path.proxies.iter().map(|&(_, p)| cpu_seconds(p)).sum() };
+            let before = cpu();
+            let (rps, e) = crate::load::throughput(
+                addr_of(path),
+                proto,
+                path.host,
+                s.concurrency,
+                s.round_time(),
+            )
+            .await?;
+            let used = cpu() - before;
+            let requests = rps * s.round_time().as_secs_f64();
+            let cpu_per_10k = if path.proxies.is_empty() || requests == 0.0 {
+                f64::NAN
+            } else {
+                used / requests * 10_000.0
+            };
+            rounds[i].push((rps, cpu_per_10k));
+            errors[i] += e;
+        }
+    }
+    let mut measured: Vec<(HttpFigures, [f64; 3], u64)> = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let (lat, errors_l) =
+            crate::load::latency(addr_of(path), proto, path.host, rate, dur).await?;
+        measured.push((
+            HttpFigures {
+                rps: median(rounds[i].iter().map(|r| r.0)),
+                p99: lat[1],
+                cpu_per_10k: median(rounds[i].iter().map(|r| r.1)),
+                range: rounds[i]
+                    .iter()
+                    .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+                        (lo.min(r.0), hi.max(r.0))
+                    }),
+            },
+            lat,
+            errors[i] + errors_l,
+        ));
+    }
+    let direct = measured[0].0;
+    let nginx = paths
+        .iter()
+        .position(|p| p.key == "nginx")
+        .map(|i| measured[i].0);
+    for (i, (path, (f, [p50, p99, p999], errors))) in paths.iter().zip(&measured).enumerate() {
+        let vs_nginx = nginx.map_or(f64::NAN, |n| n.rps);
+        let p99_nginx = nginx.map_or(f64::NAN, |n| n.p99);
+        r.md.push_str(&format!(
+            "| {} | {:.0} | {:.0}–{:.0} | {} | {} | {p50:.2} | {p99:.2} | {p999:.2} | {} | {} | {errors} |\n",
+            path.name,
+            f.rps,
+            f.range.0,
+            f.range.1,
+            ratio(f.rps, direct.rps),
+            ratio(f.rps, vs_nginx),
+            ratio(*p99, p99_nginx),
+            if f.cpu_per_10k.is_nan() {
+                "–".to_owned()
+            } else {
+                format!("{:.2}", f.cpu_per_10k)
+            },
+        ));
+        r.results.push(json!({
+            "scenario": proto.key(), "path": path.key, "throughput_rps": f.rps,
+            "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
+            "cpu_s_per_10k_requests": f.cpu_per_10k, "errors": errors,
+            "throughput_rounds_rps": rounds[i].iter().map(|r| r.0).collect::<Vec<_>>(),
+            "offered_rate_rps": rate, "connections": s.concurrency,
+        }));
+    }
+    if let (Some(n), Some(i)) = (nginx, paths.iter().position(|p| p.key == "palisade")) {
+        let p = measured[i].0;
+        r.target(
+            &format!("{} throughput at least the nginx pair's", proto.label()),
+            p.rps >= n.rps,
+            format!(
+                "{:.0} vs {:.0} req/s ({})",
+                p.rps,
+                n.rps,
+                ratio(p.rps, n.rps)
+            ),
+        );
+        r.target(
+            &format!(
+                "{} p99 at {rate} req/s no worse than the nginx pair's",
+                proto.label()
+            ),
+            p.p99 <= n.p99,
+            format!("{:.2} vs {:.2} ms", p.p99, n.p99),
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 4: each proxy's resident memory, idle (before scenario 1) and at its peak.
+pub(crate) fn footprint(r: &mut Report, paths: &[HttpPath], idle: &HashMap<u32, u64>) {
+    r.md.push_str("\n| footprint (scenario 1) | idle RSS MiB | peak RSS MiB |\n|---|---:|---:|\n");
+    let mut sidecar_peak: u64 = 0;
+    for path in paths.iter().filter(|p| !p.proxies.is_empty()) {
+        for &(label, pid) in &path.proxies {
+            let (_, peak) = memory(pid);
+            if path.key == "palisade" {
+                sidecar_peak = sidecar_peak.max(peak);
+            }
+            r.md.push_str(&format!(
+                "| {label}{} | {:.1} | {:.1} |\n",
+                if path.key == "nginx" {
+                    " (master + workers)"
+                } else {
+                    ""
+                },
+                idle[&pid] as f64 / 1024.0,
+                peak as f64 / 1024.0
+            ));
+            r.results.push(json!({"scenario": "footprint", "process": label, "idle_rss_kib": idle[&pid], "peak_rss_kib": peak}));
+        }
+    }
+    r.target(
+        "sidecar resident memory under 20 MB at peak in scenario 1",
+        sidecar_peak * 1024 < 20_000_000,
+        format!("{:.1} MB", sidecar_peak as f64 * 1024.0 / 1e6),
+    );
 }
