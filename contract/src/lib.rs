@@ -12,6 +12,7 @@
 //!   problem with its location).
 //! - [`policy`]: the authorization policy model and its evaluator.
 //! - [`registry`]: services, their endpoints and the identity they must present.
+//! - [`signing`]: detached signatures with a workload's key, verifiable with the bundle.
 //! - [`private_files`]: writing keys and tokens to disk safely.
 //! - [`process`]: configuration errors and shutdown signals, the same for both binaries.
 //! - [`telemetry`]: log and metrics conventions shared by both binaries.
@@ -28,6 +29,7 @@ pub mod private_files;
 pub mod process;
 pub mod registry;
 pub mod request;
+pub mod signing;
 pub mod spiffe;
 pub mod telemetry;
 pub mod tls;
