@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod client;
 mod mesh;
+mod verify;
 
 use client::{ApiClient, ApiError};
 
@@ -69,6 +70,18 @@ pub enum Output {
     Json,
     /// The stored documents themselves (`get` only; elsewhere as json).
     Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify a sidecar's decision spool offline (`--decision-dir`), with the trust bundle
+    /// given as --ca-bundle alone: records present, in order, unchanged, and checkpoints
+    /// signed by the workload that wrote them. Exits 0 only when every instance is clean.
+    Verify {
+        /// The sidecar's decision directory (or a copy of it).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,8 +149,12 @@ enum Command {
     },
     /// The sidecars following the configuration, with the version each has applied.
     Workloads,
-    /// The admin audit trail (needs the auditor or admin role).
+    /// The admin audit trail (needs the auditor or admin role); `audit verify` checks a
+    /// decision log.
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
         /// Only entries this recent (e.g. 1h).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
@@ -326,6 +343,13 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
         ),
         (None, None) => None,
     };
+    if let Command::Audit {
+        command: Some(AuditCommand::Verify { dir }),
+        ..
+    } = &cli.command
+    {
+        return verify::dir(dir, cli.ca_bundle.as_deref(), &cli.trust_domain, cli.output);
+    }
     if let Command::Inject {
         file,
         image,
@@ -428,9 +452,15 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
             .await?
         }
         Command::Workloads => mesh::workloads(&api, cli.output).await?,
-        Command::Audit { since, principal } => {
-            mesh::audit(&api, since, principal.as_deref(), cli.output).await?
-        }
+        Command::Audit {
+            command: Some(AuditCommand::Verify { .. }),
+            ..
+        } => unreachable!("handled before connecting"),
+        Command::Audit {
+            command: None,
+            since,
+            principal,
+        } => mesh::audit(&api, since, principal.as_deref(), cli.output).await?,
         Command::Check => return mesh::check(&api, cli.output).await,
         Command::Inject { .. } => unreachable!("handled before connecting"),
     }

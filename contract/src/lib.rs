@@ -8,6 +8,8 @@
 //! - [`config_api`]: how sidecars follow the mesh configuration.
 //! - [`jwt`]: strict JWT and JWKS verification (bootstrap and end-user tokens alike).
 //! - [`path`]: request path normalization (policies match the path that is forwarded).
+//! - [`decisions`]: the decision log's format (hash chain, signed checkpoints) and its
+//!   verification.
 //! - [`documents`]: the kinds of document the mesh stores, and reading them (one walk, every
 //!   problem with its location).
 //! - [`policy`]: the authorization policy model and its evaluator.
@@ -20,6 +22,7 @@
 pub mod amqp_url;
 pub mod certs;
 pub mod config_api;
+pub mod decisions;
 pub mod documents;
 pub mod identity_api;
 pub mod jwt;

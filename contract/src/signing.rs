@@ -167,6 +167,17 @@ fn der_to_fixed(der: &[u8]) -> Option<[u8; 64]> {
 /// For tests here and in the other crates: a CA, and a workload identity it issued.
 #[cfg(any(test, feature = "test-support"))]
 pub fn test_identity(spiffe_id: &str) -> (TrustBundle, WorkloadIdentity) {
+    let (ca_pem, identity) = test_identity_pem(spiffe_id);
+    let td = SpiffeId::parse(spiffe_id).unwrap().trust_domain();
+    (
+        TrustBundle::from_pem(td, ca_pem.as_bytes()).unwrap(),
+        identity,
+    )
+}
+
+/// The same, with the CA as PEM (for a bundle file).
+#[cfg(any(test, feature = "test-support"))]
+pub fn test_identity_pem(spiffe_id: &str) -> (String, WorkloadIdentity) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut ca = CertificateParams::default();
@@ -181,11 +192,9 @@ pub fn test_identity(spiffe_id: &str) -> (TrustBundle, WorkloadIdentity) {
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
     ];
     let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let td = SpiffeId::parse(spiffe_id).unwrap().trust_domain();
-    let bundle = TrustBundle::from_pem(td, ca_cert.pem().as_bytes()).unwrap();
     let identity =
         WorkloadIdentity::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
-    (bundle, identity)
+    (ca_cert.pem(), identity)
 }
 
 #[cfg(test)]

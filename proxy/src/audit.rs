@@ -169,11 +169,14 @@ impl std::str::FromStr for AuditTarget {
     }
 }
 
-/// The handle components log through.
+/// The handle components log through: the durable spool when `--decision-dir` is given
+/// ([`crate::decision_log`]), and the line stream (`--audit-log`) for people and log
+/// collectors.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Vec<u8>>,
     dropped: IntCounter,
+    spool: Option<crate::decision_log::Spool>,
 }
 
 impl AuditLog {
@@ -224,9 +227,33 @@ impl AuditLog {
             }
             let _ = out.flush().await;
         });
-        Ok(Self { tx, dropped })
+        Ok(Self {
+            tx,
+            dropped,
+            spool: None,
+        })
     }
 
+    /// Decisions go to `spool` too, durably.
+    pub fn with_spool(self, spool: crate::decision_log::Spool) -> Self {
+        Self {
+            spool: Some(spool),
+            ..self
+        }
+    }
+
+    /// Records one decision: in the spool (returning once its line reached the kernel, so
+    /// the caller may then let the outcome leave), and on the stream.
+    pub async fn decided(&self, event: &AuditEvent) {
+        if let Some(spool) = &self.spool
+            && let Err(e) = spool.append(&event.time, event).await
+        {
+            tracing::error!(error = %e, "a decision could not be recorded");
+        }
+        self.record(event);
+    }
+
+    /// The stream copy only (best effort: a full queue drops the line and counts it).
     pub fn record(&self, event: &AuditEvent) {
         let mut line = match serde_json::to_vec(event) {
             Ok(l) => l,

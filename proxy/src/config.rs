@@ -17,6 +17,7 @@ use palisade_contract::path::PathOptions;
 use crate::admin::{AdminSettings, AppProbe};
 use crate::amqp::{AmqpSettings, ProvenanceSettings};
 use crate::audit::AuditTarget;
+use crate::decision_log::DecisionLogSettings;
 use crate::forwarding::UnderscoreHeaders;
 use crate::identity::{INITIAL_BACKOFF, IdentitySettings};
 use crate::inbound::InboundSettings;
@@ -136,6 +137,20 @@ pub struct Config {
     /// Where audit events go: stdout, or a file path (JSON lines, appended).
     #[arg(long, env = "PALISADE_AUDIT_LOG", default_value = "stdout")]
     pub audit_log: AuditTarget,
+
+    /// The durable decision log: a directory (created, mode 0700) where every decision is
+    /// appended to a hash-chained, signed spool before its outcome leaves the sidecar.
+    #[arg(long, env = "PALISADE_DECISION_DIR")]
+    pub decision_dir: Option<PathBuf>,
+
+    /// How often the decision spool is fsynced (what a machine crash can lose at most).
+    #[arg(long, env = "PALISADE_DECISION_FSYNC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub decision_fsync_interval: Duration,
+
+    /// How often the decision spool gets a checkpoint signed with the workload's key (and
+    /// at shutdown).
+    #[arg(long, env = "PALISADE_DECISION_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub decision_checkpoint_interval: Duration,
 
     /// Keep %2F, %5C and \ in paths (undecoded) instead of answering 400.
     #[arg(long, env = "PALISADE_ALLOW_ENCODED_SLASHES")]
@@ -284,6 +299,8 @@ pub struct Settings {
     pub amqp: Option<AmqpSettings>,
     pub policy: PolicySource,
     pub audit_log: AuditTarget,
+    /// With `--decision-dir` only.
+    pub decisions: Option<DecisionLogSettings>,
     /// Threads serving traffic: `--cores`, or the CPUs available to this process.
     pub worker_threads: usize,
 }
@@ -376,6 +393,14 @@ impl Config {
         if self.idle_timeout < Duration::from_millis(100) {
             problems.push("--idle-timeout must be at least 100ms".into());
         }
+        if self.decision_fsync_interval < Duration::from_millis(10)
+            || self.decision_fsync_interval > Duration::from_secs(1)
+        {
+            problems.push("--decision-fsync-interval must be between 10ms and 1s".into());
+        }
+        if self.decision_checkpoint_interval < Duration::from_millis(100) {
+            problems.push("--decision-checkpoint-interval must be at least 100ms".into());
+        }
         if self.connect_timeout < Duration::from_millis(100) {
             problems.push("--connect-timeout must be at least 100ms".into());
         }
@@ -457,6 +482,11 @@ impl Config {
                 default_mode: self.default_mode,
             },
             audit_log: self.audit_log.clone(),
+            decisions: self.decision_dir.clone().map(|dir| DecisionLogSettings {
+                dir,
+                fsync_interval: self.decision_fsync_interval,
+                checkpoint_interval: self.decision_checkpoint_interval,
+            }),
             worker_threads,
         })
     }

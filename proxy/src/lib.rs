@@ -14,7 +14,8 @@
 //!   field tables read as RabbitMQ reads them, publisher provenance.
 //! - [`transparent`]: the original destination of a connection iptables redirected.
 //! - [`server`]: HTTP limits and idle connections, for both listeners.
-//! - [`audit`]: one JSON line per decision; [`metrics`]: data-plane counters.
+//! - [`audit`]: one record per decision, to the durable spool ([`decision_log`]) and the
+//!   line stream; [`metrics`]: data-plane counters.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`.
 //! - [`sidecar`]: how the pieces are assembled.
 
@@ -24,6 +25,7 @@ pub mod audit;
 pub mod config;
 pub mod config_watch;
 pub mod control_plane_client;
+pub mod decision_log;
 pub mod forwarding;
 pub mod identity;
 pub mod inbound;

@@ -17,6 +17,7 @@ use crate::amqp::{self, Amqp};
 use crate::audit::AuditLog;
 use crate::config::{Config, Settings};
 use crate::config_watch::ConfigWatch;
+use crate::decision_log::Spool;
 use crate::identity::IdentityManager;
 use crate::inbound::{self, Inbound};
 use crate::metrics::ProxyMetrics;
@@ -42,11 +43,14 @@ pub struct RunningSidecar {
     /// given).
     pub config_watch: Option<Arc<ConfigWatch>>,
     tasks: Tasks,
+    writers: Tasks,
 }
 
 impl RunningSidecar {
+    /// Stops the listeners (in-flight requests finish), then the decision writer.
     pub async fn shutdown(self) {
         self.tasks.shutdown().await;
+        self.writers.shutdown().await;
     }
 }
 
@@ -77,6 +81,7 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
         amqp: amqp_settings,
         policy,
         audit_log,
+        decisions,
         worker_threads: _,
     } = settings;
     let control_plane = identity_settings.control_plane.clone();
@@ -104,6 +109,18 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
     let audit = AuditLog::start(audit_log, metrics.audit_dropped.clone())
         .await
         .context("opening the audit log")?;
+    // The decision spool's writer outlives the listeners: it stops after they drained, so
+    // the decisions of the last requests are written, checkpointed and synced.
+    let mut writers = Tasks::new();
+    let audit = match decisions {
+        Some(settings) => {
+            let spool = Spool::open(settings, identity.slot())?;
+            let writer = spool.clone();
+            writers.spawn(|stop| writer.run(stop));
+            audit.with_spool(spool)
+        }
+        None => audit,
+    };
     let services = Arc::new(ArcSwap::from_pointee(load_registry(&policy)?));
     let runtime = ProxyRuntime {
         identity: identity.clone(),
@@ -192,5 +209,6 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
         registry,
         config_watch,
         tasks,
+        writers,
     })
 }

@@ -163,7 +163,7 @@ pub struct Op {
 
 impl Amqp {
     /// Authorizes a non-publish method; `Some((class, method))` when it is refused.
-    pub(super) fn check_method(
+    pub(super) async fn check_method(
         &self,
         vhost: &str,
         ch: u16,
@@ -171,7 +171,7 @@ impl Amqp {
     ) -> Option<(u16, u16)> {
         let (checks, ids) = operations(method)?;
         let actor = self.actor();
-        let refused = checks.iter().any(|c| {
+        for c in &checks {
             let request = AmqpRequest {
                 operation: c.operation,
                 vhost,
@@ -179,13 +179,15 @@ impl Amqp {
                 routing_key: c.routing_key.as_deref(),
                 queue: c.queue.as_deref(),
             };
-            !self.authorize(&actor, ch, &request, None)
-        });
-        refused.then_some(ids)
+            if !self.authorize(&actor, ch, &request, None).await {
+                return Some(ids);
+            }
+        }
+        None
     }
 
     /// Every routing key of a publish must be allowed.
-    pub(super) fn authorize_publish(
+    pub(super) async fn authorize_publish(
         &self,
         vhost: &str,
         ch: u16,
@@ -193,20 +195,19 @@ impl Amqp {
         keys: &[String],
     ) -> bool {
         let actor = self.actor();
-        keys.iter().all(|k| {
-            self.authorize(
-                &actor,
-                ch,
-                &AmqpRequest {
-                    operation: "publish",
-                    vhost,
-                    exchange: Some(exchange),
-                    routing_key: Some(k),
-                    queue: None,
-                },
-                Some(keys),
-            )
-        })
+        for k in keys {
+            let request = AmqpRequest {
+                operation: "publish",
+                vhost,
+                exchange: Some(exchange),
+                routing_key: Some(k),
+                queue: None,
+            };
+            if !self.authorize(&actor, ch, &request, Some(keys)).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Who is acting: this workload, as its policies select it. Looked up once per
@@ -219,8 +220,8 @@ impl Amqp {
         }
     }
 
-    /// One decision: evaluated, counted and audited.
-    pub(super) fn authorize(
+    /// One decision: evaluated, counted and recorded (before the caller acts on it).
+    pub(super) async fn authorize(
         &self,
         actor: &Actor,
         ch: u16,
@@ -262,7 +263,7 @@ impl Amqp {
             routing_keys: all_keys.map(<[String]>::to_vec).unwrap_or_default(),
             queue: op.queue.map(str::to_owned),
         });
-        self.audit.record(&event);
+        self.audit.decided(&event).await;
         allowed
     }
 }

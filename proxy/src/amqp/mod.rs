@@ -253,7 +253,8 @@ impl Amqp {
             let mut sink = [0u8; 4096];
             let drain = async { while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {} };
             let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
-            self.record_error(None, "the client does not speak AMQP 0-9-1");
+            self.record_error(None, "the client does not speak AMQP 0-9-1")
+                .await;
             return Ok(());
         }
         let mut broker = self.connect_broker().await?;
@@ -286,10 +287,10 @@ impl Amqp {
             let _ = client.write_all(&connection_close(*code, text)).await;
             let _ = client.flush().await;
         }
-        self.record_error(None, &e.to_string());
+        self.record_error(None, &e.to_string()).await;
     }
 
-    fn record_error(&self, channel: Option<u16>, reason: &str) {
+    async fn record_error(&self, channel: Option<u16>, reason: &str) {
         let own = self.identity.spiffe_id();
         let mut event = AuditEvent::begin("outbound", "amqp");
         event.source = own.as_ref().map(ToString::to_string);
@@ -299,6 +300,6 @@ impl Amqp {
             channel,
             ..AmqpAudit::default()
         });
-        self.audit.record(&event);
+        self.audit.decided(&event).await;
     }
 }

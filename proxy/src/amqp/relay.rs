@@ -115,7 +115,7 @@ impl Amqp {
                         match tokio::time::timeout(BROKER_LOST_GRACE, &mut downward).await {
                             Ok(r) => r,
                             Err(_) => {
-                                self.record_error(None, "the broker connection was lost");
+                                self.record_error(None, "the broker connection was lost").await;
                                 return Err(AmqpError::BrokerLost(e));
                             }
                         }
@@ -189,7 +189,7 @@ impl Amqp {
                 }
                 Err(e) => {
                     if let AmqpError::Protocol { code, text } = &e {
-                        self.close_client(&to_client, *code, text);
+                        self.close_client(&to_client, *code, text).await;
                     }
                     return Err(e);
                 }
@@ -206,7 +206,8 @@ impl Amqp {
                 )
             {
                 let text = "COMMAND_INVALID - only connection methods may use channel 0";
-                self.close_client(&to_client, reply::COMMAND_INVALID, text);
+                self.close_client(&to_client, reply::COMMAND_INVALID, text)
+                    .await;
                 return Err(protocol(reply::COMMAND_INVALID, text));
             }
             // The tables the proxy authorizes from must read the same to the broker.
@@ -215,7 +216,8 @@ impl Amqp {
                 .and_then(|()| check_routing_types(&frame.parsed));
             if let Err(e) = checked {
                 let text = format!("SYNTAX_ERROR - {e} (refused by palisade)");
-                self.close_client(&to_client, reply::SYNTAX_ERROR, &text);
+                self.close_client(&to_client, reply::SYNTAX_ERROR, &text)
+                    .await;
                 return Err(protocol(reply::SYNTAX_ERROR, text));
             }
             // Frames of a channel closed after a denial.
@@ -271,7 +273,7 @@ impl Amqp {
                             }
                         }
                     }
-                    let allowed = self.authorize_publish(vhost, ch, &exchange, &keys);
+                    let allowed = self.authorize_publish(vhost, ch, &exchange, &keys).await;
                     if !allowed {
                         // The body is swallowed with the closing channel.
                         self.deny(ch, 60, 40, &shared, &to_client, &mut broker)
@@ -357,7 +359,7 @@ impl Amqp {
                             )
                             .await;
                     }
-                    match self.check_method(vhost, ch, method) {
+                    match self.check_method(vhost, ch, method).await {
                         Some((class_id, method_id)) => {
                             self.deny(ch, class_id, method_id, &shared, &to_client, &mut broker)
                                 .await?;
@@ -434,7 +436,8 @@ impl Amqp {
                         ))
                         .await;
                     let _ = client.flush().await;
-                    self.record_error(None, "the broker connection was lost");
+                    self.record_error(None, "the broker connection was lost")
+                        .await;
                     return Ok(());
                 }
                 Ok(None) => {
@@ -546,20 +549,21 @@ impl Amqp {
         to_client: &mpsc::UnboundedSender<Inject>,
         text: &str,
     ) -> Result<(), AmqpError> {
-        self.close_client(to_client, reply::UNEXPECTED_FRAME, text);
+        self.close_client(to_client, reply::UNEXPECTED_FRAME, text)
+            .await;
         Err(protocol(reply::UNEXPECTED_FRAME, text))
     }
 
     /// Ends the application's connection with connection.close `code` (written by the
     /// leg that owns its socket, which then ends; see [`Amqp::relay`]) and audits why.
-    pub(super) fn close_client(
+    pub(super) async fn close_client(
         &self,
         to_client: &mpsc::UnboundedSender<Inject>,
         code: u16,
         text: &str,
     ) {
+        self.record_error(None, text).await;
         let _ = to_client.send(Inject::Close(connection_close(code, text)));
-        self.record_error(None, text);
     }
 
     /// Closes channel `ch` on both legs after a denial.

@@ -174,7 +174,7 @@ impl Inbound {
             event.status,
             started.elapsed(),
         );
-        self.audit.record(&event);
+        self.audit.decided(&event).await;
         response
     }
 

@@ -101,7 +101,7 @@ impl Inbound {
         let upstream = decided.map_err(|r| r.finish(&mut event));
         self.metrics
             .connection("inbound", peer.as_str(), event.decision);
-        self.audit.record(&event);
+        self.audit.decided(&event).await;
         if let Ok(upstream) = upstream {
             let (sent, received) = pipe(tls, upstream).await;
             self.metrics.tcp_bytes("inbound", sent, received);

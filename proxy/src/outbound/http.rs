@@ -102,7 +102,7 @@ impl Outbound {
             event.status,
             started.elapsed(),
         );
-        self.audit.record(&event);
+        self.audit.decided(&event).await;
         response
     }
 

@@ -85,7 +85,7 @@ impl Outbound {
         }
         self.metrics
             .connection("outbound", &event.destination, event.decision);
-        self.audit.record(&event);
+        self.audit.decided(&event).await;
         if let Ok(tls) = dialled {
             let _open = self.metrics.open_connection("outbound");
             let (sent, received) = pipe(tls, app).await;

@@ -64,7 +64,7 @@ impl Outbound {
         };
         // Finish: one audit line, whatever the outcome; then the bytes, when dialled.
         let upstream = outcome.finish(&mut event);
-        self.audit.record(&event);
+        self.audit.decided(&event).await;
         if let Some(upstream) = upstream {
             crate::net::pipe(app, upstream).await;
         }

@@ -1,0 +1,256 @@
+//! The decision log's format: what a sidecar writes for every authorization decision, and
+//! what makes the log provably complete and unaltered. The sidecar writes it, the control
+//! plane's collector and `palisade audit verify` check it, by the rules here.
+//!
+//! A log is a sequence of JSON lines, one per entry, each naming its writer (`instance`, a
+//! random id the sidecar keeps in its decision directory, so the sequence goes on across
+//! restarts), its place (`seq`, from 0, no gaps) and the SHA-256 of the line before it
+//! (`prev`, hex, 64 zeros for the first): a hash chain, so changing, removing or reordering
+//! a line breaks the link to the next.
+//!
+//! ```json
+//! {"v":1,"instance":"8f3a…","seq":41,"prev":"5d1c…","time":"2026-12-01T21:00:00.1Z","kind":"decision","record":{…}}
+//! {"v":1,"instance":"8f3a…","seq":42,"prev":"a07e…","time":"2026-12-01T21:00:10Z","kind":"checkpoint","signer":"spiffe://…","jws":"…"}
+//! ```
+//!
+//! A **checkpoint** entry signs the chain so far with the workload's own key (a detached
+//! ES256 JWS with the certificate chain, [`crate::signing`], `typ`
+//! `palisade-checkpoint+jws`). What it signs is a note in the spirit of C2SP's
+//! `tlog-checkpoint`, rebuilt by the verifier from the entry itself, one field per line:
+//!
+//! ```text
+//! palisade.dev/decisions/v1
+//! <instance>
+//! <seq of the checkpoint = number of entries before it>
+//! <prev of the checkpoint = hex SHA-256 of the entry before it>
+//! <signer SPIFFE ID>
+//! <time of the checkpoint>
+//! ```
+//!
+//! With the trust bundle alone, then, anyone can check that every entry up to a checkpoint
+//! is the one the workload wrote: a changed byte, a removed, inserted or reordered entry
+//! breaks the chain the signature covers. Entries after the last checkpoint are only
+//! chained, and [`verify`] reports how many.
+
+use ring::digest::{SHA256, digest};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub mod verify;
+
+/// The format version every line carries.
+pub const FORMAT: u32 = 1;
+
+/// The `typ` of a checkpoint's signature.
+pub const CHECKPOINT_TYP: &str = "palisade-checkpoint+jws";
+
+/// The first line of a checkpoint note.
+pub const CHECKPOINT_ORIGIN: &str = "palisade.dev/decisions/v1";
+
+/// The spool directory's file holding the writer's instance id.
+pub const INSTANCE_FILE: &str = "instance";
+
+/// The spool directory's copy of its latest checkpoint line (replaced whole at each one).
+pub const HEAD_FILE: &str = "head";
+
+/// The name of the segment file whose first line is `first_seq`: they sort in order.
+pub fn segment_name(first_seq: u64) -> String {
+    format!("segment-{first_seq:020}.jsonl")
+}
+
+/// The segment files of a spool directory, in order.
+pub fn segments(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("segment-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// A SHA-256 digest of one line.
+pub type Digest = [u8; 32];
+
+/// `prev` of the first line.
+pub const GENESIS: Digest = [0; 32];
+
+/// The hash that links the next line to `line` (its bytes, without the newline).
+pub fn line_hash(line: &[u8]) -> Digest {
+    let mut out = [0; 32];
+    out.copy_from_slice(digest(&SHA256, line).as_ref());
+    out
+}
+
+/// Lower-case hex, as `prev` is written.
+pub fn hex(digest: &Digest) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What kind of entry a line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// One authorization decision (`record`).
+    Decision,
+    /// A signature over the chain so far (`signer`, `jws`).
+    Checkpoint,
+}
+
+/// One line as read back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    pub v: u32,
+    pub instance: String,
+    pub seq: u64,
+    pub prev: String,
+    pub time: String,
+    pub kind: EntryKind,
+    #[serde(default)]
+    pub record: Option<Value>,
+    #[serde(default)]
+    pub signer: Option<String>,
+    #[serde(default)]
+    pub jws: Option<String>,
+}
+
+/// One line as written: the same fields, borrowing the record.
+#[derive(Serialize)]
+struct LineOut<'a, R: Serialize> {
+    v: u32,
+    instance: &'a str,
+    seq: u64,
+    prev: &'a str,
+    time: &'a str,
+    kind: EntryKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<&'a R>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jws: Option<&'a str>,
+}
+
+/// The note a checkpoint at `seq` (whose `prev` is `prev`) signs.
+pub fn checkpoint_note(instance: &str, seq: u64, prev: &str, signer: &str, time: &str) -> String {
+    format!("{CHECKPOINT_ORIGIN}\n{instance}\n{seq}\n{prev}\n{signer}\n{time}\n")
+}
+
+/// The writer's end of a chain: the next sequence number and the hash of the last line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    instance: String,
+    next_seq: u64,
+    head: Digest,
+}
+
+impl Chain {
+    /// A chain with no line yet.
+    pub fn new(instance: impl Into<String>) -> Self {
+        Self::resume(instance, 0, GENESIS)
+    }
+
+    /// A chain whose last line was `next_seq - 1`, hashing to `head`.
+    pub fn resume(instance: impl Into<String>, next_seq: u64, head: Digest) -> Self {
+        Self {
+            instance: instance.into(),
+            next_seq,
+            head,
+        }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The number of lines so far (the sequence number of the next one).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn head(&self) -> Digest {
+        self.head
+    }
+
+    /// The next line for a decision `record`, with its newline; the chain moves on.
+    pub fn decision<R: Serialize>(&mut self, time: &str, record: &R) -> Vec<u8> {
+        self.push(time, EntryKind::Decision, Some(record), None, None)
+    }
+
+    /// The note the next line would sign as a checkpoint by `signer` at `time`.
+    pub fn next_checkpoint_note(&self, signer: &str, time: &str) -> String {
+        checkpoint_note(
+            &self.instance,
+            self.next_seq,
+            &hex(&self.head),
+            signer,
+            time,
+        )
+    }
+
+    /// The next line for a checkpoint: `jws` signs [`Self::next_checkpoint_note`].
+    pub fn checkpoint(&mut self, time: &str, signer: &str, jws: &str) -> Vec<u8> {
+        self.push::<()>(time, EntryKind::Checkpoint, None, Some(signer), Some(jws))
+    }
+
+    fn push<R: Serialize>(
+        &mut self,
+        time: &str,
+        kind: EntryKind,
+        record: Option<&R>,
+        signer: Option<&str>,
+        jws: Option<&str>,
+    ) -> Vec<u8> {
+        let prev = hex(&self.head);
+        let mut line = serde_json::to_vec(&LineOut {
+            v: FORMAT,
+            instance: &self.instance,
+            seq: self.next_seq,
+            prev: &prev,
+            time,
+            kind,
+            record,
+            signer,
+            jws,
+        })
+        .expect("a line always serializes");
+        self.head = line_hash(&line);
+        self.next_seq += 1;
+        line.push(b'\n');
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_line_links_to_the_one_before() {
+        let mut chain = Chain::new("i1");
+        let first = chain.decision("t0", &serde_json::json!({"decision": "allow"}));
+        let second = chain.decision("t1", &serde_json::json!({"decision": "deny"}));
+        let a: Line = serde_json::from_slice(&first).unwrap();
+        let b: Line = serde_json::from_slice(&second).unwrap();
+        assert_eq!((a.seq, a.prev.as_str()), (0, hex(&GENESIS).as_str()));
+        assert_eq!(b.seq, 1);
+        assert_eq!(b.prev, hex(&line_hash(&first[..first.len() - 1])));
+        assert_eq!(chain.head(), line_hash(&second[..second.len() - 1]));
+        assert_eq!(a.kind, EntryKind::Decision);
+        assert_eq!(a.record.unwrap()["decision"], "allow");
+        let note = chain.next_checkpoint_note("spiffe://td/ns/a/sa/b", "t2");
+        assert_eq!(
+            note,
+            format!(
+                "palisade.dev/decisions/v1\ni1\n2\n{}\nspiffe://td/ns/a/sa/b\nt2\n",
+                hex(&chain.head())
+            )
+        );
+        let resumed = Chain::resume("i1", 2, chain.head());
+        assert_eq!(resumed, chain);
+    }
+}

@@ -1,0 +1,248 @@
+//! The durable decision log end to end: a sidecar process killed with SIGKILL under load
+//! loses no decision whose response reached the client, and its spool, continued after the
+//! restart, verifies clean with the trust bundle alone.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use palisade_contract::TrustDomain;
+use palisade_contract::decisions::verify::verify_dir;
+use palisade_contract::decisions::{Line, segments};
+use palisade_contract::tls::TrustBundle;
+use support::{SidecarFiles, control_plane, sidecar_files, start_ready, wait_until};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An application answering 200 to everything.
+async fn app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The orders sidecar as its own process, with its decision directory.
+fn orders_process(
+    cp: SocketAddr,
+    bundle: &Path,
+    files: &SidecarFiles,
+    outbound: SocketAddr,
+    registry: &Path,
+    decisions: &Path,
+    log: &Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_palisade-proxy"))
+        .args(["--control-plane", &cp.to_string()])
+        .args(["--ca-bundle", &bundle.display().to_string()])
+        .args(["--token-file", &files.token.display().to_string()])
+        .args(["--identity-dir", &files.cache.display().to_string()])
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--inbound-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--outbound-listen", &outbound.to_string()])
+        .args(["--registry-file", &registry.display().to_string()])
+        .args(["--decision-dir", &decisions.display().to_string()])
+        .args(["--audit-log", &files.audit.display().to_string()])
+        .args(["--decision-checkpoint-interval", "200ms"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// GET /item through the orders sidecar over one kept-alive connection until it fails;
+/// every 200 that arrives is counted.
+async fn client(outbound: SocketAddr, received: Arc<AtomicU64>, stop: Arc<AtomicBool>) {
+    let Ok(tcp) = TcpStream::connect(outbound).await else {
+        return;
+    };
+    let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await
+    else {
+        return;
+    };
+    tokio::spawn(conn);
+    while !stop.load(Ordering::SeqCst) {
+        let req = http::Request::builder()
+            .uri("/item")
+            .header(http::header::HOST, "payments")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let Ok(response) = sender.send_request(req).await else {
+            return;
+        };
+        let status = response.status();
+        if response.into_body().collect().await.is_err() {
+            return;
+        }
+        if status == 200 {
+            received.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+async fn status_through(outbound: SocketAddr) -> Option<u16> {
+    let tcp = TcpStream::connect(outbound).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/item")
+        .header(http::header::HOST, "payments")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    Some(sender.send_request(req).await.ok()?.status().as_u16())
+}
+
+/// Decision records in the spool that answered 200.
+fn forwarded_in_spool(dir: &Path) -> u64 {
+    let mut n = 0;
+    for segment in segments(dir).unwrap() {
+        for line in std::fs::read_to_string(segment).unwrap().lines() {
+            let line: Line = serde_json::from_str(line).unwrap();
+            if line.record.is_some_and(|r| r["status"] == 200) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_sidecar_loses_no_decision_a_client_saw_and_its_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    let app = app().await;
+    let payments_files = sidecar_files(&cp, dir.path(), "payments").await;
+    let payments = start_ready(
+        &cp,
+        bundle.clone(),
+        &payments_files,
+        &["--app", &app.to_string(), "--default-mode", "allow"],
+    )
+    .await;
+    let registry = dir.path().join("registry.yaml");
+    std::fs::write(
+        &registry,
+        format!(
+            "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: payments, namespace: shop }}\nspec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/payments\", endpoints: [\"{}\"] }}\n",
+            payments.inbound_addr
+        ),
+    )
+    .unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let (outbound, decisions, log) = (
+        free_port(),
+        dir.path().join("orders-decisions"),
+        dir.path().join("orders.log"),
+    );
+    let start = || {
+        orders_process(
+            cp.sidecar_addr,
+            &bundle,
+            &files,
+            outbound,
+            &registry,
+            &decisions,
+            &log,
+        )
+    };
+    let mut orders = start();
+    wait_until("orders forwards", Duration::from_secs(20), async || {
+        status_through(outbound).await == Some(200)
+    })
+    .await;
+
+    // Load from 8 connections, then SIGKILL mid-stream.
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(client(outbound, received.clone(), stop.clone())))
+        .collect();
+    wait_until("load is flowing", Duration::from_secs(20), async || {
+        received.load(Ordering::SeqCst) > 300
+    })
+    .await;
+    orders.kill().unwrap();
+    orders.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    // One answered before the load, the rest during it.
+    let seen = received.load(Ordering::SeqCst) + 1;
+    let recorded = forwarded_in_spool(&decisions);
+    assert!(
+        recorded >= seen,
+        "the clients received {seen} responses, the spool holds {recorded} forwarded decisions"
+    );
+
+    // Restarted on the same directory: the chain goes on; a clean stop signs it.
+    let mut orders = start();
+    wait_until(
+        "orders forwards again",
+        Duration::from_secs(20),
+        async || status_through(outbound).await == Some(200),
+    )
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &orders.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(orders.wait().unwrap().success());
+    assert!(forwarded_in_spool(&decisions) > recorded);
+    let td = TrustDomain::parse("palisade.local").unwrap();
+    let bundle = TrustBundle::from_pem(td, &std::fs::read(&bundle).unwrap()).unwrap();
+    let (reports, rest) = verify_dir(&decisions, &bundle).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0];
+    assert!(report.clean(), "{:?}", report.findings);
+    assert_eq!(report.unsigned, 0, "the clean stop signed everything");
+    assert_eq!(
+        report.signer.as_deref(),
+        Some("spiffe://palisade.local/ns/shop/sa/orders")
+    );
+    payments.shutdown().await;
+    cp.shutdown().await;
+}
