@@ -14,12 +14,22 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// Child processes, killed when dropped.
+/// Child processes, stopped when dropped: SIGTERM first, SIGKILL after 3 s. (SIGKILL alone
+/// left nginx's workers running, orphaned and still listening, into the next run.)
 pub struct Procs(pub Vec<(String, Child)>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
+        for (_, c) in &self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
         for (_, c) in &mut self.0 {
+            while matches!(c.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -92,7 +92,10 @@ struct Inner {
     dir: PathBuf,
     identity: Arc<IdentitySlot>,
     settings: DecisionLogSettings,
+    /// Taken before `state` by whoever writes, so batches reach the file in chain order.
     file: Mutex<Segment>,
+    /// The writer task has stopped: an append writes its line itself.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 struct Segment {
@@ -152,6 +155,7 @@ impl Spool {
                 identity,
                 settings,
                 file: Mutex::new(segment),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -173,6 +177,15 @@ impl Spool {
             st.unsigned += 1;
             st.chain.next_seq()
         };
+        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            // A decision made after the writer stopped (a connection outliving the
+            // listeners): written here, never waited on forever.
+            self.flush().map_err(|source| SpoolError::Io {
+                dir: self.inner.dir.clone(),
+                source,
+            })?;
+            return Ok(seq - 1);
+        }
         self.inner.wake.notify_one();
         let mut written = self.inner.written.subscribe();
         written
@@ -184,6 +197,7 @@ impl Spool {
 
     /// Writes what is buffered (one `write(2)`), then says how far the kernel has it.
     fn flush(&self) -> std::io::Result<()> {
+        let mut segment = self.inner.file.lock().unwrap_or_else(|p| p.into_inner());
         let (buf, through) = {
             let mut st = self.lock();
             if st.buf.is_empty() {
@@ -192,7 +206,6 @@ impl Spool {
             let next = Vec::with_capacity(st.buf.capacity());
             (std::mem::replace(&mut st.buf, next), st.chain.next_seq())
         };
-        let mut segment = self.inner.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = segment.file.write_all(&buf) {
             // Put the lines back in front of what came since: nothing is lost, the writer
             // retries, and the decisions waiting on them wait (no outcome without its line).
@@ -284,6 +297,10 @@ impl Spool {
                 }
             }
         }
+        // From here on an append writes its own line; then the last batch, signed.
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = self.flush().and_then(|()| self.checkpoint()) {
             tracing::error!(error = %e, "the last decision-log write failed");
         }
@@ -464,6 +481,15 @@ mod tests {
             2
         );
         tasks.shutdown().await;
+        // After the writer stopped (listeners drained, a connection still deciding): the
+        // line is written at once, not waited on forever.
+        let late = spool.append("2026-12-01T00:00:02Z", &record);
+        let seq = tokio::time::timeout(Duration::from_secs(5), late).await;
+        assert_eq!(seq.expect("no hang").unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&segment).unwrap().lines().count(),
+            3
+        );
     }
 
     #[test]
