@@ -245,10 +245,14 @@ impl AuditLog {
     /// Records one decision: in the spool (returning once its line reached the kernel, so
     /// the caller may then let the outcome leave), and on the stream.
     pub async fn decided(&self, event: &AuditEvent) {
-        if let Some(spool) = &self.spool
-            && let Err(e) = spool.append(&event.time, event).await
-        {
-            tracing::error!(error = %e, "a decision could not be recorded");
+        if let Some(spool) = &self.spool {
+            // Boxed: the spool's wait would otherwise make every path's request future
+            // larger, spool or not.
+            let durable: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
+                Box::pin(spool.append(&event.time, event));
+            if let Err(e) = durable.await {
+                tracing::error!(error = %e, "a decision could not be recorded");
+            }
         }
         self.record(event);
     }
