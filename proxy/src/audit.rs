@@ -5,7 +5,6 @@
 //! task, so a slow disk never holds a request, and a full channel is counted, not waited on.
 
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use prometheus::IntCounter;
 use serde::Serialize;
@@ -80,7 +79,7 @@ impl AuditEvent {
     /// and decision `error` until something decides.
     pub fn begin(direction: &'static str, protocol: &'static str) -> Self {
         AuditEvent {
-            time: now_rfc3339(),
+            time: palisade_contract::now_rfc3339(),
             request_id: crate::forwarding::request_id(),
             decision: "error",
             direction,
@@ -144,13 +143,6 @@ fn action_name(a: palisade_contract::policy::Action) -> &'static str {
         Action::Audit => "AUDIT",
     }
 }
-
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::from(SystemTime::now())
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// Where audit lines go.
 #[derive(Debug, Clone)]
 pub enum AuditTarget {

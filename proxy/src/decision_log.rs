@@ -236,7 +236,7 @@ impl Spool {
             if st.unsigned == 0 {
                 return Ok(());
             }
-            let time = crate::audit::now_rfc3339();
+            let time = palisade_contract::now_rfc3339();
             let signer = identity.spiffe_id.as_str();
             let note = st.chain.next_checkpoint_note(signer, &time);
             let Some(jws) = palisade_contract::signing::sign(
