@@ -42,6 +42,8 @@ use palisade_contract::tls::IdentitySlot;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use crate::metrics::SpoolMetrics;
+
 /// A new segment is started once the current one is past this size.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -96,6 +98,7 @@ struct Inner {
     file: Mutex<Segment>,
     /// The writer task has stopped: an append writes its line itself.
     closed: std::sync::atomic::AtomicBool,
+    metrics: SpoolMetrics,
 }
 
 struct Segment {
@@ -117,6 +120,7 @@ impl Spool {
     pub fn open(
         settings: DecisionLogSettings,
         identity: Arc<IdentitySlot>,
+        metrics: SpoolMetrics,
     ) -> Result<Self, SpoolError> {
         let dir = settings.dir.clone();
         let io = |source| SpoolError::Io {
@@ -142,6 +146,11 @@ impl Spool {
             }
         };
         let next = chain.next_seq();
+        let mut bytes = 0;
+        for path in segments(&dir).map_err(io)? {
+            bytes += std::fs::metadata(&path).map_err(io)?.len();
+        }
+        metrics.bytes.set(bytes as i64);
         Ok(Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -156,6 +165,7 @@ impl Spool {
                 settings,
                 file: Mutex::new(segment),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                metrics,
             }),
         })
     }
@@ -213,9 +223,13 @@ impl Spool {
             let mut again = buf;
             again.extend_from_slice(&st.buf);
             st.buf = again;
+            self.inner.metrics.write_errors.inc();
             return Err(e);
         }
         segment.bytes += buf.len() as u64;
+        self.inner.metrics.bytes.add(buf.len() as i64);
+        let before = *self.inner.written.borrow();
+        self.inner.metrics.written.inc_by(through - before);
         if segment.bytes >= SEGMENT_BYTES {
             let _ = segment.file.sync_data();
             *segment = open_segment(&self.inner.dir.join(segment_name(through)))?;
@@ -385,6 +399,12 @@ mod tests {
     use palisade_contract::decisions::verify::verify_dir;
     use palisade_contract::process::Tasks;
 
+    fn metrics() -> SpoolMetrics {
+        crate::metrics::ProxyMetrics::register(&prometheus::Registry::new())
+            .unwrap()
+            .spool
+    }
+
     fn settings(dir: &Path) -> DecisionLogSettings {
         DecisionLogSettings {
             dir: dir.to_owned(),
@@ -400,7 +420,8 @@ mod tests {
         let slot = IdentitySlot::new();
         slot.set(identity);
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(settings(dir.path()), slot.clone()).unwrap();
+        let counted = metrics();
+        let spool = Spool::open(settings(dir.path()), slot.clone(), counted.clone()).unwrap();
         let mut tasks = Tasks::new();
         let writer = spool.clone();
         tasks.spawn(|stop| writer.run(stop));
@@ -424,6 +445,8 @@ mod tests {
         // Every append that returned is in the file already (no shutdown, no sync needed).
         let on_disk = std::fs::read_to_string(dir.path().join(segment_name(0))).unwrap();
         assert_eq!(on_disk.lines().count(), 50);
+        assert_eq!(counted.written.get(), 50);
+        assert_eq!(counted.bytes.get(), on_disk.len() as i64);
         tasks.shutdown().await;
         // Shutdown signed what was written: 50 decisions and one checkpoint, clean.
         let (reports, rest) = verify_dir(dir.path(), &bundle).unwrap();
@@ -437,7 +460,7 @@ mod tests {
         let segment = dir.path().join(segment_name(0));
         let mut f = OpenOptions::new().append(true).open(&segment).unwrap();
         f.write_all(b"{\"v\":1,\"inst").unwrap();
-        let spool = Spool::open(settings(dir.path()), slot).unwrap();
+        let spool = Spool::open(settings(dir.path()), slot, metrics()).unwrap();
         assert_eq!(spool.instance(), instance);
         let mut tasks = Tasks::new();
         let writer = spool.clone();
@@ -454,7 +477,7 @@ mod tests {
     #[tokio::test]
     async fn an_append_returns_only_once_its_line_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(settings(dir.path()), IdentitySlot::new()).unwrap();
+        let spool = Spool::open(settings(dir.path()), IdentitySlot::new(), metrics()).unwrap();
         let record = serde_json::json!({"decision": "deny"});
         // No writer yet: the decision is buffered, and the caller must not act on it.
         let waiting = tokio::time::timeout(
@@ -497,7 +520,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, "x").unwrap();
-        let err = Spool::open(settings(&file), IdentitySlot::new()).unwrap_err();
+        let err = Spool::open(settings(&file), IdentitySlot::new(), metrics()).unwrap_err();
         assert!(
             err.to_string().starts_with("the decision directory"),
             "{err}"
@@ -512,7 +535,7 @@ mod tests {
             chain.decision("t", &serde_json::json!({})),
         )
         .unwrap();
-        let err = Spool::open(settings(&spool_dir), IdentitySlot::new()).unwrap_err();
+        let err = Spool::open(settings(&spool_dir), IdentitySlot::new(), metrics()).unwrap_err();
         assert!(matches!(err, SpoolError::Foreign { .. }), "{err}");
     }
 }

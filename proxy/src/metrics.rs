@@ -27,6 +27,19 @@ pub struct ProxyMetrics {
     pub amqp_channels: IntGauge,
     pub policy_version: IntGauge,
     pub audit_dropped: IntCounter,
+    /// The decision spool (`--decision-dir`).
+    pub spool: SpoolMetrics,
+}
+
+/// What the decision spool counts.
+#[derive(Debug, Clone)]
+pub struct SpoolMetrics {
+    /// Lines (decisions and checkpoints) handed to the kernel.
+    pub written: IntCounter,
+    /// Bytes in the spool's segments.
+    pub bytes: IntGauge,
+    /// Failed writes (each retried; the decisions behind them wait).
+    pub write_errors: IntCounter,
 }
 
 /// Decrements the open-connection gauge when the connection ends.
@@ -140,6 +153,23 @@ impl ProxyMetrics {
         registry.register(Box::new(amqp_channels.clone()))?;
         registry.register(Box::new(policy_version.clone()))?;
         registry.register(Box::new(audit_dropped.clone()))?;
+        let spool = SpoolMetrics {
+            written: IntCounter::new(
+                "palisade_proxy_decision_records_written_total",
+                "Decision-log lines (decisions and checkpoints) written to the spool.",
+            )?,
+            bytes: IntGauge::new(
+                "palisade_proxy_decision_spool_bytes",
+                "Bytes in the decision spool's segments.",
+            )?,
+            write_errors: IntCounter::new(
+                "palisade_proxy_decision_write_errors_total",
+                "Failed writes to the decision spool (retried; the decisions wait).",
+            )?,
+        };
+        registry.register(Box::new(spool.written.clone()))?;
+        registry.register(Box::new(spool.bytes.clone()))?;
+        registry.register(Box::new(spool.write_errors.clone()))?;
         Ok(Self {
             requests,
             duration,
@@ -154,6 +184,7 @@ impl ProxyMetrics {
             amqp_channels,
             policy_version,
             audit_dropped,
+            spool,
         })
     }
 

@@ -114,7 +114,7 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
     let mut writers = Tasks::new();
     let audit = match decisions {
         Some(settings) => {
-            let spool = Spool::open(settings, identity.slot())?;
+            let spool = Spool::open(settings, identity.slot(), metrics.spool.clone())?;
             let writer = spool.clone();
             writers.spawn(|stop| writer.run(stop));
             audit.with_spool(spool)
