@@ -44,6 +44,10 @@ pub(crate) struct Settings {
     /// propagation), for investigating one; a published run runs them all.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
+    /// Give every sidecar a --decision-dir (the durable, signed decision log), to measure
+    /// what it costs against a run without.
+    #[arg(long)]
+    pub(crate) decision_log: bool,
 }
 
 impl Settings {
@@ -146,7 +150,13 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
         cp_sidecar,
         cp_admin,
         app,
+        decision_log: s.decision_log,
     };
+    if s.decision_log {
+        r.md.push_str(
+            "\n**Every sidecar ran with `--decision-dir` (the durable decision log).**\n",
+        );
+    }
     let http_policy = work.join("policy.yaml");
     write_policy(
         &http_policy,

@@ -47,6 +47,8 @@ pub(crate) struct Mesh {
     pub(crate) cp_sidecar: SocketAddr,
     pub(crate) cp_admin: SocketAddr,
     pub(crate) app: SocketAddr,
+    /// Every sidecar gets a `--decision-dir` (the durable decision log).
+    pub(crate) decision_log: bool,
 }
 
 impl Mesh {
@@ -100,6 +102,10 @@ impl Mesh {
         ];
         if let Some(a) = amqp {
             args.extend(["--amqp-listen".into(), a.to_string()]);
+        }
+        if self.decision_log {
+            let dir = self.work.join(format!("{sa}-decisions"));
+            args.extend(["--decision-dir".into(), dir.display().to_string()]);
         }
         args.extend(extra.iter().cloned());
         let pid = procs.spawn(
