@@ -236,33 +236,43 @@ impl AuditLog {
 
     /// Records one decision: in the spool (returning once its line reached the kernel, so
     /// the caller may then let the outcome leave), and on the stream.
+    /// The event is encoded once, for both.
     pub async fn decided(&self, event: &AuditEvent) {
+        let Some(mut line) = encode(event) else {
+            return;
+        };
         if let Some(spool) = &self.spool {
             // Boxed: the spool's wait would otherwise make every path's request future
             // larger, spool or not.
             let durable: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                Box::pin(spool.append(&event.time, event));
+                Box::pin(spool.append_json(&event.time, &line));
             if let Err(e) = durable.await {
                 tracing::error!(error = %e, "a decision could not be recorded");
             }
         }
-        self.record(event);
+        line.push(b'\n');
+        self.stream(line);
     }
 
     /// The stream copy only (best effort: a full queue drops the line and counts it).
     pub fn record(&self, event: &AuditEvent) {
-        let mut line = match serde_json::to_vec(event) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "audit event could not be encoded");
-                return;
-            }
-        };
-        line.push(b'\n');
+        if let Some(mut line) = encode(event) {
+            line.push(b'\n');
+            self.stream(line);
+        }
+    }
+
+    fn stream(&self, line: Vec<u8>) {
         if self.tx.try_send(line).is_err() {
             self.dropped.inc();
         }
     }
+}
+
+fn encode(event: &AuditEvent) -> Option<Vec<u8>> {
+    serde_json::to_vec(event)
+        .map_err(|e| tracing::error!(error = %e, "audit event could not be encoded"))
+        .ok()
 }
 
 #[cfg(test)]

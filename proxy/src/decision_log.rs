@@ -180,9 +180,15 @@ impl Spool {
 
     /// Appends `record` and returns once its line has reached the kernel.
     pub async fn append<R: Serialize>(&self, time: &str, record: &R) -> Result<u64, SpoolError> {
+        let json = serde_json::to_vec(record).expect("a record always serializes");
+        self.append_json(time, &json).await
+    }
+
+    /// The same for a record already encoded as JSON.
+    pub async fn append_json(&self, time: &str, record: &[u8]) -> Result<u64, SpoolError> {
         let seq = {
             let mut st = self.lock();
-            let line = st.chain.decision(time, record);
+            let line = st.chain.decision_json(time, record);
             st.buf.extend_from_slice(&line);
             st.unsigned += 1;
             st.chain.next_seq()

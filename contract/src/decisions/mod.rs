@@ -118,17 +118,15 @@ pub struct Line {
     pub jws: Option<String>,
 }
 
-/// One line as written: the same fields, borrowing the record.
+/// One line as written, but for the record, which is spliced in already encoded.
 #[derive(Serialize)]
-struct LineOut<'a, R: Serialize> {
+struct LineOut<'a> {
     v: u32,
     instance: &'a str,
     seq: u64,
     prev: &'a str,
     time: &'a str,
     kind: EntryKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    record: Option<&'a R>,
     #[serde(skip_serializing_if = "Option::is_none")]
     signer: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,6 +176,13 @@ impl Chain {
 
     /// The next line for a decision `record`, with its newline; the chain moves on.
     pub fn decision<R: Serialize>(&mut self, time: &str, record: &R) -> Vec<u8> {
+        let json = serde_json::to_vec(record).expect("a record always serializes");
+        self.decision_json(time, &json)
+    }
+
+    /// The same for a record already encoded as JSON (one encoding serves the spool and the
+    /// audit stream, and stays outside the writer's lock).
+    pub fn decision_json(&mut self, time: &str, record: &[u8]) -> Vec<u8> {
         self.push(time, EntryKind::Decision, Some(record), None, None)
     }
 
@@ -194,14 +199,14 @@ impl Chain {
 
     /// The next line for a checkpoint: `jws` signs [`Self::next_checkpoint_note`].
     pub fn checkpoint(&mut self, time: &str, signer: &str, jws: &str) -> Vec<u8> {
-        self.push::<()>(time, EntryKind::Checkpoint, None, Some(signer), Some(jws))
+        self.push(time, EntryKind::Checkpoint, None, Some(signer), Some(jws))
     }
 
-    fn push<R: Serialize>(
+    fn push(
         &mut self,
         time: &str,
         kind: EntryKind,
-        record: Option<&R>,
+        record: Option<&[u8]>,
         signer: Option<&str>,
         jws: Option<&str>,
     ) -> Vec<u8> {
@@ -213,11 +218,17 @@ impl Chain {
             prev: &prev,
             time,
             kind,
-            record,
             signer,
             jws,
         })
         .expect("a line always serializes");
+        if let Some(record) = record {
+            // `{...}` becomes `{...,"record":<record>}`.
+            line.pop();
+            line.extend_from_slice(b",\"record\":");
+            line.extend_from_slice(record);
+            line.push(b'}');
+        }
         self.head = line_hash(&line);
         self.next_seq += 1;
         line.push(b'\n');
