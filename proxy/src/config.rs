@@ -407,7 +407,8 @@ impl Config {
         if self.max_backoff < Duration::from_millis(100) {
             problems.push("--max-backoff must be at least 100ms".into());
         }
-        let Some(amqp_upstream) = amqp_upstream.filter(|_| problems.is_empty()) else {
+        // Every check above reported into `problems`; the upstream is `None` only with one.
+        let (true, Some(amqp_upstream)) = (problems.is_empty(), amqp_upstream) else {
             return Err(problems);
         };
         let worker_threads = self.cores.unwrap_or_else(|| {

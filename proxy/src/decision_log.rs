@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_contract::decisions::{
-    CHECKPOINT_TYP, Chain, HEAD_FILE, INSTANCE_FILE, Line, line_hash, segment_name, segments,
+    CHECKPOINT_TYP, Chain, HEAD_FILE, INSTANCE_FILE, Line, line_hash, segment_first_seq,
+    segment_name, segments,
 };
 use palisade_contract::private_files::{ensure_private_dir, write_atomic};
 use palisade_contract::process::Stopping;
@@ -359,16 +360,7 @@ fn resume(dir: &Path, last: &Path, instance: &str) -> Result<(Chain, Segment), S
         .filter(|l| !l.is_empty());
     let chain = match last_line {
         None => {
-            let first = last
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| {
-                    n.strip_prefix("segment-")?
-                        .strip_suffix(".jsonl")?
-                        .parse()
-                        .ok()
-                })
-                .unwrap_or(0);
+            let first = segment_first_seq(last).unwrap_or(0);
             if first != 0 {
                 return Err(io(std::io::Error::other(format!(
                     "{} is empty, so where the chain stands is unknown",

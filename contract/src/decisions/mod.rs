@@ -58,15 +58,21 @@ pub fn segment_name(first_seq: u64) -> String {
     format!("segment-{first_seq:020}.jsonl")
 }
 
+/// The sequence number a segment file starts at, read from its name ([`segment_name`]).
+pub fn segment_first_seq(path: &std::path::Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("segment-")?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
+}
+
 /// The segment files of a spool directory, in order.
 pub fn segments(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     let mut out: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("segment-") && n.ends_with(".jsonl"))
-        })
+        .filter(|p| segment_first_seq(p).is_some())
         .collect();
     out.sort();
     Ok(out)
