@@ -5,8 +5,9 @@
 //! **Group commit.** A path that decided appends its line to a shared buffer (a mutex, a
 //! SHA-256 of ~400 bytes) and waits until the writer task has handed the buffer to the
 //! kernel with one `write(2)`; every decision made meanwhile rides the same call. Under load
-//! that is one system call per batch, not per request; at rest, one per request, and none
-//! on the request's own thread. (A memory-mapped segment would need no call at all, but
+//! that is one system call per batch, not per request; at rest, one per request, made by
+//! the writer task (not the request's own, though tokio may run both on one thread). (A
+//! memory-mapped segment would need no call at all, but
 //! `unsafe` is forbidden in this workspace and a mapped file on a full disk fails with
 //! SIGBUS instead of an error.)
 //!
