@@ -14,20 +14,31 @@ pub fn report_problems(result: Result<(), Vec<String>>) -> Option<ExitCode> {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and docker send).
-pub async fn shutdown_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+///
+/// The handlers are installed when this is *called*, not when the future is first polled:
+/// call it before starting, so that a SIGTERM arriving right after "ready" is logged (a
+/// supervisor or a test acting on that line) starts a graceful shutdown instead of taking
+/// the default action and killing the process. Must be called inside a tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            (term, int) => {
+                let e = term.err().or(int.err()).map(|e| e.to_string());
+                tracing::warn!(error = ?e, "no SIGTERM handler; only Ctrl-C stops this process");
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "no SIGTERM handler; only Ctrl-C stops this process");
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 /// The next connection on `listener`, or `None` once `shutdown` resolves. Accept errors

@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
     if let Some(code) = report_problems(config.validate()) {
         return code;
     }
+    let stop = shutdown_signal();
     let running = match start(&config).await {
         Ok(r) => r,
         Err(e) => {
@@ -21,7 +22,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    shutdown_signal().await;
+    stop.await;
     running.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let stop = shutdown_signal();
         let running = match start_with(settings).await {
             Ok(r) => r,
             Err(e) => {
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(threads, "serving");
-        shutdown_signal().await;
+        stop.await;
         running.shutdown().await;
         ExitCode::SUCCESS
     })
