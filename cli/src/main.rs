@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod client;
+mod decisions;
 mod mesh;
 mod verify;
 
@@ -161,6 +162,15 @@ enum Command {
         /// Only changes by this principal.
         #[arg(long)]
         principal: Option<String>,
+    },
+    /// The central decision log (needs the auditor or admin role): every authorization
+    /// decision the sidecars shipped, newest first.
+    Decisions {
+        #[command(flatten)]
+        filters: decisions::Filters,
+        /// Keep printing new decisions as they arrive (oldest first), until interrupted.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Lint the mesh: wildcard ALLOW rules, policies selecting unknown services, services no
     /// ALLOW policy selects, sidecars behind on configuration or near certificate expiry.
@@ -461,6 +471,9 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
             since,
             principal,
         } => mesh::audit(&api, since, principal.as_deref(), cli.output).await?,
+        Command::Decisions { filters, follow } => {
+            decisions::list(&api, &filters, follow, cli.output).await?
+        }
         Command::Check => return mesh::check(&api, cli.output).await,
         Command::Inject { .. } => unreachable!("handled before connecting"),
     }

@@ -98,21 +98,8 @@ fn report_json(r: &Report) -> serde_json::Value {
         "lastTime": r.last_time,
         "clean": r.clean(),
         "findings": r.findings.iter().map(|f: &Finding| json!({
-            "kind": kind(f),
+            "kind": f.kind(),
             "message": f.to_string(),
         })).collect::<Vec<_>>(),
     })
-}
-
-fn kind(f: &Finding) -> &'static str {
-    match f {
-        Finding::Malformed { .. } => "malformed",
-        Finding::Missing { .. } => "missing",
-        Finding::BrokenLink { .. } => "broken_link",
-        Finding::OutOfOrder { .. } => "out_of_order",
-        Finding::Fork { .. } => "fork",
-        Finding::BadCheckpoint { .. } => "bad_checkpoint",
-        Finding::Foreign { .. } => "foreign",
-        Finding::Truncated { .. } => "truncated",
-    }
 }

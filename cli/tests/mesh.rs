@@ -6,20 +6,15 @@
 #[path = "../../proxy/tests/support/mod.rs"]
 mod support;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use palisade_control_plane::RunningControlPlane;
-use palisade_proxy::RunningSidecar;
 use serde_json::Value;
-use support::{sidecar_config, sidecar_files, wait_ready, wait_until};
-use tokio::net::{TcpListener, TcpStream};
+use support::{
+    call_payments, free_port, hello_app, sidecar_config, sidecar_files, wait_ready, wait_until,
+};
 
 async fn palisade(cp: &RunningControlPlane, args: &[&str]) -> Output {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
@@ -41,51 +36,6 @@ fn ok_stdout(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn hello_app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let service =
-                hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
-                });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service),
-            );
-        }
-    });
-    addr
-}
-
-/// A plain-HTTP call from the orders application through its sidecar to `payments`.
-async fn call(orders: &RunningSidecar, method: &str, path: &str) -> StatusCode {
-    let tcp = TcpStream::connect(orders.outbound_addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "payments")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status();
-    let _ = resp.into_body().collect().await;
-    status
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const POLICY: &str = r#"apiVersion: palisade.dev/v1
@@ -142,7 +92,7 @@ async fn cli_changes_reach_sidecars_and_survive_a_control_plane_outage() {
     wait_until(
         "orders knows payments",
         Duration::from_secs(5),
-        async || call(&orders, "POST", "/charge").await == StatusCode::FORBIDDEN,
+        async || call_payments(&orders, "POST", "/charge").await == StatusCode::FORBIDDEN,
     )
     .await;
 
@@ -153,7 +103,7 @@ async fn cli_changes_reach_sidecars_and_survive_a_control_plane_outage() {
         ok_stdout(&palisade(&cp, &["apply", "-f", policy.to_str().unwrap(), "--dry-run"]).await);
     assert!(out.contains("would be created"), "{out}");
     assert_eq!(
-        call(&orders, "POST", "/charge").await,
+        call_payments(&orders, "POST", "/charge").await,
         StatusCode::FORBIDDEN
     );
 
@@ -167,7 +117,7 @@ async fn cli_changes_reach_sidecars_and_survive_a_control_plane_outage() {
     wait_until(
         "the policy is enforced",
         Duration::from_secs(1),
-        async || call(&orders, "POST", "/charge").await == StatusCode::OK,
+        async || call_payments(&orders, "POST", "/charge").await == StatusCode::OK,
     )
     .await;
     let propagation = applied_at.elapsed();
@@ -200,7 +150,7 @@ async fn cli_changes_reach_sidecars_and_survive_a_control_plane_outage() {
             .await,
         );
         let simulated: Value = serde_json::from_str(&out).unwrap();
-        let actual = call(&orders, method, path).await;
+        let actual = call_payments(&orders, method, path).await;
         let expected = if simulated["decision"] == "deny" {
             StatusCode::FORBIDDEN
         } else {
@@ -291,8 +241,14 @@ async fn cli_changes_reach_sidecars_and_survive_a_control_plane_outage() {
         },
     )
     .await;
-    assert_eq!(call(&orders, "POST", "/charge").await, StatusCode::OK);
-    assert_eq!(call(&orders, "GET", "/charge").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        call_payments(&orders, "POST", "/charge").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call_payments(&orders, "GET", "/charge").await,
+        StatusCode::FORBIDDEN
+    );
     let out = palisade(&cp, &["check"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("sa/payments: has applied version"), "{text}");
@@ -307,8 +263,14 @@ async fn cli_changes_reach_sidecars_and_survive_a_control_plane_outage() {
     // The control plane goes away: the sidecars keep enforcing what they have.
     let cp_admin = cp.admin_addr;
     cp.shutdown().await;
-    assert_eq!(call(&orders, "POST", "/charge").await, StatusCode::OK);
-    assert_eq!(call(&orders, "GET", "/charge").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        call_payments(&orders, "POST", "/charge").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call_payments(&orders, "GET", "/charge").await,
+        StatusCode::FORBIDDEN
+    );
     // A sidecar restarted meanwhile starts from its cached certificate and configuration.
     payments.shutdown().await;
     let payments = palisade_proxy::start(&sidecar_config(
@@ -320,8 +282,14 @@ async fn cli_changes_reach_sidecars_and_survive_a_control_plane_outage() {
     .await
     .unwrap();
     wait_ready(&payments).await;
-    assert_eq!(call(&orders, "POST", "/charge").await, StatusCode::OK);
-    assert_eq!(call(&orders, "GET", "/charge").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        call_payments(&orders, "POST", "/charge").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call_payments(&orders, "GET", "/charge").await,
+        StatusCode::FORBIDDEN
+    );
     let _ = cp_admin;
     payments.shutdown().await;
     orders.shutdown().await;

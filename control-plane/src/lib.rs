@@ -20,6 +20,7 @@ pub mod admin;
 pub mod admin_tokens;
 pub mod bootstrap;
 pub mod ca;
+pub mod collector;
 pub mod config;
 pub mod issuance;
 pub mod join_tokens;

@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::admin_tokens::{AdminToken, AdminTokenError, AdminTokenIssuer};
 use crate::bootstrap::{BootstrapVerifier, KubernetesVerifier};
 use crate::ca::{CertificateAuthority, write_file};
+use crate::collector::{Collector, CollectorMetrics};
 use crate::config::Config;
 use crate::issuance::IdentityService;
 use crate::join_tokens::{JoinToken, JoinTokenError, JoinTokenIssuer};
@@ -205,7 +206,12 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let follower = mesh.clone();
     tasks.spawn(|stop| follower.follow(stop));
 
-    let sidecar_router = sidecar_api::router(service.clone(), mesh.clone());
+    let collector = Arc::new(Collector::new(
+        store.clone(),
+        ca.bundle(),
+        CollectorMetrics::register(&registry).context("registering metrics")?,
+    ));
+    let sidecar_router = sidecar_api::router(service.clone(), mesh.clone(), collector);
     let (sidecar_tls, handshake_timeout) = (tls.clone(), config.handshake_timeout);
     tasks.spawn(|stop| {
         serving::serve_tls(

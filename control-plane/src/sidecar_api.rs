@@ -19,12 +19,24 @@ use palisade_contract::identity_api::{
     TRUST_BUNDLE_PATH,
 };
 
+use palisade_contract::decisions::ship::{MAX_BATCH_BYTES, SHIP_PATH};
+
 use crate::ca::IssuedCertificate;
+use crate::collector::{Collector, IngestError};
 use crate::issuance::{IdentityService, IssueError};
 use crate::mesh_config::MeshConfig;
 use crate::serving::{Peer, bearer_token, error_response};
 
-pub fn router(service: Arc<IdentityService>, mesh: Arc<MeshConfig>) -> Router {
+pub fn router(
+    service: Arc<IdentityService>,
+    mesh: Arc<MeshConfig>,
+    collector: Arc<Collector>,
+) -> Router {
+    // Batches of the decision log are larger than anything else a sidecar sends.
+    let decisions = Router::new()
+        .route(SHIP_PATH, post(ship_decisions))
+        .layer(Extension(collector))
+        .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES));
     Router::new()
         .route(ISSUE_PATH, post(issue))
         .route(RENEW_PATH, post(renew))
@@ -32,7 +44,53 @@ pub fn router(service: Arc<IdentityService>, mesh: Arc<MeshConfig>) -> Router {
         .route(CONFIG_PATH, get(config))
         .layer(Extension(mesh))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .merge(decisions)
         .with_state(service)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ShipQuery {
+    instance: String,
+}
+
+/// A batch of a sidecar's decision log ([`palisade_contract::decisions::ship`]): mTLS only;
+/// acknowledged once stored.
+async fn ship_decisions(
+    Extension(peer): Extension<Peer>,
+    Extension(collector): Extension<Arc<Collector>>,
+    query: Result<Query<ShipQuery>, axum::extract::rejection::QueryRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let Some(id) = peer.current_identity() else {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "shipping decisions needs a valid client certificate",
+            Vec::new(),
+        );
+    };
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, "bad query", vec![e.body_text()]),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error_response(e.status(), "unreadable batch", vec![e.body_text()]),
+    };
+    match collector.ingest(id, &q.instance, &body).await {
+        Ok(ack) => Json(ack).into_response(),
+        Err(e) => {
+            let status = match &e {
+                IngestError::Malformed(_) => StatusCode::BAD_REQUEST,
+                IngestError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                IngestError::NotYours { .. } => StatusCode::FORBIDDEN,
+                IngestError::Store(_) => {
+                    tracing::error!(error = %e, "storing shipped decisions failed");
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            error_response(status, &e.to_string(), Vec::new())
+        }
+    }
 }
 
 /// The configuration long poll ([`palisade_contract::config_api`]): mTLS only; the

@@ -7,11 +7,8 @@
 use std::path::PathBuf;
 
 use prometheus::IntCounter;
-use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-
-use palisade_contract::policy::Decision;
 
 /// How many events may wait for the writer before new ones are dropped (and counted).
 const QUEUE: usize = 16 * 1024;
@@ -21,128 +18,8 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// written at once).
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// One authorization decision.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditEvent {
-    /// RFC 3339, UTC.
-    pub time: String,
-    pub request_id: String,
-    /// `allow`, `deny`, `audit`, `dry-run-deny`, `unauthenticated` (an end-user token was
-    /// refused: 401), or `error` when the request never reached a decision (bad path, bad
-    /// method).
-    pub decision: &'static str,
-    pub direction: &'static str,
-    pub source: Option<String>,
-    /// The end user (`iss/sub` of a verified JWT), when the request carried one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_principal: Option<String>,
-    pub destination_service: String,
-    pub destination: String,
-    pub protocol: &'static str,
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    /// `namespace/name` of the deciding policy, and its rule index.
-    pub policy: Option<String>,
-    pub rule: Option<usize>,
-    pub policy_version: u64,
-    /// Why a request was denied or refused.
-    pub reason: Option<String>,
-    /// Dry-run policies that matched, as `namespace/name:ACTION`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub dry_run: Vec<String>,
-    /// The AUDIT policy that matched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audit_policy: Option<String>,
-    /// For AMQP operations: what was asked of the broker.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub amqp: Option<AmqpAudit>,
-}
+pub use palisade_contract::decisions::record::{AmqpRecord as AmqpAudit, Record as AuditEvent};
 
-/// The AMQP side of an audit event.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct AmqpAudit {
-    pub channel: Option<u16>,
-    pub operation: String,
-    pub vhost: String,
-    pub exchange: Option<String>,
-    /// The routing key this decision was about.
-    pub routing_key: Option<String>,
-    /// For a publish, every key it would be routed with (the key, then `CC` and `BCC`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub routing_keys: Vec<String>,
-    pub queue: Option<String>,
-}
-
-impl AuditEvent {
-    /// An event for a request or connection just received: a fresh request id, the time,
-    /// and decision `error` until something decides.
-    pub fn begin(direction: &'static str, protocol: &'static str) -> Self {
-        AuditEvent {
-            time: palisade_contract::now_rfc3339(),
-            request_id: crate::forwarding::request_id(),
-            decision: "error",
-            direction,
-            source: None,
-            request_principal: None,
-            destination_service: String::new(),
-            destination: String::new(),
-            protocol,
-            method: String::new(),
-            path: String::new(),
-            status: 0,
-            policy: None,
-            rule: None,
-            policy_version: 0,
-            reason: None,
-            dry_run: Vec::new(),
-            audit_policy: None,
-            amqp: None,
-        }
-    }
-
-    /// Fills the decision fields from a policy decision.
-    pub fn apply_decision(&mut self, d: &Decision) {
-        use palisade_contract::policy::Basis;
-        self.decision = d.label();
-        self.policy_version = d.policy_version;
-        match &d.basis {
-            Basis::Policy { policy, rule } => {
-                self.policy = Some(policy.to_string());
-                self.rule = Some(*rule);
-            }
-            Basis::NoAllowMatched => {
-                self.reason
-                    .get_or_insert_with(|| "no ALLOW policy matched".into());
-            }
-            Basis::NoPolicy { mode } => {
-                self.reason.get_or_insert_with(|| {
-                    format!("no ALLOW policy selects this workload (default: {mode:?})")
-                        .to_lowercase()
-                });
-            }
-        }
-        if d.verdict == palisade_contract::policy::Verdict::Deny && self.reason.is_none() {
-            self.reason = Some("denied by policy".into());
-        }
-        self.dry_run = d
-            .dry_run
-            .iter()
-            .filter(|r| r.rule.is_some())
-            .map(|r| format!("{}:{}", r.policy, action_name(r.action)))
-            .collect();
-        self.audit_policy = d.audit.as_ref().map(|(p, _)| p.to_string());
-    }
-}
-
-fn action_name(a: palisade_contract::policy::Action) -> &'static str {
-    use palisade_contract::policy::Action;
-    match a {
-        Action::Allow => "ALLOW",
-        Action::Deny => "DENY",
-        Action::Audit => "AUDIT",
-    }
-}
 /// Where audit lines go.
 #[derive(Debug, Clone)]
 pub enum AuditTarget {

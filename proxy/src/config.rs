@@ -17,7 +17,7 @@ use palisade_contract::path::PathOptions;
 use crate::admin::{AdminSettings, AppProbe};
 use crate::amqp::{AmqpSettings, ProvenanceSettings};
 use crate::audit::AuditTarget;
-use crate::decision_log::DecisionLogSettings;
+use crate::decision_log::{DecisionLogSettings, DecisionShip};
 use crate::forwarding::UnderscoreHeaders;
 use crate::identity::{INITIAL_BACKOFF, IdentitySettings};
 use crate::inbound::InboundSettings;
@@ -151,6 +151,12 @@ pub struct Config {
     /// at shutdown).
     #[arg(long, env = "PALISADE_DECISION_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub decision_checkpoint_interval: Duration,
+
+    /// Where the decision spool is shipped: `control-plane` (the default; over the sidecar
+    /// API's mTLS, a segment deleted once the control plane stored all of it) or `off`
+    /// (the spool only grows: for a node-local collector of your own).
+    #[arg(long, env = "PALISADE_DECISION_SHIP", value_enum, default_value_t = DecisionShip::ControlPlane)]
+    pub decision_ship: DecisionShip,
 
     /// Keep %2F, %5C and \ in paths (undecoded) instead of answering 400.
     #[arg(long, env = "PALISADE_ALLOW_ENCODED_SLASHES")]
@@ -487,6 +493,7 @@ impl Config {
                 dir,
                 fsync_interval: self.decision_fsync_interval,
                 checkpoint_interval: self.decision_checkpoint_interval,
+                ship: self.decision_ship,
             }),
             worker_threads,
         })

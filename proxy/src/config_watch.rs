@@ -98,7 +98,7 @@ impl ConfigWatch {
             registry: runtime.services.clone(),
             default_mode,
             cache_dir,
-            instance: crate::forwarding::request_id(),
+            instance: palisade_contract::request_id(),
             metrics: WatchMetrics {
                 applied: runtime.metrics.policy_version.clone(),
                 rejected,

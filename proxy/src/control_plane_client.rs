@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use palisade_contract::SpiffeId;
 use palisade_contract::config_api::{self, CONFIG_PATH, ConfigQuery, MeshConfig};
+use palisade_contract::decisions::ship::{BATCH_CONTENT_TYPE, SHIP_PATH, ShipAck};
 use palisade_contract::identity_api::{
     CertificateRequest, CertificateResponse, ErrorBody, ISSUE_PATH, RENEW_PATH,
 };
@@ -117,6 +118,29 @@ impl ControlPlaneClient {
         json_answer(status, &bytes)
     }
 
+    /// Posts a batch of `instance`'s decision-log lines; the answer says up to where the
+    /// control plane has stored them ([`palisade_contract::decisions::ship`]).
+    pub async fn ship_decisions(
+        &self,
+        instance: &str,
+        lines: Vec<u8>,
+    ) -> Result<ShipAck, ControlPlaneError> {
+        let path = format!("{SHIP_PATH}?instance={instance}");
+        let (status, bytes) = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.send_as(
+                &self.authenticated,
+                Method::POST,
+                &path,
+                None,
+                Some((BATCH_CONTENT_TYPE, lines)),
+            ),
+        )
+        .await
+        .map_err(|_| ControlPlaneError::Timeout(CALL_TIMEOUT))??;
+        json_answer(status, &bytes)
+    }
+
     /// Waits for configuration newer than `query.version` ([`config_api`]): `None` when the
     /// control plane's long poll ended without a change.
     pub async fn config(
@@ -140,8 +164,7 @@ impl ControlPlaneClient {
         json_answer(status, &bytes).map(Some)
     }
 
-    /// One request on a fresh connection; the status and the body (at most
-    /// `MAX_RESPONSE_BYTES`).
+    /// One request with a JSON body (or none) on a fresh connection.
     async fn send(
         &self,
         tls: &Arc<ClientConfig>,
@@ -149,6 +172,20 @@ impl ControlPlaneClient {
         path: &str,
         token: Option<&str>,
         body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ControlPlaneError> {
+        let body = body.map(|b| ("application/json", b));
+        self.send_as(tls, method, path, token, body).await
+    }
+
+    /// One request on a fresh connection, its body of the given content type; the status
+    /// and the body (at most `MAX_RESPONSE_BYTES`).
+    async fn send_as(
+        &self,
+        tls: &Arc<ClientConfig>,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
     ) -> Result<(StatusCode, Bytes), ControlPlaneError> {
         let tcp = crate::net::connect(self.addr.as_str(), self.connect_timeout)
             .await
@@ -170,14 +207,18 @@ impl ControlPlaneClient {
             .method(method)
             .uri(path)
             .header(header::HOST, self.addr.as_str());
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
-        }
+        let body = match body {
+            Some((content_type, bytes)) => {
+                request = request.header(header::CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => Vec::new(),
+        };
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| ControlPlaneError::Http(e.to_string()))?;
         let response = sender
             .send_request(request)

@@ -246,40 +246,9 @@ pub fn local_response(status: StatusCode, body: &str, request_id: &str) -> Respo
     response
 }
 
-/// A request id unique across the mesh: 64 random bits drawn once per process, then a
-/// counter (24 hex digits, the shape ids always had). Ids correlate log lines; they are
-/// not secrets, so one system call per process instead of one per request (which the
-/// profile showed on every request) loses nothing.
-pub fn request_id() -> String {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static PREFIX: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        use ring::rand::{SecureRandom, SystemRandom};
-        let mut b = [0u8; 8];
-        let _ = SystemRandom::new().fill(&mut b);
-        u64::from_be_bytes(b)
-    });
-    // Every 2^32 requests the prefix moves on by one, so no id repeats in a process.
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:016x}{:08x}", prefix.wrapping_add(n >> 32), n as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_ids_are_24_hex_digits_and_never_repeat() {
-        let ids: Vec<String> = (0..1000).map(|_| request_id()).collect();
-        for id in &ids {
-            assert_eq!(id.len(), 24, "{id}");
-            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
-        }
-        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
-        assert_eq!(distinct.len(), ids.len());
-    }
 
     #[test]
     fn hop_by_hop_and_forged_identity_headers_are_dropped() {

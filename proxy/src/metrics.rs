@@ -40,6 +40,12 @@ pub struct SpoolMetrics {
     pub bytes: IntGauge,
     /// Failed writes (each retried; the decisions behind them wait).
     pub write_errors: IntCounter,
+    /// Lines the control plane acknowledged as stored.
+    pub shipped: IntCounter,
+    /// Lines written and not yet acknowledged.
+    pub unshipped: IntGauge,
+    /// Failed shipping attempts (each retried with backoff).
+    pub ship_errors: IntCounter,
 }
 
 /// Decrements the open-connection gauge when the connection ends.
@@ -166,10 +172,25 @@ impl ProxyMetrics {
                 "palisade_proxy_decision_write_errors_total",
                 "Failed writes to the decision spool (retried; the decisions wait).",
             )?,
+            shipped: IntCounter::new(
+                "palisade_proxy_decision_records_shipped_total",
+                "Decision-log lines the control plane acknowledged as stored.",
+            )?,
+            unshipped: IntGauge::new(
+                "palisade_proxy_decision_records_unshipped",
+                "Decision-log lines written to the spool and not yet acknowledged by the control plane.",
+            )?,
+            ship_errors: IntCounter::new(
+                "palisade_proxy_decision_ship_errors_total",
+                "Failed attempts to ship decision-log lines (retried with backoff).",
+            )?,
         };
         registry.register(Box::new(spool.written.clone()))?;
         registry.register(Box::new(spool.bytes.clone()))?;
         registry.register(Box::new(spool.write_errors.clone()))?;
+        registry.register(Box::new(spool.shipped.clone()))?;
+        registry.register(Box::new(spool.unshipped.clone()))?;
+        registry.register(Box::new(spool.ship_errors.clone()))?;
         Ok(Self {
             requests,
             duration,

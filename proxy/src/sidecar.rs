@@ -17,7 +17,8 @@ use crate::amqp::{self, Amqp};
 use crate::audit::AuditLog;
 use crate::config::{Config, Settings};
 use crate::config_watch::ConfigWatch;
-use crate::decision_log::Spool;
+use crate::decision_log::ship::Shipper;
+use crate::decision_log::{DecisionShip, Spool};
 use crate::identity::IdentityManager;
 use crate::inbound::{self, Inbound};
 use crate::metrics::ProxyMetrics;
@@ -114,9 +115,21 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
     let mut writers = Tasks::new();
     let audit = match decisions {
         Some(settings) => {
+            let ship = settings.ship;
             let spool = Spool::open(settings, identity.slot(), metrics.spool.clone())?;
             let writer = spool.clone();
             writers.spawn(|stop| writer.run(stop));
+            if ship == DecisionShip::ControlPlane {
+                let shipper = Shipper::new(
+                    spool.dir().to_owned(),
+                    spool.instance(),
+                    identity.control_plane().clone(),
+                    spool.written(),
+                    spool.finished(),
+                    metrics.spool.clone(),
+                );
+                writers.spawn(|stop| shipper.run(stop));
+            }
             audit.with_spool(spool)
         }
         None => audit,

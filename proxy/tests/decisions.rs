@@ -1,6 +1,7 @@
 //! The durable decision log end to end: a sidecar process killed with SIGKILL under load
-//! loses no decision whose response reached the client, and its spool, continued after the
-//! restart, verifies clean with the trust bundle alone.
+//! loses no decision whose response reached the client, its spool, continued after the
+//! restart, verifies clean with the trust bundle alone, and every decision in it reaches
+//! the control plane's store exactly once.
 
 mod support;
 
@@ -134,16 +135,47 @@ async fn status_through(outbound: SocketAddr) -> Option<u16> {
 
 /// Decision records in the spool that answered 200.
 fn forwarded_in_spool(dir: &Path) -> u64 {
-    let mut n = 0;
+    spool_lines(dir)
+        .iter()
+        .filter(|l| l.record.as_ref().is_some_and(|r| r["status"] == 200))
+        .count() as u64
+}
+
+fn spool_lines(dir: &Path) -> Vec<Line> {
+    let mut out = Vec::new();
     for segment in segments(dir).unwrap() {
         for line in std::fs::read_to_string(segment).unwrap().lines() {
-            let line: Line = serde_json::from_str(line).unwrap();
-            if line.record.is_some_and(|r| r["status"] == 200) {
-                n += 1;
-            }
+            out.push(serde_json::from_str(line).unwrap());
         }
     }
-    n
+    out
+}
+
+/// Every decision in the control plane's store (`GET /v1/decisions`, page by page), as
+/// (instance, seq, status).
+async fn central_decisions(admin: SocketAddr, token: &str) -> Vec<(String, i64, u64)> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/v1/decisions?limit=1000".to_owned();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, body) = support::http_get(admin, &path, Some(token)).await;
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for item in page["items"].as_array().unwrap() {
+            out.push((
+                item["instance"].as_str().unwrap().to_owned(),
+                item["seq"].as_i64().unwrap(),
+                item["record"]["status"].as_u64().unwrap_or_default(),
+            ));
+        }
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return out,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,6 +256,25 @@ async fn a_killed_sidecar_loses_no_decision_a_client_saw_and_its_log_verifies() 
         async || status_through(outbound).await == Some(200),
     )
     .await;
+    // While it runs, what it decided reaches the store (the decisions from before the kill
+    // too, resent from the acknowledged position).
+    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
+    let token = token.trim();
+    let before_stop = spool_lines(&decisions)
+        .iter()
+        .filter(|l| l.record.is_some())
+        .count();
+    let waited = std::time::Instant::now();
+    wait_until(
+        "the store has the spool's decisions",
+        Duration::from_secs(20),
+        async || central_decisions(cp.admin_addr, token).await.len() >= before_stop,
+    )
+    .await;
+    eprintln!(
+        "{before_stop} decisions stored centrally {:?} after the restarted sidecar answered",
+        waited.elapsed()
+    );
     let status = Command::new("kill")
         .args(["-TERM", &orders.id().to_string()])
         .status()
@@ -235,6 +286,46 @@ async fn a_killed_sidecar_loses_no_decision_a_client_saw_and_its_log_verifies() 
     let bundle = TrustBundle::from_pem(td, &std::fs::read(&bundle).unwrap()).unwrap();
     let (reports, rest) = verify_dir(&decisions, &bundle).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
+
+    // Central: every decision of the spool, once (the kill lost acknowledgements, so some
+    // batches went twice), the last ones shipped at the clean stop.
+    let central = central_decisions(cp.admin_addr, token).await;
+    let in_spool: Vec<(String, i64)> = spool_lines(&decisions)
+        .into_iter()
+        .filter(|l| l.record.is_some())
+        .map(|l| (l.instance, l.seq as i64))
+        .collect();
+    let mut keys: Vec<(String, i64)> = central.iter().map(|(i, s, _)| (i.clone(), *s)).collect();
+    keys.sort();
+    let distinct = keys.len();
+    keys.dedup();
+    assert_eq!(distinct, keys.len(), "no decision is stored twice");
+    let mut expected = in_spool.clone();
+    expected.sort();
+    assert_eq!(
+        keys,
+        expected,
+        "the store holds exactly the spool's decisions; the sidecar said: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let forwarded = central
+        .iter()
+        .filter(|(_, _, status)| *status == 200)
+        .count() as u64;
+    assert!(
+        forwarded >= seen,
+        "the clients saw {seen} responses, the store holds {forwarded}"
+    );
+    let shipped: u64 = std::fs::read_to_string(decisions.join("shipped"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        shipped,
+        spool_lines(&decisions).len() as u64,
+        "everything acknowledged"
+    );
     assert_eq!(reports.len(), 1, "{reports:?}");
     let report = &reports[0];
     assert!(report.clean(), "{:?}", report.findings);

@@ -36,6 +36,8 @@ use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod record;
+pub mod ship;
 pub mod verify;
 
 /// The format version every line carries.

@@ -43,6 +43,23 @@ pub enum Finding {
     Truncated { checkpointed: u64, present: u64 },
 }
 
+impl Finding {
+    /// A short name for the kind of finding: `verify -o json`, the collector's stored
+    /// findings and its metric label all use it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Finding::Malformed { .. } => "malformed",
+            Finding::Missing { .. } => "missing",
+            Finding::BrokenLink { .. } => "broken_link",
+            Finding::OutOfOrder { .. } => "out_of_order",
+            Finding::Fork { .. } => "fork",
+            Finding::BadCheckpoint { .. } => "bad_checkpoint",
+            Finding::Foreign { .. } => "foreign",
+            Finding::Truncated { .. } => "truncated",
+        }
+    }
+}
+
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -131,6 +148,21 @@ impl<'b> Verifier<'b> {
     pub fn expect_instance(&mut self, instance: &str) {
         self.own_instance = Some(instance.to_owned());
         self.state(instance);
+    }
+
+    /// Goes on from where an earlier check of `instance` stopped: its next sequence number,
+    /// the hash of its last line and the SPIFFE ID its checkpoints must be signed by (the
+    /// collector checks each batch this way, from the position it stored).
+    pub fn resume(&mut self, instance: &str, next_seq: u64, head: Option<Digest>, signer: &str) {
+        let st = self.state(instance);
+        st.next_seq = next_seq;
+        st.head = head;
+        st.report.signer = Some(signer.to_owned());
+    }
+
+    /// The next sequence number and the hash of the last line seen of `instance`.
+    pub fn position(&self, instance: &str) -> Option<(u64, Option<Digest>)> {
+        self.instances.get(instance).map(|s| (s.next_seq, s.head))
     }
 
     fn state(&mut self, instance: &str) -> &mut State {

@@ -2,7 +2,7 @@
 //! talk to. Every route but `/healthz` needs a bearer admin token signed by the control
 //! plane (audience `palisade-admin`), from loopback too; its `role` claim decides what the
 //! caller may do: `viewer` reads, `editor` also writes mesh configuration, `admin` may do
-//! everything (join tokens, CA rotation), `auditor` reads the audit trail.
+//! everything (join tokens, CA rotation), `auditor` reads the audit trail and the decision log.
 //!
 //! Which role each route needs is written once, in [`ROUTES`]: a middleware enforces it for
 //! every route, the role-matrix test walks it, and a test compares it with the OpenAPI
@@ -10,13 +10,14 @@
 //!
 //! One file per concern: `auth.rs` (who is calling, and roles), `error.rs` (the JSON
 //! errors), `state.rs`, and one file per resource: `documents.rs`, `simulate.rs`,
-//! `workloads.rs`, `audit.rs`, `join_tokens.rs`, `admin_tokens.rs`, `ca.rs`. This file holds
+//! `workloads.rs`, `audit.rs`, `decisions.rs`, `join_tokens.rs`, `admin_tokens.rs`, `ca.rs`. This file holds
 //! the router, the role table and the OpenAPI document.
 
 mod admin_tokens;
 mod audit;
 mod auth;
 mod ca;
+mod decisions;
 mod documents;
 mod error;
 mod join_tokens;
@@ -71,6 +72,7 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/v1/simulate", Role::Viewer),
     ("GET", "/v1/workloads", Role::Viewer),
     ("GET", "/v1/audit", Role::Auditor),
+    ("GET", "/v1/decisions", Role::Auditor),
     ("GET", "/v1/openapi.json", Role::Viewer),
 ];
 
@@ -107,6 +109,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/simulate", post(simulate::simulate))
         .route("/v1/workloads", get(workloads::workloads))
         .route("/v1/audit", get(audit::audit))
+        .route("/v1/decisions", get(decisions::decisions))
         .route(
             "/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),

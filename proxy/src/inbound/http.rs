@@ -97,7 +97,7 @@ impl Refusal {
                 Some("the sidecar has no identity".into()),
             ),
             Refusal::Unauthenticated(e) => {
-                event.decision = "unauthenticated";
+                event.decision = "unauthenticated".into();
                 event.reason = Some(format!("end-user token refused: {e}"));
                 let mut response = local_response(
                     StatusCode::UNAUTHORIZED,
@@ -125,7 +125,7 @@ impl Refusal {
             ),
         };
         if !keeps_decision {
-            event.decision = "error";
+            event.decision = "error".into();
         }
         event.reason = reason;
         local_response(status, &body, request_id)
@@ -170,7 +170,7 @@ impl Inbound {
         self.metrics.request(
             "inbound",
             peer.as_str(),
-            event.decision,
+            &event.decision,
             event.status,
             started.elapsed(),
         );
@@ -334,7 +334,7 @@ mod tests {
             let what = format!("{refusal:?}");
             // As if authorization had already allowed (the BadTarget case did say "allow").
             let mut event = AuditEvent::begin("inbound", "http1");
-            event.decision = "allow";
+            event.decision = "allow".into();
             let response = refusal.finish(&mut event, "id");
             assert_eq!(response.status().as_u16(), status, "{what}");
             let want = if status == 401 {
@@ -348,17 +348,17 @@ mod tests {
         }
         // A denial keeps the decision and reason authorization put on the event.
         let mut event = AuditEvent::begin("inbound", "http1");
-        event.decision = "deny";
+        event.decision = "deny".into();
         event.reason = Some("no ALLOW policy matched".into());
         let response = Refusal::Denied.finish(&mut event, "id");
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert_eq!(
-            (event.decision, event.reason.as_deref()),
+            (event.decision.as_ref(), event.reason.as_deref()),
             ("deny", Some("no ALLOW policy matched"))
         );
         // The application failing after an allow stays the policy's decision, with why.
         let mut event = AuditEvent::begin("inbound", "http1");
-        event.decision = "allow";
+        event.decision = "allow".into();
         let response = Refusal::AppUnavailable.finish(&mut event, "id");
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(event.decision, "allow");

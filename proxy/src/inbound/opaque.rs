@@ -61,16 +61,16 @@ impl Refusal {
     fn finish(self, event: &mut AuditEvent) {
         match self {
             Refusal::NotOpaquePort(port) => {
-                event.decision = "error";
+                event.decision = "error".into();
                 event.reason = Some(format!("port {port} is not an opaque port here"));
             }
             Refusal::NoIdentity => {
-                event.decision = "error";
+                event.decision = "error".into();
                 event.reason = Some("the sidecar has no identity".into());
             }
             Refusal::Denied => {}
             Refusal::AppUnreachable(reason) => {
-                event.decision = "error";
+                event.decision = "error".into();
                 event.reason = Some(reason);
             }
         }
@@ -100,7 +100,7 @@ impl Inbound {
         }
         let upstream = decided.map_err(|r| r.finish(&mut event));
         self.metrics
-            .connection("inbound", peer.as_str(), event.decision);
+            .connection("inbound", peer.as_str(), &event.decision);
         self.audit.decided(&event).await;
         if let Ok(upstream) = upstream {
             let (sent, received) = pipe(tls, upstream).await;

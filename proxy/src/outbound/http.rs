@@ -53,7 +53,7 @@ impl ForwardError {
             ForwardError::OutsideRegistry(_) => (StatusCode::FORBIDDEN, "deny"),
             _ => (StatusCode::BAD_GATEWAY, "error"),
         };
-        event.decision = decision;
+        event.decision = decision.into();
         event.reason = Some(self.to_string());
         local_response(status, &format!("palisade: {self}"), request_id)
     }
@@ -88,7 +88,7 @@ impl Outbound {
             .await
         {
             Ok((response, route)) => {
-                event.decision = route.label();
+                event.decision = route.label().into();
                 response
             }
             Err(e) => e.finish(&mut event, &request_id),
@@ -98,7 +98,7 @@ impl Outbound {
         self.metrics.request(
             "outbound",
             &peer,
-            event.decision,
+            &event.decision,
             event.status,
             started.elapsed(),
         );

@@ -77,14 +77,14 @@ impl Outbound {
         let dialled = self.dial_opaque(target, own_namespace, &mut event).await;
         // Finish: the connection's one audit line and count, whatever the outcome.
         match &dialled {
-            Ok(_) => event.decision = "forward",
+            Ok(_) => event.decision = "forward".into(),
             Err(e) => {
-                event.decision = "error";
+                event.decision = "error".into();
                 event.reason = Some(e.to_string());
             }
         }
         self.metrics
-            .connection("outbound", &event.destination, event.decision);
+            .connection("outbound", &event.destination, &event.decision);
         self.audit.decided(&event).await;
         if let Ok(tls) = dialled {
             let _open = self.metrics.open_connection("outbound");

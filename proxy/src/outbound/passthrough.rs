@@ -34,7 +34,7 @@ impl Outcome {
             ),
             Outcome::Unreachable(reason) => ("error", Some(reason), None),
         };
-        event.decision = decision;
+        event.decision = decision.into();
         event.reason = reason;
         upstream
     }

@@ -88,20 +88,78 @@ pub fn sidecar_config(
 
 /// GET on the sidecar's admin port: (status, body).
 pub async fn admin_get(sidecar: &RunningSidecar, path: &str) -> (u16, String) {
-    let tcp = TcpStream::connect(sidecar.admin_addr).await.unwrap();
+    http_get(sidecar.admin_addr, path, None).await
+}
+
+/// A plain-HTTP GET, with a bearer token if given: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .uri(path)
+        .header(http::header::HOST, "admin");
+    if let Some(token) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A free loopback port (bound and released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An application answering `hello` to everything.
+pub async fn hello_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    Bytes::from_static(b"hello"),
+                )))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    addr
+}
+
+/// A plain-HTTP call from an application through its sidecar's outbound listener to
+/// `payments`: the status.
+pub async fn call_payments(sidecar: &RunningSidecar, method: &str, path: &str) -> http::StatusCode {
+    let tcp = TcpStream::connect(sidecar.outbound_addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
     let req = http::Request::builder()
+        .method(method)
         .uri(path)
-        .header(http::header::HOST, "admin")
+        .header("host", "payments")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    status
 }
 
 pub async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {

@@ -100,6 +100,54 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             revoked_by TEXT
         )",
     ),
+    (
+        4,
+        "the central decision log",
+        // `decisions` keeps each shipped line whole (`line`) beside the columns queries
+        // filter on; the indexes serve newest-first listing with the usual filters.
+        "CREATE TABLE decision_instances (
+            instance TEXT PRIMARY KEY,
+            spiffe_id TEXT NOT NULL,
+            next_seq BIGINT NOT NULL,
+            head TEXT,
+            updated_at BIGINT NOT NULL
+         );
+         CREATE TABLE decisions (
+            instance TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            hash TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            time_ms BIGINT NOT NULL,
+            request_id TEXT,
+            decision TEXT,
+            direction TEXT,
+            source TEXT,
+            destination_service TEXT,
+            destination TEXT,
+            destination_namespace TEXT,
+            protocol TEXT,
+            method TEXT,
+            path TEXT,
+            policy TEXT,
+            exchange TEXT,
+            routing_key TEXT,
+            line TEXT NOT NULL,
+            PRIMARY KEY (instance, seq)
+         );
+         CREATE INDEX decisions_newest ON decisions (time_ms, instance, seq);
+         CREATE INDEX decisions_by_source ON decisions (source, time_ms);
+         CREATE INDEX decisions_by_destination ON decisions (destination_service, time_ms);
+         CREATE INDEX decisions_by_namespace ON decisions (destination_namespace, time_ms);
+         CREATE INDEX decisions_by_decision ON decisions (decision, time_ms);
+         CREATE INDEX decisions_by_request ON decisions (request_id);
+         CREATE TABLE decision_findings (
+            instance TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            found_at BIGINT NOT NULL
+         );
+         CREATE INDEX decision_findings_newest ON decision_findings (found_at)",
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -134,6 +182,11 @@ macro_rules! on_pool {
         }
     };
 }
+
+mod decisions;
+pub use decisions::{
+    Committed, DecisionFilter, DecisionRow, FindingRow, InstancePosition, StoredDecision,
+};
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -824,7 +877,7 @@ pub async fn fresh_postgres_schema() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Each test gets its own PostgreSQL schema, so tests run in parallel and leave the

@@ -25,8 +25,10 @@
 //! Layout: `instance` (this writer's id, kept across restarts so the sequence goes on),
 //! `segment-<first seq>.jsonl` (append-only, a new one past `SEGMENT_BYTES`), `head`.
 //!
-//! Not yet here (the decision-log issue's next steps): the size bound and overflow rule,
-//! shipping to the control plane, deleting shipped segments.
+//! **Shipping** ([`ship`]): what reached the kernel is posted to the control plane, and a
+//! segment is deleted once all of it is stored there.
+//!
+//! Not yet here (the decision-log issue's next steps): the size bound and overflow rule.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -46,6 +48,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::metrics::SpoolMetrics;
 
+pub mod ship;
+
 /// A new segment is started once the current one is past this size.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -55,6 +59,16 @@ pub struct DecisionLogSettings {
     pub dir: PathBuf,
     pub fsync_interval: Duration,
     pub checkpoint_interval: Duration,
+    pub ship: DecisionShip,
+}
+
+/// `--decision-ship`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DecisionShip {
+    /// To the control plane, over the sidecar API ([`ship`]).
+    ControlPlane,
+    /// Not shipped.
+    Off,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +114,9 @@ struct Inner {
     file: Mutex<Segment>,
     /// The writer task has stopped: an append writes its line itself.
     closed: std::sync::atomic::AtomicBool,
+    /// The writer's last batch and checkpoint are written (what the shipper waits for at
+    /// shutdown, to send them too).
+    finished: watch::Sender<bool>,
     metrics: SpoolMetrics,
 }
 
@@ -134,7 +151,7 @@ impl Spool {
         let instance = match std::fs::read_to_string(&instance_path) {
             Ok(id) => id.trim().to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let id = crate::forwarding::request_id();
+                let id = palisade_contract::request_id();
                 write_atomic(&instance_path, format!("{id}\n").as_bytes(), true).map_err(io)?;
                 id
             }
@@ -167,9 +184,24 @@ impl Spool {
                 settings,
                 file: Mutex::new(segment),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                finished: watch::Sender::new(false),
                 metrics,
             }),
         })
+    }
+
+    /// How many lines (a sequence number) have reached the kernel, as it changes.
+    pub fn written(&self) -> watch::Receiver<u64> {
+        self.inner.written.subscribe()
+    }
+
+    /// Turns true once the writer wrote, signed and synced its last lines.
+    pub fn finished(&self) -> watch::Receiver<bool> {
+        self.inner.finished.subscribe()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
     }
 
     pub fn instance(&self) -> String {
@@ -327,6 +359,7 @@ impl Spool {
             tracing::error!(error = %e, "the last decision-log write failed");
         }
         self.sync();
+        self.inner.finished.send_replace(true);
     }
 }
 
@@ -409,6 +442,7 @@ mod tests {
             dir: dir.to_owned(),
             fsync_interval: Duration::from_millis(50),
             checkpoint_interval: Duration::from_secs(3600),
+            ship: DecisionShip::Off,
         }
     }
 

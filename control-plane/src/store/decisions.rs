@@ -1,0 +1,330 @@
+//! The central decision log: every line the sidecars ship, stored once per (instance,
+//! sequence number), with the fields the queries filter on pulled out into indexed columns
+//! and the line itself kept whole, so the chain can be checked again from the store.
+//!
+//! Each writer (`instance`) has one row in `decision_instances`: the SPIFFE ID that ships
+//! for it (bound at its first batch: no other workload may add to its chain), the next
+//! sequence number expected and the hash of the last stored line. A batch commits in one
+//! transaction that moves that row from the position it was checked against to the new
+//! one, so two deliveries of one batch racing each other (a retry after a lost answer)
+//! cannot both land: the second finds the position moved and is checked again.
+
+use sqlx::{QueryBuilder, Row};
+
+use super::{Backend, Store, StoreError};
+
+/// Where a writer's chain stands in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstancePosition {
+    pub instance: String,
+    pub spiffe_id: String,
+    pub next_seq: i64,
+    /// Hex SHA-256 of the last stored line (`None` before the first).
+    pub head: Option<String>,
+}
+
+/// One stored line with its indexed fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecisionRow {
+    pub instance: String,
+    pub seq: i64,
+    pub hash: String,
+    /// `decision` or `checkpoint`.
+    pub kind: String,
+    /// Unix milliseconds.
+    pub time_ms: i64,
+    pub request_id: Option<String>,
+    pub decision: Option<String>,
+    pub direction: Option<String>,
+    pub source: Option<String>,
+    pub destination_service: Option<String>,
+    pub destination: Option<String>,
+    pub destination_namespace: Option<String>,
+    pub protocol: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub policy: Option<String>,
+    pub exchange: Option<String>,
+    pub routing_key: Option<String>,
+    /// The line as the sidecar wrote it.
+    pub line: String,
+}
+
+/// An integrity finding, stored as its own event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindingRow {
+    pub instance: String,
+    pub kind: String,
+    pub detail: String,
+    pub found_at: i64,
+}
+
+/// What `GET /v1/decisions` filters on; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionFilter {
+    /// Unix milliseconds, inclusive.
+    pub since_ms: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    pub until_ms: Option<i64>,
+    pub source: Option<String>,
+    pub destination: Option<String>,
+    pub namespace: Option<String>,
+    pub decision: Option<String>,
+    pub policy: Option<String>,
+    pub protocol: Option<String>,
+    pub method: Option<String>,
+    pub path_prefix: Option<String>,
+    pub exchange: Option<String>,
+    pub routing_key: Option<String>,
+    pub request_id: Option<String>,
+    /// Only rows after this one in newest-first order: `(time_ms, instance, seq)`.
+    pub before: Option<(i64, String, i64)>,
+    pub limit: i64,
+}
+
+/// A stored decision as the queries return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDecision {
+    pub instance: String,
+    pub seq: i64,
+    pub time_ms: i64,
+    pub line: String,
+}
+
+/// What committing a batch found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Stored,
+    /// The instance's position moved since it was read (another delivery landed first).
+    Moved,
+}
+
+const COLUMNS: &str = "instance, seq, hash, kind, time_ms, request_id, decision, direction, source, \
+     destination_service, destination, destination_namespace, protocol, method, path, policy, \
+     exchange, routing_key, line";
+
+/// Rows per INSERT statement (19 binds each; SQLite allows 32,766 per statement).
+const ROWS_PER_INSERT: usize = 500;
+
+impl Store {
+    /// Where `instance`'s chain stands, if anything of it is stored.
+    pub async fn decision_position(
+        &self,
+        instance: &str,
+    ) -> Result<Option<InstancePosition>, StoreError> {
+        const SQL: &str = "SELECT instance, spiffe_id, next_seq, head FROM decision_instances
+                           WHERE instance = $1";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(instance)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| {
+                Ok(InstancePosition {
+                    instance: r.try_get(0)?,
+                    spiffe_id: r.try_get(1)?,
+                    next_seq: r.try_get(2)?,
+                    head: r.try_get(3)?,
+                })
+            })
+            .transpose())
+    }
+
+    /// The stored hashes of `instance`'s lines `first..=last` (to recognise a line sent
+    /// again, or a different line under a stored number: a fork).
+    pub async fn decision_hashes(
+        &self,
+        instance: &str,
+        first: i64,
+        last: i64,
+    ) -> Result<std::collections::HashMap<i64, String>, StoreError> {
+        const SQL: &str = "SELECT seq, hash FROM decisions
+                           WHERE instance = $1 AND seq >= $2 AND seq <= $3";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(instance)
+            .bind(first)
+            .bind(last)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect())
+    }
+
+    /// Stores `rows` and `findings` and moves the instance from `from` (its position when
+    /// the batch was checked; `None`: nothing stored yet) to `to`, in one transaction.
+    pub async fn commit_decisions(
+        &self,
+        from: Option<&InstancePosition>,
+        to: &InstancePosition,
+        rows: &[DecisionRow],
+        findings: &[FindingRow],
+    ) -> Result<Committed, StoreError> {
+        macro_rules! commit {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let moved = match from {
+                    Some(from) => sqlx::query(
+                        "UPDATE decision_instances SET next_seq = $1, head = $2, updated_at = $3
+                         WHERE instance = $4 AND next_seq = $5",
+                    )
+                    .bind(to.next_seq)
+                    .bind(&to.head)
+                    .bind(crate::ca::unix_now())
+                    .bind(&to.instance)
+                    .bind(from.next_seq)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                    None => sqlx::query(
+                        "INSERT INTO decision_instances (instance, spiffe_id, next_seq, head, updated_at)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (instance) DO NOTHING",
+                    )
+                    .bind(&to.instance)
+                    .bind(&to.spiffe_id)
+                    .bind(to.next_seq)
+                    .bind(&to.head)
+                    .bind(crate::ca::unix_now())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected(),
+                };
+                if moved != 1 {
+                    tx.rollback().await?;
+                    return Ok(Committed::Moved);
+                }
+                for chunk in rows.chunks(ROWS_PER_INSERT) {
+                    let mut q = QueryBuilder::new(format!("INSERT INTO decisions ({COLUMNS}) "));
+                    q.push_values(chunk, |mut b, r| {
+                        b.push_bind(&r.instance)
+                            .push_bind(r.seq)
+                            .push_bind(&r.hash)
+                            .push_bind(&r.kind)
+                            .push_bind(r.time_ms)
+                            .push_bind(&r.request_id)
+                            .push_bind(&r.decision)
+                            .push_bind(&r.direction)
+                            .push_bind(&r.source)
+                            .push_bind(&r.destination_service)
+                            .push_bind(&r.destination)
+                            .push_bind(&r.destination_namespace)
+                            .push_bind(&r.protocol)
+                            .push_bind(&r.method)
+                            .push_bind(&r.path)
+                            .push_bind(&r.policy)
+                            .push_bind(&r.exchange)
+                            .push_bind(&r.routing_key)
+                            .push_bind(&r.line);
+                    });
+                    // A line already stored under its number stays as it was (the
+                    // collector recorded a fork if it differed).
+                    q.push(" ON CONFLICT (instance, seq) DO NOTHING");
+                    q.build().execute(&mut *tx).await?;
+                }
+                for f in findings {
+                    sqlx::query(
+                        "INSERT INTO decision_findings (instance, kind, detail, found_at)
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&f.instance)
+                    .bind(&f.kind)
+                    .bind(&f.detail)
+                    .bind(f.found_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(Committed::Stored)
+            }};
+        }
+        match &self.backend {
+            Backend::Sqlite(pool) => commit!(pool),
+            Backend::Postgres(pool) => commit!(pool),
+        }
+    }
+
+    /// Stored decisions (not checkpoints), newest first.
+    pub async fn decisions(&self, f: &DecisionFilter) -> Result<Vec<StoredDecision>, StoreError> {
+        macro_rules! query {
+            ($pool:expr) => {{
+                let mut q = QueryBuilder::new(
+                    "SELECT instance, seq, time_ms, line FROM decisions WHERE kind = 'decision'",
+                );
+                if let Some(v) = f.since_ms {
+                    q.push(" AND time_ms >= ").push_bind(v);
+                }
+                if let Some(v) = f.until_ms {
+                    q.push(" AND time_ms < ").push_bind(v);
+                }
+                for (column, value) in [
+                    ("source", &f.source),
+                    ("destination_service", &f.destination),
+                    ("destination_namespace", &f.namespace),
+                    ("decision", &f.decision),
+                    ("policy", &f.policy),
+                    ("protocol", &f.protocol),
+                    ("method", &f.method),
+                    ("exchange", &f.exchange),
+                    ("routing_key", &f.routing_key),
+                    ("request_id", &f.request_id),
+                ] {
+                    if let Some(v) = value {
+                        q.push(format!(" AND {column} = ")).push_bind(v.clone());
+                    }
+                }
+                if let Some(prefix) = &f.path_prefix {
+                    // A range, not LIKE: no wildcard characters to escape, and the index
+                    // on the column serves it.
+                    q.push(" AND path >= ").push_bind(prefix.clone());
+                    q.push(" AND path < ")
+                        .push_bind(format!("{prefix}\u{10ffff}"));
+                }
+                if let Some((t, i, s)) = &f.before {
+                    q.push(" AND (time_ms < ").push_bind(*t);
+                    q.push(" OR (time_ms = ").push_bind(*t);
+                    q.push(" AND (instance < ").push_bind(i.clone());
+                    q.push(" OR (instance = ").push_bind(i.clone());
+                    q.push(" AND seq < ").push_bind(*s).push(")))) ");
+                }
+                q.push(" ORDER BY time_ms DESC, instance DESC, seq DESC LIMIT ")
+                    .push_bind(f.limit.clamp(1, 1000));
+                q.build()
+                    .fetch_all($pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| {
+                        Ok(StoredDecision {
+                            instance: r.try_get(0)?,
+                            seq: r.try_get(1)?,
+                            time_ms: r.try_get(2)?,
+                            line: r.try_get(3)?,
+                        })
+                    })
+                    .collect()
+            }};
+        }
+        match &self.backend {
+            Backend::Sqlite(pool) => query!(pool),
+            Backend::Postgres(pool) => query!(pool),
+        }
+    }
+
+    /// Integrity findings, newest first.
+    pub async fn decision_findings(&self, limit: i64) -> Result<Vec<FindingRow>, StoreError> {
+        const SQL: &str = "SELECT instance, kind, detail, found_at FROM decision_findings
+                           ORDER BY found_at DESC LIMIT $1";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(limit.clamp(1, 10_000))
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(FindingRow {
+                    instance: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    detail: r.try_get(2)?,
+                    found_at: r.try_get(3)?,
+                })
+            })
+            .collect())
+    }
+}

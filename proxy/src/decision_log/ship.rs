@@ -1,0 +1,340 @@
+//! Shipping the spool to the control plane ([`palisade_contract::decisions::ship`]): read
+//! what the writer has handed to the kernel, post it in batches over the sidecar's mTLS
+//! connection to the control plane, and move on only when the control plane answers that
+//! it stored the lines.
+//!
+//! At least once: the acknowledged position is kept in the spool's `shipped` file, so after
+//! a reconnect or a restart the lines after it are sent again (the control plane stores a
+//! line sent twice once). A segment is deleted only when every line of it is acknowledged
+//! and a newer segment exists (the newest is the one being written). While the control
+//! plane is unreachable the spool grows, and nothing is lost; the attempts back off from
+//! half a second to 30 s. At shutdown the shipper waits for the writer's last lines and
+//! sends them (for at most 3 s), so a pod deleted with its spool loses nothing that was
+//! shippable.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use palisade_contract::decisions::ship::{MAX_BATCH_BYTES, MAX_BATCH_LINES, SHIPPED_FILE};
+use palisade_contract::decisions::{segment_first_seq, segments};
+use palisade_contract::private_files::write_atomic;
+use palisade_contract::process::Stopping;
+use tokio::sync::watch;
+
+use crate::control_plane_client::ControlPlaneClient;
+use crate::metrics::SpoolMetrics;
+
+/// Shortest time between two batches while lines trickle in (under load, full batches go
+/// at once).
+const PACE: Duration = Duration::from_millis(200);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long shutdown waits to ship the last lines.
+const LAST_SHIPPING: Duration = Duration::from_secs(3);
+
+/// Where the next unshipped line is: its segment, byte offset and sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursor {
+    segment: PathBuf,
+    offset: u64,
+    seq: u64,
+}
+
+pub struct Shipper {
+    dir: PathBuf,
+    instance: String,
+    client: ControlPlaneClient,
+    /// How many lines (a sequence number) the writer has handed to the kernel.
+    written: watch::Receiver<u64>,
+    /// The writer wrote its last lines (at shutdown).
+    finished: watch::Receiver<bool>,
+    metrics: SpoolMetrics,
+    /// Acknowledged: every line before this is stored centrally.
+    acked: u64,
+    cursor: Option<Cursor>,
+}
+
+impl Shipper {
+    pub fn new(
+        dir: PathBuf,
+        instance: String,
+        client: ControlPlaneClient,
+        written: watch::Receiver<u64>,
+        finished: watch::Receiver<bool>,
+        metrics: SpoolMetrics,
+    ) -> Self {
+        let acked = read_shipped(&dir);
+        Self {
+            dir,
+            instance,
+            client,
+            written,
+            finished,
+            metrics,
+            acked,
+            cursor: None,
+        }
+    }
+
+    pub async fn run(mut self, mut stop: Stopping) {
+        let mut backoff = FIRST_BACKOFF;
+        let mut failing = false;
+        loop {
+            let written = *self.written.borrow_and_update();
+            self.metrics
+                .unshipped
+                .set(written.saturating_sub(self.acked) as i64);
+            let wait = if written <= self.acked {
+                None
+            } else {
+                match self.ship_once().await {
+                    Ok(full) => {
+                        if failing {
+                            tracing::info!("shipping decisions to the control plane again");
+                        }
+                        failing = false;
+                        backoff = FIRST_BACKOFF;
+                        (!full).then_some(PACE)
+                    }
+                    Err(e) => {
+                        self.metrics.ship_errors.inc();
+                        if !failing {
+                            tracing::warn!(error = %e,
+                                "shipping decisions failed; the spool keeps them and retries");
+                        }
+                        failing = true;
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        Some(wait)
+                    }
+                }
+            };
+            tokio::select! {
+                () = &mut stop => return self.last_lines().await,
+                () = async {
+                    match wait {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => { let _ = self.written.changed().await; }
+                    }
+                } => {}
+            }
+        }
+    }
+
+    /// At shutdown: once the writer wrote its last lines (the final checkpoint), sends
+    /// what is left, within `LAST_SHIPPING` (a pod's spool may go with the pod).
+    async fn last_lines(mut self) {
+        let deadline = tokio::time::Instant::now() + LAST_SHIPPING;
+        let sent = tokio::time::timeout_at(deadline, async {
+            let _ = self.finished.wait_for(|f| *f).await;
+            while *self.written.borrow() > self.acked {
+                if let Err(e) = self.ship_once().await {
+                    // Retried until the deadline: a busy control plane may answer late.
+                    tracing::debug!(error = %e, "shipping the last decisions failed");
+                    tokio::time::sleep(PACE).await;
+                }
+            }
+        })
+        .await;
+        if sent.is_err() {
+            tracing::warn!(
+                unshipped = self.written.borrow().saturating_sub(self.acked),
+                "stopping with decisions not yet shipped; they are sent at the next start"
+            );
+        }
+    }
+
+    /// Sends one batch from the cursor; `Ok(true)` when it was full (more is waiting).
+    async fn ship_once(&mut self) -> Result<bool, String> {
+        let cursor = match self.cursor.clone() {
+            Some(c) => c,
+            None => locate(&self.dir, self.acked).map_err(|e| e.to_string())?,
+        };
+        let (batch, lines, end) = read_batch(&self.dir, &cursor).map_err(|e| e.to_string())?;
+        if lines == 0 {
+            self.cursor = Some(end);
+            return Ok(false);
+        }
+        let ack = self
+            .client
+            .ship_decisions(&self.instance, batch)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sent_through = cursor.seq + lines;
+        let full = lines as usize >= MAX_BATCH_LINES
+            || end.offset - cursor.offset >= (MAX_BATCH_BYTES / 2) as u64;
+        self.cursor = if ack.next_seq == sent_through {
+            Some(end)
+        } else {
+            // The control plane expects another line next (it lost what it had, or this
+            // spool was shipped from elsewhere): find it again.
+            tracing::warn!(
+                expected = ack.next_seq,
+                sent_through,
+                "the control plane's position differs from the batch just sent"
+            );
+            None
+        };
+        let newly = ack.next_seq.saturating_sub(self.acked);
+        self.metrics.shipped.inc_by(newly);
+        self.acked = ack.next_seq;
+        write_atomic(
+            &self.dir.join(SHIPPED_FILE),
+            format!("{}\n", self.acked).as_bytes(),
+            false,
+        )
+        .map_err(|e| format!("recording the shipped position: {e}"))?;
+        self.delete_shipped_segments();
+        Ok(full)
+    }
+
+    /// Deletes every segment whose lines are all acknowledged, never the newest.
+    fn delete_shipped_segments(&self) {
+        let Ok(all) = segments(&self.dir) else {
+            return;
+        };
+        for pair in all.windows(2) {
+            let next_first = segment_first_seq(&pair[1]).unwrap_or(0);
+            if next_first > self.acked {
+                break;
+            }
+            if let Ok(meta) = std::fs::metadata(&pair[0]) {
+                self.metrics.bytes.sub(meta.len() as i64);
+            }
+            if let Err(e) = std::fs::remove_file(&pair[0]) {
+                tracing::warn!(error = %e, segment = %pair[0].display(),
+                    "deleting a shipped decision segment failed");
+            }
+        }
+    }
+}
+
+fn read_shipped(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(SHIPPED_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The cursor at line `seq`: in the last segment starting at or before it (or the first
+/// segment, when the lines before it are gone).
+fn locate(dir: &Path, seq: u64) -> std::io::Result<Cursor> {
+    let all = segments(dir)?;
+    let Some(segment) = all
+        .iter()
+        .rev()
+        .find(|p| segment_first_seq(p).is_some_and(|f| f <= seq))
+        .or(all.first())
+        .cloned()
+    else {
+        return Err(std::io::Error::other("the decision spool has no segment"));
+    };
+    let first = segment_first_seq(&segment).unwrap_or(0);
+    let mut cursor = Cursor {
+        segment,
+        offset: 0,
+        seq: first,
+    };
+    if first >= seq {
+        return Ok(cursor);
+    }
+    // Skip the lines before `seq`.
+    let mut bytes = Vec::new();
+    File::open(&cursor.segment)?.read_to_end(&mut bytes)?;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        if cursor.seq == seq || !line.ends_with(b"\n") {
+            break;
+        }
+        cursor.offset += line.len() as u64;
+        cursor.seq += 1;
+    }
+    Ok(cursor)
+}
+
+/// Whole lines from the cursor, at most a batch; where they end. At the end of a segment
+/// with a newer one beside it, the cursor moves to the newer one.
+fn read_batch(dir: &Path, cursor: &Cursor) -> std::io::Result<(Vec<u8>, u64, Cursor)> {
+    let mut file = File::open(&cursor.segment)?;
+    file.seek(SeekFrom::Start(cursor.offset))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_BATCH_BYTES as u64).read_to_end(&mut bytes)?;
+    let mut lines = 0u64;
+    let mut len = 0usize;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        if !line.ends_with(b"\n") || lines as usize >= MAX_BATCH_LINES {
+            break;
+        }
+        len += line.len();
+        lines += 1;
+    }
+    bytes.truncate(len);
+    let mut end = Cursor {
+        segment: cursor.segment.clone(),
+        offset: cursor.offset + len as u64,
+        seq: cursor.seq + lines,
+    };
+    if lines == 0 {
+        // Nothing more here: a newer segment means this one is finished.
+        let newer = segments(dir)?.into_iter().find(|p| {
+            segment_first_seq(p).is_some_and(|f| f >= cursor.seq) && *p != cursor.segment
+        });
+        if let Some(next) = newer {
+            end = Cursor {
+                seq: segment_first_seq(&next).unwrap_or(cursor.seq),
+                segment: next,
+                offset: 0,
+            };
+        }
+    }
+    Ok((bytes, lines, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_contract::decisions::{Chain, segment_name};
+
+    /// Two segments of 3 and 2 lines.
+    fn spool(dir: &Path) {
+        let mut chain = Chain::new("i1");
+        let mut first = Vec::new();
+        for i in 0..3 {
+            first.extend(chain.decision("t", &serde_json::json!({ "i": i })));
+        }
+        std::fs::write(dir.join(segment_name(0)), first).unwrap();
+        let mut second = Vec::new();
+        for i in 3..5 {
+            second.extend(chain.decision("t", &serde_json::json!({ "i": i })));
+        }
+        // The newest segment's last line is still being written.
+        second.extend_from_slice(b"{\"v\":1,\"inst");
+        std::fs::write(dir.join(segment_name(3)), second).unwrap();
+    }
+
+    #[test]
+    fn batches_are_whole_lines_in_order_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        spool(dir.path());
+        let at = locate(dir.path(), 1).unwrap();
+        assert_eq!(
+            (at.seq, at.segment.clone()),
+            (1, dir.path().join(segment_name(0)))
+        );
+        let (batch, lines, end) = read_batch(dir.path(), &at).unwrap();
+        assert_eq!(lines, 2);
+        assert!(batch.ends_with(b"\n"));
+        assert!(String::from_utf8(batch).unwrap().contains("\"seq\":1,"));
+        // The end of the first segment moves on to the second...
+        let (_, lines, next) = read_batch(dir.path(), &end).unwrap();
+        assert_eq!((lines, next.seq, next.offset), (0, 3, 0));
+        // ... whose unfinished last line is not sent.
+        let (batch, lines, end) = read_batch(dir.path(), &next).unwrap();
+        assert_eq!((lines, end.seq), (2, 5));
+        assert_eq!(String::from_utf8(batch).unwrap().lines().count(), 2);
+        // Located directly, past the segment boundary.
+        assert_eq!(locate(dir.path(), 4).unwrap().seq, 4);
+        assert_eq!(locate(dir.path(), 3).unwrap().offset, 0);
+    }
+}
