@@ -17,7 +17,7 @@ use palisade_contract::SpiffeId;
 use palisade_contract::decisions::record::Record;
 use palisade_contract::decisions::ship::{MAX_BATCH_BYTES, MAX_BATCH_LINES, ShipAck};
 use palisade_contract::decisions::verify::{Finding, Verifier};
-use palisade_contract::decisions::{Digest, EntryKind, Line, hex, line_hash};
+use palisade_contract::decisions::{Digest, EntryKind, Line, hex, line_hash, valid_instance};
 use palisade_contract::tls::SharedBundle;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
@@ -100,6 +100,11 @@ impl Collector {
         instance: &str,
         body: &[u8],
     ) -> Result<ShipAck, IngestError> {
+        if !valid_instance(instance) {
+            return Err(IngestError::Malformed(format!(
+                "{instance:?} is not an instance id (1 to 64 letters, digits, - or _)"
+            )));
+        }
         let lines = split_lines(body)?;
         for _ in 0..ATTEMPTS {
             let from = self.store.decision_position(instance).await?;
@@ -513,7 +518,9 @@ mod tests {
         );
         assert_eq!(stored(&store, DecisionFilter::default()).await.len(), 13);
 
-        // Not lines at all: refused, nothing stored.
+        // Not an instance id, or not lines at all: refused, nothing stored.
+        let err = c.ingest(&me, "i1&x=y", &all(&second)).await.unwrap_err();
+        assert!(matches!(err, IngestError::Malformed(_)), "{err}");
         let err = c.ingest(&me, "i1", b"{\"v\":1").await.unwrap_err();
         assert!(matches!(err, IngestError::Malformed(_)), "{err}");
     }

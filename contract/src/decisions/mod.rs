@@ -55,6 +55,15 @@ pub const INSTANCE_FILE: &str = "instance";
 /// The spool directory's copy of its latest checkpoint line (replaced whole at each one).
 pub const HEAD_FILE: &str = "head";
 
+/// Whether `id` may name a writer: 1 to 64 ASCII letters, digits, `-` or `_` (what the
+/// sidecar generates; it travels in file names and URLs as it is).
+pub fn valid_instance(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The name of the segment file whose first line is `first_seq`: they sort in order.
 pub fn segment_name(first_seq: u64) -> String {
     format!("segment-{first_seq:020}.jsonl")

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use palisade_contract::decisions::{
     CHECKPOINT_TYP, Chain, HEAD_FILE, INSTANCE_FILE, Line, line_hash, segment_first_seq,
-    segment_name, segments,
+    segment_name, segments, valid_instance,
 };
 use palisade_contract::private_files::{ensure_private_dir, write_atomic};
 use palisade_contract::process::Stopping;
@@ -157,6 +157,12 @@ impl Spool {
             }
             Err(e) => return Err(io(e)),
         };
+        if !valid_instance(&instance) {
+            return Err(io(std::io::Error::other(format!(
+                "{} holds {instance:?}, not an instance id (1 to 64 letters, digits, - or _)",
+                instance_path.display()
+            ))));
+        }
         let (chain, segment) = match segments(&dir).map_err(io)?.pop() {
             Some(last) => resume(&dir, &last, &instance)?,
             None => {
@@ -570,5 +576,9 @@ mod tests {
         .unwrap();
         let err = Spool::open(settings(&spool_dir), IdentitySlot::new(), metrics()).unwrap_err();
         assert!(matches!(err, SpoolError::Foreign { .. }), "{err}");
+        // An instance file that is no instance id (it goes into file names and URLs).
+        std::fs::write(spool_dir.join(INSTANCE_FILE), "me&you\n").unwrap();
+        let err = Spool::open(settings(&spool_dir), IdentitySlot::new(), metrics()).unwrap_err();
+        assert!(err.to_string().contains("not an instance id"), "{err}");
     }
 }
