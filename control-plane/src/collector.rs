@@ -17,7 +17,7 @@ use palisade_contract::SpiffeId;
 use palisade_contract::decisions::record::Record;
 use palisade_contract::decisions::ship::{MAX_BATCH_BYTES, MAX_BATCH_LINES, ShipAck};
 use palisade_contract::decisions::verify::{Finding, Verifier};
-use palisade_contract::decisions::{Digest, EntryKind, Line, hex, line_hash, valid_instance};
+use palisade_contract::decisions::{Digest, Line, hex, line_hash, valid_instance};
 use palisade_contract::tls::SharedBundle;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
@@ -300,11 +300,7 @@ fn row(line: &Line, bytes: &[u8]) -> DecisionRow {
         instance: line.instance.clone(),
         seq: line.seq as i64,
         hash: hex(&line_hash(bytes)),
-        kind: match line.kind {
-            EntryKind::Decision => "decision",
-            EntryKind::Checkpoint => "checkpoint",
-        }
-        .to_owned(),
+        kind: line.kind.as_str().to_owned(),
         time_ms,
         line: String::from_utf8_lossy(bytes).into_owned(),
         ..DecisionRow::default()

@@ -122,13 +122,24 @@ impl AuditLog {
             // Boxed: the spool's wait would otherwise make every path's request future
             // larger, spool or not.
             let durable: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                Box::pin(spool.append_json(&event.time, &line));
+                Box::pin(spool.append_json(
+                    &event.time,
+                    &line,
+                    event.reason.as_deref() == Some(crate::decision_log::LOG_FULL),
+                ));
             if let Err(e) = durable.await {
                 tracing::error!(error = %e, "a decision could not be recorded");
             }
         }
         line.push(b'\n');
         self.stream(line);
+    }
+
+    /// Whether new work may be admitted: `false` only when the decision spool is full and
+    /// `--decision-overflow refuse` applies; the caller then refuses with
+    /// [`crate::decision_log::LOG_FULL`] as its reason (counted here).
+    pub fn admits(&self) -> bool {
+        self.spool.as_ref().is_none_or(|s| s.admits())
     }
 
     /// The stream copy only (best effort: a full queue drops the line and counts it).

@@ -17,7 +17,7 @@ use palisade_contract::path::PathOptions;
 use crate::admin::{AdminSettings, AppProbe};
 use crate::amqp::{AmqpSettings, ProvenanceSettings};
 use crate::audit::AuditTarget;
-use crate::decision_log::{DecisionLogSettings, DecisionShip};
+use crate::decision_log::{DecisionLogSettings, DecisionShip, Overflow};
 use crate::forwarding::UnderscoreHeaders;
 use crate::identity::{INITIAL_BACKOFF, IdentitySettings};
 use crate::inbound::InboundSettings;
@@ -157,6 +157,17 @@ pub struct Config {
     /// (the spool only grows: for a node-local collector of your own).
     #[arg(long, env = "PALISADE_DECISION_SHIP", value_enum, default_value_t = DecisionShip::ControlPlane)]
     pub decision_ship: DecisionShip,
+
+    /// The decision spool's bound: once its segments hold this much (shipping fell
+    /// behind), --decision-overflow applies. Bytes, or with a unit: KiB, MiB, GiB.
+    #[arg(long, env = "PALISADE_DECISION_SPOOL_MAX", default_value = "1GiB", value_parser = parse_bytes)]
+    pub decision_spool_max: u64,
+
+    /// What a full spool does: refuse (new requests get 503, new connections and
+    /// publishes are refused, each counted) or drop (traffic goes on, its decisions are
+    /// not written, and a gap entry in the chain says how many).
+    #[arg(long, env = "PALISADE_DECISION_OVERFLOW", value_enum, default_value_t = Overflow::Refuse)]
+    pub decision_overflow: Overflow,
 
     /// Keep %2F, %5C and \ in paths (undecoded) instead of answering 400.
     #[arg(long, env = "PALISADE_ALLOW_ENCODED_SLASHES")]
@@ -404,6 +415,9 @@ impl Config {
         {
             problems.push("--decision-fsync-interval must be between 10ms and 1s".into());
         }
+        if self.decision_spool_max < 1 << 20 {
+            problems.push("--decision-spool-max must be at least 1MiB".into());
+        }
         if self.decision_checkpoint_interval < Duration::from_millis(100) {
             problems.push("--decision-checkpoint-interval must be at least 100ms".into());
         }
@@ -494,15 +508,49 @@ impl Config {
                 fsync_interval: self.decision_fsync_interval,
                 checkpoint_interval: self.decision_checkpoint_interval,
                 ship: self.decision_ship,
+                spool_max: self.decision_spool_max,
+                overflow: self.decision_overflow,
             }),
             worker_threads,
         })
     }
 }
 
+/// `1073741824`, `512KiB`, `64MiB`, `1GiB` (also `K`, `M`, `G` and `KB`, `MB`, `GB`, as
+/// powers of 1024: a spool bound, not a marketing figure).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512MiB, 1GiB)"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KB" | "KiB" => 10,
+        "M" | "MB" | "MiB" => 20,
+        "G" | "GB" | "GiB" => 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_bytes_or_binary_units_and_nothing_else() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        for bad in ["", "MiB", "1TiB", "-1MiB", "1.5GiB", "99999999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn every_problem_is_reported_at_once() {

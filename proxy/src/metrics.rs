@@ -46,6 +46,10 @@ pub struct SpoolMetrics {
     pub unshipped: IntGauge,
     /// Failed shipping attempts (each retried with backoff).
     pub ship_errors: IntCounter,
+    /// Decisions not written because the spool was full (in a gap entry).
+    pub dropped: IntCounter,
+    /// Requests, connections and publishes refused because the spool was full.
+    pub refused: IntCounter,
 }
 
 /// Decrements the open-connection gauge when the connection ends.
@@ -184,6 +188,14 @@ impl ProxyMetrics {
                 "palisade_proxy_decision_ship_errors_total",
                 "Failed attempts to ship decision-log lines (retried with backoff).",
             )?,
+            dropped: IntCounter::new(
+                "palisade_proxy_decision_records_dropped_total",
+                "Decisions not written because the spool was full (accounted for by a gap entry in the chain).",
+            )?,
+            refused: IntCounter::new(
+                "palisade_proxy_decision_log_full_refusals_total",
+                "Requests, connections and publishes refused because the decision spool was full (--decision-overflow refuse).",
+            )?,
         };
         registry.register(Box::new(spool.written.clone()))?;
         registry.register(Box::new(spool.bytes.clone()))?;
@@ -191,6 +203,8 @@ impl ProxyMetrics {
         registry.register(Box::new(spool.shipped.clone()))?;
         registry.register(Box::new(spool.unshipped.clone()))?;
         registry.register(Box::new(spool.ship_errors.clone()))?;
+        registry.register(Box::new(spool.dropped.clone()))?;
+        registry.register(Box::new(spool.refused.clone()))?;
         Ok(Self {
             requests,
             duration,

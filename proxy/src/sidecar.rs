@@ -121,11 +121,8 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
             writers.spawn(|stop| writer.run(stop));
             if ship == DecisionShip::ControlPlane {
                 let shipper = Shipper::new(
-                    spool.dir().to_owned(),
-                    spool.instance(),
+                    spool.clone(),
                     identity.control_plane().clone(),
-                    spool.written(),
-                    spool.finished(),
                     metrics.spool.clone(),
                 );
                 writers.spawn(|stop| shipper.run(stop));

@@ -337,3 +337,125 @@ async fn a_killed_sidecar_loses_no_decision_a_client_saw_and_its_log_verifies() 
     payments.shutdown().await;
     cp.shutdown().await;
 }
+
+/// GETs through `sidecar`'s outbound listener to a host no registry knows (each one a
+/// decision: 502) until `stop` says so; the statuses.
+async fn until_status(sidecar: SocketAddr, mut stop: impl FnMut(u16) -> bool) -> Vec<u16> {
+    let tcp = TcpStream::connect(sidecar).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    loop {
+        let req = http::Request::builder()
+            .uri("/fill")
+            .header(http::header::HOST, "nowhere")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        statuses.push(status);
+        if stop(status) {
+            if status == 503 {
+                let body = String::from_utf8_lossy(&body);
+                assert!(body.contains("the decision log is full"), "{body}");
+            }
+            return statuses;
+        }
+        assert!(statuses.len() < 100_000, "the spool never filled");
+    }
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_with_the_reason_or_drops_into_a_gap_verify_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let bundle_path = dir.path().join("cp/trust-bundle.pem");
+    let td = TrustDomain::parse("palisade.local").unwrap();
+    let bundle = TrustBundle::from_pem(td, &std::fs::read(&bundle_path).unwrap()).unwrap();
+    for (name, overflow) in [("refusing", "refuse"), ("dropping", "drop")] {
+        let files = sidecar_files(&cp, dir.path(), name).await;
+        let spool = dir.path().join(format!("{name}-decisions"));
+        let sidecar = start_ready(
+            &cp,
+            bundle_path.clone(),
+            &files,
+            &[
+                "--decision-dir",
+                spool.to_str().unwrap(),
+                "--decision-spool-max",
+                "1MiB",
+                "--decision-overflow",
+                overflow,
+                "--decision-ship",
+                "off",
+            ],
+        )
+        .await;
+        let (_, metrics) = support::admin_get(&sidecar, "/metrics").await;
+        let counter = |metrics: &str, name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            counter(&metrics, "palisade_proxy_decision_log_full_refusals_total"),
+            0
+        );
+        if overflow == "refuse" {
+            // Filled up, then 503 with the reason, for every new request.
+            let statuses = until_status(sidecar.outbound_addr, |s| s == 503).await;
+            assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 502));
+            let again = until_status(sidecar.outbound_addr, |_| true).await;
+            assert_eq!(again, [503]);
+            let (_, metrics) = support::admin_get(&sidecar, "/metrics").await;
+            assert_eq!(
+                counter(&metrics, "palisade_proxy_decision_log_full_refusals_total"),
+                2
+            );
+            sidecar.shutdown().await;
+            let (reports, _) = verify_dir(&spool, &bundle).unwrap();
+            let r = &reports[0];
+            assert!(r.clean(), "{:?}", r.findings);
+            assert_eq!(r.dropped, 2, "the two refusals, in a gap: {r:?}");
+        } else {
+            // Traffic goes on; once full, decisions go into a gap, counted.
+            let mut full_after = None;
+            let spool_dir = spool.clone();
+            let statuses = until_status(sidecar.outbound_addr, |_| {
+                let size: u64 = segments(&spool_dir)
+                    .unwrap()
+                    .iter()
+                    .map(|p| std::fs::metadata(p).unwrap().len())
+                    .sum();
+                if size >= 1 << 20 && full_after.is_none() {
+                    full_after = Some(0);
+                }
+                match &mut full_after {
+                    Some(n) if *n == 50 => true,
+                    Some(n) => {
+                        *n += 1;
+                        false
+                    }
+                    None => false,
+                }
+            })
+            .await;
+            assert!(statuses.iter().all(|s| *s == 502), "drop never refuses");
+            let (_, metrics) = support::admin_get(&sidecar, "/metrics").await;
+            let dropped = counter(&metrics, "palisade_proxy_decision_records_dropped_total");
+            assert!((50..=51).contains(&dropped), "{dropped}");
+            sidecar.shutdown().await;
+            // The shutdown's checkpoint wrote the gap: verify names exactly those.
+            let (reports, _) = verify_dir(&spool, &bundle).unwrap();
+            let r = &reports[0];
+            assert!(r.clean(), "{:?}", r.findings);
+            assert_eq!(r.dropped, dropped);
+            assert_eq!(r.decisions + r.dropped, statuses.len() as u64);
+        }
+    }
+    cp.shutdown().await;
+}

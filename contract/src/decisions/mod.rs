@@ -27,6 +27,16 @@
 //! <time of the checkpoint>
 //! ```
 //!
+//! A **gap** entry accounts for decisions the writer did not record because its spool
+//! was full (`--decision-overflow drop`, or the refusals of `refuse`): their sequence
+//! numbers `first..=last` are skipped and the gap line, numbered `last + 1` and linked to
+//! the last line written before them, says how many and why. A verifier reports them as
+//! dropped, not as missing, so a log shows exactly what it does not hold:
+//!
+//! ```json
+//! {"v":1,"instance":"8f3a…","seq":57,"prev":"c3d9…","time":"…","kind":"gap","first":43,"last":56,"reason":"dropped: the decision spool was full"}
+//! ```
+//!
 //! With the trust bundle alone, then, anyone can check that every entry up to a checkpoint
 //! is the one the workload wrote: a changed byte, a removed, inserted or reordered entry
 //! breaks the chain the signature covers. Entries after the last checkpoint are only
@@ -115,6 +125,20 @@ pub enum EntryKind {
     Decision,
     /// A signature over the chain so far (`signer`, `jws`).
     Checkpoint,
+    /// Decisions the writer did not record (its spool was full): their sequence numbers
+    /// `first..=last` are skipped, and this line, right after them, says why (`reason`).
+    Gap,
+}
+
+impl EntryKind {
+    /// As a line spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Decision => "decision",
+            EntryKind::Checkpoint => "checkpoint",
+            EntryKind::Gap => "gap",
+        }
+    }
 }
 
 /// One line as read back.
@@ -133,21 +157,33 @@ pub struct Line {
     pub signer: Option<String>,
     #[serde(default)]
     pub jws: Option<String>,
+    #[serde(default)]
+    pub first: Option<u64>,
+    #[serde(default)]
+    pub last: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// One line as written, but for the record, which is spliced in already encoded.
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct LineOut<'a> {
     v: u32,
     instance: &'a str,
     seq: u64,
     prev: &'a str,
     time: &'a str,
-    kind: EntryKind,
+    kind: Option<EntryKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     signer: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     jws: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
 }
 
 /// The note a checkpoint at `seq` (whose `prev` is `prev`) signs.
@@ -200,7 +236,7 @@ impl Chain {
     /// The same for a record already encoded as JSON (one encoding serves the spool and the
     /// audit stream, and stays outside the writer's lock).
     pub fn decision_json(&mut self, time: &str, record: &[u8]) -> Vec<u8> {
-        self.push(time, EntryKind::Decision, Some(record), None, None)
+        self.push(time, EntryKind::Decision, Some(record), LineOut::default())
     }
 
     /// The note the next line would sign as a checkpoint by `signer` at `time`.
@@ -216,7 +252,39 @@ impl Chain {
 
     /// The next line for a checkpoint: `jws` signs [`Self::next_checkpoint_note`].
     pub fn checkpoint(&mut self, time: &str, signer: &str, jws: &str) -> Vec<u8> {
-        self.push(time, EntryKind::Checkpoint, None, Some(signer), Some(jws))
+        self.push(
+            time,
+            EntryKind::Checkpoint,
+            None,
+            LineOut {
+                signer: Some(signer),
+                jws: Some(jws),
+                ..LineOut::default()
+            },
+        )
+    }
+
+    /// Gives the next sequence number to a decision that is not written (it goes into the
+    /// next [`Self::gap`]); the link stays on the last written line.
+    pub fn skip(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+
+    /// The line that accounts for the skipped numbers `first..` (up to this line's own).
+    pub fn gap(&mut self, time: &str, first: u64, reason: &str) -> Vec<u8> {
+        let last = self.next_seq - 1;
+        self.push(
+            time,
+            EntryKind::Gap,
+            None,
+            LineOut {
+                first: Some(first),
+                last: Some(last),
+                reason: Some(reason),
+                ..LineOut::default()
+            },
+        )
     }
 
     fn push(
@@ -224,8 +292,7 @@ impl Chain {
         time: &str,
         kind: EntryKind,
         record: Option<&[u8]>,
-        signer: Option<&str>,
-        jws: Option<&str>,
+        extra: LineOut<'_>,
     ) -> Vec<u8> {
         let prev = hex(&self.head);
         let mut line = serde_json::to_vec(&LineOut {
@@ -234,9 +301,8 @@ impl Chain {
             seq: self.next_seq,
             prev: &prev,
             time,
-            kind,
-            signer,
-            jws,
+            kind: Some(kind),
+            ..extra
         })
         .expect("a line always serializes");
         if let Some(record) = record {
@@ -256,6 +322,13 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_are_spelled_as_serde_writes_them() {
+        for kind in [EntryKind::Decision, EntryKind::Checkpoint, EntryKind::Gap] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
 
     #[test]
     fn each_line_links_to_the_one_before() {

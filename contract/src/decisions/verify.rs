@@ -106,6 +106,9 @@ pub struct Report {
     pub signed_through: Option<u64>,
     /// Lines after the last valid checkpoint: chained, not yet signed.
     pub unsigned: u64,
+    /// Decisions the writer declared it did not record (gap entries), and why.
+    pub dropped: u64,
+    pub drop_reasons: Vec<String>,
     pub findings: Vec<Finding>,
 }
 
@@ -226,7 +229,11 @@ impl<'b> Verifier<'b> {
             }
             return;
         }
-        if line.seq > st.next_seq {
+        // A gap entry right after the numbers it skipped accounts for them.
+        let declared = line.kind == EntryKind::Gap
+            && line.first == Some(st.next_seq)
+            && line.last.map(|l| l + 1) == Some(line.seq);
+        if line.seq > st.next_seq && !declared {
             st.report.findings.push(Finding::Missing {
                 first: st.next_seq,
                 last: line.seq - 1,
@@ -247,6 +254,21 @@ impl<'b> Verifier<'b> {
             EntryKind::Decision => {
                 st.report.decisions += 1;
                 st.report.unsigned += 1;
+            }
+            EntryKind::Gap => {
+                st.report.unsigned += 1;
+                if declared {
+                    st.report.dropped += line.seq - line.first.unwrap_or(line.seq);
+                    let reason = line.reason.clone().unwrap_or_default();
+                    if !st.report.drop_reasons.contains(&reason) {
+                        st.report.drop_reasons.push(reason);
+                    }
+                } else {
+                    st.report.findings.push(Finding::Malformed {
+                        location: format!("record {}", line.seq),
+                        why: "a gap entry that does not follow the numbers it skips".into(),
+                    });
+                }
             }
             EntryKind::Checkpoint => {
                 st.report.checkpoints += 1;
@@ -435,6 +457,41 @@ mod tests {
         // Read twice (at-least-once shipping): still clean.
         let twice: Vec<Vec<u8>> = lines.iter().chain(&lines[2..5]).cloned().collect();
         assert!(check(&bundle, &twice, None).clean());
+    }
+
+    #[test]
+    fn declared_gaps_are_dropped_not_missing_and_cannot_be_forged() {
+        let (bundle, identity) = signing::test_identity(ME);
+        let mut chain = Chain::new("i1");
+        let mut lines = vec![chain.decision("t", &serde_json::json!({"i": 0}))];
+        let first = chain.skip();
+        chain.skip();
+        chain.skip();
+        lines.push(chain.gap("t", first, "dropped: the decision spool was full"));
+        lines.push(chain.decision("t", &serde_json::json!({"i": 4})));
+        let note = chain.next_checkpoint_note(ME, "t");
+        let jws = signing::sign(&identity, CHECKPOINT_TYP, 1_764_622_800, note.as_bytes()).unwrap();
+        lines.push(chain.checkpoint("t", ME, &jws));
+        let r = check(&bundle, &lines, None);
+        assert!(r.clean(), "{:?}", r.findings);
+        assert_eq!((r.decisions, r.dropped), (2, 3));
+        assert_eq!(r.drop_reasons, ["dropped: the decision spool was full"]);
+
+        // Records removed and a gap entry put in their place: the next link breaks.
+        let mut honest = Chain::new("i1");
+        let mut original: Vec<Vec<u8>> = (0..4)
+            .map(|i| honest.decision("t", &serde_json::json!({ "i": i })))
+            .collect();
+        let mut forger = Chain::new("i1");
+        let kept = forger.decision("t", &serde_json::json!({"i": 0}));
+        assert_eq!(kept, original[0]);
+        let first = forger.skip();
+        forger.skip();
+        let forged = forger.gap("t", first, "dropped");
+        original.splice(1..4, [forged]);
+        original.push(honest.decision("t", &serde_json::json!({"i": 4})));
+        let r = check(&bundle, &original, None);
+        assert_eq!(r.findings, [Finding::BrokenLink { seq: 4 }], "{r:?}");
     }
 
     #[test]

@@ -79,6 +79,7 @@ mod reply {
     pub const CONNECTION_FORCED: u16 = 320;
     pub const ACCESS_REFUSED: u16 = 403;
     pub const NOT_ALLOWED: u16 = 530;
+    pub const RESOURCE_ERROR: u16 = 506;
     pub const FRAME_ERROR: u16 = 501;
     pub const SYNTAX_ERROR: u16 = 502;
     pub const COMMAND_INVALID: u16 = 503;
@@ -278,6 +279,12 @@ impl Amqp {
                 return Err(e);
             }
         };
+        // No new connection the decision log cannot hold (--decision-overflow refuse).
+        if !self.audit.admits() {
+            let e = protocol(reply::NOT_ALLOWED, crate::decision_log::LOG_FULL);
+            self.fail(&mut legs.client_w, &e).await;
+            return Err(e);
+        }
         self.relay(legs, frame_max, vhost).await
     }
 

@@ -28,6 +28,11 @@ pub(super) struct OpenChannels {
     pub(super) gauge: prometheus::IntGauge,
 }
 
+/// What a channel closed by a policy denial is told.
+const POLICY_REFUSED: &str = "ACCESS_REFUSED - refused by mesh policy (palisade)";
+/// What a channel whose publish was refused because the decision spool is full is told.
+const LOG_FULL_REFUSED: &str = "RESOURCE_ERROR - the decision log is full (palisade)";
+
 impl OpenChannels {
     pub(super) fn new(gauge: prometheus::IntGauge) -> Self {
         Self {
@@ -273,10 +278,20 @@ impl Amqp {
                             }
                         }
                     }
+                    // No publish the decision log cannot hold (--decision-overflow refuse).
+                    if !self.audit.admits() {
+                        self.record_error(Some(ch), crate::decision_log::LOG_FULL)
+                            .await;
+                        let refusal = (reply::RESOURCE_ERROR, LOG_FULL_REFUSED);
+                        self.deny(ch, (60, 40), refusal, &shared, &to_client, &mut broker)
+                            .await?;
+                        continue;
+                    }
                     let allowed = self.authorize_publish(vhost, ch, &exchange, &keys).await;
                     if !allowed {
                         // The body is swallowed with the closing channel.
-                        self.deny(ch, 60, 40, &shared, &to_client, &mut broker)
+                        let refusal = (reply::ACCESS_REFUSED, POLICY_REFUSED);
+                        self.deny(ch, (60, 40), refusal, &shared, &to_client, &mut broker)
                             .await?;
                         continue;
                     }
@@ -361,8 +376,16 @@ impl Amqp {
                     }
                     match self.check_method(vhost, ch, method).await {
                         Some((class_id, method_id)) => {
-                            self.deny(ch, class_id, method_id, &shared, &to_client, &mut broker)
-                                .await?;
+                            let refusal = (reply::ACCESS_REFUSED, POLICY_REFUSED);
+                            self.deny(
+                                ch,
+                                (class_id, method_id),
+                                refusal,
+                                &shared,
+                                &to_client,
+                                &mut broker,
+                            )
+                            .await?;
                         }
                         None => broker.write_all(&frame.raw).await?,
                     }
@@ -566,12 +589,13 @@ impl Amqp {
         let _ = to_client.send(Inject::Close(connection_close(code, text)));
     }
 
-    /// Closes channel `ch` on both legs after a denial.
+    /// Closes channel `ch` on both legs after a denial of the method `(class, method)`,
+    /// telling the application `(reply code, text)`.
     pub(super) async fn deny(
         &self,
         ch: u16,
-        class_id: u16,
-        method_id: u16,
+        (class_id, method_id): (u16, u16),
+        (code, text): (u16, &str),
         shared: &Shared,
         to_client: &mpsc::UnboundedSender<Inject>,
         broker: &mut ToBroker,
@@ -588,13 +612,7 @@ impl Amqp {
             .await?;
         let _ = to_client.send(Inject::ToClient(
             ch,
-            channel_close(
-                ch,
-                reply::ACCESS_REFUSED,
-                "ACCESS_REFUSED - refused by mesh policy (palisade)",
-                class_id,
-                method_id,
-            ),
+            channel_close(ch, code, text, class_id, method_id),
         ));
         Ok(())
     }

@@ -60,7 +60,28 @@ pub struct DecisionLogSettings {
     pub fsync_interval: Duration,
     pub checkpoint_interval: Duration,
     pub ship: DecisionShip,
+    /// `--decision-spool-max`: bytes of segments past which the overflow rule applies.
+    pub spool_max: u64,
+    pub overflow: Overflow,
 }
+
+/// `--decision-overflow`: what happens once the spool holds `--decision-spool-max` bytes
+/// (shipping fell behind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Overflow {
+    /// New requests get 503, new connections and publishes are refused (each counted; the
+    /// refusals themselves go into a gap entry, so they cannot fill the disk either).
+    Refuse,
+    /// Traffic goes on; its decisions are not written, and a gap entry in the chain says
+    /// how many and which sequence numbers, so verification shows exactly what is missing.
+    Drop,
+}
+
+/// The reason of a refusal made because the spool is full (`--decision-overflow refuse`).
+pub const LOG_FULL: &str = "the decision log is full (shipping to the control plane fell behind)";
+
+const DROPPED: &str = "dropped: the decision spool was full";
+const REFUSED: &str = "refused: the decision spool was full";
 
 /// `--decision-ship`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,8 +113,25 @@ struct State {
     chain: Chain,
     /// Lines appended and not yet handed to the kernel.
     buf: Vec<u8>,
+    /// The sequence number after the last line in `buf` (skipped numbers of a gap not yet
+    /// written are past it).
+    through: u64,
     /// Lines since the last checkpoint.
     unsigned: u64,
+    /// Decisions not written since the spool filled up: the first skipped number, why.
+    gap: Option<(u64, &'static str)>,
+}
+
+impl State {
+    /// Writes the gap entry for the numbers skipped so far, if any.
+    fn close_gap(&mut self, time: &str) {
+        if let Some((first, reason)) = self.gap.take() {
+            let line = self.chain.gap(time, first, reason);
+            self.buf.extend_from_slice(&line);
+            self.through = self.chain.next_seq();
+            self.unsigned += 1;
+        }
+    }
 }
 
 /// The spool; cheap to clone.
@@ -114,6 +152,8 @@ struct Inner {
     file: Mutex<Segment>,
     /// The writer task has stopped: an append writes its line itself.
     closed: std::sync::atomic::AtomicBool,
+    /// Bytes in the segments (written, not yet deleted by the shipper).
+    bytes: std::sync::atomic::AtomicU64,
     /// The writer's last batch and checkpoint are written (what the shipper waits for at
     /// shutdown, to send them too).
     finished: watch::Sender<bool>,
@@ -147,6 +187,12 @@ impl Spool {
             source,
         };
         ensure_private_dir(&dir).map_err(io)?;
+        let free = free_bytes(&dir).map_err(io)?;
+        if free < MIN_FREE_BYTES {
+            return Err(io(std::io::Error::other(format!(
+                "only {free} bytes are free there (at least {MIN_FREE_BYTES} are needed to start)"
+            ))));
+        }
         let instance_path = dir.join(INSTANCE_FILE);
         let instance = match std::fs::read_to_string(&instance_path) {
             Ok(id) => id.trim().to_owned(),
@@ -181,8 +227,11 @@ impl Spool {
                 state: Mutex::new(State {
                     chain,
                     buf: Vec::with_capacity(64 * 1024),
+                    through: next,
                     unsigned: 0,
+                    gap: None,
                 }),
+                bytes: std::sync::atomic::AtomicU64::new(bytes),
                 written: watch::Sender::new(next),
                 wake: Notify::new(),
                 dir,
@@ -221,16 +270,62 @@ impl Spool {
     /// Appends `record` and returns once its line has reached the kernel.
     pub async fn append<R: Serialize>(&self, time: &str, record: &R) -> Result<u64, SpoolError> {
         let json = serde_json::to_vec(record).expect("a record always serializes");
-        self.append_json(time, &json).await
+        self.append_json(time, &json, false).await
     }
 
-    /// The same for a record already encoded as JSON.
-    pub async fn append_json(&self, time: &str, record: &[u8]) -> Result<u64, SpoolError> {
+    /// Whether the spool holds `--decision-spool-max` bytes or more.
+    pub fn full(&self) -> bool {
+        self.inner.bytes.load(std::sync::atomic::Ordering::Relaxed) >= self.inner.settings.spool_max
+    }
+
+    /// Whether new work may be admitted: not when the spool is full and the rule is
+    /// `refuse` (the caller refuses with [`LOG_FULL`] and counts it).
+    pub fn admits(&self) -> bool {
+        let admits = !(self.inner.settings.overflow == Overflow::Refuse && self.full());
+        if !admits {
+            self.inner.metrics.refused.inc();
+        }
+        admits
+    }
+
+    /// The spool's segments lost `n` bytes (the shipper deleted what the control plane
+    /// stored).
+    pub fn released(&self, n: u64) {
+        self.inner
+            .bytes
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        self.inner.metrics.bytes.sub(n as i64);
+    }
+
+    /// The same for a record already encoded as JSON. `refusal`: the record of a refusal
+    /// made because the spool is full, which then goes into a gap entry rather than onto
+    /// the full disk. While the spool is full under `drop`, every record goes there; such
+    /// an append returns at once, with the sequence number the record was given.
+    pub async fn append_json(
+        &self,
+        time: &str,
+        record: &[u8],
+        refusal: bool,
+    ) -> Result<u64, SpoolError> {
         let seq = {
             let mut st = self.lock();
+            let overflow = self.inner.settings.overflow;
+            if self.full() && (overflow == Overflow::Drop || refusal) {
+                let reason = if refusal { REFUSED } else { DROPPED };
+                // One gap entry per reason: a different one closes the open gap first.
+                if st.gap.is_some_and(|(_, r)| r != reason) {
+                    st.close_gap(time);
+                }
+                let seq = st.chain.skip();
+                st.gap.get_or_insert((seq, reason));
+                self.inner.metrics.dropped.inc();
+                return Ok(seq);
+            }
+            st.close_gap(time);
             let line = st.chain.decision_json(time, record);
             st.buf.extend_from_slice(&line);
             st.unsigned += 1;
+            st.through = st.chain.next_seq();
             st.chain.next_seq()
         };
         if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -260,7 +355,7 @@ impl Spool {
                 return Ok(());
             }
             let next = Vec::with_capacity(st.buf.capacity());
-            (std::mem::replace(&mut st.buf, next), st.chain.next_seq())
+            (std::mem::replace(&mut st.buf, next), st.through)
         };
         if let Err(e) = segment.file.write_all(&buf) {
             // Put the lines back in front of what came since: nothing is lost, the writer
@@ -273,6 +368,9 @@ impl Spool {
             return Err(e);
         }
         segment.bytes += buf.len() as u64;
+        self.inner
+            .bytes
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.inner.metrics.bytes.add(buf.len() as i64);
         let before = *self.inner.written.borrow();
         self.inner.metrics.written.inc_by(through - before);
@@ -293,10 +391,13 @@ impl Spool {
         };
         let line = {
             let mut st = self.lock();
+            let time = palisade_contract::now_rfc3339();
+            // A gap is written before the checkpoint that covers it, full spool or not (two
+            // small lines).
+            st.close_gap(&time);
             if st.unsigned == 0 {
                 return Ok(());
             }
-            let time = palisade_contract::now_rfc3339();
             let signer = identity.spiffe_id.as_str();
             let note = st.chain.next_checkpoint_note(signer, &time);
             let Some(jws) = palisade_contract::signing::sign(
@@ -310,6 +411,7 @@ impl Spool {
             };
             let line = st.chain.checkpoint(&time, signer, &jws);
             st.buf.extend_from_slice(&line);
+            st.through = st.chain.next_seq();
             st.unsigned = 0;
             line
         };
@@ -367,6 +469,16 @@ impl Spool {
         self.sync();
         self.inner.finished.send_replace(true);
     }
+}
+
+/// A spool starts only with this much free space (a full disk is an error at start, the
+/// overflow rule at run time).
+const MIN_FREE_BYTES: u64 = 1 << 20;
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
 fn open_segment(path: &Path) -> std::io::Result<Segment> {
@@ -449,6 +561,8 @@ mod tests {
             fsync_interval: Duration::from_millis(50),
             checkpoint_interval: Duration::from_secs(3600),
             ship: DecisionShip::Off,
+            spool_max: 1 << 30,
+            overflow: Overflow::Refuse,
         }
     }
 
@@ -552,6 +666,81 @@ mod tests {
             std::fs::read_to_string(&segment).unwrap().lines().count(),
             3
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_drops_into_a_gap_or_refuses_and_verify_shows_exactly_that() {
+        let me = "spiffe://palisade.local/ns/shop/sa/orders";
+        let (bundle, identity) = palisade_contract::signing::test_identity(me);
+        let slot = IdentitySlot::new();
+        slot.set(identity);
+        let dir = tempfile::tempdir().unwrap();
+        let counted = metrics();
+        let line = serde_json::json!({"decision": "allow", "path": "/x"});
+        let mut s = settings(dir.path());
+        s.spool_max = 2000;
+        s.overflow = Overflow::Drop;
+        let spool = Spool::open(s, slot.clone(), counted.clone()).unwrap();
+        let mut tasks = Tasks::new();
+        let writer = spool.clone();
+        tasks.spawn(|stop| writer.run(stop));
+        let mut written = 0;
+        while !spool.full() {
+            spool.append("t", &line).await.unwrap();
+            written += 1;
+        }
+        // Full, under drop: traffic goes on (appends return at once), nothing is written.
+        let size = std::fs::metadata(dir.path().join(segment_name(0)))
+            .unwrap()
+            .len();
+        for _ in 0..7 {
+            spool.append("t", &line).await.unwrap();
+        }
+        assert!(spool.admits(), "drop never refuses");
+        assert_eq!(
+            std::fs::metadata(dir.path().join(segment_name(0)))
+                .unwrap()
+                .len(),
+            size
+        );
+        assert_eq!(counted.dropped.get(), 7);
+        // Space returns (the shipper deleted segments): the gap is written before the next
+        // decision, and the chain verifies, the 7 reported as dropped.
+        spool.released(size);
+        spool.append("t", &line).await.unwrap();
+        tasks.shutdown().await;
+        let (reports, _) = verify_dir(dir.path(), &bundle).unwrap();
+        let r = &reports[0];
+        assert!(r.clean(), "{:?}", r.findings);
+        assert_eq!((r.decisions, r.dropped), (written + 1, 7));
+        assert_eq!(r.drop_reasons, [DROPPED]);
+
+        // Under refuse: nothing new is admitted (counted), and the refusals' own records
+        // go into a gap instead of onto the full disk.
+        let dir = tempfile::tempdir().unwrap();
+        let counted = metrics();
+        let mut s = settings(dir.path());
+        s.spool_max = 2000;
+        let spool = Spool::open(s, slot, counted.clone()).unwrap();
+        let mut tasks = Tasks::new();
+        let writer = spool.clone();
+        tasks.spawn(|stop| writer.run(stop));
+        while spool.admits() {
+            spool.append("t", &line).await.unwrap();
+        }
+        assert_eq!(counted.refused.get(), 1);
+        let refusal = serde_json::to_vec(&serde_json::json!({"reason": LOG_FULL})).unwrap();
+        for _ in 0..3 {
+            spool.append_json("t", &refusal, true).await.unwrap();
+        }
+        // An admitted decision still in flight when the spool filled is written.
+        spool.append("t", &line).await.unwrap();
+        tasks.shutdown().await;
+        let (reports, _) = verify_dir(dir.path(), &bundle).unwrap();
+        let r = &reports[0];
+        assert!(r.clean(), "{:?}", r.findings);
+        assert_eq!(r.dropped, 3);
+        assert_eq!(r.drop_reasons, [REFUSED]);
     }
 
     #[test]

@@ -43,6 +43,7 @@ struct Cursor {
 }
 
 pub struct Shipper {
+    spool: super::Spool,
     dir: PathBuf,
     instance: String,
     client: ControlPlaneClient,
@@ -57,21 +58,16 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    pub fn new(
-        dir: PathBuf,
-        instance: String,
-        client: ControlPlaneClient,
-        written: watch::Receiver<u64>,
-        finished: watch::Receiver<bool>,
-        metrics: SpoolMetrics,
-    ) -> Self {
+    pub fn new(spool: super::Spool, client: ControlPlaneClient, metrics: SpoolMetrics) -> Self {
+        let dir = spool.dir().to_owned();
         let acked = read_shipped(&dir);
         Self {
+            instance: spool.instance(),
+            written: spool.written(),
+            finished: spool.finished(),
+            spool,
             dir,
-            instance,
             client,
-            written,
-            finished,
             metrics,
             acked,
             cursor: None,
@@ -200,12 +196,11 @@ impl Shipper {
             if next_first > self.acked {
                 break;
             }
-            if let Ok(meta) = std::fs::metadata(&pair[0]) {
-                self.metrics.bytes.sub(meta.len() as i64);
-            }
-            if let Err(e) = std::fs::remove_file(&pair[0]) {
-                tracing::warn!(error = %e, segment = %pair[0].display(),
-                    "deleting a shipped decision segment failed");
+            let len = std::fs::metadata(&pair[0]).map_or(0, |m| m.len());
+            match std::fs::remove_file(&pair[0]) {
+                Ok(()) => self.spool.released(len),
+                Err(e) => tracing::warn!(error = %e, segment = %pair[0].display(),
+                    "deleting a shipped decision segment failed"),
             }
         }
     }

@@ -20,6 +20,7 @@ use palisade_contract::request::{RequestError, check_request};
 
 use super::Inbound;
 use crate::audit::AuditEvent;
+use crate::decision_log::LOG_FULL;
 use crate::forwarding::{
     Framing, ProxyBody, canonical_framing, check_framing, local_response, strip_hop_by_hop,
     strip_identity_headers, underscore_headers, unsupported,
@@ -52,6 +53,8 @@ pub(crate) enum Refusal {
     BadTarget,
     /// The application did not answer (502).
     AppUnavailable,
+    /// The decision spool is full and `--decision-overflow refuse` applies (503).
+    LogFull,
 }
 
 impl Refusal {
@@ -123,6 +126,11 @@ impl Refusal {
                 "upstream unavailable".into(),
                 Some("the application did not answer".into()),
             ),
+            Refusal::LogFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("palisade: {LOG_FULL}"),
+                Some(LOG_FULL.into()),
+            ),
         };
         if !keeps_decision {
             event.decision = "error".into();
@@ -188,6 +196,10 @@ impl Inbound {
         request_id: &str,
         event: &mut AuditEvent,
     ) -> Result<Response<ProxyBody>, Refusal> {
+        // No decision the log cannot hold (--decision-overflow refuse).
+        if !self.audit.admits() {
+            return Err(Refusal::LogFull);
+        }
         // Request checks: what the sidecar will not carry, before anything reads the request.
         if let Some(why) = unsupported(&req) {
             return Err(Refusal::Unsupported(why));
@@ -328,6 +340,7 @@ mod tests {
                 (Refusal::NoIdentity, 503),
                 (Refusal::Unauthenticated(TokenError::Expired), 401),
                 (Refusal::BadTarget, 400),
+                (Refusal::LogFull, 503),
             ]
         };
         for (refusal, status) in refusals() {

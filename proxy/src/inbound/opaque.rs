@@ -55,6 +55,8 @@ enum Refusal {
     Denied,
     /// Allowed, and the application's port did not accept the connection.
     AppUnreachable(String),
+    /// The decision spool is full and `--decision-overflow refuse` applies.
+    LogFull,
 }
 
 impl Refusal {
@@ -72,6 +74,10 @@ impl Refusal {
             Refusal::AppUnreachable(reason) => {
                 event.decision = "error".into();
                 event.reason = Some(reason);
+            }
+            Refusal::LogFull => {
+                event.decision = "error".into();
+                event.reason = Some(crate::decision_log::LOG_FULL.into());
             }
         }
     }
@@ -117,6 +123,9 @@ impl Inbound {
         port: u16,
         event: &mut AuditEvent,
     ) -> Result<TcpStream, Refusal> {
+        if !self.audit.admits() {
+            return Err(Refusal::LogFull);
+        }
         if !self.settings.opaque_ports.contains(&port) {
             return Err(Refusal::NotOpaquePort(port));
         }

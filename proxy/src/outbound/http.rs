@@ -51,6 +51,7 @@ impl ForwardError {
             }
             ForwardError::AmbiguousFraming(_) => (StatusCode::BAD_REQUEST, "error"),
             ForwardError::OutsideRegistry(_) => (StatusCode::FORBIDDEN, "deny"),
+            ForwardError::LogFull => (StatusCode::SERVICE_UNAVAILABLE, "error"),
             _ => (StatusCode::BAD_GATEWAY, "error"),
         };
         event.decision = decision.into();
@@ -113,6 +114,10 @@ impl Outbound {
         redirected: Option<SocketAddr>,
         event: &mut AuditEvent,
     ) -> Result<(Response<ProxyBody>, Route), ForwardError> {
+        // No decision the log cannot hold (--decision-overflow refuse).
+        if !self.audit.admits() {
+            return Err(ForwardError::LogFull);
+        }
         if let Some(why) = unsupported(&req) {
             return Err(ForwardError::Unsupported(why));
         }

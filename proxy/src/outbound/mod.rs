@@ -115,6 +115,9 @@ pub(crate) enum ForwardError {
     OutsideRegistry(String),
     #[error("cannot reach {service}: {detail}")]
     Unreachable { service: String, detail: String },
+    /// The decision spool is full and `--decision-overflow refuse` applies.
+    #[error("{}", crate::decision_log::LOG_FULL)]
+    LogFull,
 }
 
 impl Outbound {

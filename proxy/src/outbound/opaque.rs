@@ -99,6 +99,9 @@ impl Outbound {
         own_namespace: Option<&str>,
         event: &mut AuditEvent,
     ) -> Result<TlsStream<TcpStream>, ForwardError> {
+        if !self.audit.admits() {
+            return Err(ForwardError::LogFull);
+        }
         let entry = self
             .registry
             .load()

@@ -21,6 +21,8 @@ enum Outcome {
     RegistryOnly,
     /// The original destination did not accept the connection.
     Unreachable(String),
+    /// The decision spool is full and `--decision-overflow refuse` applies.
+    LogFull,
 }
 
 impl Outcome {
@@ -33,6 +35,7 @@ impl Outcome {
                 None,
             ),
             Outcome::Unreachable(reason) => ("error", Some(reason), None),
+            Outcome::LogFull => ("error", Some(crate::decision_log::LOG_FULL.into()), None),
         };
         event.decision = decision.into();
         event.reason = reason;
@@ -48,7 +51,9 @@ impl Outbound {
         let mut event = AuditEvent::begin("outbound", "tcp");
         event.source = own.as_ref().map(ToString::to_string);
         event.destination = destination.to_string();
-        let outcome = if self.policy == OutboundPolicy::RegistryOnly {
+        let outcome = if !self.audit.admits() {
+            Outcome::LogFull
+        } else if self.policy == OutboundPolicy::RegistryOnly {
             Outcome::RegistryOnly
         } else {
             match crate::net::connect_described(
