@@ -56,21 +56,32 @@ pub fn dir(
         }
         Output::Table => {
             println!(
-                "{:<18} {:<44} {:>9} {:>11} {:>8}  {:<20} {:<20}  RESULT",
-                "INSTANCE", "SIGNER", "DECISIONS", "CHECKPOINTS", "UNSIGNED", "FIRST", "LAST"
+                "{:<18} {:<44} {:>9} {:>11} {:>8} {:>8}  {:<20} {:<20}  RESULT",
+                "INSTANCE",
+                "SIGNER",
+                "DECISIONS",
+                "CHECKPOINTS",
+                "UNSIGNED",
+                "DROPPED",
+                "FIRST",
+                "LAST"
             );
             for r in &reports {
                 println!(
-                    "{:<18} {:<44} {:>9} {:>11} {:>8}  {:<20} {:<20}  {}",
+                    "{:<18} {:<44} {:>9} {:>11} {:>8} {:>8}  {:<20} {:<20}  {}",
                     r.instance,
                     r.signer.as_deref().unwrap_or("-"),
                     r.decisions,
                     r.checkpoints,
                     r.unsigned,
+                    r.dropped,
                     r.first_time.as_deref().unwrap_or("-"),
                     r.last_time.as_deref().unwrap_or("-"),
                     if r.clean() { "ok" } else { "FAILED" }
                 );
+                for reason in &r.drop_reasons {
+                    println!("  dropped (declared by the writer): {reason}");
+                }
                 for f in &r.findings {
                     println!("  - {f}");
                 }
@@ -94,6 +105,8 @@ fn report_json(r: &Report) -> serde_json::Value {
         "checkpoints": r.checkpoints,
         "signedThrough": r.signed_through,
         "unsigned": r.unsigned,
+        "dropped": r.dropped,
+        "dropReasons": r.drop_reasons,
         "firstTime": r.first_time,
         "lastTime": r.last_time,
         "clean": r.clean(),
