@@ -106,6 +106,11 @@ async fn client(outbound: SocketAddr, received: Arc<AtomicU64>, stop: Arc<Atomic
             .header(http::header::HOST, "payments")
             .body(Empty::<Bytes>::new())
             .unwrap();
+        // An HTTP/1 connection takes the next request only once the last exchange is
+        // done on its side too.
+        if sender.ready().await.is_err() {
+            return;
+        }
         let Ok(response) = sender.send_request(req).await else {
             return;
         };
@@ -353,7 +358,17 @@ async fn until_status(sidecar: SocketAddr, mut stop: impl FnMut(u16) -> bool) ->
             .header(http::header::HOST, "nowhere")
             .body(Empty::<Bytes>::new())
             .unwrap();
-        let response = sender.send_request(req).await.unwrap();
+        // An HTTP/1 connection takes the next request only once the last exchange is
+        // done on its side too.
+        if sender.ready().await.is_err() {
+            statuses.push(0);
+            return statuses;
+        }
+        let Ok(response) = sender.send_request(req).await else {
+            // The connection ended (the caller's assertions say whether that is right).
+            statuses.push(0);
+            return statuses;
+        };
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         statuses.push(status);
@@ -457,5 +472,132 @@ async fn a_full_spool_refuses_with_the_reason_or_drops_into_a_gap_verify_reports
             assert_eq!(r.decisions + r.dropped, statuses.len() as u64);
         }
     }
+    cp.shutdown().await;
+}
+
+/// The sidecar as its own process, its decision directory on a tmpfs of `size` mounted in
+/// a mount namespace of its own (nothing leaks into the test's); when it exits, the spool
+/// is copied to `copy`. Returns the `sh` wrapper and the file its pid is written to.
+#[allow(clippy::too_many_arguments)]
+fn on_small_tmpfs(
+    cp: SocketAddr,
+    bundle: &Path,
+    files: &SidecarFiles,
+    outbound: SocketAddr,
+    size: &str,
+    mount: &Path,
+    copy: &Path,
+    pid_file: &Path,
+) -> Child {
+    std::fs::create_dir_all(mount).unwrap();
+    std::fs::create_dir_all(copy).unwrap();
+    let script = format!(
+        "exec 1>&2; mount -t tmpfs -o size={size},mode=0700 tmpfs {mount} || exit 99; \
+         \"$0\" \"$@\" & echo $! > {pid}; wait $!; status=$?; cp -a {mount}/. {copy}/; exit $status",
+        mount = mount.display(),
+        copy = copy.display(),
+        pid = pid_file.display(),
+    );
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .arg(env!("CARGO_BIN_EXE_palisade-proxy"))
+        .args(["--control-plane", &cp.to_string()])
+        .args(["--ca-bundle", &bundle.display().to_string()])
+        .args(["--token-file", &files.token.display().to_string()])
+        .args(["--identity-dir", &files.cache.display().to_string()])
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--inbound-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--outbound-listen", &outbound.to_string()])
+        .args(["--decision-dir", &mount.join("spool").display().to_string()])
+        .args(["--decision-ship", "off", "--audit-log", "/dev/null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_an_error_at_start_and_the_overflow_rule_at_run_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let bundle_path = dir.path().join("cp/trust-bundle.pem");
+
+    // 2 MiB free at start: refused, saying why.
+    let files = sidecar_files(&cp, dir.path(), "cramped").await;
+    let child = on_small_tmpfs(
+        cp.sidecar_addr,
+        &bundle_path,
+        &files,
+        free_port(),
+        "2m",
+        &dir.path().join("small"),
+        &dir.path().join("small-copy"),
+        &dir.path().join("small.pid"),
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "mounting the tmpfs failed: {stderr}"
+    );
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("bytes are free there"), "{stderr}");
+
+    // 8 MiB: it starts; once the disk is nearly full, new requests get 503 with the reason,
+    // and the log written until then verifies, the refusals in a gap.
+    let files = sidecar_files(&cp, dir.path(), "filling").await;
+    let outbound = free_port();
+    let (mount, copy, pid_file) = (
+        dir.path().join("tmpfs"),
+        dir.path().join("tmpfs-copy"),
+        dir.path().join("tmpfs.pid"),
+    );
+    let mut child = on_small_tmpfs(
+        cp.sidecar_addr,
+        &bundle_path,
+        &files,
+        outbound,
+        "8m",
+        &mount,
+        &copy,
+        &pid_file,
+    );
+    wait_until("the sidecar answers", Duration::from_secs(20), async || {
+        status_through(outbound).await.is_some()
+    })
+    .await;
+    let statuses = until_status(outbound, |s| s == 503).await;
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?} {stderr}");
+    assert!(
+        statuses.len() > 1000,
+        "{} requests before the disk filled: {stderr}",
+        statuses.len()
+    );
+    assert!(stderr.contains("nearly out of space"), "{stderr}");
+    let td = TrustDomain::parse("palisade.local").unwrap();
+    let bundle = TrustBundle::from_pem(td, &std::fs::read(&bundle_path).unwrap()).unwrap();
+    let (reports, rest) = verify_dir(&copy.join("spool"), &bundle).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let r = &reports[0];
+    assert!(r.clean(), "{:?}", r.findings);
+    assert_eq!(r.dropped, 1, "the one refusal: {r:?}");
+    // The answered probes before the load, too.
+    assert!(r.decisions + r.dropped > statuses.len() as u64);
+    assert_eq!(r.unsigned, 0, "the shutdown's checkpoint fit");
     cp.shutdown().await;
 }

@@ -154,6 +154,11 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     /// Bytes in the segments (written, not yet deleted by the shipper).
     bytes: std::sync::atomic::AtomicU64,
+    /// The file system holding the spool has less than `LOW_SPACE_BYTES` free: the spool
+    /// counts as full, whatever its own size.
+    low_space: std::sync::atomic::AtomicBool,
+    /// Bytes written since free space was last looked at.
+    unchecked: std::sync::atomic::AtomicU64,
     /// The writer's last batch and checkpoint are written (what the shipper waits for at
     /// shutdown, to send them too).
     finished: watch::Sender<bool>,
@@ -232,6 +237,8 @@ impl Spool {
                     gap: None,
                 }),
                 bytes: std::sync::atomic::AtomicU64::new(bytes),
+                low_space: std::sync::atomic::AtomicBool::new(false),
+                unchecked: std::sync::atomic::AtomicU64::new(0),
                 written: watch::Sender::new(next),
                 wake: Notify::new(),
                 dir,
@@ -273,9 +280,36 @@ impl Spool {
         self.append_json(time, &json, false).await
     }
 
-    /// Whether the spool holds `--decision-spool-max` bytes or more.
+    /// Whether the spool holds `--decision-spool-max` bytes or more, or its file system is
+    /// nearly out of space.
     pub fn full(&self) -> bool {
         self.inner.bytes.load(std::sync::atomic::Ordering::Relaxed) >= self.inner.settings.spool_max
+            || self
+                .inner
+                .low_space
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Looks at the free space of the spool's file system (the writer does, every fsync
+    /// interval and after each `CHECK_SPACE_EVERY` bytes written).
+    fn check_space(&self) {
+        self.inner
+            .unchecked
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        let low = free_bytes(&self.inner.dir).map_or(true, |free| free < LOW_SPACE_BYTES);
+        let was = self
+            .inner
+            .low_space
+            .swap(low, std::sync::atomic::Ordering::Relaxed);
+        if low != was {
+            if low {
+                tracing::error!(dir = %self.inner.dir.display(),
+                    "the decision directory is nearly out of space; --decision-overflow applies");
+            } else {
+                tracing::info!(dir = %self.inner.dir.display(),
+                    "the decision directory has space again");
+            }
+        }
     }
 
     /// Whether new work may be admitted: not when the spool is full and the rule is
@@ -358,6 +392,13 @@ impl Spool {
             (std::mem::replace(&mut st.buf, next), st.through)
         };
         if let Err(e) = segment.file.write_all(&buf) {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                // Whatever the last look at the free space said: new work gets the
+                // overflow rule now.
+                self.inner
+                    .low_space
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             // Put the lines back in front of what came since: nothing is lost, the writer
             // retries, and the decisions waiting on them wait (no outcome without its line).
             let mut st = self.lock();
@@ -372,6 +413,13 @@ impl Spool {
             .bytes
             .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.inner.metrics.bytes.add(buf.len() as i64);
+        let unchecked = self
+            .inner
+            .unchecked
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if unchecked + buf.len() as u64 >= CHECK_SPACE_EVERY {
+            self.check_space();
+        }
         let before = *self.inner.written.borrow();
         self.inner.metrics.written.inc_by(through - before);
         if segment.bytes >= SEGMENT_BYTES {
@@ -439,7 +487,10 @@ impl Spool {
         loop {
             tokio::select! {
                 () = self.inner.wake.notified() => {}
-                _ = fsync.tick() => self.sync(),
+                _ = fsync.tick() => {
+                    self.sync();
+                    self.check_space();
+                }
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.checkpoint() {
                         tracing::error!(error = %e, "writing a decision-log checkpoint failed");
@@ -471,9 +522,16 @@ impl Spool {
     }
 }
 
+/// Below this much free space on its file system the spool counts as full (room left for
+/// the lines of work already admitted, the gap entry and the checkpoints).
+const LOW_SPACE_BYTES: u64 = 4 << 20;
+
+/// Free space is looked at after this many bytes written (and every fsync interval).
+const CHECK_SPACE_EVERY: u64 = 256 << 10;
+
 /// A spool starts only with this much free space (a full disk is an error at start, the
 /// overflow rule at run time).
-const MIN_FREE_BYTES: u64 = 1 << 20;
+const MIN_FREE_BYTES: u64 = LOW_SPACE_BYTES;
 
 /// Bytes an unprivileged writer may still use on the file system holding `dir`.
 fn free_bytes(dir: &Path) -> std::io::Result<u64> {
