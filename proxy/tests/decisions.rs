@@ -601,3 +601,83 @@ async fn a_full_disk_is_an_error_at_start_and_the_overflow_rule_at_run_time() {
     assert_eq!(r.unsigned, 0, "the shutdown's checkpoint fit");
     cp.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_made_while_the_control_plane_is_down_arrive_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cp");
+    let mut config = palisade_control_plane::Config::for_data_dir(data.clone());
+    config.sidecar_listen = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    let bundle = data.join("trust-bundle.pem");
+    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let spool = dir.path().join("orders-decisions");
+    let orders = start_ready(
+        &cp,
+        bundle,
+        &files,
+        &["--decision-dir", spool.to_str().unwrap()],
+    )
+    .await;
+    let spooled = || {
+        spool_lines(&spool)
+            .iter()
+            .filter(|l| l.record.is_some())
+            .count()
+    };
+    let mut made = until_status(orders.outbound_addr, |_| true).await.len();
+    wait_until(
+        "the first decision is stored",
+        Duration::from_secs(10),
+        async || central_decisions(cp.admin_addr, token.trim()).await.len() == made,
+    )
+    .await;
+
+    // Down: the sidecar goes on deciding (the 502s of an unknown host), its spool grows.
+    cp.shutdown().await;
+    let mut n = 0;
+    made += until_status(orders.outbound_addr, |_| {
+        n += 1;
+        n == 500
+    })
+    .await
+    .len();
+    assert_eq!(spooled(), made);
+    let (_, metrics) = support::admin_get(&orders, "/metrics").await;
+    let unshipped: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("palisade_proxy_decision_records_unshipped")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    assert!(unshipped >= 500, "{unshipped} lines wait");
+
+    // Back on the same address and data: everything arrives (within the shipper's backoff),
+    // each once.
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    let back = std::time::Instant::now();
+    wait_until(
+        "the backlog is stored",
+        Duration::from_secs(40),
+        async || central_decisions(cp.admin_addr, token.trim()).await.len() >= made,
+    )
+    .await;
+    eprintln!(
+        "{made} decisions stored {:?} after the control plane came back",
+        back.elapsed()
+    );
+    let central = central_decisions(cp.admin_addr, token.trim()).await;
+    let mut keys: Vec<i64> = central.iter().map(|(_, seq, _)| *seq).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), made, "each decision once");
+    assert_eq!(central.len(), made);
+    orders.shutdown().await;
+    cp.shutdown().await;
+}

@@ -107,14 +107,24 @@ impl Shipper {
                     }
                 }
             };
-            tokio::select! {
-                () = &mut stop => return self.last_lines().await,
-                () = async {
-                    match wait {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => { let _ = self.written.changed().await; }
+            // Wait out the pause (or, with none, for new lines); the backlog gauge follows
+            // the writer meanwhile, so an outage shows as it grows.
+            let until = wait.map(|d| tokio::time::Instant::now() + d);
+            loop {
+                tokio::select! {
+                    () = &mut stop => return self.last_lines().await,
+                    () = tokio::time::sleep_until(until.unwrap_or_else(tokio::time::Instant::now)),
+                        if until.is_some() => break,
+                    changed = self.written.changed() => {
+                        let written = *self.written.borrow_and_update();
+                        self.metrics
+                            .unshipped
+                            .set(written.saturating_sub(self.acked) as i64);
+                        if until.is_none() || changed.is_err() {
+                            break;
+                        }
                     }
-                } => {}
+                }
             }
         }
     }
