@@ -75,13 +75,14 @@ pub enum Output {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Verify a sidecar's decision spool offline (`--decision-dir`), with the trust bundle
-    /// given as --ca-bundle alone: records present, in order, unchanged, and checkpoints
-    /// signed by the workload that wrote them. Exits 0 only when every instance is clean.
+    /// Verify a decision log: the control plane's central store (auditor role), or with
+    /// --dir a sidecar's spool offline (`--decision-dir`, with the trust bundle given as
+    /// --ca-bundle alone): records present, in order, unchanged, and checkpoints signed by
+    /// the workload that wrote them. Exits 0 only when every instance is clean.
     Verify {
-        /// The sidecar's decision directory (or a copy of it).
+        /// A sidecar's decision directory (or a copy of it), checked offline.
         #[arg(long)]
-        dir: std::path::PathBuf,
+        dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -354,7 +355,7 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
         (None, None) => None,
     };
     if let Command::Audit {
-        command: Some(AuditCommand::Verify { dir }),
+        command: Some(AuditCommand::Verify { dir: Some(dir) }),
         ..
     } = &cli.command
     {
@@ -463,9 +464,13 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
         }
         Command::Workloads => mesh::workloads(&api, cli.output).await?,
         Command::Audit {
-            command: Some(AuditCommand::Verify { .. }),
+            command: Some(AuditCommand::Verify { dir: Some(_) }),
             ..
         } => unreachable!("handled before connecting"),
+        Command::Audit {
+            command: Some(AuditCommand::Verify { dir: None }),
+            ..
+        } => return verify::central(&api, cli.output).await,
         Command::Audit {
             command: None,
             since,

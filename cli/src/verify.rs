@@ -6,12 +6,12 @@
 use std::path::Path;
 
 use palisade_contract::TrustDomain;
-use palisade_contract::decisions::verify::{Finding, Report, verify_dir};
+use palisade_contract::decisions::verify::{Report, verify_dir};
 use palisade_contract::tls::TrustBundle;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::Output;
-use crate::client::ApiError;
+use crate::client::{ApiClient, ApiError};
 
 /// Prints a report per writer; `Ok(false)` when anything is wrong (exit 1).
 pub fn dir(
@@ -38,25 +38,35 @@ pub fn dir(
     let (reports, unattributed) =
         verify_dir(dir, &bundle).map_err(|e| usage(format!("reading {}: {e}", dir.display())))?;
     let clean = unattributed.is_empty() && reports.iter().all(Report::clean);
+    let value = json!({
+        "clean": clean,
+        "instances": reports.iter().map(Report::to_json).collect::<Vec<_>>(),
+        "findings": unattributed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    });
+    print(&value, output)?;
+    Ok(clean)
+}
+
+/// `palisade audit verify` without `--dir`: the control plane checks its store
+/// (`GET /v1/decisions/integrity`) by the same rules; printed the same way.
+pub async fn central(api: &ApiClient, output: Output) -> Result<bool, ApiError> {
+    let value = api.get_json("/v1/decisions/integrity").await?;
+    print(&value, output)?;
+    Ok(value["clean"].as_bool() == Some(true))
+}
+
+/// One report per writer (`{"clean", "instances": [...], "findings": [...]}`), as a table
+/// or as it is.
+fn print(value: &Value, output: Output) -> Result<(), ApiError> {
     match output {
-        Output::Json | Output::Yaml => {
-            let value = json!({
-                "clean": clean,
-                "instances": reports.iter().map(report_json).collect::<Vec<_>>(),
-                "findings": unattributed.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            });
-            if let Output::Yaml = output {
-                print!(
-                    "{}",
-                    serde_saphyr::to_string(&value).map_err(|e| usage(e.to_string()))?
-                );
-            } else {
-                println!("{value:#}");
-            }
-        }
+        Output::Json => println!("{value:#}"),
+        Output::Yaml => print!(
+            "{}",
+            serde_saphyr::to_string(value).map_err(|e| ApiError::Usage(e.to_string()))?
+        ),
         Output::Table => {
             println!(
-                "{:<18} {:<44} {:>9} {:>11} {:>8} {:>8}  {:<20} {:<20}  RESULT",
+                "{:<26} {:<44} {:>9} {:>11} {:>8} {:>8}  {:<20} {:<20}  RESULT",
                 "INSTANCE",
                 "SIGNER",
                 "DECISIONS",
@@ -66,53 +76,36 @@ pub fn dir(
                 "FIRST",
                 "LAST"
             );
-            for r in &reports {
+            let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+            let instances = value["instances"].as_array().cloned().unwrap_or_default();
+            for r in &instances {
+                let time = |v: &Value| s(v).chars().take(20).collect::<String>();
                 println!(
-                    "{:<18} {:<44} {:>9} {:>11} {:>8} {:>8}  {:<20} {:<20}  {}",
-                    r.instance,
-                    r.signer.as_deref().unwrap_or("-"),
-                    r.decisions,
-                    r.checkpoints,
-                    r.unsigned,
-                    r.dropped,
-                    r.first_time.as_deref().unwrap_or("-"),
-                    r.last_time.as_deref().unwrap_or("-"),
-                    if r.clean() { "ok" } else { "FAILED" }
+                    "{:<26} {:<44} {:>9} {:>11} {:>8} {:>8}  {:<20} {:<20}  {}",
+                    s(&r["instance"]),
+                    s(&r["signer"]),
+                    r["decisions"],
+                    r["checkpoints"],
+                    r["unsigned"],
+                    r["dropped"],
+                    time(&r["firstTime"]),
+                    time(&r["lastTime"]),
+                    if r["clean"] == true { "ok" } else { "FAILED" }
                 );
-                for reason in &r.drop_reasons {
-                    println!("  dropped (declared by the writer): {reason}");
+                for reason in r["dropReasons"].as_array().into_iter().flatten() {
+                    println!("  dropped (declared by the writer): {}", s(reason));
                 }
-                for f in &r.findings {
-                    println!("  - {f}");
+                for f in r["findings"].as_array().into_iter().flatten() {
+                    println!("  - {}", s(&f["message"]));
                 }
             }
-            for f in &unattributed {
-                println!("  - {f}");
+            for f in value["findings"].as_array().into_iter().flatten() {
+                println!("  - {}", s(f));
             }
-            if reports.is_empty() {
+            if instances.is_empty() {
                 println!("(no records)");
             }
         }
     }
-    Ok(clean)
-}
-
-fn report_json(r: &Report) -> serde_json::Value {
-    json!({
-        "instance": r.instance,
-        "signer": r.signer,
-        "decisions": r.decisions,
-        "checkpoints": r.checkpoints,
-        "signedThrough": r.signed_through,
-        "unsigned": r.unsigned,
-        "dropped": r.dropped,
-        "dropReasons": r.drop_reasons,
-        "firstTime": r.first_time,
-        "lastTime": r.last_time,
-        "clean": r.clean(),
-        "findings": r.findings.iter().map(|f: &Finding| json!({
-            "kind": f.kind(),
-            "message": f.to_string(),
-        })).collect::<Vec<_>>(),
-    })
+    Ok(())
 }

@@ -330,6 +330,17 @@ async fn every_decision_reaches_the_store_once_and_palisade_decisions_lists_it()
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The store verifies clean, writer by writer (both sidecars' chains).
+    let out = palisade(&cp, &auditor.token, &["audit", "verify"]).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    for sa in ["orders", "payments"] {
+        assert!(
+            table.lines().any(|l| l.contains(&format!("/sa/{sa}")) && l.ends_with("ok")),
+            "{table}"
+        );
+    }
+
     // A bad filter is a clear error.
     let out = palisade(&cp, admin, &["decisions", "--limit", "0"]).await;
     assert_eq!(out.status.code(), Some(1));

@@ -331,6 +331,62 @@ fn row(line: &Line, bytes: &[u8]) -> DecisionRow {
     row
 }
 
+/// Lines read from the store per query while verifying.
+const VERIFY_PAGE: i64 = 10_000;
+
+/// Every stored chain replayed through the contract's [`Verifier`] against `bundle`, with
+/// the findings the collector stored at ingest (a fork or another workload's lines never
+/// reach the chain, so only the collector saw them): `palisade audit verify` over the
+/// store, in the shape `palisade audit verify --dir -o json` prints.
+pub async fn verify_store(
+    store: &Store,
+    bundle: &palisade_contract::tls::TrustBundle,
+) -> Result<serde_json::Value, StoreError> {
+    let mut instances = Vec::new();
+    let mut clean = true;
+    for position in store.decision_instances().await? {
+        let mut verifier = Verifier::new(bundle);
+        verifier.expect_instance(&position.instance);
+        verifier.resume(&position.instance, 0, None, &position.spiffe_id);
+        let mut from = 0;
+        loop {
+            let page = store
+                .decision_lines(&position.instance, from, VERIFY_PAGE)
+                .await?;
+            for (seq, line) in &page {
+                verifier.line(&format!("stored record {seq}"), line.as_bytes());
+            }
+            match page.last() {
+                Some((seq, _)) if page.len() as i64 == VERIFY_PAGE => from = seq + 1,
+                _ => break,
+            }
+        }
+        let (reports, _) = verifier.finish();
+        let at_ingest = store.decision_findings_of(&position.instance).await?;
+        for report in reports {
+            let mut json = report.to_json();
+            if report.instance == position.instance && !at_ingest.is_empty() {
+                if let Some(findings) = json["findings"].as_array_mut() {
+                    findings.extend(at_ingest.iter().map(|f| {
+                        serde_json::json!({
+                            "kind": f.kind,
+                            "message": format!("at ingest: {}", f.detail),
+                        })
+                    }));
+                }
+                json["clean"] = false.into();
+            }
+            clean &= json["clean"] == true;
+            instances.push(json);
+        }
+    }
+    Ok(serde_json::json!({
+        "clean": clean,
+        "instances": instances,
+        "findings": [],
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,6 +535,13 @@ mod tests {
         assert_eq!(page.len() + rest.len(), 12);
         assert!(rest.iter().all(|s| !page.iter().any(|p| p.seq == *s)));
 
+        // The store verifies clean, by the spool's rules.
+        let bundle_now = c.bundle.load_full();
+        let report = verify_store(&store, &bundle_now).await.unwrap();
+        assert_eq!(report["clean"], true, "{report:#}");
+        assert_eq!(report["instances"][0]["decisions"], 12);
+        assert_eq!(report["instances"][0]["signer"], ME);
+
         // Another workload may not add to this instance's chain.
         let other = SpiffeId::parse(OTHER).unwrap();
         let err = c.ingest(&other, "i1", &all(&second)).await.unwrap_err();
@@ -513,6 +576,27 @@ mod tests {
             "{kinds:?}"
         );
         assert_eq!(stored(&store, DecisionFilter::default()).await.len(), 13);
+
+        // The findings at ingest make the store's report unclean, and say what they were.
+        let report = verify_store(&store, &bundle_now).await.unwrap();
+        assert_eq!(report["clean"], false);
+        let messages = report["instances"][0]["findings"].to_string();
+        assert!(
+            messages.contains("at ingest: two different records 0"),
+            "{messages}"
+        );
+        // A stored record changed behind the collector's back: the chain names it.
+        store
+            .tamper_for_tests(
+                "UPDATE decisions SET line = replace(line, '/items/3', '/items/9') WHERE seq = 3",
+            )
+            .await;
+        let report = verify_store(&store, &bundle_now).await.unwrap();
+        let messages = report["instances"][0]["findings"].to_string();
+        assert!(
+            messages.contains("record 4 does not link to the record before it"),
+            "{messages}"
+        );
 
         // Not an instance id, or not lines at all: refused, nothing stored.
         let err = c.ingest(&me, "i1&x=y", &all(&second)).await.unwrap_err();

@@ -116,6 +116,28 @@ impl Report {
     pub fn clean(&self) -> bool {
         self.findings.is_empty()
     }
+
+    /// The report as `palisade audit verify -o json` prints it and the control plane's
+    /// `GET /v1/decisions/integrity` answers it (one shape for the spool and the store).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "instance": self.instance,
+            "signer": self.signer,
+            "decisions": self.decisions,
+            "checkpoints": self.checkpoints,
+            "signedThrough": self.signed_through,
+            "unsigned": self.unsigned,
+            "dropped": self.dropped,
+            "dropReasons": self.drop_reasons,
+            "firstTime": self.first_time,
+            "lastTime": self.last_time,
+            "clean": self.clean(),
+            "findings": self.findings.iter().map(|f| serde_json::json!({
+                "kind": f.kind(),
+                "message": f.to_string(),
+            })).collect::<Vec<_>>(),
+        })
+    }
 }
 
 #[derive(Default)]

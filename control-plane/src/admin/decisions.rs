@@ -1,5 +1,7 @@
 //! `GET /v1/decisions`: the central decision log, newest first, filtered and paginated with
-//! a cursor (the last row of a page: `time_ms:instance:seq`), for the auditor role.
+//! a cursor (the last row of a page: `time_ms:instance:seq`), for the auditor role; and
+//! `GET /v1/decisions/integrity`: the stored chains checked again, writer by writer, by
+//! the rules `palisade audit verify --dir` applies to a spool.
 
 use std::sync::Arc;
 
@@ -127,4 +129,15 @@ fn parse_cursor(c: &str) -> Option<(i64, String, i64)> {
     let instance = parts.next()?.to_owned();
     let seq = parts.next()?.parse().ok()?;
     Some((time, instance, seq))
+}
+
+/// `GET /v1/decisions/integrity`: [`crate::collector::verify_store`].
+pub async fn integrity(
+    State(state): State<Arc<AdminState>>,
+) -> Result<Json<serde_json::Value>, AdminError> {
+    let bundle = state.ca.bundle().load_full();
+    crate::collector::verify_store(state.mesh.store(), &bundle)
+        .await
+        .map(Json)
+        .map_err(internal)
 }

@@ -73,6 +73,7 @@ pub const ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/v1/workloads", Role::Viewer),
     ("GET", "/v1/audit", Role::Auditor),
     ("GET", "/v1/decisions", Role::Auditor),
+    ("GET", "/v1/decisions/integrity", Role::Auditor),
     ("GET", "/v1/openapi.json", Role::Viewer),
 ];
 
@@ -110,6 +111,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/workloads", get(workloads::workloads))
         .route("/v1/audit", get(audit::audit))
         .route("/v1/decisions", get(decisions::decisions))
+        .route("/v1/decisions/integrity", get(decisions::integrity))
         .route(
             "/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),

@@ -327,4 +327,72 @@ impl Store {
             })
             .collect())
     }
+
+    /// Every writer with lines in the store, by instance id.
+    pub async fn decision_instances(&self) -> Result<Vec<InstancePosition>, StoreError> {
+        const SQL: &str = "SELECT instance, spiffe_id, next_seq, head FROM decision_instances
+                           ORDER BY instance";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(InstancePosition {
+                    instance: r.try_get(0)?,
+                    spiffe_id: r.try_get(1)?,
+                    next_seq: r.try_get(2)?,
+                    head: r.try_get(3)?,
+                })
+            })
+            .collect())
+    }
+
+    /// Up to `limit` stored lines of `instance` from sequence number `from` on, in order.
+    pub async fn decision_lines(
+        &self,
+        instance: &str,
+        from: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        const SQL: &str = "SELECT seq, line FROM decisions WHERE instance = $1 AND seq >= $2
+                           ORDER BY seq LIMIT $3";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(instance)
+            .bind(from)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect())
+    }
+
+    /// The findings the collector stored for `instance`, oldest first.
+    pub async fn decision_findings_of(
+        &self,
+        instance: &str,
+    ) -> Result<Vec<FindingRow>, StoreError> {
+        const SQL: &str = "SELECT instance, kind, detail, found_at FROM decision_findings
+                           WHERE instance = $1 ORDER BY found_at";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(instance)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(FindingRow {
+                    instance: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    detail: r.try_get(2)?,
+                    found_at: r.try_get(3)?,
+                })
+            })
+            .collect())
+    }
+
+    /// For tests: runs `sql` as it is (to alter stored rows the way an intruder would).
+    #[cfg(test)]
+    pub async fn tamper_for_tests(&self, sql: &'static str) {
+        on_pool!(self, pool => sqlx::query(sql).execute(pool).await.map(|_| ())).unwrap();
+    }
 }
