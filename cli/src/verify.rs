@@ -77,6 +77,7 @@ fn print(value: &Value, output: Output) -> Result<(), ApiError> {
                 "LAST"
             );
             let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+            let n = |v: &Value| v.as_u64().unwrap_or_default();
             let instances = value["instances"].as_array().cloned().unwrap_or_default();
             for r in &instances {
                 let time = |v: &Value| s(v).chars().take(20).collect::<String>();
@@ -84,10 +85,10 @@ fn print(value: &Value, output: Output) -> Result<(), ApiError> {
                     "{:<26} {:<44} {:>9} {:>11} {:>8} {:>8}  {:<20} {:<20}  {}",
                     s(&r["instance"]),
                     s(&r["signer"]),
-                    r["decisions"],
-                    r["checkpoints"],
-                    r["unsigned"],
-                    r["dropped"],
+                    n(&r["decisions"]),
+                    n(&r["checkpoints"]),
+                    n(&r["unsigned"]),
+                    n(&r["dropped"]),
                     time(&r["firstTime"]),
                     time(&r["lastTime"]),
                     if r["clean"] == true { "ok" } else { "FAILED" }
