@@ -184,3 +184,105 @@ fn row(item: &Value) {
         why
     );
 }
+
+/// `palisade decisions explain REQUEST_ID`: the stored decisions of one request (each
+/// sidecar that decided it), and for the ones a policy made, `simulate`'s explanation: which
+/// policy and rule decided, and why each other candidate did not match. The explanation is
+/// made under the policies in force now; when they changed since (another policy version),
+/// that is said first.
+pub async fn explain(api: &ApiClient, request_id: &str, output: Output) -> Result<(), ApiError> {
+    let items = page(
+        api,
+        &[("requestId", request_id.to_owned()), ("limit", "10".into())],
+    )
+    .await?;
+    if items.is_empty() {
+        return Err(ApiError::Refused {
+            status: http::StatusCode::NOT_FOUND,
+            message: format!(
+                "no decision with request id {request_id} is in the store (shipping takes a \
+                 moment; list recent ones with palisade decisions --since 5m)"
+            ),
+        });
+    }
+    let current = api.get_json("/v1/resources").await?["meshVersion"]
+        .as_i64()
+        .unwrap_or_default();
+    for item in items.iter().rev() {
+        let r = &item["record"];
+        let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+        println!(
+            "{} {} by the {} sidecar of {}: {} {} {} -> {} (status {})",
+            s(&item["time"]),
+            s(&r["decision"]),
+            s(&r["direction"]),
+            s(&r["destination_service"]),
+            s(&r["source"]),
+            s(&r["method"]),
+            s(&r["path"]),
+            s(&r["destination"]),
+            r["status"],
+        );
+        match (r["policy"].as_str(), r["reason"].as_str()) {
+            (Some(p), _) => println!("  decided by {p}, rule {}", r["rule"]),
+            (None, Some(reason)) => println!("  reason: {reason}"),
+            _ => {}
+        }
+        let source = r["source"].as_str();
+        let namespace = r["destination"]
+            .as_str()
+            .and_then(|d| d.split("/ns/").nth(1))
+            .and_then(|rest| rest.split('/').next());
+        let service = r["destination_service"].as_str().filter(|s| !s.is_empty());
+        let inbound_http = r["direction"] == "inbound" && s(&r["protocol"]).starts_with("http");
+        let amqp = r.get("amqp").filter(|a| !a.is_null());
+        let policy_made = r["policy_version"].as_i64().unwrap_or_default() > 0;
+        match (source, namespace, service) {
+            (Some(source), Some(ns), Some(svc)) if inbound_http && policy_made => {
+                note_version(r, current);
+                let target = crate::mesh::Target::Http {
+                    method: r["method"].as_str().unwrap_or("GET"),
+                    path: r["path"].as_str().unwrap_or("/"),
+                    headers: &[],
+                    port: 8080,
+                };
+                crate::mesh::simulate(
+                    api,
+                    source,
+                    Some(&format!("{svc}.{ns}")),
+                    target,
+                    None,
+                    output,
+                )
+                .await?;
+            }
+            (Some(source), _, _) if amqp.is_some_and(|a| a["operation"] == "publish") => {
+                note_version(r, current);
+                let a = amqp.expect("checked");
+                let spec = format!("{}:{}", s(&a["exchange"]), s(&a["routing_key"]));
+                crate::mesh::simulate(
+                    api,
+                    source,
+                    None,
+                    crate::mesh::Target::AmqpPublish(&spec),
+                    None,
+                    output,
+                )
+                .await?;
+            }
+            _ => println!("  (not a policy decision: nothing more to explain)"),
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn note_version(record: &Value, current: i64) {
+    let decided = record["policy_version"].as_i64().unwrap_or_default();
+    if decided != current {
+        println!(
+            "  note: policy version {decided} decided this; the explanation below is under the \
+             current version {current} (the policies changed since)"
+        );
+    }
+}

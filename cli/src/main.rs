@@ -87,6 +87,14 @@ enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum DecisionsCommand {
+    /// Which policy decided a request, and why: its stored decisions, each with
+    /// `simulate`'s explanation (the answer to "which policy denied me?"). The request id
+    /// is the response's x-request-id header.
+    Explain { request_id: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Bootstrap tokens for sidecars.
     #[command(subcommand)]
@@ -166,7 +174,10 @@ enum Command {
     },
     /// The central decision log (needs the auditor or admin role): every authorization
     /// decision the sidecars shipped, newest first.
+    #[command(args_conflicts_with_subcommands = true)]
     Decisions {
+        #[command(subcommand)]
+        command: Option<DecisionsCommand>,
         #[command(flatten)]
         filters: decisions::Filters,
         /// Keep printing new decisions as they arrive (oldest first), until interrupted.
@@ -476,9 +487,15 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
             since,
             principal,
         } => mesh::audit(&api, since, principal.as_deref(), cli.output).await?,
-        Command::Decisions { filters, follow } => {
-            decisions::list(&api, &filters, follow, cli.output).await?
-        }
+        Command::Decisions {
+            command: Some(DecisionsCommand::Explain { request_id }),
+            ..
+        } => decisions::explain(&api, &request_id, cli.output).await?,
+        Command::Decisions {
+            command: None,
+            filters,
+            follow,
+        } => decisions::list(&api, &filters, follow, cli.output).await?,
         Command::Check => return mesh::check(&api, cli.output).await,
         Command::Inject { .. } => unreachable!("handled before connecting"),
     }

@@ -290,6 +290,30 @@ async fn every_decision_reaches_the_store_once_and_palisade_decisions_lists_it()
         decisions(&palisade(&cp, admin, &["decisions", "--request-id", id, "-o", "json"]).await);
     assert_eq!(by_id.len(), 1, "{by_id:#?}");
 
+    // Which policy denied it, and why.
+    let out = palisade(&cp, admin, &["decisions", "explain", id]).await;
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{explained}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        explained.contains("deny by the inbound sidecar of payments"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("reason: no ALLOW policy matched"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("shop/payments-from-orders"),
+        "{explained}"
+    );
+    let out = palisade(&cp, admin, &["decisions", "explain", "no-such-request"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no decision with request id"));
+
     // The table.
     let out = palisade(&cp, admin, &["decisions", "--since", "1h"]).await;
     let table = String::from_utf8_lossy(&out.stdout);
@@ -333,10 +357,16 @@ async fn every_decision_reaches_the_store_once_and_palisade_decisions_lists_it()
     // The store verifies clean, writer by writer (both sidecars' chains).
     let out = palisade(&cp, &auditor.token, &["audit", "verify"]).await;
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for sa in ["orders", "payments"] {
         assert!(
-            table.lines().any(|l| l.contains(&format!("/sa/{sa}")) && l.ends_with("ok")),
+            table
+                .lines()
+                .any(|l| l.contains(&format!("/sa/{sa}")) && l.ends_with("ok")),
             "{table}"
         );
     }

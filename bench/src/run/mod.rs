@@ -4,6 +4,7 @@
 //! report with the targets judged (`Report`, `finish`).
 
 mod amqp_publish;
+mod decision_log;
 mod http;
 mod policy_eval;
 mod propagation;
@@ -40,10 +41,13 @@ pub(crate) struct Settings {
     /// The broker for the AMQP scenario.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     pub(crate) broker: String,
-    /// Run only these scenarios (comma-separated: eval, http1, http2, amqp, issuance,
-    /// propagation), for investigating one; a published run runs them all.
+    /// Run only these scenarios (comma-separated: eval, decisions, http1, http2, amqp,
+    /// issuance, propagation), for investigating one; a published run runs them all.
     #[arg(long, value_delimiter = ',')]
     pub(crate) only: Vec<String>,
+    /// Decisions stored in the central decision-log scenario (each backend).
+    #[arg(long, default_value_t = 400_000)]
+    pub(crate) decision_rows: usize,
     /// Give every sidecar a --decision-dir (the durable, signed decision log), to measure
     /// what it costs against a run without.
     #[arg(long)]
@@ -115,6 +119,10 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
 
     // 5. Policy evaluation, in process.
     policy_eval::scenario(&s, &mut r);
+    // 8. The central decision log (collector ingest, queries) and the spool, in process.
+    if s.runs("decisions") {
+        decision_log::scenario(&s, &mut r).await?;
+    }
 
     // The mesh: control plane, the app, payments' sidecar in front of it, orders' sidecar
     // calling it, and two publishers' sidecars for AMQP.

@@ -104,7 +104,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "the central decision log",
         // `decisions` keeps each shipped line whole (`line`) beside the columns queries
-        // filter on; the indexes serve newest-first listing with the usual filters.
+        // filter on; each filter's index ends in the newest-first order (time, instance,
+        // seq), so a page is read off the index in order instead of sorting every match.
         "CREATE TABLE decision_instances (
             instance TEXT PRIMARY KEY,
             spiffe_id TEXT NOT NULL,
@@ -135,10 +136,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             PRIMARY KEY (instance, seq)
          );
          CREATE INDEX decisions_newest ON decisions (time_ms, instance, seq);
-         CREATE INDEX decisions_by_source ON decisions (source, time_ms);
-         CREATE INDEX decisions_by_destination ON decisions (destination_service, time_ms);
-         CREATE INDEX decisions_by_namespace ON decisions (destination_namespace, time_ms);
-         CREATE INDEX decisions_by_decision ON decisions (decision, time_ms);
+         CREATE INDEX decisions_by_source ON decisions (source, time_ms, instance, seq);
+         CREATE INDEX decisions_by_destination
+            ON decisions (destination_service, time_ms, instance, seq);
+         CREATE INDEX decisions_by_namespace
+            ON decisions (destination_namespace, time_ms, instance, seq);
+         CREATE INDEX decisions_by_decision ON decisions (decision, time_ms, instance, seq);
+         CREATE INDEX decisions_by_path ON decisions (path);
          CREATE INDEX decisions_by_request ON decisions (request_id);
          CREATE TABLE decision_findings (
             instance TEXT NOT NULL,
