@@ -120,8 +120,14 @@ async fn every_decision_reaches_the_store_once_and_palisade_decisions_lists_it()
     .await;
 
     // The calls whose decisions we look for, once those made while waiting are stored.
+    // (The sidecars' decisions: not the control plane's own issuances.)
+    let sidecars_only = |all: Vec<Value>| -> Vec<Value> {
+        all.into_iter()
+            .filter(|d| d["record"]["direction"] != "control-plane")
+            .collect()
+    };
     let list = async || {
-        decisions(
+        sidecars_only(decisions(
             &palisade(
                 &cp,
                 admin,
@@ -136,7 +142,7 @@ async fn every_decision_reaches_the_store_once_and_palisade_decisions_lists_it()
                 ],
             )
             .await,
-        )
+        ))
     };
     let in_spools = || spooled(&[&payments_spool, &orders_spool]);
     wait_until(
@@ -331,14 +337,14 @@ async fn every_decision_reaches_the_store_once_and_palisade_decisions_lists_it()
         .await
         .unwrap();
     assert_eq!(
-        decisions(
+        sidecars_only(decisions(
             &palisade(
                 &cp,
                 &auditor.token,
                 &["decisions", "-o", "json", "--limit", "1000"]
             )
             .await
-        )
+        ))
         .len(),
         all.len()
     );
@@ -353,6 +359,33 @@ async fn every_decision_reaches_the_store_once_and_palisade_decisions_lists_it()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The control plane's own decisions: both sidecars' certificates, issued by join token.
+    let issued = decisions(
+        &palisade(
+            &cp,
+            admin,
+            &[
+                "decisions",
+                "--protocol",
+                "identity",
+                "-o",
+                "json",
+                "--limit",
+                "1000",
+            ],
+        )
+        .await,
+    );
+    for sa in ["orders", "payments"] {
+        let id = format!("spiffe://palisade.local/ns/shop/sa/{sa}");
+        assert!(
+            issued.iter().any(|d| d["record"]["path"] == id.as_str()
+                && d["record"]["decision"] == "allow"
+                && d["record"]["method"] == "issue"),
+            "{sa}'s issuance: {issued:#?}"
+        );
+    }
 
     // The store verifies clean, writer by writer (both sidecars' chains).
     let out = palisade(&cp, &auditor.token, &["audit", "verify"]).await;

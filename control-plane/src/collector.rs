@@ -289,7 +289,7 @@ fn unhex(s: &str) -> Option<Digest> {
 }
 
 /// The stored row of a line, its query fields taken from the record.
-fn row(line: &Line, bytes: &[u8]) -> DecisionRow {
+pub(crate) fn row(line: &Line, bytes: &[u8]) -> DecisionRow {
     let time_ms =
         time::OffsetDateTime::parse(&line.time, &time::format_description::well_known::Rfc3339)
             .map_or_else(

@@ -42,6 +42,21 @@ pub enum IssueError {
 }
 
 impl IssueError {
+    /// The one place a refusal becomes an HTTP status (the sidecar API's answer, and the
+    /// status of the decision's record).
+    pub fn status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            IssueError::MissingToken
+            | IssueError::Token(_)
+            | IssueError::TokenReused
+            | IssueError::NoClientCertificate => StatusCode::UNAUTHORIZED,
+            IssueError::Csr(_) => StatusCode::BAD_REQUEST,
+            IssueError::Reserved(_) => StatusCode::FORBIDDEN,
+            IssueError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             IssueError::MissingToken => "missing_token",
@@ -75,6 +90,8 @@ pub struct IdentityService {
     store: Store,
     metrics: CaMetrics,
     reserved: SpiffeId,
+    /// Where each issuance, renewal and refusal is recorded (the decision log).
+    decisions: Option<crate::own_decisions::OwnDecisions>,
 }
 
 impl IdentityService {
@@ -91,6 +108,15 @@ impl IdentityService {
             store,
             metrics,
             reserved: control_plane_id(trust_domain),
+            decisions: None,
+        }
+    }
+
+    /// Records every decision of this service in the control plane's own chain.
+    pub fn with_decisions(self, decisions: crate::own_decisions::OwnDecisions) -> Self {
+        Self {
+            decisions: Some(decisions),
+            ..self
         }
     }
 
@@ -108,6 +134,8 @@ impl IdentityService {
         let started = Instant::now();
         let result = self.issue_inner(token, csr_pem).await;
         self.record(result.as_ref().map(|(c, m)| (c, *m)), peer, started);
+        self.decided("issue", None, result.as_ref().map(|(c, _)| c), peer)
+            .await?;
         result.map(|(c, _)| c)
     }
 
@@ -148,7 +176,54 @@ impl IdentityService {
             Ok((self.ca.issue(id, &key)?, "renewal"))
         })();
         self.record(result.as_ref().map(|(c, m)| (c, *m)), peer, started);
+        self.decided("renew", peer_id, result.as_ref().map(|(c, _)| c), peer)
+            .await?;
         result.map(|(c, _)| c)
+    }
+
+    /// The decision's record in the control plane's chain, stored before the answer goes
+    /// out: an answer whose record could not be stored is not given (500).
+    async fn decided(
+        &self,
+        method: &str,
+        caller: Option<&SpiffeId>,
+        result: Result<&IssuedCertificate, &IssueError>,
+        peer: &str,
+    ) -> Result<(), IssueError> {
+        let Some(decisions) = &self.decisions else {
+            return Ok(());
+        };
+        let mut r =
+            palisade_contract::decisions::record::Record::begin("control-plane", "identity");
+        r.source = caller.map(ToString::to_string);
+        r.destination_service = "palisade-control-plane".into();
+        r.destination = self.reserved.to_string();
+        r.method = method.to_owned();
+        match result {
+            Ok(cert) => {
+                r.decision = "allow".into();
+                r.path = cert.spiffe_id.to_string();
+                r.status = 200;
+                r.reason = Some(format!(
+                    "certificate {} until {}",
+                    cert.serial, cert.not_after
+                ));
+            }
+            Err(e) => {
+                r.decision = if matches!(e, IssueError::Internal(_)) {
+                    "error"
+                } else {
+                    "deny"
+                }
+                .into();
+                r.status = e.status().as_u16();
+                r.reason = Some(format!("{}: {e} (from {peer})", e.label()));
+            }
+        }
+        decisions.record(&r).await.map_err(|e| {
+            tracing::error!(error = %e, "recording an issuance decision failed");
+            IssueError::Internal(format!("recording the decision: {e}"))
+        })
     }
 
     fn check_not_reserved(&self, id: &SpiffeId) -> Result<(), IssueError> {

@@ -28,6 +28,7 @@ pub mod k8s_discovery;
 pub mod kubernetes;
 pub mod mesh_config;
 pub mod metrics;
+pub mod own_decisions;
 pub mod own_identity;
 pub mod server;
 pub mod serving;

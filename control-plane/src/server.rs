@@ -27,6 +27,7 @@ use crate::join_tokens::{JoinToken, JoinTokenError, JoinTokenIssuer};
 use crate::k8s_discovery::Discovery;
 use crate::mesh_config::{MeshConfig, validate};
 use crate::metrics::{CaMetrics, WebhookMetrics};
+use crate::own_decisions::OwnDecisions;
 use crate::own_identity::OwnIdentity;
 use crate::store::Store;
 use crate::tokens::TokenKey;
@@ -129,16 +130,25 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         }),
         None => None,
     };
-    let service = Arc::new(IdentityService::new(
-        ca.clone(),
-        BootstrapVerifier::new(td.clone(), token_key.clone(), kubernetes.clone()),
-        store.clone(),
-        metrics.clone(),
-        &td,
-    ));
-
     // The control plane's own identity, renewed by its own task below.
     let own_identity = OwnIdentity::issue(ca.clone(), config.webhook_dns_name.clone())?;
+    // Its own decisions (issuance, renewal, refusal) go into the decision log, in a chain
+    // signed with that identity.
+    let own_decisions = OwnDecisions::new(
+        store.clone(),
+        own_identity.slot(),
+        palisade_contract::identity_api::control_plane_id(&td),
+    );
+    let service = Arc::new(
+        IdentityService::new(
+            ca.clone(),
+            BootstrapVerifier::new(td.clone(), token_key.clone(), kubernetes.clone()),
+            store.clone(),
+            metrics.clone(),
+            &td,
+        )
+        .with_decisions(own_decisions.clone()),
+    );
     let tls = Arc::new(server_config(
         own_identity.slot(),
         ca.bundle(),
@@ -286,6 +296,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         tasks.spawn(|stop| publisher.run(interval, stop));
     }
     tasks.spawn(|stop| own_identity.run(stop));
+    tasks.spawn(|stop| own_decisions.run(stop));
 
     tracing::info!(%sidecar_addr, %admin_addr, %metrics_addr, trust_domain = %td,
         database = store.backend_name(), "control plane ready");

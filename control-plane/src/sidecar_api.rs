@@ -199,19 +199,6 @@ fn respond(service: &IdentityService, result: Result<IssuedCertificate, IssueErr
             not_after: cert.not_after,
         })
         .into_response(),
-        Err(e) => error_response(status_of(&e), &e.to_string(), Vec::new()),
-    }
-}
-
-/// The one place a refusal becomes an HTTP status.
-fn status_of(e: &IssueError) -> StatusCode {
-    match e {
-        IssueError::MissingToken
-        | IssueError::Token(_)
-        | IssueError::TokenReused
-        | IssueError::NoClientCertificate => StatusCode::UNAUTHORIZED,
-        IssueError::Csr(_) => StatusCode::BAD_REQUEST,
-        IssueError::Reserved(_) => StatusCode::FORBIDDEN,
-        IssueError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        Err(e) => error_response(e.status(), &e.to_string(), Vec::new()),
     }
 }

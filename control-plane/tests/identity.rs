@@ -473,6 +473,7 @@ async fn every_bad_bootstrap_token_is_refused_for_its_reason() {
             "critical extensions",
         ),
     ];
+    let cases_count = cases.len();
     assert_all_refused(&h, cases).await;
     // The record the re-signed token named was not spent: its own token still works.
     assert_eq!(h.issue(Some(&real), &csr().1).await.0, StatusCode::OK);
@@ -485,6 +486,37 @@ async fn every_bad_bootstrap_token_is_refused_for_its_reason() {
         ),
         1.0,
         "only the real token's own use"
+    );
+    // Each refusal and the one issuance is a record of the control plane's own chain.
+    let token = h.admin_token();
+    let (status, page) = h
+        .admin(
+            Method::GET,
+            "/v1/decisions?protocol=identity&limit=1000",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let items = page["items"].as_array().unwrap();
+    let denied = items
+        .iter()
+        .filter(|d| d["record"]["decision"] == "deny")
+        .count();
+    let allowed: Vec<&Value> = items
+        .iter()
+        .filter(|d| d["record"]["decision"] == "allow")
+        .collect();
+    assert_eq!(denied, cases_count, "one record per refusal");
+    assert_eq!(allowed.len(), 1);
+    assert_eq!(
+        allowed[0]["record"]["path"],
+        "spiffe://palisade.local/ns/shop/sa/orders"
+    );
+    assert!(
+        items.iter().all(|d| d["record"]["destination"]
+            == "spiffe://palisade.local/ns/palisade-system/sa/control-plane"),
+        "{page}"
     );
 }
 

@@ -156,8 +156,8 @@ fn spool_lines(dir: &Path) -> Vec<Line> {
     out
 }
 
-/// Every decision in the control plane's store (`GET /v1/decisions`, page by page), as
-/// (instance, seq, status).
+/// Every sidecar decision in the control plane's store (`GET /v1/decisions`, page by
+/// page), as (instance, seq, status).
 async fn central_decisions(admin: SocketAddr, token: &str) -> Vec<(String, i64, u64)> {
     let mut out = Vec::new();
     let mut cursor: Option<String> = None;
@@ -170,6 +170,10 @@ async fn central_decisions(admin: SocketAddr, token: &str) -> Vec<(String, i64, 
         assert_eq!(status, 200, "{body}");
         let page: serde_json::Value = serde_json::from_str(&body).unwrap();
         for item in page["items"].as_array().unwrap() {
+            // The sidecars' decisions, not the control plane's own (its issuances).
+            if item["record"]["direction"] == "control-plane" {
+                continue;
+            }
             out.push((
                 item["instance"].as_str().unwrap().to_owned(),
                 item["seq"].as_i64().unwrap(),

@@ -36,7 +36,12 @@ fn batches(
         for i in 0..BATCH {
             let n = b * BATCH + i;
             let mut r = Record::begin("inbound", "http2");
-            r.decision = if n.is_multiple_of(20) { "deny" } else { "allow" }.into();
+            r.decision = if n.is_multiple_of(20) {
+                "deny"
+            } else {
+                "allow"
+            }
+            .into();
             r.source = Some(format!(
                 "spiffe://palisade.local/ns/shop/sa/{}",
                 sources[n % sources.len()]

@@ -264,6 +264,21 @@ impl Chain {
         )
     }
 
+    /// The next line: a checkpoint signed now with `identity` (its SPIFFE ID the signer), or
+    /// `None` when its key cannot sign. What both writers (a sidecar's spool, the control
+    /// plane's own chain) append.
+    pub fn signed_checkpoint(
+        &mut self,
+        identity: &crate::tls::WorkloadIdentity,
+        time: &str,
+    ) -> Option<Vec<u8>> {
+        let signer = identity.spiffe_id.to_string();
+        let note = self.next_checkpoint_note(&signer, time);
+        let jws =
+            crate::signing::sign(identity, CHECKPOINT_TYP, crate::unix_now(), note.as_bytes())?;
+        Some(self.checkpoint(time, &signer, &jws))
+    }
+
     /// Gives the next sequence number to a decision that is not written (it goes into the
     /// next [`Self::gap`]); the link stays on the last written line.
     pub fn skip(&mut self) -> u64 {

@@ -37,8 +37,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_contract::decisions::{
-    CHECKPOINT_TYP, Chain, HEAD_FILE, INSTANCE_FILE, Line, line_hash, segment_first_seq,
-    segment_name, segments, valid_instance,
+    Chain, HEAD_FILE, INSTANCE_FILE, Line, line_hash, segment_first_seq, segment_name, segments,
+    valid_instance,
 };
 use palisade_contract::private_files::{ensure_private_dir, write_atomic};
 use palisade_contract::process::Stopping;
@@ -446,18 +446,10 @@ impl Spool {
             if st.unsigned == 0 {
                 return Ok(());
             }
-            let signer = identity.spiffe_id.as_str();
-            let note = st.chain.next_checkpoint_note(signer, &time);
-            let Some(jws) = palisade_contract::signing::sign(
-                &identity,
-                CHECKPOINT_TYP,
-                palisade_contract::unix_now(),
-                note.as_bytes(),
-            ) else {
+            let Some(line) = st.chain.signed_checkpoint(&identity, &time) else {
                 tracing::error!("the workload key cannot sign a decision-log checkpoint");
                 return Ok(());
             };
-            let line = st.chain.checkpoint(&time, signer, &jws);
             st.buf.extend_from_slice(&line);
             st.through = st.chain.next_seq();
             st.unsigned = 0;
