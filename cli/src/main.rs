@@ -173,7 +173,8 @@ enum Command {
         principal: Option<String>,
     },
     /// The central decision log (needs the auditor or admin role): every authorization
-    /// decision the sidecars shipped, newest first.
+    /// decision the sidecars shipped, and the control plane's own (certificates issued,
+    /// renewed, refused), newest first.
     #[command(args_conflicts_with_subcommands = true)]
     Decisions {
         #[command(subcommand)]

@@ -86,7 +86,7 @@ const REFUSED: &str = "refused: the decision spool was full";
 /// `--decision-ship`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DecisionShip {
-    /// To the control plane, over the sidecar API ([`ship`]).
+    /// To the control plane, over the sidecar API (mTLS); segments deleted once stored.
     ControlPlane,
     /// Not shipped.
     Off,
