@@ -207,7 +207,12 @@ impl Collector {
                 continue;
             }
             let before = verifier.position(instance);
-            verifier.line(&format!("batch line {}", i + 1), bytes);
+            let location = format!("batch line {}", i + 1);
+            match line {
+                // Parsed once, above, for the verifier too.
+                Some(line) => verifier.parsed(&location, bytes, line),
+                None => verifier.line(&location, bytes),
+            }
             let after = verifier.position(instance);
             if let Some(line) = line
                 && before != after
@@ -307,8 +312,8 @@ pub(crate) fn row(line: &Line, bytes: &[u8]) -> DecisionRow {
     };
     let Some(record) = line
         .record
-        .clone()
-        .and_then(|r| serde_json::from_value::<Record>(r).ok())
+        .as_ref()
+        .and_then(|r| <Record as serde::Deserialize>::deserialize(r).ok())
     else {
         return row;
     };

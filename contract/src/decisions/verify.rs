@@ -211,15 +211,18 @@ impl<'b> Verifier<'b> {
 
     /// One line (without its newline), found at `location` (for the report).
     pub fn line(&mut self, location: &str, bytes: &[u8]) {
-        let line: Line = match serde_json::from_slice(bytes) {
-            Ok(l) => l,
-            Err(e) => {
-                return self.charge(Finding::Malformed {
-                    location: location.to_owned(),
-                    why: e.to_string(),
-                });
-            }
-        };
+        match serde_json::from_slice::<Line>(bytes) {
+            Ok(line) => self.parsed(location, bytes, &line),
+            Err(e) => self.charge(Finding::Malformed {
+                location: location.to_owned(),
+                why: e.to_string(),
+            }),
+        }
+    }
+
+    /// The same for a line its caller has parsed already (the collector does, to sort a
+    /// batch): `line` must be `bytes` read as a [`Line`].
+    pub fn parsed(&mut self, location: &str, bytes: &[u8], line: &Line) {
         if line.v != FORMAT {
             return self.charge(Finding::Malformed {
                 location: location.to_owned(),
@@ -294,7 +297,7 @@ impl<'b> Verifier<'b> {
             }
             EntryKind::Checkpoint => {
                 st.report.checkpoints += 1;
-                match check_checkpoint(bundle, &line) {
+                match check_checkpoint(bundle, line) {
                     Ok(signer) => {
                         if let Some(before) = &st.report.signer
                             && *before != signer
