@@ -363,14 +363,15 @@ pub async fn audit(
     query.extend(principal.map(|p| ("principal", p)));
     let trail = api.get_json(&api_path(&["v1", "audit"], &query)).await?;
     if let Output::Json | Output::Yaml = output {
-        println!("{trail:#}");
+        // The entries themselves, newest first (the API's page without its cursor).
+        println!("{:#}", trail["items"]);
         return Ok(());
     }
     println!(
         "{:>8} {:>11} {:<16} {:<8} TARGET",
         "VERSION", "TIME", "PRINCIPAL", "ACTION"
     );
-    for e in trail.as_array().into_iter().flatten() {
+    for e in trail["items"].as_array().into_iter().flatten() {
         println!(
             "{:>8} {:>11} {:<16} {:<8} {} {}/{}",
             e["meshVersion"],

@@ -372,10 +372,12 @@ async fn admin_tokens_are_created_listed_revoked_and_checked_on_every_call() {
     let out = palisade_as(&cp, &ops, &["audit", "-o", "json"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let trail: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    // Newest first; read oldest first here.
     let steps: Vec<String> = trail
         .as_array()
         .unwrap()
         .iter()
+        .rev()
         .filter(|e| e["kind"] == "AdminToken")
         .map(|e| {
             format!(

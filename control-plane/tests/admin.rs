@@ -342,9 +342,9 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let actions: Vec<(&str, &str)> = trail
-        .as_array()
-        .unwrap()
+    // Newest first; read oldest first here.
+    let oldest_first: Vec<&Value> = trail["items"].as_array().unwrap().iter().rev().collect();
+    let actions: Vec<(&str, &str)> = oldest_first
         .iter()
         .map(|e| (e["action"].as_str().unwrap(), e["kind"].as_str().unwrap()))
         .collect();
@@ -358,7 +358,39 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
             ("deleted", "Service"),
         ]
     );
-    let second = &trail[1];
+    // A page of two, then the rest from its cursor: the same entries, none twice.
+    let (_, _, page) = h
+        .admin_raw(
+            Method::GET,
+            "/v1/audit?principal=erin&limit=2",
+            Some(&auditor),
+            &[],
+            String::new(),
+        )
+        .await;
+    let next = page["next"].as_str().unwrap().to_owned();
+    let (_, _, rest) = h
+        .admin_raw(
+            Method::GET,
+            &format!("/v1/audit?principal=erin&cursor={next}"),
+            Some(&auditor),
+            &[],
+            String::new(),
+        )
+        .await;
+    let paged: Vec<&Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rest["items"].as_array().unwrap())
+        .collect();
+    assert_eq!(paged.len(), 5);
+    assert_eq!(
+        paged.iter().rev().copied().collect::<Vec<_>>(),
+        oldest_first
+    );
+    assert!(rest.get("next").is_none(), "{rest}");
+    let second = oldest_first[1];
     assert_eq!(
         second["before"]["spec"]["rules"][0]["to"][0]["paths"][0],
         "/charge"
@@ -380,7 +412,7 @@ async fn documents_versions_and_the_audit_trail(mut h: Harness) {
             String::new(),
         )
         .await;
-    let entry = &trail[0];
+    let entry = &trail["items"][0];
     assert_eq!(entry["action"], "created");
     assert_eq!(
         entry["after"]["spiffeId"],
@@ -611,7 +643,7 @@ async fn operators_can_sign_in_with_an_oidc_provider() {
             String::new(),
         )
         .await;
-    assert_eq!(trail[0]["principal"], "oidc:dana");
+    assert_eq!(trail["items"][0]["principal"], "oidc:dana");
     // Editors may not create join tokens; bad tokens are 401.
     let (status, _) = h
         .admin(
@@ -703,7 +735,7 @@ async fn operators_can_authenticate_with_a_client_certificate() {
             String::new(),
         )
         .await;
-    assert_eq!(trail[0]["principal"], ops);
+    assert_eq!(trail["items"][0]["principal"], ops);
     // The role is the one configured for the ID: an editor may not create join tokens.
     let (status, _) = call(
         Some(operator),

@@ -1,11 +1,11 @@
-//! `GET /v1/audit`: the admin audit trail, and recording the actions that are not
+//! `GET /v1/audit`: the admin audit trail (newest first, paged with a cursor), and recording the actions that are not
 //! configuration changes (tokens, CA rotation) in it.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::AuditFilter;
 
@@ -20,27 +20,57 @@ pub struct AuditQuery {
     pub kind: Option<String>,
     pub namespace: Option<String>,
     pub limit: Option<i64>,
+    /// `next` of the previous page (`mesh_version:seq`).
+    pub cursor: Option<String>,
+}
+
+/// A page of the trail, newest first.
+#[derive(Debug, Serialize)]
+pub struct AuditPage {
+    pub items: Vec<crate::store::AuditEntry>,
+    /// The cursor of the next (older) page, absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 pub async fn audit(
     State(state): State<Arc<AdminState>>,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Vec<crate::store::AuditEntry>>, AdminError> {
+) -> Result<Json<AuditPage>, AdminError> {
+    let before = match &q.cursor {
+        None => None,
+        Some(c) => Some(
+            c.split_once(':')
+                .and_then(|(v, s)| Some((v.parse().ok()?, s.parse().ok()?)))
+                .ok_or_else(|| AdminError::Invalid {
+                    error: "not a cursor this API made".into(),
+                    details: Vec::new(),
+                })?,
+        ),
+    };
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let filter = AuditFilter {
         since: q.since,
         principal: q.principal,
         kind: q.kind,
         namespace: q.namespace,
-        limit: q.limit,
+        limit: Some(limit),
+        before,
     };
-    Ok(Json(
-        state
-            .mesh
-            .store()
-            .audit_trail(&filter)
-            .await
-            .map_err(internal)?,
-    ))
+    let items = state
+        .mesh
+        .store()
+        .audit_trail(&filter)
+        .await
+        .map_err(internal)?;
+    let next = (items.len() as i64 == limit)
+        .then(|| {
+            items
+                .last()
+                .map(|e| format!("{}:{}", e.mesh_version, e.seq))
+        })
+        .flatten();
+    Ok(Json(AuditPage { items, next }))
 }
 
 /// Records a non-configuration administrative action in the audit trail.

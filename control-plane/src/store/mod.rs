@@ -508,6 +508,8 @@ impl From<sqlx::Error> for ChangeError {
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     pub mesh_version: i64,
+    /// The entry's place within its mesh version (with it, the trail's order and cursor).
+    pub seq: i64,
     pub time: i64,
     pub principal: String,
     pub request_id: String,
@@ -527,6 +529,8 @@ pub struct AuditFilter {
     pub kind: Option<String>,
     pub namespace: Option<String>,
     pub limit: Option<i64>,
+    /// Only entries older than this one, `(mesh_version, seq)` (the next page).
+    pub before: Option<(i64, i64)>,
 }
 
 /// A sidecar as last seen by a control-plane replica.
@@ -783,36 +787,43 @@ impl Store {
         Ok(())
     }
 
-    /// The admin audit trail, oldest first.
+    /// The admin audit trail, newest first (so the latest changes are on the first page
+    /// however long the trail is); `before` pages on.
     pub async fn audit_trail(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
-        const SQL: &str = "SELECT mesh_version, time, principal, request_id, action, kind,
+        const SQL: &str = "SELECT mesh_version, seq, time, principal, request_id, action, kind,
                                   namespace, name, before, after
                            FROM admin_audit
                            WHERE ($1 IS NULL OR time >= $1) AND ($2 IS NULL OR principal = $2)
                              AND ($3 IS NULL OR kind = $3) AND ($4 IS NULL OR namespace = $4)
-                           ORDER BY mesh_version, seq
+                             AND ($6 IS NULL OR mesh_version < $6
+                                  OR (mesh_version = $6 AND seq < $7))
+                           ORDER BY mesh_version DESC, seq DESC
                            LIMIT $5";
+        let (before_version, before_seq) = f.before.unzip();
         on_pool!(self, pool => sqlx::query(SQL)
             .bind(f.since)
             .bind(&f.principal)
             .bind(&f.kind)
             .bind(&f.namespace)
             .bind(f.limit.unwrap_or(1000).clamp(1, 10_000))
+            .bind(before_version)
+            .bind(before_seq)
             .fetch_all(pool)
             .await?
             .into_iter()
             .map(|r| {
                 Ok(AuditEntry {
                     mesh_version: r.try_get(0)?,
-                    time: r.try_get(1)?,
-                    principal: r.try_get(2)?,
-                    request_id: r.try_get(3)?,
-                    action: r.try_get(4)?,
-                    kind: r.try_get(5)?,
-                    namespace: r.try_get(6)?,
-                    name: r.try_get(7)?,
-                    before: decode(r.try_get(8)?)?,
-                    after: decode(r.try_get(9)?)?,
+                    seq: r.try_get(1)?,
+                    time: r.try_get(2)?,
+                    principal: r.try_get(3)?,
+                    request_id: r.try_get(4)?,
+                    action: r.try_get(5)?,
+                    kind: r.try_get(6)?,
+                    namespace: r.try_get(7)?,
+                    name: r.try_get(8)?,
+                    before: decode(r.try_get(9)?)?,
+                    after: decode(r.try_get(10)?)?,
                 })
             })
             .collect())
@@ -1224,18 +1235,45 @@ pub(crate) mod tests {
                 )
             })
             .collect();
+        // Newest first.
         assert_eq!(
             summary,
             [
-                (1, "alice", "created", "a"),
-                (1, "alice", "created", "b"),
+                (3, "carol", "deleted", "b"),
                 (2, "bob", "updated", "a"),
-                (3, "carol", "deleted", "b")
+                (1, "alice", "created", "b"),
+                (1, "alice", "created", "a"),
             ]
         );
-        assert_eq!(trail[2].before.as_ref().unwrap()["v"], 1);
-        assert_eq!(trail[2].after.as_ref().unwrap()["v"], 2);
-        assert_eq!(trail[3].after, None);
+        assert_eq!(trail[1].before.as_ref().unwrap()["v"], 1);
+        assert_eq!(trail[1].after.as_ref().unwrap()["v"], 2);
+        assert_eq!(trail[0].after, None);
+        // Pages: two, then the two older ones (within one mesh version too).
+        let page = |before| {
+            let store = store.clone();
+            async move {
+                store
+                    .audit_trail(&AuditFilter {
+                        limit: Some(2),
+                        before,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let first = page(None).await;
+        let last = first.last().unwrap();
+        let second = page(Some((last.mesh_version, last.seq))).await;
+        let names: Vec<(&str, &str)> = first
+            .iter()
+            .chain(&second)
+            .map(|e| (e.principal.as_str(), e.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("carol", "b"), ("bob", "a"), ("alice", "b"), ("alice", "a")]
+        );
         let bobs = store
             .audit_trail(&AuditFilter {
                 principal: Some("bob".into()),
