@@ -106,6 +106,31 @@ const COLUMNS: &str = "instance, seq, hash, kind, time_ms, request_id, decision,
 /// Rows per INSERT statement (19 binds each; SQLite allows 32,766 per statement).
 const ROWS_PER_INSERT: usize = 500;
 
+/// An [`InstancePosition`] from a row of `SELECT instance, spiffe_id, next_seq, head`
+/// (a macro: the row type differs per backend).
+macro_rules! position {
+    ($r:expr) => {
+        InstancePosition {
+            instance: $r.try_get(0)?,
+            spiffe_id: $r.try_get(1)?,
+            next_seq: $r.try_get(2)?,
+            head: $r.try_get(3)?,
+        }
+    };
+}
+
+/// A [`FindingRow`] from a row of `SELECT instance, kind, detail, found_at`.
+macro_rules! finding {
+    ($r:expr) => {
+        FindingRow {
+            instance: $r.try_get(0)?,
+            kind: $r.try_get(1)?,
+            detail: $r.try_get(2)?,
+            found_at: $r.try_get(3)?,
+        }
+    };
+}
+
 impl Store {
     /// Where `instance`'s chain stands, if anything of it is stored.
     pub async fn decision_position(
@@ -118,14 +143,7 @@ impl Store {
             .bind(instance)
             .fetch_optional(pool)
             .await?
-            .map(|r| {
-                Ok(InstancePosition {
-                    instance: r.try_get(0)?,
-                    spiffe_id: r.try_get(1)?,
-                    next_seq: r.try_get(2)?,
-                    head: r.try_get(3)?,
-                })
-            })
+            .map(|r| Ok(position!(r)))
             .transpose())
     }
 
@@ -317,14 +335,7 @@ impl Store {
             .fetch_all(pool)
             .await?
             .into_iter()
-            .map(|r| {
-                Ok(FindingRow {
-                    instance: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    detail: r.try_get(2)?,
-                    found_at: r.try_get(3)?,
-                })
-            })
+            .map(|r| Ok(finding!(r)))
             .collect())
     }
 
@@ -336,14 +347,7 @@ impl Store {
             .fetch_all(pool)
             .await?
             .into_iter()
-            .map(|r| {
-                Ok(InstancePosition {
-                    instance: r.try_get(0)?,
-                    spiffe_id: r.try_get(1)?,
-                    next_seq: r.try_get(2)?,
-                    head: r.try_get(3)?,
-                })
-            })
+            .map(|r| Ok(position!(r)))
             .collect())
     }
 
@@ -379,14 +383,7 @@ impl Store {
             .fetch_all(pool)
             .await?
             .into_iter()
-            .map(|r| {
-                Ok(FindingRow {
-                    instance: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    detail: r.try_get(2)?,
-                    found_at: r.try_get(3)?,
-                })
-            })
+            .map(|r| Ok(finding!(r)))
             .collect())
     }
 
