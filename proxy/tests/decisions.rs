@@ -52,6 +52,34 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
+/// The flags every sidecar process of these tests gets: its control plane, trust, token,
+/// identity cache, and the outbound listener the test calls (the others on any port).
+fn process_flags(
+    cp: SocketAddr,
+    bundle: &Path,
+    files: &SidecarFiles,
+    outbound: SocketAddr,
+) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    [
+        "--control-plane".into(),
+        cp.to_string(),
+        "--ca-bundle".into(),
+        path(bundle),
+        "--token-file".into(),
+        path(&files.token),
+        "--identity-dir".into(),
+        path(&files.cache),
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+        "--inbound-listen".into(),
+        "127.0.0.1:0".into(),
+        "--outbound-listen".into(),
+        outbound.to_string(),
+    ]
+    .into()
+}
+
 /// The orders sidecar as its own process, with its decision directory.
 fn orders_process(
     cp: SocketAddr,
@@ -68,17 +96,7 @@ fn orders_process(
         .open(log)
         .unwrap();
     Command::new(env!("CARGO_BIN_EXE_palisade-proxy"))
-        .args(["--control-plane", &cp.to_string()])
-        .args(["--ca-bundle", &bundle.display().to_string()])
-        .args(["--token-file", &files.token.display().to_string()])
-        .args(["--identity-dir", &files.cache.display().to_string()])
-        .args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--inbound-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--outbound-listen", &outbound.to_string()])
+        .args(process_flags(cp, bundle, files, outbound))
         .args(["--registry-file", &registry.display().to_string()])
         .args(["--decision-dir", &decisions.display().to_string()])
         .args(["--audit-log", &files.audit.display().to_string()])
@@ -505,17 +523,7 @@ fn on_small_tmpfs(
     Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", &script])
         .arg(env!("CARGO_BIN_EXE_palisade-proxy"))
-        .args(["--control-plane", &cp.to_string()])
-        .args(["--ca-bundle", &bundle.display().to_string()])
-        .args(["--token-file", &files.token.display().to_string()])
-        .args(["--identity-dir", &files.cache.display().to_string()])
-        .args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--inbound-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--outbound-listen", &outbound.to_string()])
+        .args(process_flags(cp, bundle, files, outbound))
         .args(["--decision-dir", &mount.join("spool").display().to_string()])
         .args(["--decision-ship", "off", "--audit-log", "/dev/null"])
         .stdout(Stdio::null())
