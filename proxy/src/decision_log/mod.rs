@@ -605,6 +605,15 @@ mod tests {
             .spool
     }
 
+    /// A trust bundle and an identity slot holding a workload certificate it trusts.
+    fn signed_slot() -> (palisade_contract::tls::TrustBundle, Arc<IdentitySlot>) {
+        let me = "spiffe://palisade.local/ns/shop/sa/orders";
+        let (bundle, identity) = palisade_contract::signing::test_identity(me);
+        let slot = IdentitySlot::new();
+        slot.set(identity);
+        (bundle, slot)
+    }
+
     fn settings(dir: &Path) -> DecisionLogSettings {
         DecisionLogSettings {
             dir: dir.to_owned(),
@@ -618,10 +627,7 @@ mod tests {
 
     #[tokio::test]
     async fn decisions_are_written_before_append_returns_and_the_chain_survives_a_restart() {
-        let me = "spiffe://palisade.local/ns/shop/sa/orders";
-        let (bundle, identity) = palisade_contract::signing::test_identity(me);
-        let slot = IdentitySlot::new();
-        slot.set(identity);
+        let (bundle, slot) = signed_slot();
         let dir = tempfile::tempdir().unwrap();
         let counted = metrics();
         let spool = Spool::open(settings(dir.path()), slot.clone(), counted.clone()).unwrap();
@@ -720,10 +726,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_spool_drops_into_a_gap_or_refuses_and_verify_shows_exactly_that() {
-        let me = "spiffe://palisade.local/ns/shop/sa/orders";
-        let (bundle, identity) = palisade_contract::signing::test_identity(me);
-        let slot = IdentitySlot::new();
-        slot.set(identity);
+        let (bundle, slot) = signed_slot();
         let dir = tempfile::tempdir().unwrap();
         let counted = metrics();
         let line = serde_json::json!({"decision": "allow", "path": "/x"});
