@@ -48,6 +48,17 @@ pub struct Config {
     #[arg(long, env = "PALISADE_DATABASE_URL")]
     pub database_url: Option<String>,
 
+    /// Also read the sidecars' decision batches from this RabbitMQ (amqp://user:pass@host:port/vhost
+    /// or amqps://…), for sidecars started with --decision-ship amqp://…: each batch's
+    /// signature is checked, stored, and only then acknowledged. Replicas may all set it;
+    /// one reads at a time (the queue's single active consumer), the others stand by.
+    #[arg(long, env = "PALISADE_DECISION_BROKER")]
+    pub decision_broker: Option<String>,
+
+    /// The decision queue on --decision-broker (a quorum queue, declared if missing).
+    #[arg(long, env = "PALISADE_DECISION_QUEUE", default_value = palisade_contract::decisions::broker::DEFAULT_QUEUE)]
+    pub decision_queue: String,
+
     /// Mesh documents (AuthorizationPolicy, RequestAuthentication, Service; YAML or JSON)
     /// applied at start-up, as `palisade apply -f` would: local mode without the CLI.
     /// Several files: repeat the flag or separate with commas.
@@ -277,6 +288,8 @@ impl Config {
             workload_ttl: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
             database_url: None,
+            decision_broker: None,
+            decision_queue: palisade_contract::decisions::broker::DEFAULT_QUEUE.into(),
             config_file: Vec::new(),
             ca_cert: None,
             ca_key: None,

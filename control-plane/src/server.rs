@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::admin_tokens::{AdminToken, AdminTokenError, AdminTokenIssuer};
 use crate::bootstrap::{BootstrapVerifier, KubernetesVerifier};
 use crate::ca::{CertificateAuthority, write_file};
+use crate::collector::broker::BrokerSource;
 use crate::collector::{Collector, CollectorMetrics};
 use crate::config::Config;
 use crate::issuance::IdentityService;
@@ -221,6 +222,14 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         ca.bundle(),
         CollectorMetrics::register(&registry).context("registering metrics")?,
     ));
+    if let Some(url) = &config.decision_broker {
+        let source = BrokerSource {
+            url: url.clone(),
+            queue: config.decision_queue.clone(),
+        };
+        let reader = collector.clone();
+        tasks.spawn(|stop| reader.consume(source, stop));
+    }
     let sidecar_router = sidecar_api::router(service.clone(), mesh.clone(), collector);
     let (sidecar_tls, handshake_timeout) = (tls.clone(), config.handshake_timeout);
     tasks.spawn(|stop| {

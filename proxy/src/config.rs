@@ -153,10 +153,18 @@ pub struct Config {
     pub decision_checkpoint_interval: Duration,
 
     /// Where the decision spool is shipped: `control-plane` (the default; over the sidecar
-    /// API's mTLS, a segment deleted once the control plane stored all of it) or `off`
-    /// (the spool only grows: for a node-local collector of your own).
-    #[arg(long, env = "PALISADE_DECISION_SHIP", value_enum, default_value_t = DecisionShip::ControlPlane)]
-    pub decision_ship: DecisionShip,
+    /// API's mTLS, a segment deleted once the control plane stored all of it), a RabbitMQ
+    /// URL `amqp://user:pass@host:port/vhost` or `amqps://…` (each batch signed with the
+    /// workload key, published with confirms to --decision-queue, a segment deleted once
+    /// the broker confirmed all of it; control planes read it with --decision-broker), or
+    /// `off` (the spool only grows: for a node-local collector of your own).
+    #[arg(long, env = "PALISADE_DECISION_SHIP", default_value = "control-plane")]
+    pub decision_ship: String,
+
+    /// With --decision-ship amqp://…: the queue (a quorum queue, declared if missing; the
+    /// control plane's --decision-queue).
+    #[arg(long, env = "PALISADE_DECISION_QUEUE", default_value = palisade_contract::decisions::broker::DEFAULT_QUEUE)]
+    pub decision_queue: String,
 
     /// The decision spool's bound: once its segments hold this much (shipping fell
     /// behind), --decision-overflow applies. Bytes, or with a unit: KiB, MiB, GiB.
@@ -427,6 +435,11 @@ impl Config {
         if self.max_backoff < Duration::from_millis(100) {
             problems.push("--max-backoff must be at least 100ms".into());
         }
+        let decision_ship = DecisionShip::parse(&self.decision_ship, &self.decision_queue)
+            .unwrap_or_else(|why| {
+                problems.push(why);
+                DecisionShip::Off
+            });
         // Every check above reported into `problems`; the upstream is `None` only with one.
         let (true, Some(amqp_upstream)) = (problems.is_empty(), amqp_upstream) else {
             return Err(problems);
@@ -503,14 +516,17 @@ impl Config {
                 default_mode: self.default_mode,
             },
             audit_log: self.audit_log.clone(),
-            decisions: self.decision_dir.clone().map(|dir| DecisionLogSettings {
-                dir,
-                fsync_interval: self.decision_fsync_interval,
-                checkpoint_interval: self.decision_checkpoint_interval,
-                ship: self.decision_ship,
-                spool_max: self.decision_spool_max,
-                overflow: self.decision_overflow,
-            }),
+            decisions: self
+                .decision_dir
+                .clone()
+                .map(move |dir| DecisionLogSettings {
+                    dir,
+                    fsync_interval: self.decision_fsync_interval,
+                    checkpoint_interval: self.decision_checkpoint_interval,
+                    ship: decision_ship,
+                    spool_max: self.decision_spool_max,
+                    overflow: self.decision_overflow,
+                }),
             worker_threads,
         })
     }

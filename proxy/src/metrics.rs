@@ -44,6 +44,8 @@ pub struct SpoolMetrics {
     pub shipped: IntCounter,
     /// Lines written and not yet acknowledged.
     pub unshipped: IntGauge,
+    /// When the oldest line not yet acknowledged was written (Unix seconds; 0: none).
+    pub oldest_unshipped: IntGauge,
     /// Failed shipping attempts (each retried with backoff).
     pub ship_errors: IntCounter,
     /// Decisions not written because the spool was full (in a gap entry).
@@ -178,11 +180,15 @@ impl ProxyMetrics {
             )?,
             shipped: IntCounter::new(
                 "palisade_proxy_decision_records_shipped_total",
-                "Decision-log lines the control plane acknowledged as stored.",
+                "Decision-log lines the control plane acknowledged as stored (through a broker: that the broker confirmed).",
             )?,
             unshipped: IntGauge::new(
                 "palisade_proxy_decision_records_unshipped",
                 "Decision-log lines written to the spool and not yet acknowledged by the control plane.",
+            )?,
+            oldest_unshipped: IntGauge::new(
+                "palisade_proxy_decision_oldest_unshipped_timestamp_seconds",
+                "When the oldest decision-log line not yet shipped was written (Unix seconds; 0 when everything is shipped): its age is time() minus this.",
             )?,
             ship_errors: IntCounter::new(
                 "palisade_proxy_decision_ship_errors_total",
@@ -202,6 +208,7 @@ impl ProxyMetrics {
         registry.register(Box::new(spool.write_errors.clone()))?;
         registry.register(Box::new(spool.shipped.clone()))?;
         registry.register(Box::new(spool.unshipped.clone()))?;
+        registry.register(Box::new(spool.oldest_unshipped.clone()))?;
         registry.register(Box::new(spool.ship_errors.clone()))?;
         registry.register(Box::new(spool.dropped.clone()))?;
         registry.register(Box::new(spool.refused.clone()))?;

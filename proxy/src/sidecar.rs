@@ -17,7 +17,7 @@ use crate::amqp::{self, Amqp};
 use crate::audit::AuditLog;
 use crate::config::{Config, Settings};
 use crate::config_watch::ConfigWatch;
-use crate::decision_log::ship::Shipper;
+use crate::decision_log::ship::{BrokerLink, Destination, Shipper};
 use crate::decision_log::{DecisionShip, Spool};
 use crate::identity::IdentityManager;
 use crate::inbound::{self, Inbound};
@@ -115,16 +115,21 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
     let mut writers = Tasks::new();
     let audit = match decisions {
         Some(settings) => {
-            let ship = settings.ship;
+            let ship = settings.ship.clone();
             let spool = Spool::open(settings, identity.slot(), metrics.spool.clone())?;
             let writer = spool.clone();
             writers.spawn(|stop| writer.run(stop));
-            if ship == DecisionShip::ControlPlane {
-                let shipper = Shipper::new(
-                    spool.clone(),
-                    identity.control_plane().clone(),
-                    metrics.spool.clone(),
-                );
+            let destination = match ship {
+                DecisionShip::ControlPlane => {
+                    Some(Destination::ControlPlane(identity.control_plane().clone()))
+                }
+                DecisionShip::Broker { url, queue } => Some(Destination::Broker(Box::new(
+                    BrokerLink::new(url, queue, identity.slot()),
+                ))),
+                DecisionShip::Off => None,
+            };
+            if let Some(destination) = destination {
+                let shipper = Shipper::new(spool.clone(), destination, metrics.spool.clone());
                 writers.spawn(|stop| shipper.run(stop));
             }
             audit.with_spool(spool)

@@ -164,6 +164,14 @@ fn forwarded_in_spool(dir: &Path) -> u64 {
         .count() as u64
 }
 
+/// An unlabelled sample in a sidecar's `/metrics` text.
+fn sidecar_metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
 fn spool_lines(dir: &Path) -> Vec<Line> {
     let mut out = Vec::new();
     for segment in segments(dir).unwrap() {
@@ -203,6 +211,15 @@ async fn central_decisions(admin: SocketAddr, token: &str) -> Vec<(String, i64, 
             None => return out,
         }
     }
+}
+
+/// The central store holds `made` decisions of one instance, each once.
+fn stored_once(central: &[(String, i64, u64)], made: usize) {
+    let mut seqs: Vec<i64> = central.iter().map(|(_, seq, _)| *seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), made, "each decision once");
+    assert_eq!(central.len(), made, "nothing stored twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,6 +633,7 @@ async fn a_full_disk_is_an_error_at_start_and_the_overflow_rule_at_run_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_made_while_the_control_plane_is_down_arrive_once_it_is_back() {
+    let started = palisade_contract::unix_now() as u64;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cp");
     let mut config = palisade_control_plane::Config::for_data_dir(data.clone());
@@ -659,16 +677,27 @@ async fn decisions_made_while_the_control_plane_is_down_arrive_once_it_is_back()
     .len();
     assert_eq!(spooled(), made);
     let (_, metrics) = support::admin_get(&orders, "/metrics").await;
-    let unshipped: u64 = metrics
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("palisade_proxy_decision_records_unshipped")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap();
+    let unshipped = sidecar_metric(&metrics, "palisade_proxy_decision_records_unshipped");
     assert!(unshipped >= 500, "{unshipped} lines wait");
+    // The age of the backlog shows: the time the oldest unshipped line was written.
+    let oldest = async || {
+        let (_, metrics) = support::admin_get(&orders, "/metrics").await;
+        sidecar_metric(
+            &metrics,
+            "palisade_proxy_decision_oldest_unshipped_timestamp_seconds",
+        )
+    };
+    wait_until(
+        "the oldest unshipped line is dated",
+        Duration::from_secs(20),
+        async || oldest().await > 0,
+    )
+    .await;
+    let dated = oldest().await;
+    assert!(
+        dated >= started && dated <= palisade_contract::unix_now() as u64,
+        "{dated}"
+    );
 
     // Back on the same address and data: everything arrives (within the shipper's backoff),
     // each once.
@@ -684,12 +713,218 @@ async fn decisions_made_while_the_control_plane_is_down_arrive_once_it_is_back()
         "{made} decisions stored {:?} after the control plane came back",
         back.elapsed()
     );
-    let central = central_decisions(cp.admin_addr, token.trim()).await;
-    let mut keys: Vec<i64> = central.iter().map(|(_, seq, _)| *seq).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    assert_eq!(keys.len(), made, "each decision once");
-    assert_eq!(central.len(), made);
+    wait_until(
+        "nothing is left unshipped",
+        Duration::from_secs(10),
+        async || oldest().await == 0,
+    )
+    .await;
+    stored_once(&central_decisions(cp.admin_addr, token.trim()).await, made);
     orders.shutdown().await;
     cp.shutdown().await;
+}
+
+/// A vhost of its own, so closing its connections touches no other test's.
+const BROKER_VHOST: &str = "palisade-decisions-test";
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl (scripts/services installs RabbitMQ)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Closes every connection of the test's vhost; how many it closed.
+fn close_all_connections() -> u64 {
+    let out = rabbitmqctl(&[
+        "close_all_connections",
+        "--vhost",
+        BROKER_VHOST,
+        "closed by the decisions test",
+    ]);
+    out.lines()
+        .find_map(|l| l.strip_prefix("Closed ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"))
+}
+
+/// A relay to the broker that holds every chunk from it for `delay`: the sidecar's batches
+/// wait that long for their confirms, so the broker's closes find one in flight.
+async fn slow_relay_to_broker(delay: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(broker) = TcpStream::connect("127.0.0.1:5672").await else {
+                continue;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_broker, mut to_broker) = broker.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut to_broker).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = from_broker.read(&mut buf).await {
+                    tokio::time::sleep(delay).await;
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_broker_connections_closed_mid_stream_lose_and_duplicate_nothing() {
+    use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable, ShortString};
+    use palisade_contract::decisions::broker;
+
+    rabbitmqctl(&["add_vhost", BROKER_VHOST]);
+    rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        BROKER_VHOST,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    let url = format!("amqp://guest:guest@127.0.0.1:5672/{BROKER_VHOST}");
+    let relay = slow_relay_to_broker(Duration::from_millis(250)).await;
+    let sidecar_url = format!("amqp://guest:guest@{relay}/{BROKER_VHOST}");
+    let queue = format!("decisions-{}-{}", std::process::id(), rand_suffix());
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cp");
+    let mut config = palisade_control_plane::Config::for_data_dir(data.clone());
+    config.decision_broker = Some(url.clone());
+    config.decision_queue = queue.clone();
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let spool = dir.path().join("orders-decisions");
+    let orders = start_ready(
+        &cp,
+        data.join("trust-bundle.pem"),
+        &files,
+        &[
+            "--decision-dir",
+            spool.to_str().unwrap(),
+            "--decision-ship",
+            &sidecar_url,
+            "--decision-queue",
+            &queue,
+        ],
+    )
+    .await;
+
+    // Whoever can publish to the queue cannot add to a log: a batch with a forged
+    // signature is refused (and does not block the queue).
+    let (conn, channel) = broker::open(&url, &queue, true, 0).await.unwrap();
+    let mut forged = FieldTable::default();
+    for (k, v) in [
+        (broker::INSTANCE_HEADER, "forged"),
+        (
+            broker::SHIPPER_HEADER,
+            "spiffe://palisade.local/ns/shop/sa/orders",
+        ),
+        (broker::SIGNATURE_HEADER, "eyJhbGciOiJFUzI1NiJ9..AAAA"),
+    ] {
+        forged.insert(k.into(), AMQPValue::LongString(v.into()));
+    }
+    let body = br#"{"v":1,"instance":"forged","seq":0}"#.to_vec();
+    channel
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue.as_str()),
+            BasicPublishOptions::default(),
+            &[body, b"\n".to_vec()].concat(),
+            lapin::BasicProperties::default().with_headers(forged),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    conn.close(200, "done".into()).await.unwrap();
+
+    // Load, while the broker closes every connection of the vhost three times: the
+    // sidecar's publisher and the control plane's consumer both start over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let outbound = orders.outbound_addr;
+        tokio::spawn(async move { until_status(outbound, |_| stop.load(Ordering::SeqCst)).await })
+    };
+    let mut closed = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        closed += tokio::task::spawn_blocking(close_all_connections)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let made = load.await.unwrap().len();
+    eprintln!("{made} decisions, {closed} connections closed");
+    assert!(
+        closed >= 3,
+        "the closes met the connections ({closed} closed)"
+    );
+    assert!(made > 100, "{made} decisions under load");
+
+    wait_until(
+        "every decision is stored through the broker",
+        Duration::from_secs(60),
+        async || central_decisions(cp.admin_addr, token.trim()).await.len() >= made,
+    )
+    .await;
+    stored_once(&central_decisions(cp.admin_addr, token.trim()).await, made);
+    let (_, integrity) =
+        support::http_get(cp.admin_addr, "/v1/decisions/integrity", Some(token.trim())).await;
+    let integrity: serde_json::Value = serde_json::from_str(&integrity).unwrap();
+    for instance in integrity["instances"].as_array().unwrap() {
+        assert_eq!(instance["findings"], serde_json::json!([]), "{instance}");
+    }
+    let (_, metrics) = support::admin_get(&orders, "/metrics").await;
+    let ship_errors = sidecar_metric(&metrics, "palisade_proxy_decision_ship_errors_total");
+    assert!(ship_errors >= 1, "a close met a batch in flight");
+    let (_, metrics) = support::http_get(cp.metrics_addr, "/metrics", None).await;
+    assert!(
+        metrics.contains(r#"palisade_decision_batches_refused_total{reason="signature"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("palisade_decision_findings_total{"),
+        "no integrity findings: {metrics}"
+    );
+
+    orders.shutdown().await;
+    cp.shutdown().await;
+    let (conn, channel) = broker::open(&url, &queue, false, 0).await.unwrap();
+    channel
+        .queue_delete(
+            ShortString::from(queue.as_str()),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    conn.close(200, "done".into()).await.unwrap();
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }

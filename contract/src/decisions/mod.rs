@@ -46,6 +46,7 @@ use ring::digest::{SHA256, digest};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod broker;
 pub mod record;
 pub mod ship;
 pub mod verify;

@@ -84,12 +84,32 @@ const DROPPED: &str = "dropped: the decision spool was full";
 const REFUSED: &str = "refused: the decision spool was full";
 
 /// `--decision-ship`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecisionShip {
     /// To the control plane, over the sidecar API (mTLS); segments deleted once stored.
     ControlPlane,
+    /// To a RabbitMQ queue (`amqp://` or `amqps://`), each batch signed, with publisher
+    /// confirms; segments deleted once confirmed ([`palisade_contract::decisions::broker`]).
+    Broker { url: String, queue: String },
     /// Not shipped.
     Off,
+}
+
+impl DecisionShip {
+    /// Reads `control-plane`, `off` or a broker URL (the queue is `--decision-queue`).
+    pub fn parse(s: &str, queue: &str) -> Result<Self, String> {
+        match s {
+            "control-plane" => Ok(Self::ControlPlane),
+            "off" => Ok(Self::Off),
+            url if url.starts_with("amqp://") || url.starts_with("amqps://") => Ok(Self::Broker {
+                url: url.to_owned(),
+                queue: queue.to_owned(),
+            }),
+            other => Err(format!(
+                "--decision-ship {other:?}: expected control-plane, off, or an amqp:// or amqps:// URL"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

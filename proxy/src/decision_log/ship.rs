@@ -1,7 +1,9 @@
 //! Shipping the spool to the control plane ([`palisade_contract::decisions::ship`]): read
 //! what the writer has handed to the kernel, post it in batches over the sidecar's mTLS
 //! connection to the control plane, and move on only when the control plane answers that
-//! it stored the lines.
+//! it stored the lines. Or, with `--decision-ship amqp://…`, publish the same batches,
+//! each signed with the workload key, to a quorum queue the control planes read
+//! ([`palisade_contract::decisions::broker`]), and move on when the broker confirmed them.
 //!
 //! At least once: the acknowledged position is kept in the spool's `shipped` file, so after
 //! a reconnect or a restart the lines after it are sent again (the control plane stores a
@@ -15,12 +17,20 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_contract::decisions::ship::{MAX_BATCH_BYTES, MAX_BATCH_LINES, SHIPPED_FILE};
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Connection};
+use palisade_contract::decisions::broker;
+use palisade_contract::decisions::ship::{
+    BATCH_CONTENT_TYPE, MAX_BATCH_BYTES, MAX_BATCH_LINES, SHIPPED_FILE,
+};
 use palisade_contract::decisions::{segment_first_seq, segments};
 use palisade_contract::private_files::write_atomic;
 use palisade_contract::process::Stopping;
+use palisade_contract::tls::IdentitySlot;
 use tokio::sync::watch;
 
 use crate::control_plane_client::ControlPlaneClient;
@@ -33,6 +43,96 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long shutdown waits to ship the last lines.
 const LAST_SHIPPING: Duration = Duration::from_secs(3);
+/// How long a broker has to confirm a batch before the connection is given up (a broker
+/// in a memory or disk alarm blocks publishers without an answer).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where batches go.
+pub enum Destination {
+    ControlPlane(ControlPlaneClient),
+    Broker(Box<BrokerLink>),
+}
+
+/// A connection to the decision queue, opened when first needed and again after it failed.
+pub struct BrokerLink {
+    url: String,
+    queue: String,
+    /// The workload identity batches are signed with.
+    slot: Arc<IdentitySlot>,
+    open: Option<(Connection, Channel)>,
+}
+
+impl BrokerLink {
+    pub fn new(url: String, queue: String, slot: Arc<IdentitySlot>) -> Self {
+        Self {
+            url,
+            queue,
+            slot,
+            open: None,
+        }
+    }
+
+    /// Publishes `batch` signed, and returns once the broker confirmed it.
+    async fn publish(&mut self, instance: &str, batch: Vec<u8>) -> Result<(), String> {
+        let identity = self
+            .slot
+            .valid()
+            .ok_or("no valid workload certificate to sign the batch with yet")?;
+        let headers = broker::batch_headers(&identity, instance, &batch)
+            .ok_or("the workload key cannot sign ES256")?;
+        let published = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+            if self
+                .open
+                .as_ref()
+                .is_none_or(|(c, _)| !c.status().connected())
+            {
+                self.open = Some(
+                    broker::open(&self.url, &self.queue, true, 0)
+                        .await
+                        .map_err(|e| {
+                            format!("connecting to {}: {e}", broker::redacted(&self.url))
+                        })?,
+                );
+            }
+            let (_, channel) = self.open.as_ref().expect("opened above");
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(self.queue.as_str()),
+                    // Mandatory: a batch no queue took comes back, never vanishes.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &batch,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type(BATCH_CONTENT_TYPE.into())
+                        .with_headers(headers),
+                )
+                .await
+                .map_err(|e| format!("publishing a batch: {e}"))?
+                .await
+                .map_err(|e| format!("waiting for the broker's confirm: {e}"))?;
+            let nack = confirm.is_nack();
+            match (nack, confirm.take_message()) {
+                (true, _) => Err("the broker refused the batch (nack)".to_owned()),
+                (false, Some(_)) => Err(format!("no queue {} took the batch", self.queue)),
+                (false, None) => Ok(()),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("the broker did not confirm the batch in 30 s".into()));
+        if published.is_err() {
+            // Start over on a new connection: whatever this one still had in flight is
+            // sent again from the acknowledged position.
+            if let Some((connection, _)) = self.open.take() {
+                broker::close(connection).await;
+            }
+        }
+        published
+    }
+}
 
 /// Where the next unshipped line is: its segment, byte offset and sequence number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +146,7 @@ pub struct Shipper {
     spool: super::Spool,
     dir: PathBuf,
     instance: String,
-    client: ControlPlaneClient,
+    destination: Destination,
     /// How many lines (a sequence number) the writer has handed to the kernel.
     written: watch::Receiver<u64>,
     /// The writer wrote its last lines (at shutdown).
@@ -58,7 +158,7 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    pub fn new(spool: super::Spool, client: ControlPlaneClient, metrics: SpoolMetrics) -> Self {
+    pub fn new(spool: super::Spool, destination: Destination, metrics: SpoolMetrics) -> Self {
         let dir = spool.dir().to_owned();
         let acked = read_shipped(&dir);
         Self {
@@ -67,7 +167,7 @@ impl Shipper {
             finished: spool.finished(),
             spool,
             dir,
-            client,
+            destination,
             metrics,
             acked,
             cursor: None,
@@ -83,16 +183,20 @@ impl Shipper {
                 .unshipped
                 .set(written.saturating_sub(self.acked) as i64);
             let wait = if written <= self.acked {
+                self.metrics.oldest_unshipped.set(0);
                 None
             } else {
                 match self.ship_once().await {
                     Ok(full) => {
                         if failing {
-                            tracing::info!("shipping decisions to the control plane again");
+                            tracing::info!("shipping decisions again");
                         }
                         failing = false;
                         backoff = FIRST_BACKOFF;
-                        (!full).then_some(PACE)
+                        // A full batch means more is waiting: the next goes at once, not
+                        // when the writer next writes (after a burst, that could be the
+                        // next checkpoint, seconds away).
+                        Some(if full { Duration::ZERO } else { PACE })
                     }
                     Err(e) => {
                         self.metrics.ship_errors.inc();
@@ -163,29 +267,42 @@ impl Shipper {
             self.cursor = Some(end);
             return Ok(false);
         }
-        let ack = self
-            .client
-            .ship_decisions(&self.instance, batch)
-            .await
-            .map_err(|e| e.to_string())?;
+        if let Some(written) = first_line_time(&batch) {
+            self.metrics.oldest_unshipped.set(written);
+        }
         let sent_through = cursor.seq + lines;
+        // Where the receiving end says the chain goes on: the control plane answers with
+        // what it expects next; a broker's confirm means the whole batch is kept.
+        let next_seq = match &mut self.destination {
+            Destination::ControlPlane(client) => {
+                client
+                    .ship_decisions(&self.instance, batch)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .next_seq
+            }
+            Destination::Broker(link) => {
+                link.publish(&self.instance, batch).await?;
+                sent_through
+            }
+        };
         let full = lines as usize >= MAX_BATCH_LINES
             || end.offset - cursor.offset >= (MAX_BATCH_BYTES / 2) as u64;
-        self.cursor = if ack.next_seq == sent_through {
+        self.cursor = if next_seq == sent_through {
             Some(end)
         } else {
             // The control plane expects another line next (it lost what it had, or this
             // spool was shipped from elsewhere): find it again.
             tracing::warn!(
-                expected = ack.next_seq,
+                expected = next_seq,
                 sent_through,
                 "the control plane's position differs from the batch just sent"
             );
             None
         };
-        let newly = ack.next_seq.saturating_sub(self.acked);
+        let newly = next_seq.saturating_sub(self.acked);
         self.metrics.shipped.inc_by(newly);
-        self.acked = ack.next_seq;
+        self.acked = next_seq;
         write_atomic(
             &self.dir.join(SHIPPED_FILE),
             format!("{}\n", self.acked).as_bytes(),
@@ -214,6 +331,15 @@ impl Shipper {
             }
         }
     }
+}
+
+/// When the batch's first line was written (Unix seconds), from its `time`.
+fn first_line_time(batch: &[u8]) -> Option<i64> {
+    let first = batch.split(|b| *b == b'\n').next()?;
+    let line: palisade_contract::decisions::Line = serde_json::from_slice(first).ok()?;
+    time::OffsetDateTime::parse(&line.time, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp)
 }
 
 fn read_shipped(dir: &Path) -> u64 {

@@ -13,6 +13,8 @@
 //! chain another workload owns (the first to ship an instance owns it, so no workload can
 //! add to another's record).
 
+pub mod broker;
+
 use palisade_contract::SpiffeId;
 use palisade_contract::decisions::record::Record;
 use palisade_contract::decisions::ship::{MAX_BATCH_BYTES, MAX_BATCH_LINES, ShipAck};
@@ -39,11 +41,25 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
+impl IngestError {
+    /// The `reason` label of `palisade_decision_batches_refused_total`; `None` for a store
+    /// failure (the batch is not refused, it is retried).
+    fn refused_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Malformed(_) => Some("malformed"),
+            Self::TooLarge => Some("too_large"),
+            Self::NotYours { .. } => Some("not_yours"),
+            Self::Store(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CollectorMetrics {
     stored: IntCounter,
     duplicates: IntCounter,
     findings: IntCounterVec,
+    refused: IntCounterVec,
 }
 
 impl CollectorMetrics {
@@ -63,13 +79,22 @@ impl CollectorMetrics {
             ),
             &["kind"],
         )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "palisade_decision_batches_refused_total",
+                "Shipped decision batches refused unread, by reason (malformed, too_large, not_yours, signature: a broker delivery whose batch signature did not verify).",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(stored.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(findings.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         Ok(Self {
             stored,
             duplicates,
             findings,
+            refused,
         })
     }
 }
@@ -95,6 +120,21 @@ impl Collector {
 
     /// Checks, stores and acknowledges one batch of `instance`'s lines from `shipper`.
     pub async fn ingest(
+        &self,
+        shipper: &SpiffeId,
+        instance: &str,
+        body: &[u8],
+    ) -> Result<ShipAck, IngestError> {
+        let stored = self.ingest_checked(shipper, instance, body).await;
+        if let Err(reason) = stored.as_ref().map_err(IngestError::refused_reason)
+            && let Some(reason) = reason
+        {
+            self.metrics.refused.with_label_values(&[reason]).inc();
+        }
+        stored
+    }
+
+    async fn ingest_checked(
         &self,
         shipper: &SpiffeId,
         instance: &str,
