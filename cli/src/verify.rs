@@ -93,6 +93,24 @@ fn print(value: &Value, output: Output) -> Result<(), ApiError> {
                     time(&r["lastTime"]),
                     if r["clean"] == true { "ok" } else { "FAILED" }
                 );
+                if let Some(p) = r["pruned"].as_object() {
+                    let before = p["before"]
+                        .as_i64()
+                        .and_then(|ms| {
+                            time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).ok()
+                        })
+                        .and_then(|t| {
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .ok()
+                        })
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "  pruned by retention: {} records before {before} (the chain is kept from {}; signed by {})",
+                        n(&p["records"]),
+                        n(&p["from"]),
+                        s(&p["signer"])
+                    );
+                }
                 for reason in r["dropReasons"].as_array().into_iter().flatten() {
                     println!("  dropped (declared by the writer): {}", s(reason));
                 }

@@ -413,3 +413,54 @@ async fn every_decision_reaches_the_store_once_and_palisade_decisions_lists_it()
     payments.shutdown().await;
     cp.shutdown().await;
 }
+
+/// Retention on a short period: the control plane's own records (an issuance) are pruned,
+/// and `palisade audit verify` still passes, saying what was pruned and who signed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_with_a_signed_record_and_audit_verify_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = palisade_control_plane::Config::for_data_dir(dir.path().join("cp"));
+    config.decision_retention = Duration::from_secs(2);
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    let admin = std::fs::read_to_string(&cp.admin_token_path).unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let orders = start_ready(&cp, dir.path().join("cp/trust-bundle.pem"), &files, &[]).await;
+
+    let mut table = String::new();
+    wait_until(
+        "the issuance is pruned",
+        Duration::from_secs(20),
+        async || {
+            let out = palisade(&cp, admin.trim(), &["audit", "verify"]).await;
+            table = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{table}");
+            table.contains("pruned by retention")
+        },
+    )
+    .await;
+    assert!(
+        table.contains("signed by spiffe://palisade.local/ns/palisade-system/sa/control-plane"),
+        "{table}"
+    );
+    let out = palisade(
+        &cp,
+        admin.trim(),
+        &["decisions", "--since", "1h", "-o", "json"],
+    )
+    .await;
+    // Nothing older than the retention (and a pruning's interval) is listed any more.
+    let listed = decisions(&out);
+    let stale: Vec<&Value> = listed
+        .iter()
+        .filter(|d| time_older_than(d["time"].as_str().unwrap(), Duration::from_secs(5)))
+        .collect();
+    assert!(stale.is_empty(), "{stale:#?}");
+    orders.shutdown().await;
+    cp.shutdown().await;
+}
+
+/// Whether RFC 3339 time `t` is more than `age` ago.
+fn time_older_than(t: &str, age: Duration) -> bool {
+    let t = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap();
+    time::OffsetDateTime::now_utc() - t > age
+}

@@ -55,6 +55,12 @@ pub struct Config {
     #[arg(long, env = "PALISADE_DECISION_BROKER")]
     pub decision_broker: Option<String>,
 
+    /// How long stored decisions are kept: older ones are pruned from the start of each
+    /// writer's chain, each pruning recorded and signed with the control plane's key so
+    /// `palisade audit verify` tells pruned from missing. 0s keeps everything.
+    #[arg(long, env = "PALISADE_DECISION_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub decision_retention: Duration,
+
     /// The decision queue on --decision-broker (a quorum queue, declared if missing).
     #[arg(long, env = "PALISADE_DECISION_QUEUE", default_value = palisade_contract::decisions::broker::DEFAULT_QUEUE)]
     pub decision_queue: String,
@@ -289,6 +295,7 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             database_url: None,
             decision_broker: None,
+            decision_retention: Duration::from_secs(90 * 24 * 3600),
             decision_queue: palisade_contract::decisions::broker::DEFAULT_QUEUE.into(),
             config_file: Vec::new(),
             ca_cert: None,

@@ -30,6 +30,7 @@ pub mod mesh_config;
 pub mod metrics;
 pub mod own_decisions;
 pub mod own_identity;
+pub mod retention;
 pub mod server;
 pub mod serving;
 pub mod sidecar_api;

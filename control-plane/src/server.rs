@@ -30,6 +30,7 @@ use crate::mesh_config::{MeshConfig, validate};
 use crate::metrics::{CaMetrics, WebhookMetrics};
 use crate::own_decisions::OwnDecisions;
 use crate::own_identity::OwnIdentity;
+use crate::retention::Retention;
 use crate::store::Store;
 use crate::tokens::TokenKey;
 use crate::webhook;
@@ -229,6 +230,16 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         };
         let reader = collector.clone();
         tasks.spawn(|stop| reader.consume(source, stop));
+    }
+    if !config.decision_retention.is_zero() {
+        let retention = Retention::new(
+            store.clone(),
+            own_identity.slot(),
+            config.decision_retention,
+            &registry,
+        )
+        .context("registering metrics")?;
+        tasks.spawn(|stop| retention.run(stop));
     }
     let sidecar_router = sidecar_api::router(service.clone(), mesh.clone(), collector);
     let (sidecar_tls, handshake_timeout) = (tls.clone(), config.handshake_timeout);

@@ -57,6 +57,17 @@ pub const FORMAT: u32 = 1;
 /// The `typ` of a checkpoint's signature.
 pub const CHECKPOINT_TYP: &str = "palisade-checkpoint+jws";
 
+/// The `typ` of the signature on a retention prune record (the central store's).
+pub const PRUNE_TYP: &str = "palisade-prune+jws";
+
+/// What a prune record signs: that `instance`'s records before `next_seq`, older than
+/// `cutoff_ms` (Unix milliseconds), were pruned by retention, and that the first record kept
+/// links to `head` (hex SHA-256 of the last one pruned). With it a verifier resumes the chain
+/// at `next_seq` and reports the records before it as pruned, not missing.
+pub fn prune_note(instance: &str, next_seq: u64, head: &str, cutoff_ms: i64) -> String {
+    format!("palisade.dev/decision-prune/v1\n{instance}\n{next_seq}\n{head}\n{cutoff_ms}\n")
+}
+
 /// The first line of a checkpoint note.
 pub const CHECKPOINT_ORIGIN: &str = "palisade.dev/decisions/v1";
 

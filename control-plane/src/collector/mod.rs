@@ -390,10 +390,25 @@ pub async fn verify_store(
     let mut instances = Vec::new();
     let mut clean = true;
     for position in store.decision_instances().await? {
+        // Where retention left the chain, if its signed record holds.
+        let prune = store.decision_prune(&position.instance).await?;
+        let (pruned, bad_prune) = match &prune {
+            Some(p) => match prune_holds(bundle, p) {
+                Ok(()) => (Some(p), None),
+                Err(why) => (None, Some(why)),
+            },
+            None => (None, None),
+        };
+        let start = pruned.map_or(0, |p| p.next_seq);
         let mut verifier = Verifier::new(bundle);
         verifier.expect_instance(&position.instance);
-        verifier.resume(&position.instance, 0, None, &position.spiffe_id);
-        let mut from = 0;
+        verifier.resume(
+            &position.instance,
+            start as u64,
+            pruned.and_then(|p| unhex(&p.head)),
+            &position.spiffe_id,
+        );
+        let mut from = start;
         loop {
             let page = store
                 .decision_lines(&position.instance, from, VERIFY_PAGE)
@@ -410,6 +425,25 @@ pub async fn verify_store(
         let at_ingest = store.decision_findings_of(&position.instance).await?;
         for report in reports {
             let mut json = report.to_json();
+            if report.instance == position.instance {
+                json["pruned"] = pruned.map_or(serde_json::Value::Null, |p| {
+                    serde_json::json!({
+                        "records": p.pruned,
+                        "before": p.cutoff_ms,
+                        "from": p.next_seq,
+                        "signer": p.signer,
+                    })
+                });
+                if let Some(why) = &bad_prune {
+                    if let Some(findings) = json["findings"].as_array_mut() {
+                        findings.push(serde_json::json!({
+                            "kind": "bad_prune",
+                            "message": format!("the retention record does not hold ({why}): the records it claims were pruned count as missing"),
+                        }));
+                    }
+                    json["clean"] = false.into();
+                }
+            }
             if report.instance == position.instance && !at_ingest.is_empty() {
                 if let Some(findings) = json["findings"].as_array_mut() {
                     findings.extend(at_ingest.iter().map(|f| {
@@ -432,6 +466,30 @@ pub async fn verify_store(
     }))
 }
 
+/// Whether a prune record is signed by the control plane of `bundle`'s trust domain over
+/// what it says.
+fn prune_holds(
+    bundle: &palisade_contract::tls::TrustBundle,
+    p: &crate::store::PruneRow,
+) -> Result<(), String> {
+    let expected = palisade_contract::identity_api::control_plane_id(bundle.trust_domain());
+    let note = palisade_contract::decisions::prune_note(
+        &p.instance,
+        p.next_seq as u64,
+        &p.head,
+        p.cutoff_ms,
+    );
+    palisade_contract::signing::verify(
+        bundle,
+        &p.jws,
+        palisade_contract::decisions::PRUNE_TYP,
+        expected.as_str(),
+        note.as_bytes(),
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +497,7 @@ mod tests {
     use palisade_contract::decisions::Chain;
     use palisade_contract::signing;
     use palisade_contract::tls::{WorkloadIdentity, shared_bundle};
+    use std::time::Duration;
 
     use crate::store::DecisionFilter;
 
@@ -648,6 +707,90 @@ mod tests {
         assert!(matches!(err, IngestError::Malformed(_)), "{err}");
         let err = c.ingest(&me, "i1", b"{\"v\":1").await.unwrap_err();
         assert!(matches!(err, IngestError::Malformed(_)), "{err}");
+    }
+
+    /// Retention prunes a chain's oldest lines with a signed record: the store still
+    /// verifies clean and says how many were pruned; a record that does not hold (altered)
+    /// turns them into missing ones; without a certificate nothing is pruned.
+    async fn retention_prunes_with_a_signed_record_verify_tells_from_missing(store: Store) {
+        let td = palisade_contract::TrustDomain::parse("palisade.local").unwrap();
+        let cp_id = palisade_contract::identity_api::control_plane_id(&td);
+        let (sidecar_ca, identity) = signing::test_identity_pem(ME);
+        let (cp_ca, cp_identity) = signing::test_identity_pem(cp_id.as_str());
+        let bundle =
+            palisade_contract::tls::TrustBundle::from_pem(td, (sidecar_ca + &cp_ca).as_bytes())
+                .unwrap();
+        let me = SpiffeId::parse(ME).unwrap();
+        let c = collector(store.clone(), bundle.clone());
+        let mut chain = Chain::new("i1");
+        c.ingest(&me, "i1", &all(&lines(&mut chain, &identity, 0, 8)))
+            .await
+            .unwrap();
+        c.ingest(&me, "i1", &all(&lines(&mut chain, &identity, 8, 4)))
+            .await
+            .unwrap();
+        // Lines 0..8 are from before 21:00:08; the first batch's checkpoint (seq 8) is not.
+        let cutoff_ms = 1_796_158_808_000; // 2026-12-01T21:00:08Z
+        let hour = Duration::from_secs(3600);
+        let now_ms = cutoff_ms + 3_600_000;
+
+        let unsigned = crate::retention::Retention::new(
+            store.clone(),
+            palisade_contract::tls::IdentitySlot::new(),
+            hour,
+            &Registry::new(),
+        )
+        .unwrap();
+        assert!(matches!(
+            unsigned.prune(now_ms).await,
+            Err(crate::retention::PruneError::CannotSign)
+        ));
+        assert_eq!(stored(&store, DecisionFilter::default()).await.len(), 12);
+
+        let slot = palisade_contract::tls::IdentitySlot::new();
+        slot.set(cp_identity);
+        let retention =
+            crate::retention::Retention::new(store.clone(), slot, hour, &Registry::new()).unwrap();
+        assert_eq!(retention.prune(now_ms).await.unwrap(), 8);
+        assert_eq!(retention.prune(now_ms).await.unwrap(), 0, "pruned once");
+        let mut kept = stored(&store, DecisionFilter::default()).await;
+        kept.sort_unstable();
+        assert_eq!(kept, [9, 10, 11, 12], "the second batch's decisions");
+
+        let report = verify_store(&store, &bundle).await.unwrap();
+        assert_eq!(report["clean"], true, "{report:#}");
+        let i1 = &report["instances"][0];
+        assert_eq!(i1["pruned"]["records"], 8, "{i1:#}");
+        assert_eq!(i1["pruned"]["from"], 8);
+        assert_eq!(i1["pruned"]["signer"], cp_id.as_str());
+
+        // An altered record (the cutoff moved) no longer holds: what it covered is missing.
+        store
+            .tamper_for_tests("UPDATE decision_prunes SET cutoff_ms = cutoff_ms + 1")
+            .await;
+        let report = verify_store(&store, &bundle).await.unwrap();
+        assert_eq!(report["clean"], false);
+        let kinds: Vec<&str> = report["instances"][0]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap())
+            .collect();
+        assert!(kinds.contains(&"bad_prune"), "{kinds:?}");
+        assert!(kinds.contains(&"missing"), "{kinds:?}");
+    }
+
+    #[tokio::test]
+    async fn sqlite_retention_prunes_with_a_signed_record_verify_tells_from_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::sqlite(&dir.path().join("db")).await.unwrap();
+        retention_prunes_with_a_signed_record_verify_tells_from_missing(store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_retention_prunes_with_a_signed_record_verify_tells_from_missing() {
+        let store = crate::store::tests::postgres_store().await;
+        retention_prunes_with_a_signed_record_verify_tells_from_missing(store).await;
     }
 
     #[tokio::test]

@@ -8,6 +8,12 @@
 //! transaction that moves that row from the position it was checked against to the new
 //! one, so two deliveries of one batch racing each other (a retry after a lost answer)
 //! cannot both land: the second finds the position moved and is checked again.
+//!
+//! Retention prunes a writer's chain from its start: the lines before a sequence number
+//! go, and a row of `decision_prunes` says where the stored chain now begins (the next
+//! sequence number and the hash of the last line pruned), signed by the control plane
+//! ([`palisade_contract::decisions::prune_note`]), so verification resumes there and
+//! tells pruned records from missing ones.
 
 use sqlx::{QueryBuilder, Row};
 
@@ -89,6 +95,34 @@ pub struct StoredDecision {
     pub seq: i64,
     pub time_ms: i64,
     pub line: String,
+}
+
+/// Where a writer's stored chain begins after retention pruned its oldest lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneRow {
+    pub instance: String,
+    /// The first sequence number still stored (every one before it was pruned).
+    pub next_seq: i64,
+    /// Hex SHA-256 of the last line pruned: what the first one kept links to.
+    pub head: String,
+    /// Lines older than this (Unix milliseconds) were pruned.
+    pub cutoff_ms: i64,
+    /// Lines pruned so far, in every pruning.
+    pub pruned: i64,
+    pub pruned_at: i64,
+    /// The control plane's SPIFFE ID, and its signature over the prune note.
+    pub signer: String,
+    pub jws: String,
+}
+
+/// What a pruning would remove from one writer: its lines up to `last` (inclusive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PruneRange {
+    pub instance: String,
+    pub last: i64,
+    /// Hex SHA-256 of line `last`.
+    pub head: String,
+    pub count: i64,
 }
 
 /// What committing a batch found.
@@ -385,6 +419,108 @@ impl Store {
             .into_iter()
             .map(|r| Ok(finding!(r)))
             .collect())
+    }
+
+    /// What pruning the lines older than `cutoff_ms` would remove from `instance`: a prefix
+    /// of its chain, up to the last stored line before its first line that is not older
+    /// (a chain is pruned from its start, so what is left still links up).
+    pub async fn prune_range(
+        &self,
+        instance: &str,
+        cutoff_ms: i64,
+    ) -> Result<Option<PruneRange>, StoreError> {
+        const SQL: &str = "SELECT seq, hash FROM decisions WHERE instance = $1 AND seq < COALESCE(
+                               (SELECT MIN(seq) FROM decisions WHERE instance = $1 AND time_ms >= $2),
+                               (SELECT MAX(seq) + 1 FROM decisions WHERE instance = $1))
+                           ORDER BY seq DESC LIMIT 1";
+        const COUNT: &str = "SELECT COUNT(*) FROM decisions WHERE instance = $1 AND seq <= $2";
+        on_pool!(self, pool => {
+            let Some(r) = sqlx::query(SQL)
+                .bind(instance)
+                .bind(cutoff_ms)
+                .fetch_optional(pool)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let (last, head): (i64, String) = (r.try_get(0)?, r.try_get(1)?);
+            let count: i64 = sqlx::query(COUNT)
+                .bind(instance)
+                .bind(last)
+                .fetch_one(pool)
+                .await?
+                .try_get(0)?;
+            Ok(Some(PruneRange {
+                instance: instance.to_owned(),
+                last,
+                head,
+                count,
+            }))
+        })
+    }
+
+    /// Deletes `instance`'s lines before `prune.next_seq` and records `prune`, in one
+    /// transaction.
+    pub async fn commit_prune(&self, prune: &PruneRow) -> Result<(), StoreError> {
+        macro_rules! commit {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                sqlx::query("DELETE FROM decisions WHERE instance = $1 AND seq < $2")
+                    .bind(&prune.instance)
+                    .bind(prune.next_seq)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO decision_prunes
+                        (instance, next_seq, head, cutoff_ms, pruned, pruned_at, signer, jws)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (instance) DO UPDATE SET next_seq = excluded.next_seq,
+                        head = excluded.head, cutoff_ms = excluded.cutoff_ms,
+                        pruned = excluded.pruned, pruned_at = excluded.pruned_at,
+                        signer = excluded.signer, jws = excluded.jws",
+                )
+                .bind(&prune.instance)
+                .bind(prune.next_seq)
+                .bind(&prune.head)
+                .bind(prune.cutoff_ms)
+                .bind(prune.pruned)
+                .bind(prune.pruned_at)
+                .bind(&prune.signer)
+                .bind(&prune.jws)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }};
+        }
+        match &self.backend {
+            Backend::Sqlite(pool) => commit!(pool),
+            Backend::Postgres(pool) => commit!(pool),
+        }
+    }
+
+    /// Where retention left `instance`'s stored chain, if it pruned any of it.
+    pub async fn decision_prune(&self, instance: &str) -> Result<Option<PruneRow>, StoreError> {
+        const SQL: &str =
+            "SELECT instance, next_seq, head, cutoff_ms, pruned, pruned_at, signer, jws
+                           FROM decision_prunes WHERE instance = $1";
+        on_pool!(self, pool => sqlx::query(SQL)
+            .bind(instance)
+            .fetch_optional(pool)
+            .await?
+            .map(|r| {
+                Ok(PruneRow {
+                    instance: r.try_get(0)?,
+                    next_seq: r.try_get(1)?,
+                    head: r.try_get(2)?,
+                    cutoff_ms: r.try_get(3)?,
+                    pruned: r.try_get(4)?,
+                    pruned_at: r.try_get(5)?,
+                    signer: r.try_get(6)?,
+                    jws: r.try_get(7)?,
+                })
+            })
+            .transpose())
     }
 
     /// For tests: runs `sql` as it is (to alter stored rows the way an intruder would).

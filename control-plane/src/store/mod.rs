@@ -152,6 +152,22 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
          );
          CREATE INDEX decision_findings_newest ON decision_findings (found_at)",
     ),
+    (
+        5,
+        "decision-log retention",
+        // One row per writer whose oldest records were pruned: where its stored chain now
+        // begins, and the control plane's signature over that (see store/decisions.rs).
+        "CREATE TABLE decision_prunes (
+            instance TEXT PRIMARY KEY,
+            next_seq BIGINT NOT NULL,
+            head TEXT NOT NULL,
+            cutoff_ms BIGINT NOT NULL,
+            pruned BIGINT NOT NULL,
+            pruned_at BIGINT NOT NULL,
+            signer TEXT NOT NULL,
+            jws TEXT NOT NULL
+         )",
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -189,7 +205,8 @@ macro_rules! on_pool {
 
 mod decisions;
 pub use decisions::{
-    Committed, DecisionFilter, DecisionRow, FindingRow, InstancePosition, StoredDecision,
+    Committed, DecisionFilter, DecisionRow, FindingRow, InstancePosition, PruneRange, PruneRow,
+    StoredDecision,
 };
 
 #[derive(Debug, Clone)]
