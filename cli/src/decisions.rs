@@ -188,8 +188,8 @@ fn row(item: &Value) {
 /// `palisade decisions explain REQUEST_ID`: the stored decisions of one request (each
 /// sidecar that decided it), and for the ones a policy made, `simulate`'s explanation: which
 /// policy and rule decided, and why each other candidate did not match. The explanation is
-/// made under the policies in force now; when they changed since (another policy version),
-/// that is said first.
+/// made under the policies of the version that decided (`policy_version`, replayed from the
+/// audit trail), so it holds however the policies changed since.
 pub async fn explain(api: &ApiClient, request_id: &str, output: Output) -> Result<(), ApiError> {
     let items = page(
         api,
@@ -239,7 +239,7 @@ pub async fn explain(api: &ApiClient, request_id: &str, output: Output) -> Resul
         let policy_made = r["policy_version"].as_i64().unwrap_or_default() > 0;
         match (source, namespace, service) {
             (Some(source), Some(ns), Some(svc)) if inbound_http && policy_made => {
-                note_version(r, current);
+                let policies = under_version(r, current);
                 let target = crate::mesh::Target::Http {
                     method: r["method"].as_str().unwrap_or("GET"),
                     path: r["path"].as_str().unwrap_or("/"),
@@ -251,13 +251,13 @@ pub async fn explain(api: &ApiClient, request_id: &str, output: Output) -> Resul
                     source,
                     Some(&format!("{svc}.{ns}")),
                     target,
-                    None,
+                    policies,
                     output,
                 )
                 .await?;
             }
             (Some(source), _, _) if amqp.is_some_and(|a| a["operation"] == "publish") => {
-                note_version(r, current);
+                let policies = under_version(r, current);
                 let a = amqp.expect("checked");
                 let spec = format!("{}:{}", s(&a["exchange"]), s(&a["routing_key"]));
                 crate::mesh::simulate(
@@ -265,7 +265,7 @@ pub async fn explain(api: &ApiClient, request_id: &str, output: Output) -> Resul
                     source,
                     None,
                     crate::mesh::Target::AmqpPublish(&spec),
-                    None,
+                    policies,
                     output,
                 )
                 .await?;
@@ -277,12 +277,23 @@ pub async fn explain(api: &ApiClient, request_id: &str, output: Output) -> Resul
     Ok(())
 }
 
-fn note_version(record: &Value, current: i64) {
+/// The policies to explain `record` under: those of the version that decided it (said
+/// when the policies changed since), or the current ones when that version is not the
+/// control plane's (a sidecar with --policy-file).
+fn under_version(record: &Value, current: i64) -> crate::mesh::Policies<'static> {
     let decided = record["policy_version"].as_i64().unwrap_or_default();
+    if decided < 1 || decided > current {
+        println!(
+            "  note: policy version {decided} is not one of the control plane's (1 to {current}); \
+             the explanation below is under the current policies"
+        );
+        return crate::mesh::Policies::Current;
+    }
     if decided != current {
         println!(
-            "  note: policy version {decided} decided this; the explanation below is under the \
-             current version {current} (the policies changed since)"
+            "  explained under policy version {decided}, the one that decided (the policies \
+             changed since: the current version is {current})"
         );
     }
+    crate::mesh::Policies::AtVersion(decided)
 }

@@ -154,8 +154,12 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
         /// Evaluate as if these documents (a file, or -) were applied.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "at_version")]
         proposed: Option<String>,
+        /// Evaluate under the policies as they stood at this mesh version (a decision's
+        /// policy_version), replayed from the audit trail.
+        #[arg(long)]
+        at_version: Option<i64>,
     },
     /// The sidecars following the configuration, with the version each has applied.
     Workloads,
@@ -454,6 +458,7 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
             headers,
             port,
             proposed,
+            at_version,
         } => {
             let target = match &amqp_publish {
                 Some(spec) => mesh::Target::AmqpPublish(spec),
@@ -469,7 +474,11 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
                 &from,
                 to.as_deref(),
                 target,
-                proposed.as_deref(),
+                match (&proposed, at_version) {
+                    (Some(file), _) => mesh::Policies::Proposed(file),
+                    (None, Some(v)) => mesh::Policies::AtVersion(v),
+                    (None, None) => mesh::Policies::Current,
+                },
                 cli.output,
             )
             .await?

@@ -205,12 +205,22 @@ pub enum Target<'a> {
     AmqpPublish(&'a str),
 }
 
+/// Which policies `simulate` evaluates under.
+pub enum Policies<'a> {
+    /// The stored ones, now.
+    Current,
+    /// These documents (a file, or -) as if applied.
+    Proposed(&'a str),
+    /// The ones of a past mesh version.
+    AtVersion(i64),
+}
+
 pub async fn simulate(
     api: &ApiClient,
     from: &str,
     to: Option<&str>,
     target: Target<'_>,
-    proposed: Option<&str>,
+    policies: Policies<'_>,
     output: Output,
 ) -> Result<(), ApiError> {
     let (from_ns, from_sa) = from
@@ -261,8 +271,10 @@ pub async fn simulate(
                 json!({"operation": "publish", "exchange": exchange, "routingKeys": keys});
         }
     }
-    if let Some(file) = proposed {
-        request["proposed"] = json!(read_input(file)?);
+    match policies {
+        Policies::Current => {}
+        Policies::Proposed(file) => request["proposed"] = json!(read_input(file)?),
+        Policies::AtVersion(v) => request["atVersion"] = json!(v),
     }
     let result = api.post_json("/v1/simulate", &request).await?;
     if let Output::Json | Output::Yaml = output {

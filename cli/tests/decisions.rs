@@ -404,6 +404,28 @@ async fn every_decision_reaches_the_store_once_and_palisade_decisions_lists_it()
         );
     }
 
+    // The policy that took part goes; the decision is still explained under the version
+    // that made it (the deleted policy a candidate that did not match), not the current one.
+    let out = palisade(
+        &cp,
+        admin,
+        &["delete", "policy", "payments-from-orders", "-n", "shop"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = palisade(&cp, admin, &["decisions", "explain", id]).await;
+    let explained = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{explained}");
+    assert!(
+        explained.contains("explained under policy version")
+            && explained.contains("shop/payments-from-orders"),
+        "{explained}"
+    );
+
     // A bad filter is a clear error.
     let out = palisade(&cp, admin, &["decisions", "--limit", "0"]).await;
     assert_eq!(out.status.code(), Some(1));

@@ -923,6 +923,27 @@ async fn every_error_is_the_documented_json_with_the_right_status() {
             Bytes::from_static(b"{\"namespace\": []}"),
             StatusCode::BAD_REQUEST,
         ),
+        // A mesh version that never was, and a past version with proposed documents.
+        (
+            Method::POST,
+            "/v1/simulate",
+            Some(&admin),
+            vec![],
+            Bytes::from_static(
+                br#"{"source": "spiffe://palisade.local/ns/shop/sa/orders", "namespace": "shop", "service": "payments", "http": {"method": "GET", "path": "/"}, "atVersion": 99}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::POST,
+            "/v1/simulate",
+            Some(&admin),
+            vec![],
+            Bytes::from_static(
+                br#"{"source": "spiffe://palisade.local/ns/shop/sa/orders", "namespace": "shop", "service": "payments", "http": {"method": "GET", "path": "/"}, "atVersion": 1, "proposed": ""}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
         // Unknown query parameters.
         (
             Method::GET,

@@ -38,6 +38,9 @@ pub struct SimulateRequest {
     /// Documents (YAML or JSON) to evaluate as if applied: they replace stored documents
     /// of the same kind, namespace and name. Nothing is stored.
     pub proposed: Option<String>,
+    /// Evaluate under the policies as they stood at this mesh version (a decision's
+    /// `policy_version`), replayed from the audit trail, instead of the current ones.
+    pub at_version: Option<i64>,
     /// What the sidecar does for workloads no ALLOW policy selects.
     #[serde(default)]
     pub default_mode: Option<String>,
@@ -104,16 +107,27 @@ pub async fn simulate(
         .transpose()
         .map_err(|e| bad(format!("defaultMode {e}")))?
         .unwrap_or_default();
-    let (mesh_version, stored) = state
-        .mesh
-        .store()
-        .list(Some(Kind::AuthorizationPolicy.as_str()), None)
-        .await
-        .map_err(internal)?;
-    let mut values: Vec<(String, String, Value)> = stored
-        .into_iter()
-        .map(|r| (r.namespace, r.name, r.document))
-        .collect();
+    let store = state.mesh.store();
+    let kind = Kind::AuthorizationPolicy.as_str();
+    let (current, stored) = store.list(Some(kind), None).await.map_err(internal)?;
+    let (mesh_version, mut values) = match req.at_version {
+        None => (
+            current,
+            stored
+                .into_iter()
+                .map(|r| (r.namespace, r.name, r.document))
+                .collect::<Vec<(String, String, Value)>>(),
+        ),
+        Some(_) if req.proposed.is_some() => {
+            return Err(bad("give atVersion or proposed, not both".into()));
+        }
+        Some(v) if v < 1 || v > current => {
+            return Err(bad(format!(
+                "atVersion {v}: the mesh versions are 1 to {current}"
+            )));
+        }
+        Some(v) => (v, store.documents_at(kind, v).await.map_err(internal)?),
+    };
     if let Some(proposed) = &req.proposed {
         for doc in validate(proposed).map_err(invalid)? {
             if doc.kind != Kind::AuthorizationPolicy {

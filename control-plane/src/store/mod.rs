@@ -804,6 +804,37 @@ impl Store {
         Ok(())
     }
 
+    /// The documents of `kind` as they stood at mesh version `version`, as (namespace,
+    /// name, document): replayed from the audit trail, which holds every change with the
+    /// document after it (what `simulate` needs to explain a decision under the version
+    /// that made it, not the current one).
+    pub async fn documents_at(
+        &self,
+        kind: &str,
+        version: i64,
+    ) -> Result<Vec<(String, String, Value)>, StoreError> {
+        const SQL: &str = "SELECT namespace, name, after FROM admin_audit
+                           WHERE kind = $1 AND mesh_version <= $2
+                             AND action IN ('created', 'updated', 'deleted')
+                           ORDER BY mesh_version, seq";
+        let rows: Vec<(String, String, Option<String>)> = on_pool!(self, pool => sqlx::query(SQL)
+            .bind(kind)
+            .bind(version)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| Ok::<_, StoreError>((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, _>>())?;
+        let mut at = std::collections::BTreeMap::new();
+        for (namespace, name, after) in rows {
+            at.insert((namespace, name), decode(after)?);
+        }
+        Ok(at
+            .into_iter()
+            .filter_map(|((namespace, name), doc)| Some((namespace, name, doc?)))
+            .collect())
+    }
+
     /// The admin audit trail, newest first (so the latest changes are on the first page
     /// however long the trail is); `before` pages on.
     pub async fn audit_trail(&self, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
@@ -1343,6 +1374,59 @@ pub(crate) mod tests {
         store.workload_seen(&w).await.unwrap();
         assert_eq!(store.workloads(0).await.unwrap(), vec![w.clone()]);
         assert!(store.workloads(21).await.unwrap().is_empty());
+    }
+
+    /// The documents of each past version, replayed from the trail: created, updated,
+    /// deleted, and another kind's changes left out.
+    async fn documents_stand_as_they_did_at_each_version(store: Store) {
+        let deleted = |name: &str| Change {
+            document: None,
+            expect: Expect::Any,
+            ..put(name, 0, Expect::Any)
+        };
+        let names = |docs: Vec<(String, String, Value)>| -> Vec<(String, Value)> {
+            docs.into_iter().map(|(_, n, d)| (n, d)).collect()
+        };
+        let apply =
+            async |changes: &[Change]| store.apply(changes, &actor("alice")).await.unwrap().0;
+        assert_eq!(
+            apply(&[put("a", 1, Expect::Any), put("b", 1, Expect::Any)]).await,
+            1
+        );
+        assert_eq!(apply(&[put("a", 2, Expect::Any)]).await, 2);
+        let other = Change {
+            kind: "ServiceEntry".into(),
+            ..put("c", 1, Expect::Any)
+        };
+        assert_eq!(apply(&[deleted("b"), other]).await, 3);
+        let at = async |v: i64| names(store.documents_at("AuthorizationPolicy", v).await.unwrap());
+        assert_eq!(at(0).await, []);
+        assert_eq!(
+            at(1).await,
+            [
+                ("a".into(), serde_json::json!({"v": 1})),
+                ("b".into(), serde_json::json!({"v": 1}))
+            ]
+        );
+        assert_eq!(
+            at(2).await,
+            [
+                ("a".into(), serde_json::json!({"v": 2})),
+                ("b".into(), serde_json::json!({"v": 1}))
+            ]
+        );
+        assert_eq!(at(3).await, [("a".into(), serde_json::json!({"v": 2}))]);
+    }
+
+    #[tokio::test]
+    async fn sqlite_documents_stand_as_they_did_at_each_version() {
+        let dir = tempfile::tempdir().unwrap();
+        documents_stand_as_they_did_at_each_version(sqlite_store(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_documents_stand_as_they_did_at_each_version() {
+        documents_stand_as_they_did_at_each_version(postgres_store().await).await;
     }
 
     #[tokio::test]
