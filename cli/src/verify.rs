@@ -121,6 +121,30 @@ fn print(value: &Value, output: Output) -> Result<(), ApiError> {
             for f in value["findings"].as_array().into_iter().flatten() {
                 println!("  - {}", s(f));
             }
+            let trail = &value["adminTrail"];
+            if trail.is_object() {
+                let unchained = n(&trail["unchained"]);
+                println!(
+                    "admin audit trail: {} entries, {} checkpoints, signed through entry {}, {} unsigned{}  {}",
+                    n(&trail["entries"]),
+                    n(&trail["checkpoints"]),
+                    n(&trail["signedThrough"]),
+                    n(&trail["unsigned"]),
+                    if unchained > 0 {
+                        format!(" ({unchained} written before the trail was chained, not checked)")
+                    } else {
+                        String::new()
+                    },
+                    if trail["clean"] == true {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    }
+                );
+                for f in trail["findings"].as_array().into_iter().flatten() {
+                    println!("  - {}", s(&f["message"]));
+                }
+            }
             if instances.is_empty() {
                 println!("(no records)");
             }

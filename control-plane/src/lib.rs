@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod admin_tokens;
+pub mod admin_trail;
 pub mod bootstrap;
 pub mod ca;
 pub mod collector;

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
 use crate::admin_tokens::{AdminToken, AdminTokenError, AdminTokenIssuer};
+use crate::admin_trail::TrailSigner;
 use crate::bootstrap::{BootstrapVerifier, KubernetesVerifier};
 use crate::ca::{CertificateAuthority, write_file};
 use crate::collector::broker::BrokerSource;
@@ -231,6 +232,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         let reader = collector.clone();
         tasks.spawn(|stop| reader.consume(source, stop));
     }
+    let trail_signer = TrailSigner::new(store.clone(), own_identity.slot());
+    tasks.spawn(|stop| trail_signer.run(stop));
     if !config.decision_retention.is_zero() {
         let retention = Retention::new(
             store.clone(),

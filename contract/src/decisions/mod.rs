@@ -49,6 +49,7 @@ use serde_json::Value;
 pub mod broker;
 pub mod record;
 pub mod ship;
+pub mod trail;
 pub mod verify;
 
 /// The format version every line carries.

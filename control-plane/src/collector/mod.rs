@@ -459,9 +459,12 @@ pub async fn verify_store(
             instances.push(json);
         }
     }
+    let admin_trail = crate::admin_trail::verify_trail(store, bundle).await?;
+    clean &= admin_trail["clean"] == true;
     Ok(serde_json::json!({
         "clean": clean,
         "instances": instances,
+        "adminTrail": admin_trail,
         "findings": [],
     }))
 }

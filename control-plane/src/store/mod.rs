@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 
+use palisade_contract::decisions::trail;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -168,6 +169,23 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             jws TEXT NOT NULL
          )",
     ),
+    (
+        6,
+        "the admin audit trail hash-chained and checkpointed",
+        // `pos` orders the trail as written (contract::decisions::trail); entries from
+        // before this migration have none and are reported as not chained.
+        "ALTER TABLE admin_audit ADD COLUMN pos BIGINT;
+         ALTER TABLE admin_audit ADD COLUMN prev TEXT;
+         ALTER TABLE admin_audit ADD COLUMN hash TEXT;
+         CREATE UNIQUE INDEX admin_audit_pos ON admin_audit (pos);
+         CREATE TABLE admin_audit_checkpoints (
+            pos BIGINT PRIMARY KEY,
+            head TEXT NOT NULL,
+            time BIGINT NOT NULL,
+            signer TEXT NOT NULL,
+            jws TEXT NOT NULL
+         )",
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -203,7 +221,9 @@ macro_rules! on_pool {
     };
 }
 
+mod admin_trail;
 mod decisions;
+pub use admin_trail::{TrailCheckpoint, TrailRow};
 pub use decisions::{
     Committed, DecisionFilter, DecisionRow, FindingRow, InstancePosition, PruneRange, PruneRow,
     StoredDecision,
@@ -568,6 +588,52 @@ fn decode(text: Option<String>) -> Result<Option<Value>, StoreError> {
         .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The admin trail's last chained entry in a transaction: (pos, hash), or (0, genesis).
+macro_rules! trail_tail {
+    ($tx:expr) => {{
+        match sqlx::query(
+            "SELECT pos, hash FROM admin_audit WHERE pos IS NOT NULL ORDER BY pos DESC LIMIT 1",
+        )
+        .fetch_optional($tx)
+        .await?
+        {
+            Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?),
+            None => (0, trail::GENESIS.to_owned()),
+        }
+    }};
+}
+
+/// Inserts `entry` chained after `prev` in a transaction; its hash (the next `prev`).
+macro_rules! insert_trail_entry {
+    ($tx:expr, $entry:expr, $prev:expr) => {{
+        let e: &trail::Entry<'_> = $entry;
+        let hash = trail::entry_hash($prev, e);
+        sqlx::query(
+            "INSERT INTO admin_audit
+               (mesh_version, seq, time, principal, request_id, action, kind, namespace, name,
+                before, after, pos, prev, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(e.mesh_version)
+        .bind(e.seq)
+        .bind(e.time)
+        .bind(e.principal)
+        .bind(e.request_id)
+        .bind(e.action)
+        .bind(e.kind)
+        .bind(e.namespace)
+        .bind(e.name)
+        .bind(e.before)
+        .bind(e.after)
+        .bind(e.pos)
+        .bind($prev)
+        .bind(&hash)
+        .execute($tx)
+        .await?;
+        hash
+    }};
+}
+
 /// Runs one batch inside a transaction on either backend (the SQL is the same).
 macro_rules! apply_batch {
     ($pool:expr, $changes:expr, $actor:expr) => {{
@@ -577,6 +643,9 @@ macro_rules! apply_batch {
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get(0)?;
+        // The trail's tail, read after the version row is locked by the update above, so
+        // no other writer extends the chain meanwhile.
+        let (mut pos, mut prev) = trail_tail!(&mut *tx);
         let mut outcomes = Vec::new();
         let mut seq: i64 = 0;
         for c in $changes {
@@ -662,24 +731,22 @@ macro_rules! apply_batch {
                 }
             }
             seq += 1;
-            sqlx::query(
-                "INSERT INTO admin_audit
-                   (mesh_version, seq, time, principal, request_id, action, kind, namespace, name, before, after)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(version)
-            .bind(seq)
-            .bind($actor.now)
-            .bind($actor.principal)
-            .bind($actor.request_id)
-            .bind(action)
-            .bind(&c.kind)
-            .bind(&c.namespace)
-            .bind(&c.name)
-            .bind(current.as_ref().map(|(d, _)| d.clone()))
-            .bind(new_text)
-            .execute(&mut *tx)
-            .await?;
+            pos += 1;
+            let entry = trail::Entry {
+                pos,
+                mesh_version: version,
+                seq,
+                time: $actor.now,
+                principal: $actor.principal,
+                request_id: $actor.request_id,
+                action,
+                kind: &c.kind,
+                namespace: &c.namespace,
+                name: &c.name,
+                before: current.as_ref().map(|(d, _)| d.as_str()),
+                after: new_text.as_deref(),
+            };
+            prev = insert_trail_entry!(&mut *tx, &entry, &prev);
         }
         if seq == 0 {
             // Nothing changed: no new mesh version.
@@ -782,26 +849,42 @@ impl Store {
         name: &str,
         detail: &Value,
     ) -> Result<(), StoreError> {
-        const SQL: &str = "INSERT INTO admin_audit
-                   (mesh_version, seq, time, principal, request_id, action, kind, namespace, name, before, after)
-                 VALUES ((SELECT version FROM mesh_version WHERE id = 1), $1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)";
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        on_pool!(self, pool => sqlx::query(SQL)
-            .bind(seq)
-            .bind(actor.now)
-            .bind(actor.principal)
-            .bind(actor.request_id)
-            .bind(action)
-            .bind(kind)
-            .bind(namespace)
-            .bind(name)
-            .bind(detail.to_string())
-            .execute(pool)
-            .await
-            .map(|_| ()))?;
-        Ok(())
+        let detail = detail.to_string();
+        macro_rules! record {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                // Locks the version row (as a change batch does), so the chain's tail
+                // read next is the tail this entry extends.
+                let version: i64 = sqlx::query(
+                    "UPDATE mesh_version SET version = version WHERE id = 1 RETURNING version",
+                )
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+                let (pos, prev) = trail_tail!(&mut *tx);
+                let entry = trail::Entry {
+                    pos: pos + 1,
+                    mesh_version: version,
+                    seq,
+                    time: actor.now,
+                    principal: actor.principal,
+                    request_id: actor.request_id,
+                    action,
+                    kind,
+                    namespace,
+                    name,
+                    before: None,
+                    after: Some(&detail),
+                };
+                insert_trail_entry!(&mut *tx, &entry, &prev);
+                tx.commit().await?;
+                Ok::<_, StoreError>(())
+            }};
+        }
+        on_pool!(self, pool => record!(pool))
     }
 
     /// The documents of `kind` as they stood at mesh version `version`, as (namespace,
