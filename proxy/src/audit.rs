@@ -135,6 +135,14 @@ impl AuditLog {
         self.stream(line);
     }
 
+    /// A decision sampling leaves out: accounted for in the spool's chain (a gap entry
+    /// with the reason), not written.
+    pub fn sampled_out(&self) {
+        if let Some(spool) = &self.spool {
+            spool.sampled_out();
+        }
+    }
+
     /// Whether new work may be admitted: `false` only when the decision spool is full and
     /// `--decision-overflow refuse` applies; the caller then refuses with
     /// [`crate::decision_log::LOG_FULL`] as its reason (counted here).

@@ -290,7 +290,9 @@ pub struct Config {
     pub amqp_signature_max_age: Duration,
 
     /// Record one allowed AMQP publish in this many in the audit log (denials and every
-    /// other operation are always recorded). 1 records every publish.
+    /// other operation are always recorded). 1 records every publish. With --decision-dir,
+    /// the ones left out are declared in the chain (gap entries with the reason), so
+    /// verification shows how many were sampled out and where.
     #[arg(long, env = "PALISADE_AMQP_AUDIT_SAMPLE", default_value_t = 1)]
     pub amqp_audit_sample: u64,
 

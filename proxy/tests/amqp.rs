@@ -1093,9 +1093,17 @@ async fn a_publish_to_a_non_utf8_exchange_ends_the_connection_with_502() {
 #[tokio::test]
 async fn an_application_that_goes_away_takes_its_broker_connection_with_it() {
     let broker = Flaky::start_on("127.0.0.1:0".parse().unwrap()).await;
+    let spool = tempfile::tempdir().unwrap();
     let mesh = open_mesh(
         &format!("amqp://guest:guest@{}/%2f", broker.addr),
-        &["--amqp-audit-sample", "10"],
+        &[
+            "--amqp-audit-sample",
+            "10",
+            "--decision-dir",
+            spool.path().to_str().unwrap(),
+            "--decision-ship",
+            "off",
+        ],
     )
     .await;
     let uri = mesh.uri();
@@ -1131,6 +1139,18 @@ async fn an_application_that_goes_away_takes_its_broker_connection_with_it() {
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(publish_lines(), 3, "one allowed publish in 10 is recorded");
+    // The decision log declares the ones left out: publishes 1 to 9 and 11 to 19 in gap
+    // entries already (21 to 29 go into one with the next record or checkpoint).
+    let mut sampled = 0;
+    for segment in palisade_contract::decisions::segments(spool.path()).unwrap() {
+        for line in std::fs::read_to_string(segment).unwrap().lines() {
+            let line: palisade_contract::decisions::Line = serde_json::from_str(line).unwrap();
+            if line.reason.as_deref() == Some(palisade_proxy::decision_log::SAMPLED) {
+                sampled += line.last.unwrap() - line.first.unwrap() + 1;
+            }
+        }
+    }
+    assert_eq!(sampled, 18, "sampled-out publishes declared in the chain");
     // The application vanishes without closing: the broker leg is closed too.
     drop(ch);
     drop(app);

@@ -245,6 +245,7 @@ impl Amqp {
                 .allowed_publishes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if !n.is_multiple_of(self.audit_sample) {
+                self.audit.sampled_out();
                 return true;
             }
         }

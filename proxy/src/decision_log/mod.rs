@@ -80,6 +80,10 @@ pub enum Overflow {
 /// The reason of a refusal made because the spool is full (`--decision-overflow refuse`).
 pub const LOG_FULL: &str = "the decision log is full (shipping to the control plane fell behind)";
 
+/// The reason of the gap entries that account for allowed publishes `--amqp-audit-sample`
+/// left out.
+pub const SAMPLED: &str = "sampled out: --amqp-audit-sample records one allowed publish in N";
+
 const DROPPED: &str = "dropped: the decision spool was full";
 const REFUSED: &str = "refused: the decision spool was full";
 
@@ -349,6 +353,19 @@ impl Spool {
             .bytes
             .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
         self.inner.metrics.bytes.sub(n as i64);
+    }
+
+    /// Accounts for a decision sampling leaves out (`--amqp-audit-sample`): it keeps its
+    /// sequence number and goes into a gap entry with the reason [`SAMPLED`] (written with
+    /// the next record or checkpoint), so the log still shows how many were left out and
+    /// where. Nothing waits: there is no line of its own to reach the kernel.
+    pub fn sampled_out(&self) {
+        let mut st = self.lock();
+        if st.gap.is_some_and(|(_, r)| r != SAMPLED) {
+            st.close_gap(&palisade_contract::now_rfc3339());
+        }
+        let seq = st.chain.skip();
+        st.gap.get_or_insert((seq, SAMPLED));
     }
 
     /// The same for a record already encoded as JSON. `refusal`: the record of a refusal
@@ -643,6 +660,41 @@ mod tests {
             spool_max: 1 << 30,
             overflow: Overflow::Refuse,
         }
+    }
+
+    /// Sampled-out decisions keep their numbers and are declared in gap entries: verify
+    /// reports them (with the reason) and the log is clean; a different gap reason in
+    /// between closes the open one.
+    #[tokio::test]
+    async fn sampled_out_decisions_are_declared_in_the_chain() {
+        let (bundle, slot) = signed_slot();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(settings(dir.path()), slot, metrics()).unwrap();
+        let mut tasks = Tasks::new();
+        let writer = spool.clone();
+        tasks.spawn(|stop| writer.run(stop));
+        for round in 0..3 {
+            for _ in 0..9 {
+                spool.sampled_out();
+            }
+            let seq = spool
+                .append(
+                    "2026-12-01T00:00:00Z",
+                    &serde_json::json!({ "round": round }),
+                )
+                .await
+                .unwrap();
+            // Nine numbers skipped, one gap line, then this record.
+            assert_eq!(seq, round * 11 + 10);
+        }
+        spool.sampled_out();
+        tasks.shutdown().await;
+        let (reports, rest) = verify_dir(dir.path(), &bundle).unwrap();
+        assert!(rest.is_empty());
+        let r = &reports[0];
+        assert!(r.clean(), "{:?}", r.findings);
+        assert_eq!((r.decisions, r.dropped), (3, 28), "{r:?}");
+        assert_eq!(r.drop_reasons, [SAMPLED]);
     }
 
     #[tokio::test]
