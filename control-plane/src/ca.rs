@@ -644,10 +644,7 @@ fn new_root(td: &TrustDomain) -> Result<(CertificateDer<'static>, KeyPair), CaEr
     let serial = random_serial()?;
     // Each root gets a distinct subject (from its random serial): during a rotation two roots
     // share the bundle, and chain building must never confuse them.
-    let tag: String = serial.to_bytes()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let tag = hex::encode(&serial.to_bytes()[..6]);
     params.serial_number = Some(serial);
     params.distinguished_name = DistinguishedName::new();
     params

@@ -96,7 +96,7 @@ impl TokenKey {
         let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())
             .map_err(|e| bad(e.to_string()))?;
         let digest = ring::digest::digest(&ring::digest::SHA256, key.public_key_raw());
-        let kid = hex(&digest.as_ref()[..8]);
+        let kid = hex::encode(&digest.as_ref()[..8]);
         Ok(Self {
             encoding,
             decoding,
@@ -184,9 +184,5 @@ pub fn random_id() -> Result<String, CaError> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| CaError::Signing("no randomness available".into()))?;
-    Ok(hex(&bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(hex::encode(bytes))
 }

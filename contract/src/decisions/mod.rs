@@ -127,7 +127,7 @@ pub fn line_hash(line: &[u8]) -> Digest {
 
 /// Lower-case hex, as `prev` is written.
 pub fn hex(digest: &Digest) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(digest)
 }
 
 /// What kind of entry a line is.

@@ -323,13 +323,8 @@ fn split_lines(body: &[u8]) -> Result<Vec<&[u8]>, IngestError> {
 }
 
 fn unhex(s: &str) -> Option<Digest> {
-    if s.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    ::hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
