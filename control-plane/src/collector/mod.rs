@@ -257,7 +257,9 @@ impl Collector {
             if let Some(line) = line
                 && before != after
             {
-                rows.push(row(line, bytes));
+                // The line continued the chain: the verifier's head is its hash.
+                let hash = after.and_then(|(_, head)| head);
+                rows.push(row_hashed(line, bytes, hash));
             }
         }
         let (reports, rest) = verifier.finish();
@@ -330,6 +332,11 @@ fn unhex(s: &str) -> Option<Digest> {
 
 /// The stored row of a line, its query fields taken from the record.
 pub(crate) fn row(line: &Line, bytes: &[u8]) -> DecisionRow {
+    row_hashed(line, bytes, None)
+}
+
+/// The same, with the line's hash when it is known already.
+fn row_hashed(line: &Line, bytes: &[u8], hash: Option<Digest>) -> DecisionRow {
     let time_ms =
         time::OffsetDateTime::parse(&line.time, &time::format_description::well_known::Rfc3339)
             .map_or_else(
@@ -339,7 +346,7 @@ pub(crate) fn row(line: &Line, bytes: &[u8]) -> DecisionRow {
     let mut row = DecisionRow {
         instance: line.instance.clone(),
         seq: line.seq as i64,
-        hash: hex(&line_hash(bytes)),
+        hash: hex(&hash.unwrap_or_else(|| line_hash(bytes))),
         kind: line.kind.as_str().to_owned(),
         time_ms,
         line: String::from_utf8_lossy(bytes).into_owned(),
