@@ -160,7 +160,11 @@ async fn status_through(outbound: SocketAddr) -> Option<u16> {
 fn forwarded_in_spool(dir: &Path) -> u64 {
     spool_lines(dir)
         .iter()
-        .filter(|l| l.record.as_ref().is_some_and(|r| r["status"] == 200))
+        .filter(|l| {
+            l.record.as_ref().is_some_and(|r| {
+                serde_json::from_str::<serde_json::Value>(r.get()).unwrap()["status"] == 200
+            })
+        })
         .count() as u64
 }
 

@@ -49,7 +49,8 @@ pub struct DecisionEntry {
     pub seq: i64,
     /// RFC 3339, as the sidecar recorded it.
     pub time: String,
-    pub record: serde_json::Value,
+    /// The record as the sidecar wrote it (`null` for a checkpoint or gap entry).
+    pub record: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,7 +117,7 @@ pub async fn decisions(
                 instance: r.instance,
                 seq: r.seq,
                 time: line.time,
-                record: line.record.unwrap_or_default(),
+                record: line.record,
             })
         })
         .collect::<Result<_, AdminError>>()?;

@@ -355,7 +355,7 @@ fn row_hashed(line: &Line, bytes: &[u8], hash: Option<Digest>) -> DecisionRow {
     let Some(record) = line
         .record
         .as_ref()
-        .and_then(|r| <Record as serde::Deserialize>::deserialize(r).ok())
+        .and_then(|r| serde_json::from_str::<Record>(r.get()).ok())
     else {
         return row;
     };
