@@ -5,6 +5,52 @@ use sqlx::Row;
 
 use super::{Backend, Store, StoreError};
 
+/// The admin trail's last chained entry in a transaction: (pos, hash), or (0, genesis).
+macro_rules! trail_tail {
+    ($tx:expr) => {{
+        match sqlx::query(
+            "SELECT pos, hash FROM admin_audit WHERE pos IS NOT NULL ORDER BY pos DESC LIMIT 1",
+        )
+        .fetch_optional($tx)
+        .await?
+        {
+            Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?),
+            None => (0, trail::GENESIS.to_owned()),
+        }
+    }};
+}
+
+/// Inserts `entry` chained after `prev` in a transaction; its hash (the next `prev`).
+macro_rules! insert_trail_entry {
+    ($tx:expr, $entry:expr, $prev:expr) => {{
+        let e: &trail::Entry<'_> = $entry;
+        let hash = trail::entry_hash($prev, e);
+        sqlx::query(
+            "INSERT INTO admin_audit
+               (mesh_version, seq, time, principal, request_id, action, kind, namespace, name,
+                before, after, pos, prev, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(e.mesh_version)
+        .bind(e.seq)
+        .bind(e.time)
+        .bind(e.principal)
+        .bind(e.request_id)
+        .bind(e.action)
+        .bind(e.kind)
+        .bind(e.namespace)
+        .bind(e.name)
+        .bind(e.before)
+        .bind(e.after)
+        .bind(e.pos)
+        .bind($prev)
+        .bind(&hash)
+        .execute($tx)
+        .await?;
+        hash
+    }};
+}
+
 /// One chained entry as stored (the fields its hash covers, its link and its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrailRow {
