@@ -323,12 +323,14 @@ impl Chain {
         record: Option<&[u8]>,
         extra: LineOut<'_>,
     ) -> Vec<u8> {
-        let prev = hex(&self.head);
+        // Encoded on the stack: this runs once per decision on the sidecar's request path.
+        let mut prev = [0u8; 64];
+        ::hex::encode_to_slice(self.head, &mut prev).expect("64 hex digits for 32 bytes");
         let mut line = serde_json::to_vec(&LineOut {
             v: FORMAT,
             instance: &self.instance,
             seq: self.next_seq,
-            prev: &prev,
+            prev: std::str::from_utf8(&prev).expect("hex is ASCII"),
             time,
             kind: Some(kind),
             ..extra

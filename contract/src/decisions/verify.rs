@@ -16,9 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
-use super::{
-    CHECKPOINT_TYP, Digest, EntryKind, FORMAT, GENESIS, Line, checkpoint_note, hex, line_hash,
-};
+use super::{CHECKPOINT_TYP, Digest, EntryKind, FORMAT, GENESIS, Line, checkpoint_note, line_hash};
 use crate::signing;
 use crate::tls::TrustBundle;
 
@@ -191,15 +189,20 @@ impl<'b> Verifier<'b> {
     }
 
     fn state(&mut self, instance: &str) -> &mut State {
-        self.instances
-            .entry(instance.to_owned())
-            .or_insert_with(|| State {
-                report: Report {
-                    instance: instance.to_owned(),
-                    ..Report::default()
+        // Looked up first: the key is copied only for a writer not seen yet, not per line.
+        if !self.instances.contains_key(instance) {
+            self.instances.insert(
+                instance.to_owned(),
+                State {
+                    report: Report {
+                        instance: instance.to_owned(),
+                        ..Report::default()
+                    },
+                    ..State::default()
                 },
-                ..State::default()
-            })
+            );
+        }
+        self.instances.get_mut(instance).expect("inserted above")
     }
 
     fn charge(&mut self, finding: Finding) {
@@ -212,7 +215,7 @@ impl<'b> Verifier<'b> {
     /// One line (without its newline), found at `location` (for the report).
     pub fn line(&mut self, location: &str, bytes: &[u8]) {
         match serde_json::from_slice::<Line>(bytes) {
-            Ok(line) => self.parsed(location, bytes, &line),
+            Ok(line) => self.parsed(|| location.to_owned(), bytes, &line),
             Err(e) => self.charge(Finding::Malformed {
                 location: location.to_owned(),
                 why: e.to_string(),
@@ -221,15 +224,18 @@ impl<'b> Verifier<'b> {
     }
 
     /// The same for a line its caller has parsed already (the collector does, to sort a
-    /// batch): `line` must be `bytes` read as a [`Line`].
-    pub fn parsed(&mut self, location: &str, bytes: &[u8], line: &Line) {
+    /// batch): `line` must be `bytes` read as a [`Line`]. `location` is made only for a
+    /// finding that names it.
+    pub fn parsed(&mut self, location: impl FnOnce() -> String, bytes: &[u8], line: &Line) {
         if line.v != FORMAT {
             return self.charge(Finding::Malformed {
-                location: location.to_owned(),
+                location: location(),
                 why: format!("format version {} (this verifier reads {FORMAT})", line.v),
             });
         }
-        self.last_instance = Some(line.instance.clone());
+        if self.last_instance.as_deref() != Some(line.instance.as_str()) {
+            self.last_instance = Some(line.instance.clone());
+        }
         if let Some(own) = &self.own_instance
             && *own != line.instance
         {
@@ -263,7 +269,7 @@ impl<'b> Verifier<'b> {
                 first: st.next_seq,
                 last: line.seq - 1,
             });
-        } else if line.prev != hex(&st.head.unwrap_or(GENESIS)) {
+        } else if !links_to(&line.prev, &st.head.unwrap_or(GENESIS)) {
             st.report
                 .findings
                 .push(Finding::BrokenLink { seq: line.seq });
@@ -274,7 +280,11 @@ impl<'b> Verifier<'b> {
         st.report
             .first_time
             .get_or_insert_with(|| line.time.clone());
-        st.report.last_time = Some(line.time.clone());
+        match &mut st.report.last_time {
+            // Reuses the string's buffer: no allocation per line.
+            Some(last) => last.clone_from(&line.time),
+            None => st.report.last_time = Some(line.time.clone()),
+        }
         match line.kind {
             EntryKind::Decision => {
                 st.report.decisions += 1;
@@ -427,9 +437,33 @@ pub fn verify_dir(
     Ok(verifier.finish())
 }
 
+/// Whether `prev` (as written: lower-case hex) names `head`, without encoding `head`.
+fn links_to(prev: &str, head: &Digest) -> bool {
+    let mut written = [0u8; 32];
+    prev.len() == 64
+        && !prev.bytes().any(|b| b.is_ascii_uppercase())
+        && ::hex::decode_to_slice(prev, &mut written).is_ok()
+        && written == *head
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_is_the_lower_case_hex_of_the_head_and_nothing_else() {
+        let head = line_hash(b"x");
+        let written = crate::decisions::hex(&head);
+        assert!(links_to(&written, &head));
+        assert!(
+            !links_to(&written.to_ascii_uppercase(), &head),
+            "as written, lower case"
+        );
+        assert!(!links_to(&written[..62], &head));
+        assert!(!links_to(&format!("{written}00"), &head));
+        assert!(!links_to(&crate::decisions::hex(&GENESIS), &head));
+        assert!(!links_to(&"zz".repeat(32), &head));
+    }
     use crate::decisions::Chain;
     use crate::tls::WorkloadIdentity;
 

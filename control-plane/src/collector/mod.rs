@@ -247,11 +247,11 @@ impl Collector {
                 continue;
             }
             let before = verifier.position(instance);
-            let location = format!("batch line {}", i + 1);
+            let location = || format!("batch line {}", i + 1);
             match line {
                 // Parsed once, above, for the verifier too.
-                Some(line) => verifier.parsed(&location, bytes, line),
-                None => verifier.line(&location, bytes),
+                Some(line) => verifier.parsed(location, bytes, line),
+                None => verifier.line(&location(), bytes),
             }
             let after = verifier.position(instance);
             if let Some(line) = line
