@@ -21,6 +21,14 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 /// Entries read per page while verifying.
 const PAGE: i64 = 5_000;
 
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("no valid certificate (or no ES256 key) to sign the trail's checkpoint with")]
+    CannotSign,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 pub struct TrailSigner {
     store: Store,
     slot: Arc<IdentitySlot>,
@@ -48,38 +56,28 @@ impl TrailSigner {
     }
 
     /// Signs the head if no checkpoint covers it yet.
-    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+    pub async fn checkpoint(&self) -> Result<(), CheckpointError> {
         let Some((pos, head)) = self.store.trail_head().await? else {
             return Ok(());
         };
-        let latest = self.store.trail_checkpoints().await?.last().map(|c| c.pos);
-        if latest >= Some(pos) {
+        if self.store.trail_signed_through().await? >= Some(pos) {
             return Ok(());
         }
-        let Some(identity) = self.slot.valid() else {
-            return Err(StoreError::Corrupt(
-                "no valid certificate to sign the trail's checkpoint with".into(),
-            ));
-        };
+        let identity = self.slot.valid().ok_or(CheckpointError::CannotSign)?;
         let time = crate::ca::unix_now();
         let signer = identity.spiffe_id.to_string();
         let note = trail::checkpoint_note(pos, &head, &signer, time);
-        let Some(jws) =
+        let jws =
             palisade_contract::signing::sign(&identity, CHECKPOINT_TYP, time, note.as_bytes())
-        else {
-            return Err(StoreError::Corrupt(
-                "the control plane's key cannot sign ES256".into(),
-            ));
+                .ok_or(CheckpointError::CannotSign)?;
+        let checkpoint = TrailCheckpoint {
+            pos,
+            head,
+            time,
+            signer,
+            jws,
         };
-        self.store
-            .add_trail_checkpoint(&TrailCheckpoint {
-                pos,
-                head,
-                time,
-                signer,
-                jws,
-            })
-            .await
+        Ok(self.store.add_trail_checkpoint(&checkpoint).await?)
     }
 }
 

@@ -126,8 +126,8 @@ impl Collector {
         body: &[u8],
     ) -> Result<ShipAck, IngestError> {
         let stored = self.ingest_checked(shipper, instance, body).await;
-        if let Err(reason) = stored.as_ref().map_err(IngestError::refused_reason)
-            && let Some(reason) = reason
+        if let Err(e) = &stored
+            && let Some(reason) = e.refused_reason()
         {
             self.metrics.refused.with_label_values(&[reason]).inc();
         }

@@ -164,6 +164,12 @@ impl Store {
         Ok(())
     }
 
+    /// The last entry a checkpoint signed.
+    pub async fn trail_signed_through(&self) -> Result<Option<i64>, StoreError> {
+        const SQL: &str = "SELECT MAX(pos) FROM admin_audit_checkpoints";
+        on_pool!(self, pool => Ok(sqlx::query(SQL).fetch_one(pool).await?.try_get(0)?))
+    }
+
     /// Every checkpoint, oldest first.
     pub async fn trail_checkpoints(&self) -> Result<Vec<TrailCheckpoint>, StoreError> {
         const SQL: &str =
