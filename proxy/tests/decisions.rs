@@ -807,7 +807,10 @@ async fn through_the_broker_connections_closed_mid_stream_lose_and_duplicate_not
     let url = format!("amqp://guest:guest@127.0.0.1:5672/{BROKER_VHOST}");
     let relay = slow_relay_to_broker(Duration::from_millis(250)).await;
     let sidecar_url = format!("amqp://guest:guest@{relay}/{BROKER_VHOST}");
-    let queue = format!("decisions-{}-{}", std::process::id(), rand_suffix());
+    let queue = format!(
+        "decisions-{}",
+        palisade_control_plane::tokens::random_id().unwrap()
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cp");
@@ -924,11 +927,4 @@ async fn through_the_broker_connections_closed_mid_stream_lose_and_duplicate_not
         .await
         .unwrap();
     conn.close(200, "done".into()).await.unwrap();
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
