@@ -48,6 +48,11 @@ pub(crate) struct Settings {
     /// Decisions stored in the central decision-log scenario (each backend).
     #[arg(long, default_value_t = 400_000)]
     pub(crate) decision_rows: usize,
+    /// Fill the decision store up to this many rows (untimed, older than the timed ones,
+    /// spread over the last day) before the queries run; default: only the timed rows.
+    /// The query target is 10 million.
+    #[arg(long)]
+    pub(crate) decision_query_rows: Option<usize>,
     /// Give every sidecar a --decision-dir (the durable, signed decision log), to measure
     /// what it costs against a run without.
     #[arg(long)]

@@ -289,9 +289,23 @@ impl Store {
             }};
         }
         match &self.backend {
-            Backend::Sqlite(pool) => commit!(pool),
+            Backend::Sqlite(pool) => {
+                let _turn = self.decision_writer.lock().await;
+                commit!(pool)
+            }
             Backend::Postgres(pool) => commit!(pool),
         }
+    }
+
+    /// Refreshes the query planner's statistics of the decision table (`ANALYZE`), as
+    /// PostgreSQL's autovacuum does after enough rows changed. Without statistics a table
+    /// loaded moments ago is planned as if it held a handful of rows (a filter's matches
+    /// gathered and sorted instead of read off the newest-first index: 140 ms instead of
+    /// 0.2 ms at 100,000 rows). Keep autovacuum on in production; the benchmark calls this
+    /// after its bulk load.
+    pub async fn analyze_decisions(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => sqlx::query("ANALYZE decisions").execute(pool).await.map(drop))?;
+        Ok(())
     }
 
     /// Stored decisions (not checkpoints), newest first.
@@ -494,7 +508,10 @@ impl Store {
             }};
         }
         match &self.backend {
-            Backend::Sqlite(pool) => commit!(pool),
+            Backend::Sqlite(pool) => {
+                let _turn = self.decision_writer.lock().await;
+                commit!(pool)
+            }
             Backend::Postgres(pool) => commit!(pool),
         }
     }
