@@ -150,6 +150,7 @@ impl Store {
     }
 
     pub async fn add_trail_checkpoint(&self, c: &TrailCheckpoint) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         const SQL: &str = "INSERT INTO admin_audit_checkpoints (pos, head, time, signer, jws)
                            VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pos) DO NOTHING";
         on_pool!(self, pool => sqlx::query(SQL)

@@ -51,6 +51,7 @@ impl Store {
         name: &str,
         detail: &Value,
     ) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);

@@ -211,6 +211,7 @@ impl Store {
         rows: &[DecisionRow],
         findings: &[FindingRow],
     ) -> Result<Committed, StoreError> {
+        let _turn = self.write_turn().await;
         macro_rules! commit {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
@@ -289,10 +290,7 @@ impl Store {
             }};
         }
         match &self.backend {
-            Backend::Sqlite(pool) => {
-                let _turn = self.decision_writer.lock().await;
-                commit!(pool)
-            }
+            Backend::Sqlite(pool) => commit!(pool),
             Backend::Postgres(pool) => commit!(pool),
         }
     }
@@ -301,7 +299,7 @@ impl Store {
     /// PostgreSQL's autovacuum does after enough rows changed. Without statistics a table
     /// loaded moments ago is planned as if it held a handful of rows (a filter's matches
     /// gathered and sorted instead of read off the newest-first index: 140 ms instead of
-    /// 0.2 ms at 100,000 rows). Keep autovacuum on in production; the benchmark calls this
+    /// 0.15 ms at 100,000 rows). Keep autovacuum on in production; the benchmark calls this
     /// after its bulk load.
     pub async fn analyze_decisions(&self) -> Result<(), StoreError> {
         on_pool!(self, pool => sqlx::query("ANALYZE decisions").execute(pool).await.map(drop))?;
@@ -476,6 +474,7 @@ impl Store {
     /// Deletes `instance`'s lines before `prune.next_seq` and records `prune`, in one
     /// transaction.
     pub async fn commit_prune(&self, prune: &PruneRow) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         macro_rules! commit {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
@@ -508,10 +507,7 @@ impl Store {
             }};
         }
         match &self.backend {
-            Backend::Sqlite(pool) => {
-                let _turn = self.decision_writer.lock().await;
-                commit!(pool)
-            }
+            Backend::Sqlite(pool) => commit!(pool),
             Backend::Postgres(pool) => commit!(pool),
         }
     }

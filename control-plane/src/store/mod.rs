@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +66,13 @@ pub use workloads::Workload;
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
-    /// The decision log's writers take turns here on SQLite, which has one writer at a
-    /// time: left to SQLite's busy handler, writers waiting for the lock sleep and retry
-    /// unfairly and give up after its timeout (5 s), which four collectors' batches did at
-    /// 9.5 million stored rows ("database is locked"). A queue in the process is fair and
-    /// never times out. PostgreSQL writes concurrently and does not use it.
-    decision_writer: Arc<tokio::sync::Mutex<()>>,
+    /// Every write takes its turn here on SQLite ([`Store::write_turn`]), which has one
+    /// writer at a time: left to SQLite's busy handler, writers waiting for the lock sleep
+    /// and retry unfairly and give up after its timeout (5 s), which four collectors'
+    /// batches did at 9.5 million stored rows ("database is locked"). A queue in the
+    /// process is fair and never times out, and a policy change or a token waits for one
+    /// batch, not for a busy handler to win against a stream of them.
+    sqlite_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -112,10 +112,19 @@ impl Store {
     async fn migrated(backend: Backend) -> Result<Self, StoreError> {
         let store = Self {
             backend,
-            decision_writer: Arc::default(),
+            sqlite_writer: Arc::default(),
         };
         on_pool!(store, pool => migrations::migrator().run(pool).await)?;
         Ok(store)
+    }
+
+    /// The caller's turn to write on SQLite (held until dropped); nothing on PostgreSQL,
+    /// which writes concurrently. Every write of the store takes it first.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite(_) => Some(self.sqlite_writer.lock().await),
+            Backend::Postgres(_) => None,
+        }
     }
 
     pub fn backend_name(&self) -> &'static str {

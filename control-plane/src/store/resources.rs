@@ -238,6 +238,7 @@ impl Store {
         changes: &[Change],
         actor: &Actor<'_>,
     ) -> Result<(i64, Vec<Outcome>), ChangeError> {
+        let _turn = self.write_turn().await;
         on_pool!(self, pool => apply_batch!(pool, changes, actor))
     }
 

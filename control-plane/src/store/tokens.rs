@@ -44,6 +44,7 @@ pub enum Consumed {
 
 impl Store {
     pub async fn record_join_token(&self, record: &JoinTokenRecord) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         const SQL: &str =
             "INSERT INTO join_tokens (jti, spiffe_id, created_by, created_at, expires_at)
                            VALUES ($1, $2, $3, $4, $5)";
@@ -69,6 +70,7 @@ impl Store {
         now: i64,
         serial: &str,
     ) -> Result<Consumed, StoreError> {
+        let _turn = self.write_turn().await;
         const SQL: &str = "UPDATE join_tokens SET used_at = $1, used_by_serial = $2
                            WHERE jti = $3 AND spiffe_id = $4 AND used_at IS NULL
                              AND expires_at > $1";
@@ -88,6 +90,7 @@ impl Store {
     }
 
     pub async fn record_admin_token(&self, r: &AdminTokenRecord) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         const SQL: &str = "INSERT INTO admin_tokens
             (jti, name, role, created_by, created_at, expires_at, revoked_at, revoked_by)
             VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)";
@@ -148,6 +151,7 @@ impl Store {
         by: &str,
         now: i64,
     ) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        let _turn = self.write_turn().await;
         const SQL: &str = "UPDATE admin_tokens SET revoked_at = $1, revoked_by = $2
                            WHERE (jti = $3 OR name = $3) AND revoked_at IS NULL";
         let targets: Vec<AdminTokenRecord> = self

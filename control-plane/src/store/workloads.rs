@@ -19,6 +19,7 @@ pub struct Workload {
 impl Store {
     /// Records that a sidecar instance asked for its configuration.
     pub async fn workload_seen(&self, w: &Workload) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         const SQL: &str = "INSERT INTO workloads
                              (spiffe_id, instance, applied_version, certificate_expiry, last_seen)
                            VALUES ($1, $2, $3, $4, $5)
