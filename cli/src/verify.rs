@@ -96,13 +96,7 @@ fn print(value: &Value, output: Output) -> Result<(), ApiError> {
                 if let Some(p) = r["pruned"].as_object() {
                     let before = p["before"]
                         .as_i64()
-                        .and_then(|ms| {
-                            time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).ok()
-                        })
-                        .and_then(|t| {
-                            t.format(&time::format_description::well_known::Rfc3339)
-                                .ok()
-                        })
+                        .and_then(|ms| palisade_contract::rfc3339_at(ms.div_euclid(1000)))
                         .unwrap_or_else(|| "-".into());
                     println!(
                         "  pruned by retention: {} records before {before} (the chain is kept from {}; signed by {})",

@@ -54,6 +54,14 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// A Unix time in seconds in the same RFC 3339 form (no fraction); `None` out of range.
+pub fn rfc3339_at(unix_secs: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix_secs)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
 /// A request id unique across the mesh: 64 random bits drawn once per process, then a
 /// counter (24 hex digits, the shape ids always had). Ids correlate log lines; they are
 /// not secrets, so one system call per process instead of one per request (which the

@@ -98,9 +98,8 @@ async fn fill(
     let started = Instant::now();
     let per_shipper = extra.div_ceil(SHIPPERS * BATCH).max(1);
     let lines = per_shipper * BATCH;
-    let now_ms = palisade_contract::unix_now() as i128 * 1000;
-    let from_ms = now_ms - 25 * 3600 * 1000;
-    let step_ms = (24 * 3600 * 1000) as f64 / lines as f64;
+    let from = palisade_contract::unix_now() - 25 * 3600;
+    let step = (24 * 3600) as f64 / lines as f64;
     let me = palisade_contract::SpiffeId::parse(spiffe)?;
     let mut tasks = Vec::new();
     for i in 0..SHIPPERS {
@@ -111,18 +110,14 @@ async fn fill(
             let mut chain = Chain::new(&instance);
             for b in 0..per_shipper {
                 let body = batch(&mut chain, &identity, &spiffe, b, |n| {
-                    let ms = from_ms + (n as f64 * step_ms) as i128;
-                    time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000)
-                        .ok()?
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .ok()
+                    palisade_contract::rfc3339_at(from + (n as f64 * step) as i64)
                 });
                 collector.ingest(&me, &instance, &body).await?;
                 if i == 0 && b % 50 == 49 {
                     eprintln!(
                         "decision store: about {} of {} fill rows stored",
                         (b + 1) * BATCH * SHIPPERS,
-                        per_shipper * BATCH * SHIPPERS
+                        lines * SHIPPERS
                     );
                 }
             }
