@@ -183,6 +183,9 @@ pub struct CertificateAuthority {
     /// Bumped when another root starts signing, so certificates the control plane holds for
     /// itself are re-issued at once (a watch never loses a change, unlike a bare notify).
     signer_generation: tokio::sync::watch::Sender<u64>,
+    /// Bumped when the bundle changes (a rotation step), so the mesh configuration that
+    /// carries it is pushed to every sidecar at once, not with their next renewals.
+    bundle_generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -241,6 +244,7 @@ impl CertificateAuthority {
             workload_ttl: config.workload_ttl,
             rotation: std::sync::Mutex::new(()),
             signer_generation: tokio::sync::watch::Sender::new(0),
+            bundle_generation: tokio::sync::watch::Sender::new(0),
         };
         ca.self_check()?;
         ca.write_bundle_file()?;
@@ -513,7 +517,13 @@ impl CertificateAuthority {
     fn reload_bundle(&self, dir: &Path) -> Result<(), CaError> {
         self.bundle
             .store(Arc::new(managed_bundle(&self.trust_domain, dir)?));
+        self.bundle_generation.send_modify(|g| *g += 1);
         self.write_bundle_file()
+    }
+
+    /// Changes whenever the trust bundle does.
+    pub fn bundle_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.bundle_generation.subscribe()
     }
 }
 

@@ -131,13 +131,34 @@ impl MeshConfig {
         });
     }
 
-    /// Follows changes made through other replicas until `stop` resolves, then releases
-    /// the sidecars waiting for a change.
+    /// Follows changes made through other replicas, and this replica's trust bundle, until
+    /// `stop` resolves, then releases the sidecars waiting for a change.
+    ///
+    /// A bundle change (a rotation step) is a mesh version of its own: every sidecar's long
+    /// poll answers with the new bundle within moments, instead of each sidecar learning
+    /// of it with its next certificate (up to half a certificate lifetime later), and
+    /// `palisade check` shows a sidecar that has not applied it as behind.
     pub async fn follow(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let mut bundle = self.ca.bundle_changes();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+                Ok(()) = bundle.changed() => {
+                    match self.store.bump_mesh_version().await {
+                        Ok(v) => {
+                            tracing::info!(target: "palisade::admin", version = v,
+                                "trust bundle changed: pushing it to the sidecars");
+                            self.publish(v);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not push the changed trust bundle; retrying");
+                            bundle.mark_changed();
+                            tokio::time::sleep(FOLLOW_INTERVAL).await;
+                        }
+                    }
+                    continue;
+                }
                 () = &mut stop => break,
             }
             match self.store.mesh_version().await {

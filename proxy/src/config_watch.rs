@@ -8,6 +8,11 @@
 //! never an empty allow-all). The last good configuration is written to the identity
 //! directory, so a sidecar restarted while the control plane is down starts enforcing it at
 //! once.
+//!
+//! The configuration also carries the trust bundle, and a bundle change is a mesh version of
+//! its own: a root rotation reaches every sidecar within moments of each step. A sidecar
+//! that takes its policies or registry from local files (`--policy-file`,
+//! `--registry-file`) still follows the control plane, for the bundle only.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,7 +63,17 @@ struct WatchMetrics {
     rejected: IntCounter,
 }
 
+/// What a sidecar takes from the mesh configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Follow {
+    /// Documents (policies, registry) and the trust bundle.
+    Everything,
+    /// Only the trust bundle: the documents come from local files.
+    BundleOnly,
+}
+
 pub struct ConfigWatch {
+    follow: Follow,
     identity: Arc<IdentityManager>,
     policies: Arc<ArcSwap<Policies>>,
     registry: Arc<ArcSwap<ServiceRegistry>>,
@@ -80,8 +95,10 @@ impl std::fmt::Debug for ConfigWatch {
 
 impl ConfigWatch {
     #[allow(clippy::too_many_arguments)]
-    /// Follows into the runtime's policies and registry; caches in `cache_dir`.
+    /// Follows into the runtime's policies and registry (or, with [`Follow::BundleOnly`],
+    /// only its trust bundle); caches in `cache_dir`.
     pub fn new(
+        follow: Follow,
         runtime: &ProxyRuntime,
         default_mode: DefaultMode,
         cache_dir: Option<PathBuf>,
@@ -93,6 +110,7 @@ impl ConfigWatch {
         )?;
         metrics_registry.register(Box::new(rejected.clone()))?;
         Ok(Self {
+            follow,
             identity: runtime.identity.clone(),
             policies: runtime.policies.clone(),
             registry: runtime.services.clone(),
@@ -113,6 +131,9 @@ impl ConfigWatch {
 
     /// Starts from the cached configuration, if there is a valid one. Returns its version.
     pub fn load_cache(&self) -> Option<i64> {
+        if self.follow == Follow::BundleOnly {
+            return None;
+        }
         let path = self.cache_dir.as_ref()?.join(CACHE_FILE);
         let bytes = std::fs::read(&path).ok()?;
         let config: MeshConfig = match serde_json::from_slice(&bytes) {
@@ -137,11 +158,19 @@ impl ConfigWatch {
 
     /// Compiles `config` and swaps it in whole, or refuses it whole.
     pub fn apply(&self, config: &MeshConfig, write_cache: bool) -> Result<(), Problems> {
-        let compiled = compile(config, self.default_mode)?;
+        let compiled = match self.follow {
+            Follow::Everything => Some(compile(config, self.default_mode)?),
+            Follow::BundleOnly => None,
+        };
         if let Err(e) = self.identity.update_bundle(&config.trust_bundle) {
             // The policies are still good; the bundle comes again with the next certificate.
             tracing::warn!(error = %e, "keeping the current trust bundle");
         }
+        let Some(compiled) = compiled else {
+            self.applied
+                .store(config.version, std::sync::atomic::Ordering::Release);
+            return Ok(());
+        };
         self.policies.store(Arc::new(compiled.policies));
         self.registry.store(Arc::new(compiled.registry));
         self.applied

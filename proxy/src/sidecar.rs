@@ -16,7 +16,7 @@ use crate::admin::{self, AdminState};
 use crate::amqp::{self, Amqp};
 use crate::audit::AuditLog;
 use crate::config::{Config, Settings};
-use crate::config_watch::ConfigWatch;
+use crate::config_watch::{ConfigWatch, Follow};
 use crate::decision_log::ship::{BrokerLink, Destination, Shipper};
 use crate::decision_log::{DecisionShip, Spool};
 use crate::identity::IdentityManager;
@@ -40,9 +40,9 @@ pub struct RunningSidecar {
     pub policies: Arc<ArcSwap<Policies>>,
     pub identity: Arc<IdentityManager>,
     pub registry: Registry,
-    /// Following the control plane's configuration (when no policy or registry file is
-    /// given).
-    pub config_watch: Option<Arc<ConfigWatch>>,
+    /// Following the control plane's configuration (only its trust bundle when a policy
+    /// or registry file is given).
+    pub config_watch: Arc<ConfigWatch>,
     tasks: Tasks,
     writers: Tasks,
 }
@@ -144,18 +144,19 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
         audit,
         metrics,
     };
-    let config_watch = if policy.from_control_plane() {
-        let watch = Arc::new(ConfigWatch::new(
-            &runtime,
-            policy.default_mode,
-            cache_dir,
-            &registry,
-        )?);
-        watch.load_cache();
-        Some(watch)
+    let follow = if policy.from_control_plane() {
+        Follow::Everything
     } else {
-        None
+        Follow::BundleOnly
     };
+    let config_watch = Arc::new(ConfigWatch::new(
+        follow,
+        &runtime,
+        policy.default_mode,
+        cache_dir,
+        &registry,
+    )?);
+    config_watch.load_cache();
 
     // Every listener is bound before anything is served: a taken port fails the start.
     let outbound_listener = bind(outbound_settings.listen, "outbound").await?;
@@ -197,9 +198,7 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
     let outbound = Arc::new(Outbound::new(outbound_settings, &runtime));
     let mut tasks = Tasks::new();
     tasks.spawn(|stop| identity.clone().run(stop));
-    if let Some(watch) = &config_watch {
-        tasks.spawn(|stop| watch.clone().run(stop));
-    }
+    tasks.spawn(|stop| config_watch.clone().run(stop));
     let admin_state = AdminState::new(admin_settings, identity.clone(), registry.clone());
     tasks.spawn(|stop| admin::serve(admin_listener, admin_state, stop));
     for (listener, target) in tcp_listeners {

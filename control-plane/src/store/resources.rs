@@ -243,6 +243,18 @@ impl Store {
     }
 
     /// The mesh version: bumped by every batch that changes something.
+    /// A new mesh version without a document change: the trust bundle, which every
+    /// sidecar's configuration carries, changed. Returns the new version.
+    pub async fn bump_mesh_version(&self) -> Result<i64, StoreError> {
+        let _turn = self.write_turn().await;
+        const SQL: &str =
+            "UPDATE mesh_version SET version = version + 1 WHERE id = 1 RETURNING version";
+        Ok(on_pool!(self, pool => sqlx::query(SQL)
+            .fetch_one(pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0)))?)
+    }
+
     pub async fn mesh_version(&self) -> Result<i64, StoreError> {
         const SQL: &str = "SELECT version FROM mesh_version WHERE id = 1";
         Ok(on_pool!(self, pool => sqlx::query(SQL)
