@@ -143,7 +143,7 @@ async fn respond(state: &AdminState, req: &Request<Incoming>) -> Response<Full<B
             Some(id) => text(StatusCode::OK, format!("ready: {}\n", id.spiffe_id)),
             None => text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: no valid certificate\n".into(),
+                format!("not ready: {}\n", state.identity.not_ready_reason()),
             ),
         },
         "/metrics" => text(StatusCode::OK, encode_metrics(&state.registry)),

@@ -246,6 +246,14 @@ pub struct Config {
     #[arg(long, env = "PALISADE_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
+    /// A mesh connection lives no longer than the trust it was opened with: when a
+    /// certificate of its handshake expires or its peer's root leaves the trust bundle, it
+    /// takes no new requests (HTTP/2 GOAWAY, HTTP/1 closed after the current request) and
+    /// what is in flight gets this long to finish before the socket is closed. Opaque TCP
+    /// is closed at once.
+    #[arg(long, env = "PALISADE_CONNECTION_DRAIN", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connection_drain: Duration,
+
     /// AMQP listener for the application (loopback): it connects here as if to RabbitMQ, and
     /// every operation is authorized before the broker sees it. Off unless given.
     #[arg(long, env = "PALISADE_AMQP_LISTEN")]
@@ -434,6 +442,9 @@ impl Config {
         if self.connect_timeout < Duration::from_millis(100) {
             problems.push("--connect-timeout must be at least 100ms".into());
         }
+        if self.connection_drain > Duration::from_secs(600) {
+            problems.push("--connection-drain must be at most 10m".into());
+        }
         if self.max_backoff < Duration::from_millis(100) {
             problems.push("--max-backoff must be at least 100ms".into());
         }
@@ -467,6 +478,7 @@ impl Config {
                 initial_backoff: INITIAL_BACKOFF.min(self.max_backoff),
                 max_backoff: self.max_backoff,
                 connect_timeout: self.connect_timeout,
+                connection_drain: self.connection_drain,
             },
             admin: AdminSettings {
                 listen: self.admin_listen,
@@ -619,6 +631,7 @@ mod tests {
         assert_eq!(c.max_backoff, Duration::from_secs(30));
         assert_eq!(c.headers_with_underscores, UnderscoreHeaders::Drop);
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.connection_drain, Duration::from_secs(10));
     }
 
     #[test]

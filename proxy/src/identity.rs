@@ -12,7 +12,8 @@
 //!   configured (a Kubernetes projected token is refreshed by the kubelet), an expired
 //!   sidecar bootstraps again with it.
 //! - Each new certificate is swapped into the [`IdentitySlot`] that live TLS configurations
-//!   read, so established connections keep running and new ones use the new certificate.
+//!   read, so new connections use the new certificate; a connection opened with the old
+//!   one drains before that one expires ([`crate::trust`]).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,10 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
+use tokio::sync::watch;
+
 use crate::control_plane_client::{ControlPlaneClient, ControlPlaneError};
+use crate::trust::{ConnectionTrust, Side};
 
 const CACHE_CERT: &str = "cert.pem";
 const CACHE_KEY: &str = "key.pem";
@@ -51,6 +55,9 @@ pub struct IdentitySettings {
     pub max_backoff: Duration,
     /// Longest wait for the TCP connection to the control plane.
     pub connect_timeout: Duration,
+    /// How long a mesh connection whose trust is lost may still finish what is in flight
+    /// (`--connection-drain`; see [`crate::trust`]).
+    pub connection_drain: Duration,
 }
 
 /// First retry delay after a failed certificate request (never above `--max-backoff`).
@@ -117,6 +124,11 @@ pub struct IdentityManager {
     metrics: IdentityMetrics,
     /// When the current certificate should be renewed.
     renew_at: Mutex<Option<SystemTime>>,
+    /// Bumped whenever a root leaves the bundle: open connections re-verify their peer.
+    roots_removed: watch::Sender<u64>,
+    /// What the last failed attempt to obtain a certificate needs from an operator, for
+    /// `/ready` and the log; cleared by a success.
+    last_failure: Mutex<Option<String>>,
 }
 
 impl IdentityManager {
@@ -143,6 +155,8 @@ impl IdentityManager {
             client,
             metrics,
             renew_at: Mutex::new(None),
+            roots_removed: watch::Sender::new(0),
+            last_failure: Mutex::new(None),
         });
         manager.load_cache();
         Ok(manager)
@@ -179,8 +193,56 @@ impl IdentityManager {
         self.metrics.bundle_roots.set(bundle.len() as i64);
         tracing::info!(target: "palisade::identity", event = "bundle.updated",
             roots = bundle.len(), "trust bundle updated from the mesh configuration");
-        self.bundle.store(Arc::new(bundle));
+        self.store_bundle(bundle);
         Ok(true)
+    }
+
+    /// Replaces the bundle; when that removes a root, every open mesh connection checks
+    /// that its peer still chains to one that is left.
+    fn store_bundle(&self, bundle: TrustBundle) {
+        let removed = {
+            let old = self.bundle.load();
+            old.roots().any(|r| !bundle.roots().any(|n| n == r))
+        };
+        self.bundle.store(Arc::new(bundle));
+        if removed {
+            self.roots_removed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// The trust of a mesh connection just opened as `side`, whose handshake used `own`
+    /// (read before it) and at which the peer presented `peer_chain`.
+    pub fn connection_trust(
+        &self,
+        own: Option<&WorkloadIdentity>,
+        peer_chain: &[rustls_pki_types::CertificateDer<'static>],
+        side: Side,
+    ) -> ConnectionTrust {
+        ConnectionTrust::new(
+            own,
+            peer_chain,
+            side,
+            self.bundle.clone(),
+            self.roots_removed.subscribe(),
+            self.settings.connection_drain,
+        )
+    }
+
+    /// Why the sidecar is not ready, in words an operator can act on: whether the
+    /// certificate expired or never came, and what the last attempt needs.
+    pub fn not_ready_reason(&self) -> String {
+        let state = match self.slot.get() {
+            Some(id) => format!(
+                "certificate expired at {}",
+                palisade_contract::rfc3339_at(id.not_after)
+                    .unwrap_or_else(|| id.not_after.to_string())
+            ),
+            None => "no certificate yet".to_owned(),
+        };
+        match &*self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(failure) => format!("{state}; {failure}"),
+            None => state,
+        }
     }
 
     /// Ready means: a certificate that is valid right now.
@@ -204,11 +266,18 @@ impl IdentityManager {
                 }
             }
             match self.refresh().await {
-                Ok(()) => backoff = self.settings.initial_backoff,
+                Ok(()) => {
+                    backoff = self.settings.initial_backoff;
+                    *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
                 Err(e) => {
                     let delay = jittered(backoff, 0.8, 1.2);
-                    tracing::warn!(error = %e, retry_in = ?delay,
-                        valid = self.is_ready(), "could not obtain a certificate");
+                    let valid = self.is_ready();
+                    let needed = what_is_needed(&e, valid);
+                    tracing::warn!(error = %e, retry_in = ?delay, valid, needed = needed.as_deref().unwrap_or("nothing: retrying"),
+                        "could not obtain a certificate");
+                    *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(needed.unwrap_or_else(|| e.to_string()));
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = &mut stopping => return,
@@ -309,7 +378,7 @@ impl IdentityManager {
             spiffe_id = %identity.spiffe_id, serial = %identity.serial,
             not_after = identity.not_after, renew_in = ?renew_in, roots = bundle.len(),
             "certificate installed");
-        self.bundle.store(Arc::new(bundle));
+        self.store_bundle(bundle);
         self.slot.set(identity);
     }
 
@@ -355,6 +424,33 @@ impl IdentityManager {
                 tracing::warn!(dir = %dir.display(), error = %e, "ignoring the cached certificate")
             }
         }
+    }
+}
+
+/// What a failed attempt needs from an operator, when a retry alone cannot fix it: a
+/// bootstrap refused for its token (a join token is single-use: once redeemed, a sidecar
+/// whose certificate expired cannot bootstrap with it again), or no token at all.
+fn what_is_needed(e: &IdentityError, valid: bool) -> Option<String> {
+    if valid {
+        return None;
+    }
+    match e {
+        IdentityError::NoCredentials => {
+            Some("no --token-file to bootstrap with: give the sidecar a bootstrap token".into())
+        }
+        IdentityError::TokenFile { path, source } => Some(format!(
+            "the bootstrap token file {} cannot be read ({source}): give the sidecar a new token",
+            path.display()
+        )),
+        IdentityError::ControlPlane(ControlPlaneError::Refused { status, body })
+            if *status == http::StatusCode::UNAUTHORIZED =>
+        {
+            Some(format!(
+                "the control plane refused the bootstrap token ({}): give the sidecar a new token (palisade token create) in its --token-file",
+                body.error
+            ))
+        }
+        _ => None,
     }
 }
 

@@ -37,6 +37,7 @@ pub mod runtime;
 pub mod server;
 pub mod sidecar;
 pub mod transparent;
+pub mod trust;
 
 pub use config::{Config, Settings};
 pub use sidecar::{RunningSidecar, start, start_with};

@@ -6,6 +6,7 @@
 //! benchmark's p99 was 6x nginx's. And every dial has a deadline, so an address that drops
 //! SYNs costs a bounded wait, not the kernel's two minutes.
 
+use std::future::Future;
 use std::io;
 use std::time::Duration;
 
@@ -22,14 +23,19 @@ pub async fn connect(addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<
     Ok(tcp)
 }
 
-/// Copies both ways until both sides have closed; returns the bytes (sent to the peer,
-/// received from it). An error ends the copy and counts nothing.
-pub async fn pipe<P, L>(mut peer: P, mut local: L) -> (u64, u64)
+/// Copies both ways until both sides have closed or `cut` resolves (then both sockets are
+/// closed); returns the bytes (sent to the peer, received from it). An error or a cut ends
+/// the copy and counts nothing.
+pub async fn pipe<P, L>(mut peer: P, mut local: L, cut: impl Future<Output = ()>) -> (u64, u64)
 where
     P: AsyncRead + AsyncWrite + Unpin,
     L: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::io::copy_bidirectional(&mut peer, &mut local).await {
+    let copied = tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut peer, &mut local) => copied,
+        () = cut => return (0, 0),
+    };
+    match copied {
         Ok((from_peer, to_peer)) => (to_peer, from_peer),
         Err(e) => {
             tracing::debug!(error = %e, "piped connection ended with an error");

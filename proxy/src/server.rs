@@ -13,7 +13,10 @@
 //! - ends a connection whose client cancels requests faster than [`RESET_LIMIT`] allows in
 //!   [`RESET_WINDOW`] (HTTP/2 RST_STREAM, "rapid reset", CVE-2023-44487). h2's own limit
 //!   counts only resets still waiting to be accepted, so resets paced a few dozen at a time
-//!   never reached it; this one counts over time, as Envoy's premature-reset limit does.
+//!   never reached it; this one counts over time, as Envoy's premature-reset limit does;
+//! - drains a mesh connection whose trust is lost ([`crate::trust`]): a certificate of its
+//!   handshake expired or the peer's root left the bundle. GOAWAY (HTTP/2) or close after
+//!   the current request (HTTP/1), then the socket is closed after the drain bound.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::forwarding::ProxyBody;
+use crate::trust::{ConnectionTrust, Lost};
 
 /// Limits on what a client may send; each is a flag of the sidecar.
 #[derive(Debug, Clone)]
@@ -92,13 +96,15 @@ pub const RESET_WINDOW: Duration = Duration::from_secs(10);
 const RESET_DRAIN: Duration = Duration::from_secs(1);
 
 /// Serves one connection with `handle` until the client closes it, it has been idle for
-/// `limits.idle_timeout`, no request began by `first_request_by`, or its client cancelled
-/// more than [`RESET_LIMIT`] requests in a [`RESET_WINDOW`].
+/// `limits.idle_timeout`, no request began by `first_request_by`, its client cancelled
+/// more than [`RESET_LIMIT`] requests in a [`RESET_WINDOW`], or (a mesh connection) its
+/// `trust` is lost.
 pub async fn serve_http<I, F, Fut>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     limits: &Limits,
     first_request_by: Instant,
+    mut trust: Option<ConnectionTrust>,
     handle: F,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
@@ -125,6 +131,7 @@ where
         () = activity.never_started(first_request_by) => Stop::NoRequest,
         () = activity.idle_for(limits.idle_timeout) => Stop::Idle,
         () = activity.flooded.notified() => Stop::Resets,
+        lost = trust_lost(trust.as_mut()) => Stop::Trust(lost),
     };
     match stop {
         // Dropping the connection closes it: there is nothing in flight to finish.
@@ -144,6 +151,26 @@ where
             let _ = tokio::time::timeout(RESET_DRAIN, conn).await;
             Err("the client cancelled too many requests".into())
         }
+        Stop::Trust(lost) => {
+            let drain = trust
+                .as_ref()
+                .map_or(Duration::ZERO, ConnectionTrust::drain);
+            tracing::info!(target: "palisade::identity", event = "connection.drained",
+                reason = %lost, drain = ?drain, "draining a mesh connection that lost its trust");
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(drain, conn).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("closed at the drain bound: {lost}").into()),
+            }
+        }
+    }
+}
+
+/// Resolves when `trust` is lost; never for a connection without one.
+async fn trust_lost(trust: Option<&mut ConnectionTrust>) -> Lost {
+    match trust {
+        Some(trust) => trust.lost().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -152,6 +179,7 @@ enum Stop {
     NoRequest,
     Idle,
     Resets,
+    Trust(Lost),
 }
 
 /// The requests in flight on one connection, when the last one ended, and the requests its

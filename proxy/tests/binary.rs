@@ -5,7 +5,14 @@ use tokio::process::Command;
 #[tokio::test]
 async fn bad_settings_are_all_reported_with_exit_status_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_palisade-proxy"))
-        .args(["--ca-bundle", "/nonexistent.pem", "--idle-timeout", "1ms"])
+        .args([
+            "--ca-bundle",
+            "/nonexistent.pem",
+            "--idle-timeout",
+            "1ms",
+            "--connection-drain",
+            "1h",
+        ])
         .env_clear()
         .output()
         .await
@@ -15,6 +22,7 @@ async fn bad_settings_are_all_reported_with_exit_status_2() {
     for expected in [
         "--ca-bundle /nonexistent.pem",
         "--idle-timeout",
+        "--connection-drain must be at most 10m",
         "--token-file or --identity-dir",
     ] {
         assert!(

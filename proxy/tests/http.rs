@@ -25,7 +25,10 @@ use palisade_contract::tls::{ExpectedServer, client_config, server_name_for};
 use palisade_control_plane::RunningControlPlane;
 use palisade_proxy::RunningSidecar;
 use serde_json::{Value, json};
-use support::{audit_where, control_plane, sidecar_config, sidecar_files, wait_ready};
+use support::{
+    ORDERS_MAY_DO_ANYTHING, audit_where, control_plane, sidecar_config, sidecar_files, tcp_echo,
+    wait_ready,
+};
 use tokio::net::{TcpListener, TcpStream};
 
 const POLICIES: &str = r#"
@@ -940,14 +943,6 @@ async fn a_destination_with_the_wrong_identity_is_refused() {
     m.stop().await;
 }
 
-const ORDERS_MAY_DO_ANYTHING: &str = r#"
-apiVersion: palisade.dev/v1
-kind: AuthorizationPolicy
-metadata: { name: orders-anything, namespace: shop }
-spec:
-  rules: [ { from: [ { principals: ["spiffe://palisade.local/ns/shop/sa/orders"] } ] } ]
-"#;
-
 #[tokio::test]
 async fn idle_connections_are_closed_and_the_pool_reconnects() {
     let m = mesh_with(Some(ORDERS_MAY_DO_ANYTHING), &["--idle-timeout", "300ms"]).await;
@@ -1107,20 +1102,6 @@ async fn a_reset_flood_ends_the_connection() {
 }
 
 /// A TCP application that echoes what it receives.
-async fn tcp_echo() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
-
 /// Writes `data` to the listener at `addr` and reads until the other side closes.
 async fn tcp_round_trip(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -225,6 +225,7 @@ async fn without_the_control_plane_a_sidecar_serves_until_expiry_then_fails_clos
     let (cp, mut sidecars) =
         mesh(dir.path(), Duration::from_secs(4), &["orders", "payments"]).await;
     let (server, client) = (sidecars.pop().unwrap(), sidecars.pop().unwrap());
+    let cp_addr = cp.sidecar_addr;
     cp.shutdown().await;
 
     let server_id = server.identity.spiffe_id().unwrap();
@@ -273,8 +274,35 @@ async fn without_the_control_plane_a_sidecar_serves_until_expiry_then_fails_clos
             "palisade_identity_certificate_requests_total{kind=\"renew\",result=\"failure\"}"
         ) >= 1.0
     );
+
+    // The control plane comes back (same data, same address): the join token was spent on
+    // the first bootstrap, so the sidecar cannot get back in by itself, and says so.
+    let mut config = palisade_control_plane::Config::for_data_dir(dir.path().join("cp"));
+    config.workload_ttl = Duration::from_secs(4);
+    config.sidecar_listen = cp_addr;
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    let mut body = String::new();
+    wait_until(
+        "/ready says what the sidecar needs",
+        Duration::from_secs(10),
+        async || {
+            body = admin_get(&server, "/ready").await.1;
+            body.contains("give the sidecar a new token")
+        },
+    )
+    .await;
+    assert!(body.contains("certificate expired at"), "{body}");
+    assert!(body.contains("already been used"), "{body}");
+    // A new token, and it recovers without a restart.
+    let token = cp
+        .create_join_token("shop", "payments", Duration::from_secs(300))
+        .await
+        .unwrap();
+    std::fs::write(dir.path().join("payments.token"), token.token).unwrap();
+    wait_ready(&server).await;
     client.shutdown().await;
     server.shutdown().await;
+    cp.shutdown().await;
 }
 
 #[tokio::test]
@@ -447,30 +475,7 @@ async fn a_root_rotation_reaches_live_sidecars_without_breaking_mtls() {
     .await;
 
     cp.ca.rotation_activate().unwrap();
-    let new_root = cp
-        .ca
-        .bundle()
-        .load()
-        .roots()
-        .find(|r| **r != old_root)
-        .unwrap()
-        .clone();
-    let new_only = palisade_contract::tls::TrustBundle::from_ders(
-        "palisade.local".parse().unwrap(),
-        vec![new_root],
-    )
-    .unwrap();
-    let on_new_root = |s: &RunningSidecar| {
-        let id = s.identity.slot().get().unwrap();
-        new_only
-            .verify_workload(
-                &id.chain[0],
-                &id.chain[1..],
-                rustls_pki_types::UnixTime::now(),
-                palisade_contract::tls::KeyUsage::client_auth(),
-            )
-            .is_ok()
-    };
+    let on_new_root = support::on_new_root(&cp, &old_root);
     wait_until(
         "both sidecars hold new-root certificates",
         Duration::from_secs(10),

@@ -1,7 +1,8 @@
 //! The inbound path: what reaches the application through its sidecar.
 //!
 //! accept -> TLS with a required client certificate (verified against the trust bundle; one
-//! SPIFFE ID or no handshake) -> HTTP/1.1 or HTTP/2 (limits on headers, streams, resets and
+//! SPIFFE ID or no handshake; the connection drains once that trust is lost, `trust.rs`)
+//! -> HTTP/1.1 or HTTP/2 (limits on headers, streams, resets and
 //! slow clients) -> method and path checks (400) -> authorization (403, default deny) ->
 //! identity headers (the caller's `x-forwarded-client-cert` and `x-palisade-*` are dropped,
 //! ours is set) -> the application over plain HTTP/1.1 on loopback, bodies streamed both
@@ -30,6 +31,7 @@ use crate::metrics::ProxyMetrics;
 pub use crate::policies::{Policies, service_name};
 use crate::runtime::ProxyRuntime;
 use crate::server::{Limits, http_server, serve_http};
+use crate::trust::Side;
 
 mod http;
 mod opaque;
@@ -129,6 +131,9 @@ pub async fn serve(
         let (acceptor, inbound, builder) = (acceptor.clone(), inbound.clone(), builder.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            // Our certificate for this handshake: this one, or one renewed meanwhile (which
+            // expires later), so the connection's deadline is never late.
+            let own = inbound.identity.slot().valid();
             let handshake = tokio::time::timeout_at(first_request_by, acceptor.accept(tcp)).await;
             let tls = match handshake {
                 Ok(Ok(tls)) => tls,
@@ -147,8 +152,13 @@ pub async fn serve(
                 return;
             };
             inbound.metrics.handshake("inbound", "success");
+            let trust = inbound.identity.connection_trust(
+                own.as_deref(),
+                tls.get_ref().1.peer_certificates().unwrap_or_default(),
+                Side::Server,
+            );
             if let Some(port) = tls.get_ref().1.alpn_protocol().and_then(port_from_alpn) {
-                inbound.serve_opaque(&peer, port, tls).await;
+                inbound.serve_opaque(&peer, port, tls, trust).await;
                 return;
             }
             let _open = inbound.metrics.open_connection("inbound");
@@ -161,7 +171,8 @@ pub async fn serve(
                 }
             };
             let limits = &inbound.settings.limits;
-            if let Err(e) = serve_http(&builder, tls, limits, first_request_by, handle).await {
+            let served = serve_http(&builder, tls, limits, first_request_by, Some(trust), handle);
+            if let Err(e) = served.await {
                 tracing::debug!(peer = %addr, error = %e, "inbound connection ended with an error");
             }
         });

@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use super::Inbound;
 use crate::audit::AuditEvent;
 use crate::net::{connect_described as connect, pipe};
+use crate::trust::ConnectionTrust;
 
 const ALPN_PREFIX: &str = "palisade-tcp/";
 
@@ -85,9 +86,15 @@ impl Refusal {
 
 impl Inbound {
     /// An opaque connection from `peer` for the application's `port`, after the handshake:
-    /// decide, then one audit line and one count, then (when allowed) the bytes piped.
-    pub(crate) async fn serve_opaque<S>(&self, peer: &SpiffeId, port: u16, tls: S)
-    where
+    /// decide, then one audit line and one count, then (when allowed) the bytes piped until
+    /// either side closes or `trust` is lost.
+    pub(crate) async fn serve_opaque<S>(
+        &self,
+        peer: &SpiffeId,
+        port: u16,
+        tls: S,
+        mut trust: ConnectionTrust,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let own = self.identity.spiffe_id();
@@ -109,7 +116,12 @@ impl Inbound {
             .connection("inbound", peer.as_str(), &event.decision);
         self.audit.decided(&event).await;
         if let Ok(upstream) = upstream {
-            let (sent, received) = pipe(tls, upstream).await;
+            let cut = async {
+                let lost = trust.lost().await;
+                tracing::info!(target: "palisade::identity", event = "connection.closed",
+                    reason = %lost, "closing an opaque mesh connection that lost its trust");
+            };
+            let (sent, received) = pipe(tls, upstream, cut).await;
             self.metrics.tcp_bytes("inbound", sent, received);
         }
     }

@@ -18,7 +18,6 @@ use crate::forwarding::{
     unsupported,
 };
 
-use super::pool::pool_key;
 use super::{ForwardError, Outbound};
 
 /// Where a forwarded request went.
@@ -163,7 +162,6 @@ impl Outbound {
         };
         event.destination_service = entry.name.clone();
         event.destination = entry.identity.to_string();
-        let mut sender = self.connection(&entry, redirected).await?;
         let (mut parts, body) = req.into_parts();
         canonical_framing(&mut parts.headers, body.size_hint().exact());
         retarget(&mut parts, "https", &host, Version::HTTP_2)?;
@@ -172,33 +170,11 @@ impl Outbound {
             parts.headers.entry("x-request-id").or_insert(v);
         }
         let request = Request::from_parts(parts, body.boxed());
-        let sent = async {
-            sender.ready().await?;
-            sender.send_request(request).await
-        };
-        match sent.await {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                parts.version = Version::HTTP_11;
-                Ok((Response::from_parts(parts, body.boxed()), Route::Mesh))
-            }
-            Err(e) => {
-                // A pooled connection is broken: forget it so the next request reconnects.
-                if let Some(senders) = self
-                    .pool
-                    .lock()
-                    .await
-                    .get_mut(&pool_key(&entry, redirected))
-                {
-                    senders.retain(|s| !s.is_closed());
-                }
-                Err(ForwardError::Unreachable {
-                    service: entry.name.clone(),
-                    detail: e.to_string(),
-                })
-            }
-        }
+        let response = self.send_pooled(&entry, redirected, request).await?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = Version::HTTP_11;
+        Ok((Response::from_parts(parts, body.boxed()), Route::Mesh))
     }
 
     /// Plain HTTP to `destination`, outside the mesh, with the request's own `Host`.

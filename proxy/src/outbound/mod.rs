@@ -23,14 +23,12 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::client::conn::http2::SendRequest;
 use palisade_contract::process::accept;
 use palisade_contract::registry::ServiceRegistry;
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
 use crate::audit::AuditLog;
-use crate::forwarding::ProxyBody;
 use crate::identity::IdentityManager;
 use crate::metrics::ProxyMetrics;
 use crate::runtime::ProxyRuntime;
@@ -69,7 +67,7 @@ pub struct Outbound {
     connect_timeout: Duration,
     /// Up to `connections_per_service` HTTP/2 connections per destination service
     /// (`namespace/name`), used in turn.
-    pool: Mutex<HashMap<String, Vec<SendRequest<ProxyBody>>>>,
+    pool: Mutex<HashMap<String, Vec<pool::Pooled>>>,
     connections_per_service: usize,
     next_endpoint: AtomicUsize,
     next_connection: AtomicUsize,
@@ -179,7 +177,8 @@ pub async fn serve(
                 }
             };
             let limits = &outbound.limits;
-            if let Err(e) = serve_http(&builder, tcp, limits, first_request_by, handle).await {
+            if let Err(e) = serve_http(&builder, tcp, limits, first_request_by, None, handle).await
+            {
                 tracing::debug!(peer = %addr, error = %e, "outbound connection ended with an error");
             }
         });

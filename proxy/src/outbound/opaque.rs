@@ -17,6 +17,7 @@ use super::{ForwardError, Outbound};
 use crate::audit::AuditEvent;
 use crate::inbound::alpn_for;
 use crate::net::pipe;
+use crate::trust::ConnectionTrust;
 
 /// One `--tcp-outbound` mapping: a loopback listener for a service's port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +87,14 @@ impl Outbound {
         self.metrics
             .connection("outbound", &event.destination, &event.decision);
         self.audit.decided(&event).await;
-        if let Ok(tls) = dialled {
+        if let Ok((tls, mut trust)) = dialled {
             let _open = self.metrics.open_connection("outbound");
-            let (sent, received) = pipe(tls, app).await;
+            let cut = async {
+                let lost = trust.lost().await;
+                tracing::info!(target: "palisade::identity", event = "connection.closed",
+                    reason = %lost, "closing an opaque mesh connection that lost its trust");
+            };
+            let (sent, received) = pipe(tls, app, cut).await;
             self.metrics.tcp_bytes("outbound", sent, received);
         }
     }
@@ -98,7 +104,7 @@ impl Outbound {
         target: &TcpOutbound,
         own_namespace: Option<&str>,
         event: &mut AuditEvent,
-    ) -> Result<TlsStream<TcpStream>, ForwardError> {
+    ) -> Result<(TlsStream<TcpStream>, ConnectionTrust), ForwardError> {
         if !self.audit.admits() {
             return Err(ForwardError::LogFull);
         }

@@ -71,7 +71,7 @@ impl Outbound {
         let upstream = outcome.finish(&mut event);
         self.audit.decided(&event).await;
         if let Some(upstream) = upstream {
-            crate::net::pipe(app, upstream).await;
+            crate::net::pipe(app, upstream, std::future::pending()).await;
         }
     }
 }

@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use hyper::body::Body as _;
+use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_contract::registry::ServiceEntry;
@@ -18,19 +21,21 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::forwarding::ProxyBody;
+use crate::trust::{ConnectionTrust, Retirement, Side};
 
 use super::{ForwardError, Outbound};
 
 impl Outbound {
     /// TCP and then mTLS to one of `entry`'s endpoints (in turn), or, for a service listed
     /// without endpoints, to `redirected` (the address the application connected to),
-    /// offering `alpn`; the server must present `entry.identity` (secure naming).
+    /// offering `alpn`; the server must present `entry.identity` (secure naming). With the
+    /// connection comes the trust it was opened with, which it must not outlive.
     pub(crate) async fn dial(
         &self,
         entry: &ServiceEntry,
         redirected: Option<SocketAddr>,
         alpn: Vec<u8>,
-    ) -> Result<TlsStream<TcpStream>, ForwardError> {
+    ) -> Result<(TlsStream<TcpStream>, ConnectionTrust), ForwardError> {
         let key = format!("{}/{}", entry.namespace, entry.name);
         let unreachable = |detail: String| ForwardError::Unreachable {
             service: key.clone(),
@@ -51,6 +56,8 @@ impl Outbound {
         let tcp = crate::net::connect(endpoint.as_str(), self.connect_timeout)
             .await
             .map_err(|e| unreachable(format!("{endpoint}: {e}")))?;
+        // Our certificate for this handshake (or a later one, renewed meanwhile).
+        let own = self.identity.slot().valid();
         let tls_config = client_config(
             Some(self.identity.slot()),
             self.identity.bundle(),
@@ -81,27 +88,32 @@ impl Outbound {
             }
         };
         self.metrics.handshake("outbound", "success");
-        Ok(tls)
+        let trust = self.identity.connection_trust(
+            own.as_deref(),
+            tls.get_ref().1.peer_certificates().unwrap_or_default(),
+            Side::Client,
+        );
+        Ok((tls, trust))
     }
 
     /// A live connection to `entry` (at `redirected` when it lists no endpoints), from the
-    /// pool or new.
+    /// pool or new. Only connections whose trust is still good are handed out.
     pub(super) async fn connection(
         &self,
         entry: &ServiceEntry,
         redirected: Option<SocketAddr>,
-    ) -> Result<SendRequest<ProxyBody>, ForwardError> {
+    ) -> Result<Pooled, ForwardError> {
         let key = pool_key(entry, redirected);
         {
             let mut pool = self.pool.lock().await;
             let senders = pool.entry(key.clone()).or_default();
-            senders.retain(|s| !s.is_closed());
+            senders.retain(Pooled::usable);
             if senders.len() >= self.connections_per_service {
                 let i = self.next_connection.fetch_add(1, Ordering::Relaxed);
                 return Ok(senders[i % senders.len()].clone());
             }
         }
-        let tls = self.dial(entry, redirected, b"h2".to_vec()).await?;
+        let (tls, mut trust) = self.dial(entry, redirected, b"h2".to_vec()).await?;
         let endpoint = tls
             .get_ref()
             .0
@@ -119,9 +131,30 @@ impl Outbound {
                 detail: format!("{endpoint}: HTTP/2: {e}"),
             })?;
         let open = self.metrics.open_connection("outbound");
+        let retirement = Retirement::new(&trust);
+        let pooled = Pooled {
+            sender,
+            retirement: retirement.clone(),
+        };
         tokio::spawn(async move {
             let _open = open;
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                lost = trust.lost() => {
+                    // No new requests (the pool no longer hands it out); what is in flight
+                    // gets the drain bound, then the socket is closed.
+                    retirement.retire();
+                    tracing::info!(target: "palisade::identity", event = "connection.drained",
+                        reason = %lost, drain = ?trust.drain(),
+                        "draining a mesh connection that lost its trust");
+                    match tokio::time::timeout(trust.drain(), conn).await {
+                        Ok(ended) => ended,
+                        Err(_) => return,
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "outbound connection ended with an error");
             }
         });
@@ -129,9 +162,144 @@ impl Outbound {
         let senders = pool.entry(key).or_default();
         // Requests that all found the pool short dialled at once: keep what fits.
         if senders.len() < self.connections_per_service {
-            senders.push(sender.clone());
+            senders.push(pooled.clone());
         }
-        Ok(sender)
+        Ok(pooled)
+    }
+}
+
+impl Outbound {
+    /// Sends `request` over a pooled connection to `entry`. A request the peer certainly
+    /// did not process is sent once more over another connection, as Envoy and Linkerd do:
+    /// one the connection never took (it was closing: idle timeout, drain, a broken
+    /// socket), one refused with `REFUSED_STREAM`, and, when it has no body and an
+    /// idempotent method (RFC 9110 §9.2.2), one failed by the peer's GOAWAY (h2 reports a
+    /// stream above the GOAWAY's last stream id the same way as one cut below it, so only a
+    /// request that may be repeated is).
+    pub(super) async fn send_pooled(
+        &self,
+        entry: &ServiceEntry,
+        redirected: Option<SocketAddr>,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let replay = Replay::of(&request);
+        let mut request = request;
+        let mut retried = false;
+        loop {
+            let mut pooled = self.connection(entry, redirected).await?;
+            let (error, unsent) = match pooled.sender.ready().await {
+                Err(e) => (e, Some(request)),
+                Ok(()) => match pooled.sender.try_send_request(request).await {
+                    Ok(response) => return Ok(response),
+                    Err(mut e) => {
+                        let unsent = e.take_message();
+                        (e.into_error(), unsent)
+                    }
+                },
+            };
+            let again = match (unsent, refusal(&error)) {
+                (Some(unsent), _) => {
+                    pooled.retirement.retire();
+                    Some(unsent)
+                }
+                (None, Some(Refusal::Stream)) => {
+                    // Often a peer at its stream limit or on its way out: a fresh connection.
+                    pooled.retirement.retire();
+                    replay.as_ref().map(Replay::request)
+                }
+                (None, Some(Refusal::GoAway)) => {
+                    pooled.retirement.retire();
+                    replay
+                        .as_ref()
+                        .filter(|r| r.method.is_idempotent())
+                        .map(Replay::request)
+                }
+                (None, None) => None,
+            };
+            match again {
+                Some(next) if !retried => {
+                    tracing::debug!(service = %entry.name, error = %error,
+                        "the peer did not take the request; sending it once more");
+                    retried = true;
+                    request = next;
+                }
+                _ => {
+                    return Err(ForwardError::Unreachable {
+                        service: entry.name.clone(),
+                        detail: error.to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// How a peer said it did not process a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// `RST_STREAM(REFUSED_STREAM)`: never processed (RFC 9113 §8.7).
+    Stream,
+    /// The peer's GOAWAY ended the stream.
+    GoAway,
+}
+
+fn refusal(error: &hyper::Error) -> Option<Refusal> {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return match (h2.is_remote(), h2.is_reset(), h2.is_go_away(), h2.reason()) {
+                (true, true, _, Some(h2::Reason::REFUSED_STREAM)) => Some(Refusal::Stream),
+                (true, _, true, _) => Some(Refusal::GoAway),
+                _ => None,
+            };
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// A request without a body, kept to be sent again.
+#[derive(Debug)]
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    /// Only a request whose body is known to be empty can be rebuilt once it was sent.
+    fn of(request: &Request<ProxyBody>) -> Option<Self> {
+        request.body().is_end_stream().then(|| Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(&self) -> Request<ProxyBody> {
+        let mut request = Request::new(crate::forwarding::full(bytes::Bytes::new()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// A pooled HTTP/2 connection: its sender, and whether its trust still lets it take new
+/// requests.
+#[derive(Debug, Clone)]
+pub(crate) struct Pooled {
+    pub sender: SendRequest<ProxyBody>,
+    pub retirement: Arc<Retirement>,
+}
+
+impl Pooled {
+    /// Open, and not retired (its trust holds, and no request found it refusing work).
+    pub fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.retirement.usable()
     }
 }
 

@@ -16,6 +16,15 @@ use palisade_control_plane::RunningControlPlane;
 use palisade_proxy::{Config, RunningSidecar};
 use tokio::net::TcpStream;
 
+/// A policy letting the `orders` identity do anything to the workload it selects.
+pub const ORDERS_MAY_DO_ANYTHING: &str = r#"
+apiVersion: palisade.dev/v1
+kind: AuthorizationPolicy
+metadata: { name: orders-anything, namespace: shop }
+spec:
+  rules: [ { from: [ { principals: ["spiffe://palisade.local/ns/shop/sa/orders"] } ] } ]
+"#;
+
 pub async fn control_plane(data: &Path, ttl: Duration) -> RunningControlPlane {
     let mut config = palisade_control_plane::Config::for_data_dir(data.to_path_buf());
     config.workload_ttl = ttl;
@@ -231,4 +240,97 @@ pub async fn mesh(
         sidecars.push(start_ready(&cp, bundle.clone(), &files, &[]).await);
     }
     (cp, sidecars)
+}
+
+/// A TCP echo server on loopback: its port.
+pub async fn tcp_echo() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// The `orders` sidecar of `cp`, ready, with `extra` flags and a registry file naming
+/// each `(service, address)` of `services` as served by the payments identity.
+pub async fn orders_with_registry(
+    cp: &RunningControlPlane,
+    dir: &Path,
+    services: &[(&str, SocketAddr)],
+    extra: &[&str],
+) -> RunningSidecar {
+    let registry: Vec<String> = services
+        .iter()
+        .map(|(name, addr)| {
+            format!(
+                "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: {name}, namespace: shop }}\n\
+                 spec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/payments\", endpoints: [\"{addr}\"] }}\n"
+            )
+        })
+        .collect();
+    let registry_file = dir.join("registry.yaml");
+    std::fs::write(&registry_file, registry.join("---\n")).unwrap();
+    let files = sidecar_files(cp, dir, "orders").await;
+    let mut flags = vec!["--registry-file", registry_file.to_str().unwrap()];
+    flags.extend_from_slice(extra);
+    start_ready(cp, dir.join("cp/trust-bundle.pem"), &files, &flags).await
+}
+
+/// The newest root of `cp`'s bundle other than `old`, once `rotate activate` has run: a
+/// check of whether a sidecar's certificate chains to it.
+pub fn on_new_root(
+    cp: &RunningControlPlane,
+    old: &rustls::pki_types::CertificateDer<'static>,
+) -> impl Fn(&RunningSidecar) -> bool + use<> {
+    let new_root = cp
+        .ca
+        .bundle()
+        .load()
+        .roots()
+        .find(|r| *r != old)
+        .unwrap()
+        .clone();
+    let new_only = palisade_contract::tls::TrustBundle::from_ders(
+        "palisade.local".parse().unwrap(),
+        vec![new_root],
+    )
+    .unwrap();
+    move |s: &RunningSidecar| {
+        let id = s.identity.slot().get().unwrap();
+        new_only
+            .verify_workload(
+                &id.chain[0],
+                &id.chain[1..],
+                rustls::pki_types::UnixTime::now(),
+                palisade_contract::tls::KeyUsage::client_auth(),
+            )
+            .is_ok()
+    }
+}
+
+/// The `payments` sidecar of `cp`, ready, in front of [`hello_app`], enforcing
+/// [`ORDERS_MAY_DO_ANYTHING`], with `extra` flags.
+pub async fn payments_with_hello(
+    cp: &RunningControlPlane,
+    dir: &Path,
+    extra: &[&str],
+) -> RunningSidecar {
+    let app = hello_app().await.to_string();
+    let policy_file = dir.join("policies.yaml");
+    std::fs::write(&policy_file, ORDERS_MAY_DO_ANYTHING).unwrap();
+    let files = sidecar_files(cp, dir, "payments").await;
+    let mut flags = vec![
+        "--app",
+        app.as_str(),
+        "--policy-file",
+        policy_file.to_str().unwrap(),
+    ];
+    flags.extend_from_slice(extra);
+    start_ready(cp, dir.join("cp/trust-bundle.pem"), &files, &flags).await
 }
