@@ -267,11 +267,14 @@ enum AdminTokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum CaCommand {
-    /// Show the trust domain, roots and rotation phase.
+    /// Show the trust domain, roots, rotation phase, and the sidecars (seen in the last
+    /// minute) that still trust a dropped root or do not trust every root yet.
     Status,
     /// Print the trust bundle (PEM).
     Bundle,
-    /// Rotate the root: prepare, wait one workload TTL, activate, wait one workload TTL, finish.
+    /// Rotate the root: prepare, activate, wait one workload TTL, finish. Each step's bundle
+    /// is pushed to every sidecar; the command waits up to 10 s for the sidecars to
+    /// acknowledge it and reports those that have not.
     Rotate {
         #[arg(value_enum)]
         step: RotationStep,
@@ -435,9 +438,18 @@ async fn run(cli: Cli) -> Result<bool, ApiError> {
                 RotationStep::Activate => "activate",
                 RotationStep::Finish => "finish",
             };
-            let status = api
+            let mut status = api
                 .post_json(&format!("/v1/ca/rotation/{step}"), &serde_json::json!({}))
                 .await?;
+            // Every sidecar gets the new bundle within moments: wait for their
+            // acknowledgements, so the report says who has it and who has not.
+            let started = std::time::Instant::now();
+            while !mesh::sidecars_behind(&status).is_empty()
+                && started.elapsed() < std::time::Duration::from_secs(10)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                status = api.get_json("/v1/ca").await?;
+            }
             print_ca_status(&status, cli.output);
         }
         Command::Apply { file, dry_run } => mesh::apply(&api, &file, dry_run, cli.output).await?,
@@ -524,20 +536,31 @@ fn print_ca_status(status: &serde_json::Value, output: Output) {
     println!("workload TTL:   {}s", status["workloadTtlSeconds"]);
     println!();
     println!(
-        "{:<8} {:<34} {:<22} SUBJECT",
-        "SIGNING", "SERIAL", "NOT AFTER (UNIX)"
+        "{:<8} {:<17} {:<34} {:<22} SUBJECT",
+        "SIGNING", "ID", "SERIAL", "NOT AFTER (UNIX)"
     );
     for root in status["roots"].as_array().into_iter().flatten() {
         println!(
-            "{:<8} {:<34} {:<22} {}",
+            "{:<8} {:<17} {:<34} {:<22} {}",
             if root["signing"].as_bool() == Some(true) {
                 "yes"
             } else {
                 "no"
             },
+            s(&root["id"]),
             s(&root["serial"]),
             root["notAfter"],
             s(&root["subject"]),
         );
+    }
+    println!();
+    let behind = mesh::sidecars_behind(status);
+    println!(
+        "sidecars seen in the last minute: {}; behind the bundle: {}",
+        status["sidecars"]["seen"],
+        behind.len()
+    );
+    for (what, sidecar) in behind {
+        println!("  {sidecar}: {what}");
     }
 }

@@ -333,6 +333,28 @@ pub async fn simulate(
     Ok(())
 }
 
+/// A certificate's remaining life for the workloads table: `in 30s`, or `EXPIRED 30s ago`
+/// (an expired sidecar cannot poll, so its row stays as it was last seen).
+fn expiry_in(left: i64) -> String {
+    if left > 0 {
+        format!("in {left}s")
+    } else {
+        format!("EXPIRED {}s ago", -left)
+    }
+}
+
+/// The same as a phrase: `expires in 30s`, or `expired 30s ago`.
+fn expiry_phrase(left: i64) -> String {
+    if left > 0 {
+        format!("expires in {left}s")
+    } else {
+        format!(
+            "expired {}s ago: it cannot renew (its /ready says what it needs)",
+            -left
+        )
+    }
+}
+
 pub async fn workloads(api: &ApiClient, output: Output) -> Result<(), ApiError> {
     let list = api.get_json("/v1/workloads").await?;
     if let Output::Json | Output::Yaml = output {
@@ -342,18 +364,15 @@ pub async fn workloads(api: &ApiClient, output: Output) -> Result<(), ApiError> 
     let mesh = list["meshVersion"].as_i64().unwrap_or_default();
     println!("mesh version {mesh}");
     println!(
-        "{:<52} {:>8} {:>14} {:>10}",
+        "{:<52} {:>8} {:>16} {:>10}",
         "SPIFFE ID", "APPLIED", "CERT EXPIRES", "LAST SEEN"
     );
     for w in list["items"].as_array().into_iter().flatten() {
         println!(
-            "{:<52} {:>8} {:>14} {:>10}",
+            "{:<52} {:>8} {:>16} {:>10}",
             w["spiffeId"].as_str().unwrap_or_default(),
             w["appliedVersion"],
-            format!(
-                "in {}s",
-                w["certificateExpiry"].as_i64().unwrap_or_default() - now()
-            ),
+            expiry_in(w["certificateExpiry"].as_i64().unwrap_or_default() - now()),
             format!(
                 "{}s ago",
                 now() - w["lastSeen"].as_i64().unwrap_or_default()
@@ -595,7 +614,7 @@ pub fn findings(resources: &[Value], workloads: &[Value], mesh_version: i64) -> 
             out.push(Finding {
                 severity: "error",
                 target: format!("sidecar {id}"),
-                message: format!("certificate expires in {left}s"),
+                message: format!("certificate {}", expiry_phrase(left)),
             });
         }
     }
@@ -660,15 +679,46 @@ fn exact_deny_gaps(policy: &Value) -> Vec<String> {
     out
 }
 
+/// The sidecars in a CA status that trust a dropped root or not yet every root.
+pub fn sidecars_behind(status: &serde_json::Value) -> Vec<(&'static str, String)> {
+    let list = |key: &str| {
+        status["sidecars"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let dropped = list("trustingDroppedRoots")
+        .into_iter()
+        .map(|s| ("still trusts a root the bundle dropped", s));
+    let missing = list("missingRoots")
+        .into_iter()
+        .map(|s| ("does not trust every root of the bundle yet", s));
+    dropped.chain(missing).collect()
+}
+
 /// Exit status 1 when there is a finding of severity error.
 pub async fn check(api: &ApiClient, output: Output) -> Result<bool, ApiError> {
     let resources = api.get_json("/v1/resources").await?;
     let workloads = api.get_json("/v1/workloads").await?;
+    let ca = api.get_json("/v1/ca").await?;
     let mesh_version = resources["meshVersion"].as_i64().unwrap_or_default();
-    let found = findings(
+    let mut found = findings(
         resources["items"].as_array().map_or(&[][..], Vec::as_slice),
         workloads["items"].as_array().map_or(&[][..], Vec::as_slice),
         mesh_version,
+    );
+    // A sidecar behind on the trust bundle: after `rotate finish`, one still trusting the
+    // dropped root accepts peers the mesh no longer does.
+    found.extend(
+        sidecars_behind(&ca)
+            .into_iter()
+            .map(|(what, sidecar)| Finding {
+                severity: "warning",
+                target: format!("sidecar {sidecar}"),
+                message: what.to_owned(),
+            }),
     );
     match output {
         Output::Json | Output::Yaml => {
@@ -722,7 +772,45 @@ mod tests {
         assert!(messages[2].contains("Service shop/payments: no ALLOW policy"));
         assert!(messages[3].contains("applied version 3; the mesh is at 5"));
         assert!(messages[4].starts_with("error sidecar"));
+        assert!(
+            messages[4].contains("certificate expires in"),
+            "{}",
+            messages[4]
+        );
         assert!(findings(&[], &[], 0).is_empty());
+        // An expired sidecar cannot poll: its row stays, and says it expired.
+        let expired = vec![json!({"spiffeId": "spiffe://td/ns/shop/sa/payments",
+                                  "appliedVersion": 5, "certificateExpiry": now() - 30})];
+        let found = findings(&[], &expired, 5);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].message.starts_with("certificate expired 3"),
+            "{}",
+            found[0].message
+        );
+        assert!(expiry_in(-30).starts_with("EXPIRED 30s ago"));
+        assert_eq!(expiry_in(30), "in 30s");
+    }
+
+    #[test]
+    fn sidecars_behind_the_bundle_are_named_with_what_they_lack() {
+        let status = json!({"sidecars": {"seen": 3,
+            "trustingDroppedRoots": ["spiffe://td/ns/shop/sa/a (i1)"],
+            "missingRoots": ["spiffe://td/ns/shop/sa/b (i2)"]}});
+        assert_eq!(
+            sidecars_behind(&status),
+            vec![
+                (
+                    "still trusts a root the bundle dropped",
+                    "spiffe://td/ns/shop/sa/a (i1)".to_owned()
+                ),
+                (
+                    "does not trust every root of the bundle yet",
+                    "spiffe://td/ns/shop/sa/b (i2)".to_owned()
+                ),
+            ]
+        );
+        assert!(sidecars_behind(&json!({})).is_empty());
     }
 
     #[test]

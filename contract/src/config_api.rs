@@ -5,7 +5,7 @@
 //! as soon as the mesh version is newer than `V` (at once if it already is), or with `204`
 //! after [`LONG_POLL`] when nothing changed. `A` is the version the sidecar has applied (its
 //! acknowledgement, shown by `palisade workloads`); `I` tells sidecars with the same
-//! identity apart. The answer carries only what concerns the caller ([`concerns`]).
+//! identity apart; `roots` names the roots it trusts (`palisade ca status`, `palisade check`). The answer carries only what concerns the caller ([`concerns`]).
 //!
 //! The documents travel as they were stored, and the sidecar validates them with the same
 //! code the control plane used ([`crate::documents::validate_values`]): a set it cannot accept
@@ -31,6 +31,23 @@ pub struct ConfigQuery {
     /// The version it has applied.
     pub applied: i64,
     pub instance: String,
+    /// The roots it trusts now ([`crate::tls::root_id`], comma-separated): whether a
+    /// rotation step has reached it, whatever it did with the rest of the configuration.
+    #[serde(default)]
+    pub roots: String,
+}
+
+impl ConfigQuery {
+    /// The poll's path and query, as the control plane's `Query<ConfigQuery>` reads it.
+    pub fn path(&self) -> String {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("version", &self.version.to_string())
+            .append_pair("applied", &self.applied.to_string())
+            .append_pair("instance", &self.instance)
+            .append_pair("roots", &self.roots)
+            .finish();
+        format!("{CONFIG_PATH}?{query}")
+    }
 }
 
 /// The configuration for one sidecar at one mesh version.
@@ -56,6 +73,34 @@ pub fn concerns(kind: &str, namespace: &str, sidecar_namespace: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_query_reads_back_as_written() {
+        let q = ConfigQuery {
+            version: 7,
+            applied: 6,
+            instance: "a b&c".into(),
+            roots: "00112233aabbccdd,ffeeddccbbaa9988".into(),
+        };
+        let path = q.path();
+        let query = path.strip_prefix("/v1/config?").unwrap();
+        let back: ConfigQuery = serde_json::from_value(serde_json::Value::Object(
+            form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| {
+                    let v = match k.as_ref() {
+                        "version" | "applied" => serde_json::json!(v.parse::<i64>().unwrap()),
+                        _ => serde_json::json!(v),
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect(),
+        ))
+        .unwrap();
+        assert_eq!(
+            (back.version, back.applied, back.instance, back.roots),
+            (q.version, q.applied, q.instance, q.roots)
+        );
+    }
 
     #[test]
     fn a_sidecar_gets_its_namespace_the_mesh_namespace_and_all_services() {

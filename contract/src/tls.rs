@@ -140,6 +140,12 @@ impl TrustBundle {
         certs::certs_to_pem(self.roots())
     }
 
+    /// The [`root_id`] of each root, in bundle order: what a sidecar acknowledges it
+    /// trusts, and what `palisade ca status` and `palisade check` compare.
+    pub fn root_ids(&self) -> Vec<String> {
+        self.roots().map(|r| root_id(r)).collect()
+    }
+
     /// Verifies a peer's chain for `usage` at `now` and returns its SPIFFE ID. The chain must
     /// end at a root of this bundle that is itself in date; the leaf must not be a CA, must
     /// carry exactly one SPIFFE ID, and that ID must be in this bundle's trust domain.
@@ -192,6 +198,25 @@ impl TrustBundle {
         }
         Ok(id)
     }
+}
+
+/// Verifies that the key certified by `leaf` signed `message` (ECDSA P-256 SHA-256, the only
+/// kind of key Palisade certifies).
+pub fn verify_signed_by(
+    leaf: &CertificateDer<'_>,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    let cert = EndEntityCert::try_from(leaf).map_err(|e| format!("unreadable certificate: {e}"))?;
+    cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, message, signature)
+        .map_err(|e| format!("the signature does not verify with the certificate's key: {e}"))
+}
+
+/// A short name for a root certificate: the first 16 hex digits of the SHA-256 of its DER
+/// (enough to tell a mesh's roots apart; it names, it does not authenticate).
+pub fn root_id(der: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    hex::encode(&digest.as_ref()[..8])
 }
 
 /// A bundle that can be replaced while connections are being verified against it.

@@ -148,6 +148,8 @@ pub enum RotationPhase {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RootInfo {
+    /// [`palisade_contract::tls::root_id`]: how sidecars name it when they acknowledge it.
+    pub id: String,
     pub subject: String,
     pub serial: String,
     pub not_before: i64,
@@ -390,6 +392,7 @@ impl CertificateAuthority {
             .roots()
             .zip(bundle.root_summaries())
             .map(|(der, s)| RootInfo {
+                id: palisade_contract::tls::root_id(der),
                 subject: s.subject.clone(),
                 serial: s.serial.clone(),
                 not_before: s.not_before,

@@ -39,6 +39,14 @@ pub struct Config {
     #[arg(long, env = "PALISADE_WORKLOAD_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub workload_ttl: Duration,
 
+    /// How long after its certificate expired a sidecar may still get a new one by proving
+    /// it holds that certificate's key (`POST /v1/identity/reattest`: once per certificate,
+    /// while its root is in the bundle), so a fleet recovers by itself after a control-plane
+    /// outage longer than its certificates. 0s turns it off: an expired sidecar then needs a
+    /// new bootstrap token. At most 7d.
+    #[arg(long, env = "PALISADE_REATTEST_GRACE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub reattest_grace: Duration,
+
     /// Time a client of the sidecar listener has to finish the TLS handshake, and then to send
     /// each request's headers; slower clients are disconnected.
     #[arg(long, env = "PALISADE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -292,6 +300,7 @@ impl Config {
             admin_listen: any,
             metrics_listen: any,
             workload_ttl: Duration::from_secs(3600),
+            reattest_grace: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
             database_url: None,
             decision_broker: None,
@@ -368,6 +377,12 @@ impl Config {
             problems.push(format!(
                 "--workload-ttl {} is out of range (1s to 24h)",
                 humantime::format_duration(self.workload_ttl)
+            ));
+        }
+        if self.reattest_grace > Duration::from_secs(7 * 24 * 3600) {
+            problems.push(format!(
+                "--reattest-grace {} is out of range (0s to 7d)",
+                humantime::format_duration(self.reattest_grace)
             ));
         }
         if self.handshake_timeout < Duration::from_millis(100)
@@ -490,8 +505,15 @@ mod tests {
         c.ca_cert = Some("/nonexistent/ca.pem".into());
         c.database_url = Some("mysql://db".into());
         c.k8s_audience = String::new();
+        c.reattest_grace = Duration::from_secs(8 * 24 * 3600);
         let problems = c.validate().unwrap_err();
-        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("--reattest-grace 8days")),
+            "{problems:#?}"
+        );
         assert!(problems[0].contains("--workload-ttl"));
         assert!(
             problems

@@ -150,6 +150,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
             metrics.clone(),
             &td,
         )
+        .with_reattest_grace(config.reattest_grace)
         .with_decisions(own_decisions.clone()),
     );
     let tls = Arc::new(server_config(

@@ -34,6 +34,8 @@ pub(crate) struct Peer {
     /// When the client certificate expires: a keep-alive connection can outlive it, so each
     /// request checks again.
     pub(crate) cert_not_after: i64,
+    /// The client certificate's serial (empty without one).
+    pub(crate) cert_serial: String,
 }
 
 impl Peer {
@@ -122,13 +124,14 @@ pub async fn serve_tls(
                 }
             };
             let peer_certs = tls.get_ref().1.peer_certificates();
+            let leaf = peer_certs
+                .and_then(|c| c.first())
+                .and_then(|c| palisade_contract::certs::summarize(c).ok());
             let peer = Peer {
                 addr,
                 spiffe_id: peer_spiffe_id(peer_certs),
-                cert_not_after: peer_certs
-                    .and_then(|c| c.first())
-                    .and_then(|c| palisade_contract::certs::summarize(c).ok())
-                    .map_or(0, |s| s.not_after),
+                cert_not_after: leaf.as_ref().map_or(0, |s| s.not_after),
+                cert_serial: leaf.map(|s| s.serial).unwrap_or_default(),
             };
             let service =
                 router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {

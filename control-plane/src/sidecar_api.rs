@@ -15,8 +15,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use palisade_contract::config_api::{CONFIG_PATH, ConfigQuery};
 use palisade_contract::identity_api::{
-    CertificateRequest, CertificateResponse, ISSUE_PATH, MAX_REQUEST_BYTES, RENEW_PATH,
-    TRUST_BUNDLE_PATH,
+    CertificateRequest, CertificateResponse, ISSUE_PATH, MAX_REQUEST_BYTES, REATTEST_PATH,
+    RENEW_PATH, ReattestRequest, TRUST_BUNDLE_PATH,
 };
 
 use palisade_contract::decisions::ship::{MAX_BATCH_BYTES, SHIP_PATH};
@@ -40,6 +40,7 @@ pub fn router(
     Router::new()
         .route(ISSUE_PATH, post(issue))
         .route(RENEW_PATH, post(renew))
+        .route(REATTEST_PATH, post(reattest))
         .route(TRUST_BUNDLE_PATH, get(trust_bundle))
         .route(CONFIG_PATH, get(config))
         .layer(Extension(mesh))
@@ -120,6 +121,12 @@ async fn config(
         applied_version: q.applied,
         certificate_expiry: peer.cert_not_after,
         last_seen: crate::ca::unix_now(),
+        // At most a few roots of 16 hex digits each: anything else is not a root list.
+        trusted_roots: crate::store::split_roots(&q.roots)
+            .into_iter()
+            .filter(|r| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+            .take(8)
+            .collect(),
     };
     if let Err(e) = mesh.store().workload_seen(&seen).await {
         tracing::warn!(error = %e, "recording a sidecar's poll failed");
@@ -167,10 +174,30 @@ async fn renew(
     let result = service
         .renew(
             peer.current_identity(),
+            &peer.cert_serial,
             &request.csr,
             &peer.addr.to_string(),
         )
         .await;
+    respond(&service, result)
+}
+
+async fn reattest(
+    State(service): State<Arc<IdentityService>>,
+    Extension(peer): Extension<Peer>,
+    body: Result<Json<ReattestRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            return error_response(
+                rejection.status(),
+                "request body must be JSON: {\"certificateChain\", \"csr\", \"signedAt\", \"signature\"}",
+                vec![rejection.body_text()],
+            );
+        }
+    };
+    let result = service.reattest(&request, &peer.addr.to_string()).await;
     respond(&service, result)
 }
 

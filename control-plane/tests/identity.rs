@@ -1100,3 +1100,189 @@ async fn restart_reuses_the_ca_and_remembers_spent_tokens() {
     );
     assert_eq!(h.issue(Some(&unused), &csr().1).await.0, StatusCode::OK);
 }
+
+/// A re-attestation request for the certificate in `issued` (its key `key`), for `csr`,
+/// signed at `signed_at`; `sign_csr` is what the signature covers (normally `csr`).
+fn reattest_body(
+    issued: &Value,
+    key: &KeyPair,
+    csr: &str,
+    sign_csr: &str,
+    signed_at: i64,
+) -> String {
+    let message = palisade_contract::identity_api::reattest_message(signed_at, sign_csr);
+    let rng = ring::rand::SystemRandom::new();
+    let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &key.serialize_der(),
+        &rng,
+    )
+    .unwrap();
+    let signature = signer.sign(&rng, &message).unwrap();
+    json!({
+        "certificateChain": issued["certificateChain"],
+        "csr": csr,
+        "signedAt": signed_at,
+        "signature": base64::engine::general_purpose::STANDARD.encode(signature),
+    })
+    .to_string()
+}
+
+async fn reattest(h: &Harness, body: String) -> (StatusCode, Value) {
+    h.sidecar_call(
+        palisade_contract::identity_api::REATTEST_PATH,
+        None,
+        None,
+        body,
+    )
+    .await
+}
+
+/// A certificate for shop/orders from `h` (TTL as configured), its key, once it has expired.
+async fn expired_certificate(h: &Harness) -> (Value, KeyPair) {
+    let (key, request) = csr();
+    let (status, issued) = h
+        .issue(Some(&h.join_token("shop", "orders").await), &request)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{issued}");
+    let not_after = issued["notAfter"].as_i64().unwrap();
+    while (now() as i64) <= not_after {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (issued, key)
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_reattested_once_with_its_key_and_never_otherwise() {
+    let h = Harness::start_with(|c| {
+        c.workload_ttl = Duration::from_secs(2);
+        c.reattest_grace = Duration::from_secs(60);
+    })
+    .await;
+    // Still valid: renew instead.
+    let (renewed_key, request) = csr();
+    let (_, renewed_one) = h
+        .issue(Some(&h.join_token("shop", "orders").await), &request)
+        .await;
+    let (new_key, new_csr) = csr();
+    let t = now() as i64;
+    let body = reattest_body(&renewed_one, &renewed_key, &new_csr, &new_csr, t);
+    let (status, answer) = reattest(&h, body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("has not expired"),
+        "{answer}"
+    );
+    // Renewed, and so never to be re-attested (whoever kept a copy of it).
+    let (status, _) = h
+        .renew(Some(identity_from(&renewed_one, &renewed_key)), &csr().1)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (issued, key) = expired_certificate(&h).await;
+    let t = now() as i64;
+    let refusals = [
+        // Renewed before it expired.
+        (
+            reattest_body(&renewed_one, &renewed_key, &new_csr, &new_csr, t),
+            "already renewed or re-attested",
+        ),
+        // A signature over another CSR cannot carry this one.
+        (reattest_body(&issued, &key, &new_csr, &csr().1, t), "does not verify with the certificate's key"),
+        // Another key cannot sign for this certificate.
+        (reattest_body(&issued, &csr().0, &new_csr, &new_csr, t), "does not verify with the certificate's key"),
+        // Signed long ago (or far ahead): a captured request is stale.
+        (reattest_body(&issued, &key, &new_csr, &new_csr, t - 1000), "signedAt is 1000s"),
+        (reattest_body(&issued, &key, &new_csr, &new_csr, t + 1000), "signedAt is -1000s"),
+        (
+            json!({"certificateChain": "not PEM", "csr": new_csr, "signedAt": t, "signature": "AA=="}).to_string(),
+            "certificateChain",
+        ),
+    ];
+    for (body, why) in refusals {
+        let (status, answer) = reattest(&h, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(why),
+            "{why}: {answer}"
+        );
+    }
+    let (status, answer) = reattest(&h, json!({"csr": new_csr}).to_string()).await;
+    assert!(status.is_client_error(), "{status} {answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("certificateChain"),
+        "{answer}"
+    );
+
+    // The real thing: the same identity, for the new key.
+    let (status, renewed) = reattest(&h, reattest_body(&issued, &key, &new_csr, &new_csr, t)).await;
+    assert_eq!(status, StatusCode::OK, "{renewed}");
+    assert_eq!(renewed["spiffeId"], issued["spiffeId"]);
+    identity_from(&renewed, &new_key);
+    // Once only.
+    let (_, another) = csr();
+    let (status, answer) = reattest(&h, reattest_body(&issued, &key, &another, &another, t)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("already renewed or re-attested"),
+        "{answer}"
+    );
+    let metrics = h.metrics().await;
+    let count = |series: &str| sample(&metrics, series);
+    assert_eq!(
+        count("palisade_ca_certificates_issued_total{method=\"reattestation\"}"),
+        1.0
+    );
+    assert_eq!(
+        count("palisade_ca_requests_refused_total{reason=\"reattest_reused\"}"),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn reattestation_ends_with_the_grace_and_can_be_turned_off() {
+    let late = Harness::start_with(|c| {
+        c.workload_ttl = Duration::from_secs(2);
+        c.reattest_grace = Duration::from_secs(1);
+    })
+    .await;
+    let (issued, key) = expired_certificate(&late).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, new_csr) = csr();
+    let body = reattest_body(&issued, &key, &new_csr, &new_csr, now() as i64);
+    let (status, answer) = reattest(&late, body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than the re-attestation grace of 1s"),
+        "{answer}"
+    );
+
+    let off = Harness::start_with(|c| {
+        c.workload_ttl = Duration::from_secs(2);
+        c.reattest_grace = Duration::ZERO;
+    })
+    .await;
+    let (issued, key) = expired_certificate(&off).await;
+    let body = reattest_body(&issued, &key, &new_csr, &new_csr, now() as i64);
+    let (status, answer) = reattest(&off, body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("re-attestation is off"),
+        "{answer}"
+    );
+}

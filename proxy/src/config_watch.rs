@@ -207,6 +207,7 @@ impl ConfigWatch {
                 version: seen,
                 applied: self.applied_version(),
                 instance: self.instance.clone(),
+                roots: self.identity.bundle().load().root_ids().join(","),
             };
             let polled = tokio::select! {
                 p = self.identity.control_plane().config(&query) => p,

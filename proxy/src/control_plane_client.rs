@@ -14,10 +14,11 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use palisade_contract::SpiffeId;
-use palisade_contract::config_api::{self, CONFIG_PATH, ConfigQuery, MeshConfig};
+use palisade_contract::config_api::{self, ConfigQuery, MeshConfig};
 use palisade_contract::decisions::ship::{BATCH_CONTENT_TYPE, SHIP_PATH, ShipAck};
 use palisade_contract::identity_api::{
-    CertificateRequest, CertificateResponse, ErrorBody, ISSUE_PATH, RENEW_PATH,
+    CertificateRequest, CertificateResponse, ErrorBody, ISSUE_PATH, REATTEST_PATH, RENEW_PATH,
+    ReattestRequest,
 };
 use palisade_contract::tls::{
     ExpectedServer, IdentitySlot, SharedBundle, client_config, server_name_for,
@@ -100,6 +101,16 @@ impl ControlPlaneClient {
             .await
     }
 
+    /// A fresh certificate for the identity of an expired one whose key signed `request`.
+    pub async fn reattest(
+        &self,
+        request: &ReattestRequest,
+    ) -> Result<CertificateResponse, ControlPlaneError> {
+        let body =
+            serde_json::to_vec(request).map_err(|e| ControlPlaneError::Http(e.to_string()))?;
+        self.post(&self.anonymous, REATTEST_PATH, None, body).await
+    }
+
     async fn call(
         &self,
         tls: &Arc<ClientConfig>,
@@ -109,6 +120,16 @@ impl ControlPlaneClient {
     ) -> Result<CertificateResponse, ControlPlaneError> {
         let body = serde_json::to_vec(&CertificateRequest { csr })
             .map_err(|e| ControlPlaneError::Http(e.to_string()))?;
+        self.post(tls, path, token, body).await
+    }
+
+    async fn post(
+        &self,
+        tls: &Arc<ClientConfig>,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<CertificateResponse, ControlPlaneError> {
         let (status, bytes) = tokio::time::timeout(
             CALL_TIMEOUT,
             self.send(tls, Method::POST, path, token, Some(body)),
@@ -147,10 +168,7 @@ impl ControlPlaneClient {
         &self,
         query: &ConfigQuery,
     ) -> Result<Option<MeshConfig>, ControlPlaneError> {
-        let path = format!(
-            "{CONFIG_PATH}?version={}&applied={}&instance={}",
-            query.version, query.applied, query.instance
-        );
+        let path = query.path();
         let limit = config_api::LONG_POLL + CALL_TIMEOUT;
         let (status, bytes) = tokio::time::timeout(
             limit,

@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use palisade_contract::certs;
-use palisade_contract::identity_api::{CertificateResponse, control_plane_id};
+use palisade_contract::identity_api::{
+    CertificateResponse, ReattestRequest, control_plane_id, reattest_message,
+};
 use palisade_contract::private_files::{ensure_private_dir, write_atomic};
 use palisade_contract::process::Stopping;
 use palisade_contract::tls::{
@@ -78,6 +80,11 @@ pub enum IdentityError {
     BadCertificate(String),
     #[error("generating a key or CSR failed: {0}")]
     KeyGeneration(String),
+    #[error("re-attestation with the expired certificate was refused ({reattest}); {bootstrap}")]
+    Recovery {
+        reattest: String,
+        bootstrap: Box<IdentityError>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -308,21 +315,71 @@ impl IdentityManager {
                 self.install(result?, key, Some(&current.spiffe_id))
             }
             None => {
-                let path = self
-                    .settings
-                    .token_file
-                    .as_ref()
-                    .ok_or(IdentityError::NoCredentials)?;
-                let token =
-                    std::fs::read_to_string(path).map_err(|source| IdentityError::TokenFile {
-                        path: path.clone(),
-                        source,
-                    })?;
-                let result = self.client.issue(token.trim(), csr).await;
-                self.count("bootstrap", result.is_ok());
-                self.install(result?, key, None)
+                // Expired while the control plane was away: first try to prove we still
+                // hold the key (no token spent), then bootstrap with the token.
+                let reattest = match self.slot.get() {
+                    Some(expired) => match self.reattest(&expired, &csr).await {
+                        Ok(response) => {
+                            return self.install(response, key, Some(&expired.spiffe_id));
+                        }
+                        Err(e) => Some(e.to_string()),
+                    },
+                    None => None,
+                };
+                let bootstrap = self.bootstrap(csr, key).await;
+                match (bootstrap, reattest) {
+                    (Err(bootstrap), Some(reattest)) => Err(IdentityError::Recovery {
+                        reattest,
+                        bootstrap: Box::new(bootstrap),
+                    }),
+                    (result, _) => result,
+                }
             }
         }
+    }
+
+    /// A first certificate for the bootstrap token in `--token-file`.
+    async fn bootstrap(&self, csr: String, key: KeyPair) -> Result<(), IdentityError> {
+        let path = self
+            .settings
+            .token_file
+            .as_ref()
+            .ok_or(IdentityError::NoCredentials)?;
+        let token = std::fs::read_to_string(path).map_err(|source| IdentityError::TokenFile {
+            path: path.clone(),
+            source,
+        })?;
+        let result = self.client.issue(token.trim(), csr).await;
+        self.count("bootstrap", result.is_ok());
+        self.install(result?, key, None)
+    }
+
+    /// Asks for a certificate for `expired`'s identity, proving with its key that we still
+    /// hold it ([`palisade_contract::identity_api::ReattestRequest`]).
+    async fn reattest(
+        &self,
+        expired: &WorkloadIdentity,
+        csr: &str,
+    ) -> Result<CertificateResponse, IdentityError> {
+        use base64::Engine as _;
+        let signed_at = unix_now();
+        let message = reattest_message(signed_at, csr);
+        let signature = expired
+            .certified_key
+            .key
+            .choose_scheme(&[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+            .ok_or_else(|| IdentityError::KeyGeneration("the expired key cannot sign".into()))?
+            .sign(&message)
+            .map_err(|e| IdentityError::KeyGeneration(e.to_string()))?;
+        let request = ReattestRequest {
+            certificate_chain: expired.chain_pem(),
+            csr: csr.to_owned(),
+            signed_at,
+            signature: base64::engine::general_purpose::STANDARD.encode(signature),
+        };
+        let result = self.client.reattest(&request).await;
+        self.count("reattest", result.is_ok());
+        Ok(result?)
     }
 
     fn count(&self, kind: &str, ok: bool) {
@@ -408,17 +465,29 @@ impl IdentityManager {
         else {
             return;
         };
-        let loaded = (|| -> Result<(WorkloadIdentity, TrustBundle), String> {
+        let loaded = (|| -> Result<(WorkloadIdentity, TrustBundle, bool), String> {
             let bundle = TrustBundle::from_pem(self.settings.trust_domain.clone(), &bundle_pem)
                 .map_err(|e| e.to_string())?;
             let identity = WorkloadIdentity::from_pem(&chain, &key).map_err(|e| e.to_string())?;
+            if identity.not_after < unix_now() {
+                // Expired: kept (not used for mTLS) only to re-attest with, if it was good
+                // when it expired.
+                verify_at(&bundle, &identity, identity.not_after).map_err(|e| e.to_string())?;
+                return Ok((identity, bundle, false));
+            }
             verify_against(&bundle, &identity).map_err(|e| e.to_string())?;
-            Ok((identity, bundle))
+            Ok((identity, bundle, true))
         })();
         match loaded {
-            Ok((identity, bundle)) => {
+            Ok((identity, bundle, true)) => {
                 tracing::info!(dir = %dir.display(), "starting from the cached certificate");
                 self.activate(identity, bundle);
+            }
+            Ok((identity, bundle, false)) => {
+                tracing::warn!(dir = %dir.display(), not_after = identity.not_after,
+                    "the cached certificate expired; re-attesting with its key");
+                self.store_bundle(bundle);
+                self.slot.set(identity);
             }
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "ignoring the cached certificate")
@@ -435,6 +504,11 @@ fn what_is_needed(e: &IdentityError, valid: bool) -> Option<String> {
         return None;
     }
     match e {
+        IdentityError::Recovery {
+            reattest,
+            bootstrap,
+        } => what_is_needed(bootstrap, valid)
+            .map(|needed| format!("re-attestation was refused ({reattest}); {needed}")),
         IdentityError::NoCredentials => {
             Some("no --token-file to bootstrap with: give the sidecar a bootstrap token".into())
         }
@@ -456,11 +530,21 @@ fn what_is_needed(e: &IdentityError, valid: bool) -> Option<String> {
 
 /// Whether peers trusting `bundle` would accept `identity` now.
 fn verify_against(bundle: &TrustBundle, identity: &WorkloadIdentity) -> Result<(), rustls::Error> {
+    verify_at(bundle, identity, unix_now())
+}
+
+/// Whether peers trusting `bundle` would have accepted `identity` at `unix_secs`.
+fn verify_at(
+    bundle: &TrustBundle,
+    identity: &WorkloadIdentity,
+    unix_secs: i64,
+) -> Result<(), rustls::Error> {
+    let at = UnixTime::since_unix_epoch(Duration::from_secs(unix_secs.max(0) as u64));
     bundle
         .verify_workload(
             &identity.chain[0],
             &identity.chain[1..],
-            UnixTime::now(),
+            at,
             KeyUsage::client_auth(),
         )
         .map(|_| ())

@@ -13,8 +13,8 @@ use palisade_contract::tls::{
 };
 use palisade_proxy::RunningSidecar;
 use support::{
-    SidecarFiles, admin_get, control_plane, mesh, sidecar_config, sidecar_files, wait_ready,
-    wait_until,
+    SidecarFiles, admin_get, control_plane, mesh, sidecar_config, sidecar_files, start_ready,
+    wait_ready, wait_until,
 };
 
 mod support;
@@ -275,11 +275,13 @@ async fn without_the_control_plane_a_sidecar_serves_until_expiry_then_fails_clos
         ) >= 1.0
     );
 
-    // The control plane comes back (same data, same address): the join token was spent on
-    // the first bootstrap, so the sidecar cannot get back in by itself, and says so.
+    // The control plane comes back (same data, same address) with re-attestation off: the
+    // join token was spent on the first bootstrap, so the sidecar cannot get back in by
+    // itself, and says so.
     let mut config = palisade_control_plane::Config::for_data_dir(dir.path().join("cp"));
     config.workload_ttl = Duration::from_secs(4);
     config.sidecar_listen = cp_addr;
+    config.reattest_grace = Duration::ZERO;
     let cp = palisade_control_plane::start(&config).await.unwrap();
     let mut body = String::new();
     wait_until(
@@ -292,6 +294,7 @@ async fn without_the_control_plane_a_sidecar_serves_until_expiry_then_fails_clos
     )
     .await;
     assert!(body.contains("certificate expired at"), "{body}");
+    assert!(body.contains("re-attestation is off"), "{body}");
     assert!(body.contains("already been used"), "{body}");
     // A new token, and it recovers without a restart.
     let token = cp
@@ -502,5 +505,68 @@ async fn a_root_rotation_reaches_live_sidecars_without_breaking_mtls() {
     );
     orders.shutdown().await;
     payments.shutdown().await;
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_an_outage_longer_than_its_certificate_a_sidecar_reattests_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(3);
+    let (cp, mut sidecars) = mesh(dir.path(), ttl, &["payments"]).await;
+    let sidecar = sidecars.pop().unwrap();
+    let cp_addr = cp.sidecar_addr;
+    let restart_cp = async || {
+        let mut config = palisade_control_plane::Config::for_data_dir(dir.path().join("cp"));
+        config.workload_ttl = ttl;
+        config.sidecar_listen = cp_addr;
+        palisade_control_plane::start(&config).await.unwrap()
+    };
+    let expire = async |s: &RunningSidecar| {
+        let not_after = s.identity.slot().get().unwrap().not_after;
+        wait_until(
+            "the certificate expired",
+            Duration::from_secs(10),
+            async || palisade_contract::unix_now() > not_after,
+        )
+        .await;
+        assert_eq!(admin_get(s, "/ready").await.0, 503);
+    };
+    // A running sidecar: the control plane is away past its certificate's expiry.
+    cp.shutdown().await;
+    let first = serial(&sidecar.identity.slot());
+    expire(&sidecar).await;
+    let cp = restart_cp().await;
+    let back = std::time::Instant::now();
+    wait_ready(&sidecar).await;
+    let running = back.elapsed();
+    assert_ne!(serial(&sidecar.identity.slot()), first);
+
+    // A sidecar restarted while expired: it re-attests with the certificate in its cache.
+    let files = SidecarFiles {
+        token: dir.path().join("payments.token"),
+        cache: dir.path().join("payments-identity"),
+        audit: dir.path().join("payments-audit.jsonl"),
+    };
+    sidecar.shutdown().await;
+    cp.shutdown().await;
+    tokio::time::sleep(ttl + Duration::from_secs(1)).await;
+    let cp = restart_cp().await;
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    let started = std::time::Instant::now();
+    let restarted = start_ready(&cp, bundle, &files, &[]).await;
+    let from_cache = started.elapsed();
+    eprintln!(
+        "recovered {running:?} after the control plane came back (running), {from_cache:?} (restarted from its cache)"
+    );
+    let (_, metrics) = admin_get(&restarted, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "palisade_identity_certificate_requests_total{kind=\"reattest\",result=\"success\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    restarted.shutdown().await;
     cp.shutdown().await;
 }

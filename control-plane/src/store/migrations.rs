@@ -162,6 +162,23 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             jws TEXT NOT NULL
          )",
     ),
+    (
+        7,
+        "the roots each sidecar trusts",
+        // contract::tls::root_id of each, comma-separated; empty for a sidecar that has
+        // not said.
+        "ALTER TABLE workloads ADD COLUMN trusted_roots TEXT NOT NULL DEFAULT ''",
+    ),
+    (
+        8,
+        "expired certificates re-attested (each at most once)",
+        "CREATE TABLE reattested_certificates (
+            serial TEXT PRIMARY KEY,
+            spiffe_id TEXT NOT NULL,
+            reattested_at BIGINT NOT NULL,
+            new_serial TEXT NOT NULL
+         )",
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

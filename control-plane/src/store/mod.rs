@@ -61,7 +61,7 @@ pub use decisions::{
 };
 pub use resources::{Actor, Change, ChangeError, Expect, Outcome, Resource};
 pub use tokens::{AdminTokenRecord, Consumed, JoinTokenRecord};
-pub use workloads::Workload;
+pub use workloads::{Workload, split_roots};
 
 #[derive(Debug, Clone)]
 pub struct Store {

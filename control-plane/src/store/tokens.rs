@@ -33,13 +33,24 @@ pub struct AdminTokenRecord {
     pub revoked_by: Option<String>,
 }
 
-/// What consuming a join token found.
+/// What consuming a join token (or a certificate, for re-attestation) found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consumed {
     /// First use: the token is now spent.
     Fresh,
     /// Already used, never recorded, recorded for another identity, or past its expiry.
     Refused,
+}
+
+impl Consumed {
+    /// `Fresh` when the spending statement changed exactly one row.
+    fn from_rows(rows: u64) -> Self {
+        if rows == 1 {
+            Consumed::Fresh
+        } else {
+            Consumed::Refused
+        }
+    }
 }
 
 impl Store {
@@ -82,11 +93,31 @@ impl Store {
             .execute(pool)
             .await
             .map(|r| r.rows_affected()))?;
-        Ok(if rows == 1 {
-            Consumed::Fresh
-        } else {
-            Consumed::Refused
-        })
+        Ok(Consumed::from_rows(rows))
+    }
+
+    /// Spends a certificate (by its serial) on one re-attestation, or on a renewal (after
+    /// which it may not be re-attested): `Fresh` the first time, `Refused` ever after.
+    pub async fn consume_expired_certificate(
+        &self,
+        serial: &str,
+        spiffe_id: &str,
+        now: i64,
+        new_serial: &str,
+    ) -> Result<Consumed, StoreError> {
+        let _turn = self.write_turn().await;
+        const SQL: &str = "INSERT INTO reattested_certificates
+                             (serial, spiffe_id, reattested_at, new_serial)
+                           VALUES ($1, $2, $3, $4) ON CONFLICT (serial) DO NOTHING";
+        let rows = on_pool!(self, pool => sqlx::query(SQL)
+            .bind(serial)
+            .bind(spiffe_id)
+            .bind(now)
+            .bind(new_serial)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(Consumed::from_rows(rows))
     }
 
     pub async fn record_admin_token(&self, r: &AdminTokenRecord) -> Result<(), StoreError> {
@@ -341,6 +372,35 @@ mod tests {
     #[tokio::test]
     async fn postgres_admin_tokens_are_active_until_revoked_or_expired() {
         admin_tokens_are_active_until_revoked_or_expired(postgres_store().await).await;
+    }
+
+    async fn an_expired_certificate_is_reattested_once(store: Store) {
+        let id = "spiffe://td/ns/a/sa/b";
+        let first = store
+            .consume_expired_certificate("0a:0b", id, 10, "01")
+            .await;
+        assert_eq!(first.unwrap(), Consumed::Fresh);
+        for _ in 0..2 {
+            let again = store
+                .consume_expired_certificate("0a:0b", id, 11, "02")
+                .await;
+            assert_eq!(again.unwrap(), Consumed::Refused);
+        }
+        let other = store
+            .consume_expired_certificate("0a:0c", id, 12, "03")
+            .await;
+        assert_eq!(other.unwrap(), Consumed::Fresh);
+    }
+
+    #[tokio::test]
+    async fn sqlite_an_expired_certificate_is_reattested_once() {
+        let dir = tempfile::tempdir().unwrap();
+        an_expired_certificate_is_reattested_once(sqlite_store(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_an_expired_certificate_is_reattested_once() {
+        an_expired_certificate_is_reattested_once(postgres_store().await).await;
     }
 
     #[tokio::test]

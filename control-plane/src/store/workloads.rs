@@ -14,6 +14,8 @@ pub struct Workload {
     pub applied_version: i64,
     pub certificate_expiry: i64,
     pub last_seen: i64,
+    /// The roots it said it trusts ([`palisade_contract::tls::root_id`]).
+    pub trusted_roots: Vec<String>,
 }
 
 impl Store {
@@ -21,18 +23,22 @@ impl Store {
     pub async fn workload_seen(&self, w: &Workload) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         const SQL: &str = "INSERT INTO workloads
-                             (spiffe_id, instance, applied_version, certificate_expiry, last_seen)
-                           VALUES ($1, $2, $3, $4, $5)
+                             (spiffe_id, instance, applied_version, certificate_expiry, last_seen,
+                              trusted_roots)
+                           VALUES ($1, $2, $3, $4, $5, $6)
                            ON CONFLICT (spiffe_id, instance) DO UPDATE SET
                              applied_version = excluded.applied_version,
                              certificate_expiry = excluded.certificate_expiry,
-                             last_seen = excluded.last_seen";
+                             last_seen = excluded.last_seen,
+                             trusted_roots = excluded.trusted_roots";
+        let roots = w.trusted_roots.join(",");
         on_pool!(self, pool => sqlx::query(SQL)
             .bind(&w.spiffe_id)
             .bind(&w.instance)
             .bind(w.applied_version)
             .bind(w.certificate_expiry)
             .bind(w.last_seen)
+            .bind(&roots)
             .execute(pool)
             .await
             .map(|_| ()))?;
@@ -42,8 +48,8 @@ impl Store {
     /// Sidecars seen since `since` (unix seconds), by SPIFFE ID.
     pub async fn workloads(&self, since: i64) -> Result<Vec<Workload>, StoreError> {
         const SQL: &str =
-            "SELECT spiffe_id, instance, applied_version, certificate_expiry, last_seen
-                           FROM workloads WHERE last_seen >= $1 ORDER BY spiffe_id, instance";
+            "SELECT spiffe_id, instance, applied_version, certificate_expiry, last_seen,
+                    trusted_roots FROM workloads WHERE last_seen >= $1 ORDER BY spiffe_id, instance";
         on_pool!(self, pool => sqlx::query(SQL)
             .bind(since)
             .fetch_all(pool)
@@ -56,10 +62,19 @@ impl Store {
                     applied_version: r.try_get(2)?,
                     certificate_expiry: r.try_get(3)?,
                     last_seen: r.try_get(4)?,
+                    trusted_roots: split_roots(&r.try_get::<String, _>(5)?),
                 })
             })
             .collect())
     }
+}
+
+/// The root names of a comma-separated list (empty: none).
+pub fn split_roots(list: &str) -> Vec<String> {
+    list.split(',')
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]
@@ -71,6 +86,7 @@ mod tests {
         let mut w = Workload {
             spiffe_id: "spiffe://td/ns/shop/sa/a".into(),
             instance: "i1".into(),
+            trusted_roots: vec!["00112233aabbccdd".into(), "ffeeddccbbaa9988".into()],
             applied_version: 1,
             certificate_expiry: 500,
             last_seen: 10,
@@ -78,6 +94,7 @@ mod tests {
         store.workload_seen(&w).await.unwrap();
         w.applied_version = 2;
         w.last_seen = 20;
+        w.trusted_roots.truncate(1);
         store.workload_seen(&w).await.unwrap();
         assert_eq!(store.workloads(0).await.unwrap(), vec![w.clone()]);
         assert!(store.workloads(21).await.unwrap().is_empty());
