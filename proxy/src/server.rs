@@ -183,9 +183,10 @@ enum Stop {
 }
 
 /// The requests in flight on one connection, when the last one ended, and the requests its
-/// client cancelled lately.
+/// client cancelled lately. The outbound pool keeps one per pooled connection too, to close
+/// it once idle.
 #[derive(Debug)]
-struct Activity {
+pub(crate) struct Activity {
     in_flight: AtomicUsize,
     begun: AtomicUsize,
     last_ended: Mutex<Instant>,
@@ -196,7 +197,7 @@ struct Activity {
 }
 
 /// A request in flight; ends when dropped, and counts as cancelled unless it finished.
-struct Busy {
+pub(crate) struct Busy {
     activity: Arc<Activity>,
     finished: bool,
 }
@@ -219,7 +220,7 @@ impl Drop for Busy {
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
             begun: AtomicUsize::new(0),
@@ -236,6 +237,13 @@ impl Activity {
             activity: self.clone(),
             finished: false,
         }
+    }
+
+    /// A request in flight that is never counted as cancelled (we are its client).
+    pub(crate) fn begin_ours(self: &Arc<Self>) -> Busy {
+        let mut busy = self.begin();
+        busy.finished = true;
+        busy
     }
 
     /// Resolves at `deadline` if no request has begun by then; never otherwise.
@@ -260,7 +268,7 @@ impl Activity {
     }
 
     /// Resolves once no request has been in flight for `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
+    pub(crate) async fn idle_for(&self, timeout: Duration) {
         loop {
             let last = *self.last_ended.lock().expect("not poisoned");
             if self.in_flight.load(Ordering::Acquire) == 0 && last.elapsed() >= timeout {

@@ -363,6 +363,17 @@ async fn a_root_rotation_under_load_fails_nothing_and_ends_old_root_connections(
         "the new root took {pushed:?}"
     );
 
+    // The control plane lists both roots; no sidecar trusts one it dropped.
+    let token = m.cp.admin_token().unwrap();
+    let (_, body) = support::http_get(m.cp.admin_addr, "/v1/ca", Some(&token)).await;
+    let ca: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ca["roots"].as_array().unwrap().len(), 2, "{ca:#}");
+    assert_eq!(
+        ca["sidecars"]["trustingDroppedRoots"],
+        serde_json::json!([]),
+        "{ca:#}"
+    );
+
     m.cp.ca.rotation_activate().unwrap();
     let on_new_root = on_new_root(&m.cp, &old_root);
     time_until(
@@ -382,6 +393,34 @@ async fn a_root_rotation_under_load_fails_nothing_and_ends_old_root_connections(
         dropped < Duration::from_secs(3),
         "the old root stayed for {dropped:?}"
     );
+    // The control plane hears it back: both sidecars acknowledge the bundle they hold.
+    let token = m.cp.admin_token().unwrap();
+    let mut ca = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, body) = support::http_get(m.cp.admin_addr, "/v1/ca", Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        ca = serde_json::from_str(&body).unwrap();
+        let sidecars = &ca["sidecars"];
+        if sidecars["seen"] == 2
+            && sidecars["trustingDroppedRoots"] == serde_json::json!([])
+            && sidecars["missingRoots"] == serde_json::json!([])
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ca["sidecars"]["seen"], 2, "{ca:#}");
+    assert_eq!(
+        ca["sidecars"]["trustingDroppedRoots"],
+        serde_json::json!([]),
+        "{ca:#}"
+    );
+    assert_eq!(
+        ca["sidecars"]["missingRoots"],
+        serde_json::json!([]),
+        "{ca:#}"
+    );
+    assert_eq!(ca["roots"].as_array().unwrap().len(), 1, "{ca:#}");
     let cutoff = finished + dropped + DRAIN + Duration::from_millis(300);
     tokio::time::sleep_until((cutoff + Duration::from_secs(2)).into()).await;
 
@@ -553,6 +592,71 @@ async fn a_refused_request_is_sent_once_more_on_a_fresh_connection_unless_it_has
         StatusCode::BAD_GATEWAY
     );
     assert_eq!(body_count.load(Ordering::SeqCst), 1);
+    orders.shutdown().await;
+    payments.shutdown().await;
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_pool_closes_its_idle_connections_before_the_peer_would() {
+    // orders' --idle-timeout is 1 s: its pool closes a connection idle for 0.9 s, before a
+    // peer with the same setting would (payments keeps the default 5 minutes here, so any
+    // close seen is orders' own).
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let payments = payments_with_hello(&cp, dir.path(), &[]).await;
+    let orders = orders_with_registry(
+        &cp,
+        dir.path(),
+        &[("payments", payments.inbound_addr)],
+        &["--idle-timeout", "1s", "--cores", "1"],
+    )
+    .await;
+    let open = async |s: &RunningSidecar, direction: &str| {
+        let (_, metrics) = support::admin_get(s, "/metrics").await;
+        let series = format!("palisade_proxy_open_connections{{direction=\"{direction}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let call = async || {
+        let tcp = TcpStream::connect(orders.outbound_addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(get("/", Some("payments")))
+            .await
+            .unwrap();
+        let status = resp.status();
+        resp.into_body().collect().await.unwrap();
+        status
+    };
+    assert_eq!(call().await, StatusCode::OK);
+    assert_eq!(open(&orders, "outbound").await, 1.0);
+    // Used within the idle time, it stays.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(call().await, StatusCode::OK);
+        assert_eq!(open(&orders, "outbound").await, 1.0);
+    }
+    let idle = Instant::now();
+    support::wait_until(
+        "orders closed its idle connection",
+        Duration::from_secs(5),
+        async || open(&payments, "inbound").await == 0.0,
+    )
+    .await;
+    let closed_after = idle.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(800),
+        "{closed_after:?}"
+    );
+    assert_eq!(open(&orders, "outbound").await, 0.0);
+    // And the next call opens a new one.
+    assert_eq!(call().await, StatusCode::OK);
     orders.shutdown().await;
     payments.shutdown().await;
     cp.shutdown().await;

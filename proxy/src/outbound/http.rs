@@ -174,7 +174,7 @@ impl Outbound {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.version = Version::HTTP_11;
-        Ok((Response::from_parts(parts, body.boxed()), Route::Mesh))
+        Ok((Response::from_parts(parts, body), Route::Mesh))
     }
 
     /// Plain HTTP to `destination`, outside the mesh, with the request's own `Host`.

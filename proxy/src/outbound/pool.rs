@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_contract::registry::ServiceEntry;
@@ -21,6 +21,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::forwarding::ProxyBody;
+use crate::server::Activity;
 use crate::trust::{ConnectionTrust, Retirement, Side};
 
 use super::{ForwardError, Outbound};
@@ -132,15 +133,26 @@ impl Outbound {
             })?;
         let open = self.metrics.open_connection("outbound");
         let retirement = Retirement::new(&trust);
+        let activity = Arc::new(Activity::new());
         let pooled = Pooled {
             sender,
             retirement: retirement.clone(),
+            activity: activity.clone(),
         };
+        // Nine tenths of --idle-timeout: with the same setting mesh-wide, this end closes an
+        // idle connection first, so the peer never closes one a request is on its way into.
+        let idle_timeout = self.limits.idle_timeout.mul_f64(0.9);
         tokio::spawn(async move {
             let _open = open;
             tokio::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
+                // Closed by us before the peer's idle timeout (the same flag, mesh-wide)
+                // closes it under a request on its way.
+                () = activity.idle_for(idle_timeout) => {
+                    retirement.retire();
+                    return;
+                }
                 lost = trust.lost() => {
                     // No new requests (the pool no longer hands it out); what is in flight
                     // gets the drain bound, then the socket is closed.
@@ -181,16 +193,26 @@ impl Outbound {
         entry: &ServiceEntry,
         redirected: Option<SocketAddr>,
         request: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<ProxyBody>, ForwardError> {
         let replay = Replay::of(&request);
         let mut request = request;
         let mut retried = false;
         loop {
             let mut pooled = self.connection(entry, redirected).await?;
+            let busy = pooled.activity.begin_ours();
             let (error, unsent) = match pooled.sender.ready().await {
                 Err(e) => (e, Some(request)),
                 Ok(()) => match pooled.sender.try_send_request(request).await {
-                    Ok(response) => return Ok(response),
+                    Ok(response) => {
+                        // In flight until its body has been read or dropped.
+                        return Ok(response.map(|body| {
+                            body.map_frame(move |frame| {
+                                let _ = &busy;
+                                frame
+                            })
+                            .boxed()
+                        }));
+                    }
                     Err(mut e) => {
                         let unsent = e.take_message();
                         (e.into_error(), unsent)
@@ -294,6 +316,8 @@ impl Replay {
 pub(crate) struct Pooled {
     pub sender: SendRequest<ProxyBody>,
     pub retirement: Arc<Retirement>,
+    /// The requests in flight on it (until their response bodies end), for the idle close.
+    pub activity: Arc<Activity>,
 }
 
 impl Pooled {
