@@ -70,6 +70,8 @@ async fn lenient_h2_server(sidecar: &RunningSidecar) -> SocketAddr {
 struct Record {
     successes: Vec<Instant>,
     attempts: usize,
+    /// When each attempt ended.
+    tried: Vec<Instant>,
 }
 
 type Shared = Arc<Mutex<Record>>;
@@ -77,6 +79,7 @@ type Shared = Arc<Mutex<Record>>;
 fn note(record: &Shared, ok: bool) {
     let mut r = record.lock().unwrap();
     r.attempts += 1;
+    r.tried.push(Instant::now());
     if ok {
         r.successes.push(Instant::now());
     }
@@ -302,6 +305,10 @@ async fn once_certificates_expire_no_connection_carries_a_request_after_the_drai
         let r = record.lock().unwrap();
         let before = r.successes.iter().filter(|t| **t < cutoff).count();
         let after = r.successes.iter().filter(|t| **t >= cutoff).count();
+        let tried_after = r.tried.iter().filter(|t| **t >= cutoff).count();
+        eprintln!(
+            "{what}: {before} succeeded before expiry plus drain, {after} of {tried_after} attempts after"
+        );
         assert!(before > 0, "{what}: no request succeeded before the expiry");
         assert_eq!(
             after, 0,
