@@ -534,6 +534,7 @@ fn print_ca_status(status: &serde_json::Value, output: Output) {
     println!("mode:           {}", s(&status["mode"]));
     println!("rotation phase: {}", s(&status["rotationPhase"]));
     println!("workload TTL:   {}s", status["workloadTtlSeconds"]);
+    println!("signing key:    {}", s(&status["keyProtection"]));
     println!();
     println!(
         "{:<8} {:<17} {:<34} {:<22} SUBJECT",

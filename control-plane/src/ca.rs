@@ -34,6 +34,8 @@ use rcgen::{
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
+
+use crate::keys::{KeyStorage, key_file_contents, read_key};
 use time::OffsetDateTime;
 
 /// How far a leaf's `notBefore` is set in the past, for clocks that run slightly behind.
@@ -58,6 +60,8 @@ pub enum CaError {
     Signing(String),
     #[error("{0}")]
     Rotation(String),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
 }
 
 /// Why a CSR was refused.
@@ -106,6 +110,8 @@ pub struct CaConfig {
     pub data_dir: PathBuf,
     pub plugged_in: Option<PluggedInCa>,
     pub workload_ttl: Duration,
+    /// How the signing key is kept at rest (`crate::keys`).
+    pub key_storage: KeyStorage,
 }
 
 /// The key and certificate that sign leaves, and what is sent along with every leaf.
@@ -166,6 +172,8 @@ pub struct CaStatus {
     pub rotation_phase: Option<RotationPhase>,
     pub workload_ttl_seconds: u64,
     pub roots: Vec<RootInfo>,
+    /// How the signing key is kept at rest (`--ca-key-source`).
+    pub key_protection: &'static str,
 }
 
 enum Mode {
@@ -180,6 +188,7 @@ pub struct CertificateAuthority {
     signer: ArcSwap<Signer>,
     bundle: SharedBundle,
     workload_ttl: Duration,
+    key_storage: KeyStorage,
     /// Serializes rotation steps, which read and write several files.
     rotation: std::sync::Mutex<()>,
     /// Bumped when another root starts signing, so certificates the control plane holds for
@@ -215,7 +224,8 @@ impl CertificateAuthority {
         ensure_private_dir(&config.data_dir)?;
         let (mode, signer, bundle) = match &config.plugged_in {
             Some(plugged) => {
-                let (signer, bundle) = load_plugged_in(&config.trust_domain, plugged)?;
+                let (signer, bundle) =
+                    load_plugged_in(&config.trust_domain, plugged, &config.key_storage)?;
                 (Mode::PluggedIn, signer, bundle)
             }
             None => {
@@ -223,7 +233,7 @@ impl CertificateAuthority {
                 ensure_private_dir(&dir)?;
                 if !dir.join(ACTIVE_CERT).exists() {
                     let (cert, key) = new_root(&config.trust_domain)?;
-                    write_file(&dir.join(ACTIVE_KEY), key.serialize_pem().as_bytes(), true)?;
+                    write_key(&dir.join(ACTIVE_KEY), &key, &config.key_storage)?;
                     write_file(
                         &dir.join(ACTIVE_CERT),
                         certs::certs_to_pem([&cert]).as_bytes(),
@@ -231,8 +241,12 @@ impl CertificateAuthority {
                     )?;
                     tracing::info!(dir = %dir.display(), "created a new root CA");
                 }
-                let signer =
-                    load_signer(&dir.join(ACTIVE_CERT), &dir.join(ACTIVE_KEY), Vec::new())?;
+                let signer = load_signer(
+                    &dir.join(ACTIVE_CERT),
+                    &dir.join(ACTIVE_KEY),
+                    Vec::new(),
+                    &config.key_storage,
+                )?;
                 let bundle = managed_bundle(&config.trust_domain, &dir)?;
                 (Mode::Managed { dir }, signer, bundle)
             }
@@ -244,6 +258,7 @@ impl CertificateAuthority {
             signer: ArcSwap::from_pointee(signer),
             bundle: shared_bundle(bundle),
             workload_ttl: config.workload_ttl,
+            key_storage: config.key_storage.clone(),
             rotation: std::sync::Mutex::new(()),
             signer_generation: tokio::sync::watch::Sender::new(0),
             bundle_generation: tokio::sync::watch::Sender::new(0),
@@ -412,6 +427,7 @@ impl CertificateAuthority {
             },
             workload_ttl_seconds: self.workload_ttl.as_secs(),
             roots,
+            key_protection: self.key_storage.source.protection(),
         }
     }
 
@@ -448,7 +464,7 @@ impl CertificateAuthority {
             }
         }
         let (cert, key) = new_root(&self.trust_domain)?;
-        write_file(&dir.join(NEXT_KEY), key.serialize_pem().as_bytes(), true)?;
+        write_key(&dir.join(NEXT_KEY), &key, &self.key_storage)?;
         write_file(
             &dir.join(NEXT_CERT),
             certs::certs_to_pem([&cert]).as_bytes(),
@@ -471,7 +487,12 @@ impl CertificateAuthority {
                 "no next root is prepared; run prepare first".into(),
             ));
         }
-        let next = load_signer(&dir.join(NEXT_CERT), &dir.join(NEXT_KEY), Vec::new())?;
+        let next = load_signer(
+            &dir.join(NEXT_CERT),
+            &dir.join(NEXT_KEY),
+            Vec::new(),
+            &self.key_storage,
+        )?;
         rename(&dir.join(ACTIVE_CERT), &dir.join(PREVIOUS_CERT))?;
         rename(&dir.join(NEXT_CERT), &dir.join(ACTIVE_CERT))?;
         rename(&dir.join(NEXT_KEY), &dir.join(ACTIVE_KEY))?;
@@ -558,6 +579,7 @@ fn managed_bundle(td: &TrustDomain, dir: &Path) -> Result<TrustBundle, CaError> 
 fn load_plugged_in(
     td: &TrustDomain,
     plugged: &PluggedInCa,
+    storage: &KeyStorage,
 ) -> Result<(Signer, TrustBundle), CaError> {
     let roots = read_certs(&plugged.roots)?;
     let bundle =
@@ -587,14 +609,25 @@ fn load_plugged_in(
             }
             tail
         });
-    let signer = load_signer(&plugged.cert, &plugged.key, tail)?;
+    let signer = load_signer(&plugged.cert, &plugged.key, tail, storage)?;
     Ok((signer, bundle))
+}
+
+/// Purpose bound into the CA key's envelope.
+pub const CA_KEY_PURPOSE: &str = "ca";
+
+/// Writes a new CA key as `storage` keeps it (mode 0600).
+fn write_key(path: &Path, key: &KeyPair, storage: &KeyStorage) -> Result<(), CaError> {
+    let pem = zeroize::Zeroizing::new(key.serialize_pem());
+    let contents = key_file_contents(&pem, CA_KEY_PURPOSE, storage).map_err(CaError::from)?;
+    write_file(path, contents.as_bytes(), true)
 }
 
 fn load_signer(
     cert_path: &Path,
     key_path: &Path,
     chain_tail: Vec<CertificateDer<'static>>,
+    storage: &KeyStorage,
 ) -> Result<Signer, CaError> {
     let cert = read_certs(cert_path)?
         .into_iter()
@@ -621,12 +654,10 @@ fn load_signer(
         });
     }
     warn_if_readable_by_others(key_path);
-    let key_pem = read(key_path)?;
-    let key = KeyPair::from_pem(&String::from_utf8_lossy(&key_pem)).map_err(|e| {
-        CaError::BadMaterial {
-            path: key_path.to_path_buf(),
-            reason: format!("not a PKCS#8 PEM private key: {e}"),
-        }
+    let key_pem = read_key(key_path, CA_KEY_PURPOSE, storage)?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::BadMaterial {
+        path: key_path.to_path_buf(),
+        reason: format!("not a PKCS#8 PEM private key: {e}"),
     })?;
     let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| CaError::BadMaterial {
         path: cert_path.to_path_buf(),

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -10,10 +11,17 @@ use palisade_contract::TrustDomain;
 use palisade_contract::telemetry::LogFormat;
 
 use crate::ca::{CaConfig, PluggedInCa};
+use crate::keys::{Kek, KeyError, KeySource, KeyStorage};
 
 /// Palisade control plane: the mesh's certificate authority and administration API.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "palisade-control-plane", version, about, long_about = None)]
+#[command(
+    name = "palisade-control-plane",
+    version,
+    about,
+    long_about = None,
+    after_help = "Offline changes to how the CA and token keys are kept (file, envelope): palisade-control-plane keys --help"
+)]
 pub struct Config {
     /// Directory for the CA, token key, database and initial admin token (created 0700).
     #[arg(long, env = "PALISADE_DATA_DIR", default_value = "palisade-data")]
@@ -86,6 +94,41 @@ pub struct Config {
     /// Plugged-in CA: the signing certificate's private key (PKCS#8 PEM, mode 0600).
     #[arg(long, env = "PALISADE_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
+
+    /// How the CA signing key is kept at rest: file (plain PKCS#8, readable by whoever
+    /// reads the data directory) or envelope (encrypted; needs the key-encryption key).
+    #[arg(
+        long,
+        env = "PALISADE_CA_KEY_SOURCE",
+        value_enum,
+        default_value = "file"
+    )]
+    pub ca_key_source: KeySource,
+
+    /// How the token-signing key (join and admin tokens) is kept at rest: file or envelope.
+    #[arg(
+        long,
+        env = "PALISADE_TOKEN_KEY_SOURCE",
+        value_enum,
+        default_value = "file"
+    )]
+    pub token_key_source: KeySource,
+
+    /// The key-encryption key for envelope key sources: a file (outside the data
+    /// directory) holding 32 random bytes, base64-encoded (`head -c 32 /dev/urandom |
+    /// base64`). Or give it in PALISADE_KEY_ENCRYPTION_KEY.
+    #[arg(long, env = "PALISADE_KEY_ENCRYPTION_KEY_FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
+
+    /// The key-encryption key itself, base64 (prefer the file: an environment is easier to
+    /// leak).
+    #[arg(
+        long = "key-encryption-key",
+        env = "PALISADE_KEY_ENCRYPTION_KEY",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub key_encryption_key: Option<String>,
 
     /// Plugged-in CA: the root certificate(s) sidecars trust (PEM; several during a rotation).
     #[arg(long, env = "PALISADE_CA_ROOTS", requires = "ca_cert")]
@@ -309,6 +352,10 @@ impl Config {
             config_file: Vec::new(),
             ca_cert: None,
             ca_key: None,
+            ca_key_source: KeySource::File,
+            token_key_source: KeySource::File,
+            key_encryption_key_file: None,
+            key_encryption_key: None,
             ca_roots: None,
             ca_chain: None,
             k8s_issuer: None,
@@ -377,6 +424,24 @@ impl Config {
             problems.push(format!(
                 "--workload-ttl {} is out of range (1s to 24h)",
                 humantime::format_duration(self.workload_ttl)
+            ));
+        }
+        let envelope = [self.ca_key_source, self.token_key_source].contains(&KeySource::Envelope);
+        if envelope && self.key_encryption_key_file.is_none() && self.key_encryption_key.is_none() {
+            problems.push(
+                "an envelope key source needs the key-encryption key: --key-encryption-key-file \
+                 or PALISADE_KEY_ENCRYPTION_KEY"
+                    .into(),
+            );
+        }
+        if let Some(kek) = &self.key_encryption_key_file
+            && let (Ok(kek), Ok(data)) = (kek.canonicalize(), self.data_dir.canonicalize())
+            && kek.starts_with(&data)
+        {
+            problems.push(format!(
+                "--key-encryption-key-file {} is inside the data directory: a copy of the \
+                 directory would carry the key that opens its keys; keep it elsewhere",
+                kek.display()
             ));
         }
         if self.reattest_grace > Duration::from_secs(7 * 24 * 3600) {
@@ -476,8 +541,28 @@ impl Config {
         }
     }
 
-    pub fn ca_config(&self) -> CaConfig {
-        CaConfig {
+    /// How a key of `source` is kept: with the key-encryption key read now for an envelope.
+    pub fn key_storage(&self, source: KeySource) -> Result<KeyStorage, KeyError> {
+        let kek = match source {
+            KeySource::File => None,
+            KeySource::Envelope => Some(Arc::new(
+                match (&self.key_encryption_key_file, &self.key_encryption_key) {
+                    (Some(path), _) => Kek::from_file(path)?,
+                    (None, Some(text)) => Kek::from_base64(text, "PALISADE_KEY_ENCRYPTION_KEY")?,
+                    (None, None) => {
+                        return Err(KeyError::BadKek {
+                            origin: "--key-encryption-key-file".into(),
+                            reason: "an envelope key source needs one, and none was given".into(),
+                        });
+                    }
+                },
+            )),
+        };
+        Ok(KeyStorage { source, kek })
+    }
+
+    pub fn ca_config(&self) -> Result<CaConfig, KeyError> {
+        Ok(CaConfig {
             trust_domain: self.trust_domain.clone(),
             data_dir: self.data_dir.clone(),
             plugged_in: match (&self.ca_cert, &self.ca_key, &self.ca_roots) {
@@ -490,7 +575,8 @@ impl Config {
                 _ => None,
             },
             workload_ttl: self.workload_ttl,
-        }
+            key_storage: self.key_storage(self.ca_key_source)?,
+        })
     }
 }
 

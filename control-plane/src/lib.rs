@@ -26,6 +26,8 @@ pub mod config;
 pub mod issuance;
 pub mod join_tokens;
 pub mod k8s_discovery;
+pub mod keys;
+pub mod keys_cli;
 pub mod kubernetes;
 pub mod mesh_config;
 pub mod metrics;

@@ -93,11 +93,45 @@ impl RunningControlPlane {
     }
 }
 
+/// Writes the offline key changes (`palisade-control-plane keys migrate|rewrap`) into the
+/// admin audit trail, then forgets them.
+async fn record_key_changes(store: &Store, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let (path, changes) = crate::keys::pending_changes(data_dir);
+    for change in &changes {
+        let actor = crate::store::Actor {
+            principal: "palisade-control-plane keys",
+            request_id: "offline",
+            now: crate::ca::unix_now(),
+        };
+        let name = change
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let detail = serde_json::to_value(change).unwrap_or_default();
+        store
+            .record_admin_event(
+                &actor,
+                "key-migrate",
+                "PrivateKey",
+                palisade_contract::identity_api::CONTROL_PLANE_NAMESPACE,
+                &name,
+                &detail,
+            )
+            .await
+            .context("recording the offline key changes in the audit trail")?;
+    }
+    if !changes.is_empty() {
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Loads state and starts serving on the configured addresses.
 pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let td = config.trust_domain.clone();
     let kube = kube_api(config)?;
-    let mut ca_config = config.ca_config();
+    let mut ca_config = config.ca_config()?;
     if let (Some(api), Some(secret)) = (&kube, &config.k8s_ca_secret) {
         ca_config.plugged_in = Some(
             crate::kubernetes::ca_secret(api, &config.k8s_namespace, secret, &td, &config.data_dir)
@@ -106,12 +140,17 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         );
     }
     let ca = Arc::new(CertificateAuthority::load_or_create(&ca_config)?);
-    let token_key = Arc::new(TokenKey::load_or_create(&config.data_dir, &td)?);
+    let token_key = Arc::new(TokenKey::load_or_create(
+        &config.data_dir,
+        &td,
+        &config.key_storage(config.token_key_source)?,
+    )?);
     let store = match &config.database_url {
         Some(url) => Store::open_url(url).await,
         None => Store::sqlite(&config.data_dir.join("palisade.db")).await,
     }
     .context("opening the database")?;
+    record_key_changes(&store, &config.data_dir).await?;
     let (kubernetes, discovery) = kubernetes_verifier(config).await?;
     let kubernetes = kubernetes.map(|k| Arc::new(ArcSwap::from_pointee(k)));
 

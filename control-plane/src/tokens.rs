@@ -9,6 +9,7 @@
 //! structs below are typed, so a claim of the wrong JSON type fails to parse rather than
 //! being skipped.
 
+use crate::keys::{KeyStorage, key_file_contents, read_key};
 use std::path::Path;
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub const JOIN_AUDIENCE: &str = "palisade-join";
 pub const ADMIN_AUDIENCE: &str = "palisade-admin";
 
 pub const TOKEN_KEY_FILE: &str = "token-signing-key.pem";
+/// Purpose bound into the token key's envelope.
+pub const TOKEN_KEY_PURPOSE: &str = "token";
 
 /// The control plane's own token key.
 pub struct TokenKey {
@@ -72,18 +75,21 @@ pub struct AdminClaims {
 }
 
 impl TokenKey {
-    /// Loads the key from the data dir, creating it on first start.
-    pub fn load_or_create(data_dir: &Path, td: &TrustDomain) -> Result<Self, CaError> {
+    /// Loads the key from the data dir (kept as `storage` says), creating it on first start.
+    pub fn load_or_create(
+        data_dir: &Path,
+        td: &TrustDomain,
+        storage: &KeyStorage,
+    ) -> Result<Self, CaError> {
         let path = data_dir.join(TOKEN_KEY_FILE);
         if !path.exists() {
             let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
                 .map_err(|e| CaError::Signing(e.to_string()))?;
-            write_file(&path, key.serialize_pem().as_bytes(), true)?;
+            let pem = zeroize::Zeroizing::new(key.serialize_pem());
+            let contents = key_file_contents(&pem, TOKEN_KEY_PURPOSE, storage)?;
+            write_file(&path, contents.as_bytes(), true)?;
         }
-        let pem = std::fs::read_to_string(&path).map_err(|source| CaError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let pem = read_key(&path, TOKEN_KEY_PURPOSE, storage)?;
         let bad = |reason: String| CaError::BadMaterial {
             path: path.clone(),
             reason,

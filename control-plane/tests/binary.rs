@@ -90,3 +90,34 @@ async fn starts_then_stops_cleanly_on_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn the_keys_subcommand_makes_a_kek_and_refuses_a_directory_without_keys() {
+    let out = Command::new(BIN)
+        .args(["keys", "new-kek"])
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let kek = String::from_utf8(out.stdout).unwrap();
+    palisade_control_plane::keys::Kek::from_base64(&kek, "stdout").expect("a usable KEK");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "keys",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "migrate",
+            "--to",
+            "envelope",
+        ])
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no key files here"), "{stderr}");
+}

@@ -990,8 +990,12 @@ async fn the_admin_api_needs_a_valid_token_with_the_right_role() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // Signed with the right key but never recorded: refused.
-    let key = palisade_control_plane::tokens::TokenKey::load_or_create(&h.config.data_dir, &td())
-        .unwrap();
+    let key = palisade_control_plane::tokens::TokenKey::load_or_create(
+        &h.config.data_dir,
+        &td(),
+        &palisade_control_plane::keys::KeyStorage::file(),
+    )
+    .unwrap();
     let (unrecorded, _) = key
         .mint_admin("alice", "admin", Duration::from_secs(60))
         .unwrap();

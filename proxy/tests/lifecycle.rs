@@ -570,3 +570,69 @@ async fn after_an_outage_longer_than_its_certificate_a_sidecar_reattests_by_itse
     restarted.shutdown().await;
     cp.shutdown().await;
 }
+
+#[tokio::test]
+async fn migrating_the_keys_to_an_envelope_changes_nothing_a_sidecar_sees() {
+    use clap::Parser as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(3);
+    let (cp, mut sidecars) = mesh(dir.path(), ttl, &["payments"]).await;
+    let sidecar = sidecars.pop().unwrap();
+    let cp_addr = cp.sidecar_addr;
+    let data = dir.path().join("cp");
+    let ca_cert = std::fs::read(data.join("ca/ca-cert.pem")).unwrap();
+    cp.shutdown().await;
+
+    // Offline: plain files to envelopes, with a KEK kept outside the data directory.
+    let outside = tempfile::tempdir().unwrap();
+    let kek = outside.path().join("kek");
+    std::fs::write(
+        &kek,
+        palisade_control_plane::keys::Kek::generate_base64().as_bytes(),
+    )
+    .unwrap();
+    let cli = palisade_control_plane::keys_cli::KeysCli::parse_from([
+        "keys",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "migrate",
+        "--to",
+        "envelope",
+        "--to-key-encryption-key-file",
+        kek.to_str().unwrap(),
+    ]);
+    let done = cli.run().unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    for file in ["ca/ca-key.pem", "token-signing-key.pem"] {
+        let text = std::fs::read_to_string(data.join(file)).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{file}");
+    }
+
+    let mut config = palisade_control_plane::Config::for_data_dir(data.clone());
+    config.workload_ttl = ttl;
+    config.sidecar_listen = cp_addr;
+    config.ca_key_source = palisade_control_plane::keys::KeySource::Envelope;
+    config.token_key_source = palisade_control_plane::keys::KeySource::Envelope;
+    config.key_encryption_key_file = Some(kek.clone());
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    assert_eq!(std::fs::read(data.join("ca/ca-cert.pem")).unwrap(), ca_cert);
+    // The running sidecar renews across the change, under the same root.
+    let before = serial(&sidecar.identity.slot());
+    wait_until("the sidecar renewed", Duration::from_secs(10), async || {
+        sidecar.identity.is_ready() && serial(&sidecar.identity.slot()) != before
+    })
+    .await;
+    // And the audit trail says what was done offline.
+    let token = cp.admin_token().unwrap();
+    let (status, body) =
+        support::http_get(cp.admin_addr, "/v1/audit?limit=100", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("key-migrate").count(), 2, "{body}");
+    assert!(
+        !data
+            .join(palisade_control_plane::keys::PENDING_AUDIT_FILE)
+            .exists()
+    );
+    sidecar.shutdown().await;
+    cp.shutdown().await;
+}
