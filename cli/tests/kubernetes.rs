@@ -201,7 +201,11 @@ fn control_plane_config(docs: &[Value]) -> (palisade_control_plane::Config, Valu
 
 #[test]
 fn the_control_planes_manifests_agree_with_its_flags() {
-    for overlay in ["k8s/control-plane", "k8s/overlays/postgres"] {
+    for overlay in [
+        "k8s/control-plane",
+        "k8s/overlays/postgres",
+        "k8s/overlays/envelope",
+    ] {
         let docs = rendered(overlay);
         let (config, container) = control_plane_config(&docs);
         let port_of = |name: &Value| -> u16 {
@@ -260,6 +264,32 @@ fn the_control_planes_manifests_agree_with_its_flags() {
                 get["scheme"] == "HTTPS",
                 config.admin_tls,
                 "{overlay} {probe}: scheme follows --admin-tls"
+            );
+        }
+        // An envelope overlay reads its KEK from a mounted Secret, outside the data dir.
+        use palisade_control_plane::keys::KeySource;
+        let envelope = config.ca_key_source == KeySource::Envelope;
+        assert_eq!(envelope, overlay.ends_with("envelope"), "{overlay}");
+        assert_eq!(config.token_key_source, config.ca_key_source, "{overlay}");
+        if let Some(kek) = &config.key_encryption_key_file {
+            assert!(!kek.starts_with(&config.data_dir), "{overlay}");
+            let mount = container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| kek.starts_with(m["mountPath"].as_str().unwrap()))
+                .unwrap_or_else(|| panic!("{overlay}: {} is not mounted", kek.display()));
+            let pod =
+                &find(&docs, "Deployment", "palisade-control-plane")["spec"]["template"]["spec"];
+            let volume = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap();
+            assert!(
+                volume["secret"]["secretName"].is_string(),
+                "{overlay}: {volume}"
             );
         }
         // The Service routes to the listeners, and pods reach the sidecar port at the

@@ -20,6 +20,7 @@
 //! ConfigMap; its injected pods' sidecars wait for the volume meanwhile (the kubelet
 //! retries the mount).
 
+use crate::keys::key_file_contents;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -320,12 +321,21 @@ impl KubeApi {
 /// there is none, and writes its files (0600 for the key) under `data_dir/k8s-ca` for the
 /// CA to load as a plugged-in one. Two replicas starting together both try to create it;
 /// the API server lets one win (409 for the other, which then reads the winner's).
+/// How the keys a new CA Secret holds are kept (as `--ca-key-source` and
+/// `--token-key-source` say).
+#[derive(Debug, Clone, Copy)]
+pub struct SecretKeys<'a> {
+    pub ca: &'a crate::keys::KeyStorage,
+    pub token: &'a crate::keys::KeyStorage,
+}
+
 pub async fn ca_secret(
     api: &KubeApi,
     namespace: &str,
     name: &str,
     trust_domain: &TrustDomain,
     data_dir: &Path,
+    keys: SecretKeys<'_>,
 ) -> anyhow::Result<PluggedInCa> {
     use anyhow::Context;
     let path = format!("/api/v1/namespaces/{namespace}/secrets/{name}");
@@ -333,8 +343,15 @@ pub async fn ca_secret(
         Some(secret) => secret,
         None => {
             let (cert, key) = crate::ca::new_root_pem(trust_domain)?;
+            let key = zeroize::Zeroizing::new(key);
+            let token_key = zeroize::Zeroizing::new(
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem(),
+            );
+            // Kept in the Secret as they are kept on disk: with envelope sources, the
+            // Secret holds only envelopes, and its copies open only with the KEK.
+            let key = key_file_contents(&key, crate::ca::CA_KEY_PURPOSE, keys.ca)?;
             let token_key =
-                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem();
+                key_file_contents(&token_key, crate::tokens::TOKEN_KEY_PURPOSE, keys.token)?;
             let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
             let secret = json!({
                 "apiVersion": "v1",

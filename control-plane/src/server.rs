@@ -132,18 +132,30 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
     let td = config.trust_domain.clone();
     let kube = kube_api(config)?;
     let mut ca_config = config.ca_config()?;
+    let token_storage = config.key_storage(config.token_key_source)?;
     if let (Some(api), Some(secret)) = (&kube, &config.k8s_ca_secret) {
+        let keys = crate::kubernetes::SecretKeys {
+            ca: &ca_config.key_storage,
+            token: &token_storage,
+        };
         ca_config.plugged_in = Some(
-            crate::kubernetes::ca_secret(api, &config.k8s_namespace, secret, &td, &config.data_dir)
-                .await
-                .with_context(|| format!("the CA Secret {}/{secret}", config.k8s_namespace))?,
+            crate::kubernetes::ca_secret(
+                api,
+                &config.k8s_namespace,
+                secret,
+                &td,
+                &config.data_dir,
+                keys,
+            )
+            .await
+            .with_context(|| format!("the CA Secret {}/{secret}", config.k8s_namespace))?,
         );
     }
     let ca = Arc::new(CertificateAuthority::load_or_create(&ca_config)?);
     let token_key = Arc::new(TokenKey::load_or_create(
         &config.data_dir,
         &td,
-        &config.key_storage(config.token_key_source)?,
+        &token_storage,
     )?);
     let store = match &config.database_url {
         Some(url) => Store::open_url(url).await,

@@ -463,3 +463,70 @@ async fn a_refused_token_or_a_bad_secret_stops_the_start_with_the_reason() {
         "AAAA"
     );
 }
+
+#[tokio::test]
+async fn with_envelope_key_sources_the_ca_secret_holds_only_envelopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = fake_api(dir.path()).await;
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let kek = dir.path().join("kek");
+    std::fs::write(
+        &kek,
+        palisade_control_plane::keys::Kek::generate_base64().as_bytes(),
+    )
+    .unwrap();
+    let mut config = Config::for_data_dir(dir.path().join("cp"));
+    in_cluster(&mut config, &api, &token);
+    config.ca_key_source = palisade_control_plane::keys::KeySource::Envelope;
+    config.token_key_source = palisade_control_plane::keys::KeySource::Envelope;
+    config.key_encryption_key_file = Some(kek.clone());
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    let secret = api
+        .get("/api/v1/namespaces/palisade-system/secrets/palisade-ca")
+        .expect("the CA Secret is created");
+    for key in ["ca-key.pem", "token-key.pem"] {
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().unwrap())
+            .unwrap();
+        assert!(
+            palisade_control_plane::keys::is_envelope(&stored),
+            "{key} is not an envelope"
+        );
+        assert!(
+            !String::from_utf8_lossy(&stored).contains("PRIVATE KEY"),
+            "{key}"
+        );
+    }
+    cp.shutdown().await;
+    // Another replica with the wrong KEK cannot use the Secret, and says why.
+    let other = dir.path().join("other-kek");
+    std::fs::write(
+        &other,
+        palisade_control_plane::keys::Kek::generate_base64().as_bytes(),
+    )
+    .unwrap();
+    let mut replica = Config::for_data_dir(dir.path().join("cp-b"));
+    in_cluster(&mut replica, &api, &token);
+    replica.ca_key_source = palisade_control_plane::keys::KeySource::Envelope;
+    replica.token_key_source = palisade_control_plane::keys::KeySource::Envelope;
+    replica.key_encryption_key_file = Some(other);
+    let e = format!(
+        "{:#}",
+        palisade_control_plane::start(&replica).await.unwrap_err()
+    );
+    assert!(e.contains("wrong KEK"), "{e}");
+    // With the right one it starts, on the same CA.
+    replica.key_encryption_key_file = Some(kek);
+    let b = palisade_control_plane::start(&replica).await.unwrap();
+    assert_eq!(
+        b.ca.bundle_pem(),
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(secret["data"]["ca-cert.pem"].as_str().unwrap())
+                .unwrap()
+        )
+        .unwrap()
+    );
+    b.shutdown().await;
+}
