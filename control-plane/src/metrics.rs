@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 use palisade_contract::telemetry::encode_metrics;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::ca::CertificateAuthority;
 
@@ -35,6 +35,9 @@ pub struct CaMetrics {
     pub issue_duration: Histogram,
     /// Roots in the trust bundle.
     pub bundle_roots: IntGauge,
+    /// 1 when a private key is protected at rest (`envelope`), 0 when it is a plain file,
+    /// by key (`ca`, `token`): alert on 0 outside local mode.
+    pub key_protected: IntGaugeVec,
 }
 
 impl CaMetrics {
@@ -69,12 +72,21 @@ impl CaMetrics {
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(issue_duration.clone()))?;
+        let key_protected = IntGaugeVec::new(
+            Opts::new(
+                "palisade_ca_key_protected",
+                "1 when the private key is kept encrypted at rest (envelope), 0 for a plain file.",
+            ),
+            &["key"],
+        )?;
         registry.register(Box::new(bundle_roots.clone()))?;
+        registry.register(Box::new(key_protected.clone()))?;
         Ok(Self {
             issued,
             refused,
             issue_duration,
             bundle_roots,
+            key_protected,
         })
     }
 }

@@ -173,6 +173,16 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         ))
         .context("registering process metrics")?;
     let metrics = CaMetrics::register(&registry).context("registering metrics")?;
+    for (key, source) in [
+        ("ca", config.ca_key_source),
+        ("token", config.token_key_source),
+    ] {
+        let protected = source == crate::keys::KeySource::Envelope;
+        metrics
+            .key_protected
+            .with_label_values(&[key])
+            .set(i64::from(protected));
+    }
     let publisher = match kube {
         Some(api) => Some(crate::kubernetes::Publisher {
             api,

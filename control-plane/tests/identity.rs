@@ -610,6 +610,11 @@ async fn renewal_needs_the_current_certificate_and_keeps_the_identity() {
         ),
         1.0
     );
+    // The default keeps keys in plain files, and the metrics say so.
+    assert!(
+        metrics.contains("palisade_ca_key_protected{key=\"ca\"} 0\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

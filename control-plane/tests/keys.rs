@@ -55,6 +55,11 @@ async fn enveloped_keys_hold_no_plaintext_and_open_only_with_their_kek() {
             .starts_with("envelope"),
         "{status}"
     );
+    let metrics = h.metrics().await;
+    for key in ["ca", "token"] {
+        let series = format!("palisade_ca_key_protected{{key=\"{key}\"}}");
+        assert_eq!(support::sample(&metrics, &series), 1.0, "{metrics}");
+    }
     h.stop().await;
 
     let data = h.config.data_dir.clone();
