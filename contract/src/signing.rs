@@ -9,12 +9,10 @@
 //! and decision-log checkpoints ([`crate::decisions`]). Each names its own `typ`, so a
 //! signature made for one is never accepted as the other.
 
-use std::time::Duration;
-
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rustls::SignatureScheme;
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
 use crate::SpiffeId;
@@ -114,7 +112,7 @@ pub fn verify(
         .verify_workload(
             &chain[0],
             &chain[1..],
-            UnixTime::since_unix_epoch(Duration::from_secs(header.iat.max(0) as u64)),
+            crate::tls::unix_time(header.iat),
             KeyUsage::client_auth(),
         )
         .map_err(|e| SignatureError::Untrusted(e.to_string()))?;

@@ -212,6 +212,17 @@ pub fn verify_signed_by(
         .map_err(|e| format!("the signature does not verify with the certificate's key: {e}"))
 }
 
+/// The verification time at `unix_secs` (a certificate checked as of a moment other than
+/// now: when it expired, when a record was signed).
+pub fn unix_time(unix_secs: i64) -> UnixTime {
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(unix_secs.max(0) as u64))
+}
+
+/// Whether `text` is a [`root_id`]: 16 lower- or upper-case hex digits.
+pub fn is_root_id(text: &str) -> bool {
+    text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A short name for a root certificate: the first 16 hex digits of the SHA-256 of its DER
 /// (enough to tell a mesh's roots apart; it names, it does not authenticate).
 pub fn root_id(der: &CertificateDer<'_>) -> String {

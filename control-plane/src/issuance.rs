@@ -281,9 +281,7 @@ impl IdentityService {
         }
         // Issued by this CA, for a workload, under a root still in the bundle: as a handshake
         // would have checked it, at the last moment it was valid.
-        let at = rustls::pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
-            summary.not_after.max(0) as u64,
-        ));
+        let at = palisade_contract::tls::unix_time(summary.not_after);
         let id = self
             .ca
             .bundle()

@@ -124,7 +124,7 @@ async fn config(
         // At most a few roots of 16 hex digits each: anything else is not a root list.
         trusted_roots: crate::store::split_roots(&q.roots)
             .into_iter()
-            .filter(|r| r.len() == 16 && r.bytes().all(|b| b.is_ascii_hexdigit()))
+            .filter(|r| palisade_contract::tls::is_root_id(r))
             .take(8)
             .collect(),
     };

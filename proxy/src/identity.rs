@@ -32,7 +32,7 @@ use palisade_contract::{SpiffeId, TrustDomain};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use ring::rand::{SecureRandom, SystemRandom};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use tokio::sync::watch;
 
@@ -539,12 +539,11 @@ fn verify_at(
     identity: &WorkloadIdentity,
     unix_secs: i64,
 ) -> Result<(), rustls::Error> {
-    let at = UnixTime::since_unix_epoch(Duration::from_secs(unix_secs.max(0) as u64));
     bundle
         .verify_workload(
             &identity.chain[0],
             &identity.chain[1..],
-            at,
+            palisade_contract::tls::unix_time(unix_secs),
             KeyUsage::client_auth(),
         )
         .map(|_| ())

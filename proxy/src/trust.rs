@@ -18,6 +18,7 @@
 //! has no unit of work to wait for and is closed at once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use palisade_contract::certs;
@@ -79,10 +80,9 @@ impl ConnectionTrust {
         peer_chain: &[CertificateDer<'static>],
         side: Side,
         bundle: SharedBundle,
-        mut roots_removed: watch::Receiver<u64>,
+        roots_removed: watch::Receiver<u64>,
         drain: Duration,
     ) -> Self {
-        roots_removed.mark_unchanged();
         let own_chain = own.map(|id| id.chain.as_slice()).unwrap_or_default();
         // A chain that cannot be read has no life left: the connection drains at once (the
         // handshake verified it, so this does not happen in practice).
@@ -143,6 +143,14 @@ impl ConnectionTrust {
         }
     }
 
+    /// Resolves when trust is lost, after logging why: what an opaque TCP relay waits on
+    /// to close (it has no unit of work to drain).
+    pub async fn closes_opaque(mut self) {
+        let lost = self.lost().await;
+        tracing::info!(target: "palisade::identity", event = "connection.closed",
+            reason = %lost, "closing an opaque mesh connection that lost its trust");
+    }
+
     /// Whether the current bundle still verifies the peer's chain, now.
     fn verify(&self) -> Result<(), String> {
         let (leaf, intermediates) = self
@@ -171,7 +179,7 @@ fn instant_at(unix_secs: i64) -> Instant {
 #[derive(Debug)]
 pub struct Retirement {
     retire_at: Instant,
-    retired: std::sync::atomic::AtomicBool,
+    retired: AtomicBool,
 }
 
 impl Retirement {
@@ -182,18 +190,17 @@ impl Retirement {
                 .deadline()
                 .checked_sub(RETIRE_AHEAD)
                 .unwrap_or_else(Instant::now),
-            retired: std::sync::atomic::AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         })
     }
 
     pub fn retire(&self) {
-        self.retired
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.retired.store(true, Ordering::Release);
     }
 
     /// Whether new requests may still go over this connection.
     pub fn usable(&self) -> bool {
-        !self.retired.load(std::sync::atomic::Ordering::Acquire) && Instant::now() < self.retire_at
+        !self.retired.load(Ordering::Acquire) && Instant::now() < self.retire_at
     }
 }
 

@@ -93,7 +93,7 @@ impl Inbound {
         peer: &SpiffeId,
         port: u16,
         tls: S,
-        mut trust: ConnectionTrust,
+        trust: ConnectionTrust,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -116,12 +116,7 @@ impl Inbound {
             .connection("inbound", peer.as_str(), &event.decision);
         self.audit.decided(&event).await;
         if let Ok(upstream) = upstream {
-            let cut = async {
-                let lost = trust.lost().await;
-                tracing::info!(target: "palisade::identity", event = "connection.closed",
-                    reason = %lost, "closing an opaque mesh connection that lost its trust");
-            };
-            let (sent, received) = pipe(tls, upstream, cut).await;
+            let (sent, received) = pipe(tls, upstream, trust.closes_opaque()).await;
             self.metrics.tcp_bytes("inbound", sent, received);
         }
     }

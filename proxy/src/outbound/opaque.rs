@@ -87,14 +87,9 @@ impl Outbound {
         self.metrics
             .connection("outbound", &event.destination, &event.decision);
         self.audit.decided(&event).await;
-        if let Ok((tls, mut trust)) = dialled {
+        if let Ok((tls, trust)) = dialled {
             let _open = self.metrics.open_connection("outbound");
-            let cut = async {
-                let lost = trust.lost().await;
-                tracing::info!(target: "palisade::identity", event = "connection.closed",
-                    reason = %lost, "closing an opaque mesh connection that lost its trust");
-            };
-            let (sent, received) = pipe(tls, app, cut).await;
+            let (sent, received) = pipe(tls, app, trust.closes_opaque()).await;
             self.metrics.tcp_bytes("outbound", sent, received);
         }
     }
