@@ -35,7 +35,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::Serialize;
 
-use crate::keys::{KeyStorage, key_file_contents, read_key};
+use crate::keys::{KeyStorage, PrivateKey, load_key};
 use time::OffsetDateTime;
 
 /// How far a leaf's `notBefore` is set in the past, for clocks that run slightly behind.
@@ -116,7 +116,7 @@ pub struct CaConfig {
 
 /// The key and certificate that sign leaves, and what is sent along with every leaf.
 struct Signer {
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, PrivateKey>,
     cert: CertificateDer<'static>,
     /// Certificates that follow the leaf in the served chain (intermediates, never a root).
     chain_tail: Vec<CertificateDer<'static>>,
@@ -232,8 +232,10 @@ impl CertificateAuthority {
                 let dir = config.data_dir.join("ca");
                 ensure_private_dir(&dir)?;
                 if !dir.join(ACTIVE_CERT).exists() {
-                    let (cert, key) = new_root(&config.trust_domain)?;
-                    write_key(&dir.join(ACTIVE_KEY), &key, &config.key_storage)?;
+                    let key = config
+                        .key_storage
+                        .create(&dir.join(ACTIVE_KEY), CA_KEY_PURPOSE)?;
+                    let cert = new_root(&config.trust_domain, &key)?;
                     write_file(
                         &dir.join(ACTIVE_CERT),
                         certs::certs_to_pem([&cert]).as_bytes(),
@@ -463,8 +465,10 @@ impl CertificateAuthority {
                 ));
             }
         }
-        let (cert, key) = new_root(&self.trust_domain)?;
-        write_key(&dir.join(NEXT_KEY), &key, &self.key_storage)?;
+        let key = self
+            .key_storage
+            .create(&dir.join(NEXT_KEY), CA_KEY_PURPOSE)?;
+        let cert = new_root(&self.trust_domain, &key)?;
         write_file(
             &dir.join(NEXT_CERT),
             certs::certs_to_pem([&cert]).as_bytes(),
@@ -616,13 +620,6 @@ fn load_plugged_in(
 /// Purpose bound into the CA key's envelope.
 pub const CA_KEY_PURPOSE: &str = "ca";
 
-/// Writes a new CA key as `storage` keeps it (mode 0600).
-fn write_key(path: &Path, key: &KeyPair, storage: &KeyStorage) -> Result<(), CaError> {
-    let pem = zeroize::Zeroizing::new(key.serialize_pem());
-    let contents = key_file_contents(&pem, CA_KEY_PURPOSE, storage).map_err(CaError::from)?;
-    write_file(path, contents.as_bytes(), true)
-}
-
 fn load_signer(
     cert_path: &Path,
     key_path: &Path,
@@ -654,11 +651,7 @@ fn load_signer(
         });
     }
     warn_if_readable_by_others(key_path);
-    let key_pem = read_key(key_path, CA_KEY_PURPOSE, storage)?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::BadMaterial {
-        path: key_path.to_path_buf(),
-        reason: format!("not a PKCS#8 PEM private key: {e}"),
-    })?;
+    let key = load_key(key_path, CA_KEY_PURPOSE, storage)?;
     let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|e| CaError::BadMaterial {
         path: cert_path.to_path_buf(),
         reason: e.to_string(),
@@ -671,16 +664,19 @@ fn load_signer(
     })
 }
 
-/// A new root for `td`, as PEM (certificate, PKCS#8 key): what a CA kept outside the data
-/// dir (a Kubernetes Secret) starts from.
-pub fn new_root_pem(td: &TrustDomain) -> Result<(String, String), CaError> {
-    let (cert, key) = new_root(td)?;
-    Ok((certs::certs_to_pem([&cert]), key.serialize_pem()))
+/// A new root for `td` with a new key kept as `storage` says: the certificate (PEM) and
+/// what to store in place of the key (what a CA kept outside the data dir, a Kubernetes
+/// Secret, starts from).
+pub fn new_root_stored(
+    td: &TrustDomain,
+    storage: &KeyStorage,
+) -> Result<(String, zeroize::Zeroizing<String>), CaError> {
+    let (key, contents) = storage.generate(CA_KEY_PURPOSE)?;
+    let cert = new_root(td, &key)?;
+    Ok((certs::certs_to_pem([&cert]), contents))
 }
 
-fn new_root(td: &TrustDomain) -> Result<(CertificateDer<'static>, KeyPair), CaError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| CaError::Signing(e.to_string()))?;
+fn new_root(td: &TrustDomain, key: &PrivateKey) -> Result<CertificateDer<'static>, CaError> {
     let now = OffsetDateTime::now_utc();
     let mut params = CertificateParams::default();
     params.not_before = now - BACKDATE;
@@ -705,9 +701,9 @@ fn new_root(td: &TrustDomain) -> Result<(CertificateDer<'static>, KeyPair), CaEr
         KeyUsagePurpose::DigitalSignature,
     ];
     let cert = params
-        .self_signed(&key)
+        .self_signed(key)
         .map_err(|e| CaError::Signing(e.to_string()))?;
-    Ok((cert.der().clone(), key))
+    Ok(cert.der().clone())
 }
 
 fn random_serial() -> Result<SerialNumber, CaError> {

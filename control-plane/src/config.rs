@@ -11,7 +11,7 @@ use palisade_contract::TrustDomain;
 use palisade_contract::telemetry::LogFormat;
 
 use crate::ca::{CaConfig, PluggedInCa};
-use crate::keys::{Kek, KeyError, KeySource, KeyStorage};
+use crate::keys::{Kek, KeyError, KeySource, KeyStorage, Token, TokenSettings};
 
 /// Palisade control plane: the mesh's certificate authority and administration API.
 #[derive(Debug, Clone, Parser)]
@@ -96,7 +96,8 @@ pub struct Config {
     pub ca_key: Option<PathBuf>,
 
     /// How the CA signing key is kept at rest: file (plain PKCS#8, readable by whoever
-    /// reads the data directory) or envelope (encrypted; needs the key-encryption key).
+    /// reads the data directory), envelope (encrypted; needs the key-encryption key) or
+    /// pkcs11 (generated in a PKCS#11 token, which signs; needs --pkcs11-*).
     #[arg(
         long,
         env = "PALISADE_CA_KEY_SOURCE",
@@ -105,7 +106,8 @@ pub struct Config {
     )]
     pub ca_key_source: KeySource,
 
-    /// How the token-signing key (join and admin tokens) is kept at rest: file or envelope.
+    /// How the token-signing key (join and admin tokens) is kept at rest: file, envelope or
+    /// pkcs11.
     #[arg(
         long,
         env = "PALISADE_TOKEN_KEY_SOURCE",
@@ -129,6 +131,19 @@ pub struct Config {
         hide = true
     )]
     pub key_encryption_key: Option<String>,
+
+    /// The PKCS#11 library of the HSM for pkcs11 key sources (SoftHSM2:
+    /// /usr/lib/softhsm/libsofthsm2.so).
+    #[arg(long, env = "PALISADE_PKCS11_MODULE")]
+    pub pkcs11_module: Option<PathBuf>,
+
+    /// The label of the PKCS#11 token that holds the keys.
+    #[arg(long, env = "PALISADE_PKCS11_TOKEN")]
+    pub pkcs11_token: Option<String>,
+
+    /// A file holding the token's user PIN (outside the data directory, mode 0600).
+    #[arg(long, env = "PALISADE_PKCS11_PIN_FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
 
     /// Plugged-in CA: the root certificate(s) sidecars trust (PEM; several during a rotation).
     #[arg(long, env = "PALISADE_CA_ROOTS", requires = "ca_cert")]
@@ -356,6 +371,9 @@ impl Config {
             token_key_source: KeySource::File,
             key_encryption_key_file: None,
             key_encryption_key: None,
+            pkcs11_module: None,
+            pkcs11_token: None,
+            pkcs11_pin_file: None,
             ca_roots: None,
             ca_chain: None,
             k8s_issuer: None,
@@ -431,6 +449,13 @@ impl Config {
             problems.push(
                 "an envelope key source needs the key-encryption key: --key-encryption-key-file \
                  or PALISADE_KEY_ENCRYPTION_KEY"
+                    .into(),
+            );
+        }
+        let pkcs11 = [self.ca_key_source, self.token_key_source].contains(&KeySource::Pkcs11);
+        if pkcs11 && self.token_settings().is_none() {
+            problems.push(
+                "a pkcs11 key source needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file"
                     .into(),
             );
         }
@@ -541,10 +566,30 @@ impl Config {
         }
     }
 
-    /// How a key of `source` is kept: with the key-encryption key read now for an envelope.
+    /// The PKCS#11 token, when all of its settings are given.
+    pub fn token_settings(&self) -> Option<TokenSettings> {
+        Some(TokenSettings {
+            module: self.pkcs11_module.clone()?,
+            label: self.pkcs11_token.clone()?,
+            pin_file: self.pkcs11_pin_file.clone()?,
+        })
+    }
+
+    /// How a key of `source` is kept: with the key-encryption key read now for an envelope,
+    /// the token opened and logged in now for pkcs11.
     pub fn key_storage(&self, source: KeySource) -> Result<KeyStorage, KeyError> {
+        if source == KeySource::Pkcs11 {
+            let settings = self.token_settings().ok_or_else(|| {
+                KeyError::BadReference(
+                    "a pkcs11 key source needs --pkcs11-module, --pkcs11-token and \
+                     --pkcs11-pin-file"
+                        .into(),
+                )
+            })?;
+            return Ok(KeyStorage::pkcs11(Token::open(&settings)?));
+        }
         let kek = match source {
-            KeySource::File => None,
+            KeySource::File | KeySource::Pkcs11 => None,
             KeySource::Envelope => Some(Arc::new(
                 match (&self.key_encryption_key_file, &self.key_encryption_key) {
                     (Some(path), _) => Kek::from_file(path)?,
@@ -558,7 +603,11 @@ impl Config {
                 },
             )),
         };
-        Ok(KeyStorage { source, kek })
+        Ok(KeyStorage {
+            source,
+            kek,
+            token: None,
+        })
     }
 
     pub fn ca_config(&self) -> Result<CaConfig, KeyError> {

@@ -21,7 +21,9 @@ pub struct KeysCli {
 pub enum KeysCommand {
     /// Re-store the CA and token keys with another source (the CA itself is unchanged:
     /// sidecars notice nothing). E.g. `keys --data-dir D migrate --to envelope
-    /// --to-key-encryption-key-file /etc/palisade/kek`.
+    /// --to-key-encryption-key-file /etc/palisade/kek`, or `keys --data-dir D
+    /// --pkcs11-module M --pkcs11-token T --pkcs11-pin-file P migrate --to pkcs11` (imports
+    /// the keys into the token as non-extractable; a key in a token never leaves it).
     Migrate {
         #[arg(long, value_enum)]
         to: KeySource,
@@ -70,11 +72,10 @@ impl KeysCli {
         let from = config.key_storage(config.ca_key_source)?;
         let to = match (to, to_kek) {
             (KeySource::File, _) => KeyStorage::file(),
-            (KeySource::Envelope, Some(path)) => KeyStorage {
-                source: KeySource::Envelope,
-                kek: Some(Arc::new(Kek::from_file(path)?)),
-            },
-            (KeySource::Envelope, None) => config.key_storage(KeySource::Envelope)?,
+            (KeySource::Envelope, Some(path)) => {
+                KeyStorage::envelope(Arc::new(Kek::from_file(path)?))
+            }
+            (source, _) => config.key_storage(source)?,
         };
         let done = migrate(&config.data_dir, &files, &from, &to)?;
         Ok(done

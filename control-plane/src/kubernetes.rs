@@ -20,7 +20,6 @@
 //! ConfigMap; its injected pods' sidecars wait for the volume meanwhile (the kubelet
 //! retries the mount).
 
-use crate::keys::key_file_contents;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -342,16 +341,11 @@ pub async fn ca_secret(
     let secret = match api.get(&path).await? {
         Some(secret) => secret,
         None => {
-            let (cert, key) = crate::ca::new_root_pem(trust_domain)?;
-            let key = zeroize::Zeroizing::new(key);
-            let token_key = zeroize::Zeroizing::new(
-                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem(),
-            );
             // Kept in the Secret as they are kept on disk: with envelope sources, the
-            // Secret holds only envelopes, and its copies open only with the KEK.
-            let key = key_file_contents(&key, crate::ca::CA_KEY_PURPOSE, keys.ca)?;
-            let token_key =
-                key_file_contents(&token_key, crate::tokens::TOKEN_KEY_PURPOSE, keys.token)?;
+            // Secret holds only envelopes, and its copies open only with the KEK; with
+            // pkcs11, only references to keys in the token.
+            let (cert, key) = crate::ca::new_root_stored(trust_domain, keys.ca)?;
+            let (_, token_key) = keys.token.generate(crate::tokens::TOKEN_KEY_PURPOSE)?;
             let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
             let secret = json!({
                 "apiVersion": "v1",

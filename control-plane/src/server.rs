@@ -177,7 +177,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningControlPlane> {
         ("ca", config.ca_key_source),
         ("token", config.token_key_source),
     ] {
-        let protected = source == crate::keys::KeySource::Envelope;
+        let protected = source.is_protected();
         metrics
             .key_protected
             .with_label_values(&[key])

@@ -9,19 +9,20 @@
 //! structs below are typed, so a claim of the wrong JSON type fails to parse rather than
 //! being skipped.
 
-use crate::keys::{KeyStorage, key_file_contents, read_key};
+use crate::keys::{KeyStorage, PrivateKey, load_key};
 use std::path::Path;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use jsonwebtoken::{Algorithm, DecodingKey, Header};
 use palisade_contract::identity_api::control_plane_id;
 pub use palisade_contract::jwt::{LEEWAY_SECS, TokenError, strict_validation, unverified_issuer};
 use palisade_contract::{SpiffeId, TrustDomain};
-use rcgen::KeyPair;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::ca::{CaError, unix_now, write_file};
+use crate::ca::{CaError, unix_now};
 
 /// Audience of join tokens.
 pub const JOIN_AUDIENCE: &str = "palisade-join";
@@ -34,7 +35,7 @@ pub const TOKEN_KEY_PURPOSE: &str = "token";
 
 /// The control plane's own token key.
 pub struct TokenKey {
-    encoding: EncodingKey,
+    key: PrivateKey,
     decoding: DecodingKey,
     kid: String,
     issuer: String,
@@ -83,28 +84,19 @@ impl TokenKey {
     ) -> Result<Self, CaError> {
         let path = data_dir.join(TOKEN_KEY_FILE);
         if !path.exists() {
-            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-                .map_err(|e| CaError::Signing(e.to_string()))?;
-            let pem = zeroize::Zeroizing::new(key.serialize_pem());
-            let contents = key_file_contents(&pem, TOKEN_KEY_PURPOSE, storage)?;
-            write_file(&path, contents.as_bytes(), true)?;
+            storage.create(&path, TOKEN_KEY_PURPOSE)?;
         }
-        let pem = read_key(&path, TOKEN_KEY_PURPOSE, storage)?;
-        let bad = |reason: String| CaError::BadMaterial {
-            path: path.clone(),
-            reason,
-        };
-        let key = KeyPair::from_pem(&pem).map_err(|e| bad(e.to_string()))?;
-        if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
-            return Err(bad("token signing key must be ECDSA P-256".into()));
-        }
-        let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
-        let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes())
-            .map_err(|e| bad(e.to_string()))?;
+        let key = load_key(&path, TOKEN_KEY_PURPOSE, storage)?;
+        let decoding = DecodingKey::from_ec_pem(key.public_key_pem().as_bytes()).map_err(|e| {
+            CaError::BadMaterial {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         let digest = ring::digest::digest(&ring::digest::SHA256, key.public_key_raw());
         let kid = hex::encode(&digest.as_ref()[..8]);
         Ok(Self {
-            encoding,
+            key,
             decoding,
             kid,
             issuer: control_plane_id(td).to_string(),
@@ -115,11 +107,24 @@ impl TokenKey {
         &self.issuer
     }
 
+    /// The JWS compact serialization (RFC 7515 §7.1) of `claims`, signed ES256 through the
+    /// key wherever it lives (a token signs only what it is given, so jsonwebtoken's own
+    /// encoder, which wants the key's bytes, cannot be used).
     fn sign<T: Serialize>(&self, claims: &T) -> Result<String, CaError> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding)
-            .map_err(|e| CaError::Signing(e.to_string()))
+        let part = |value: serde_json::Result<Vec<u8>>| {
+            value
+                .map(|json| B64URL.encode(json))
+                .map_err(|e| CaError::Signing(e.to_string()))
+        };
+        let message = format!(
+            "{}.{}",
+            part(serde_json::to_vec(&header))?,
+            part(serde_json::to_vec(claims))?
+        );
+        let signature = self.key.sign_fixed(message.as_bytes())?;
+        Ok(format!("{message}.{}", B64URL.encode(signature)))
     }
 
     /// Mints a join token for `spiffe_id`, valid for `ttl`.

@@ -121,3 +121,82 @@ async fn the_keys_subcommand_makes_a_kek_and_refuses_a_directory_without_keys() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no key files here"), "{stderr}");
 }
+
+/// The binary on `data` with its keys in the token labelled `label`, logging in with the
+/// PIN in `pin_file`.
+fn with_token(
+    data: &std::path::Path,
+    token: &palisade_control_plane::keys::softhsm::TestToken,
+    pin_file: &std::path::Path,
+    label: &str,
+) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["--data-dir", data.to_str().unwrap()])
+        .args(["--sidecar-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
+        .args(["--ca-key-source", "pkcs11", "--token-key-source", "pkcs11"])
+        .arg("--pkcs11-module")
+        .arg(&token.settings.module)
+        .args(["--pkcs11-token", label])
+        .arg("--pkcs11-pin-file")
+        .arg(pin_file)
+        .env_clear()
+        // The test's SoftHSM2 configuration (.cargo/config.toml), so the child sees the token.
+        .env("SOFTHSM2_CONF", std::env::var_os("SOFTHSM2_CONF").unwrap());
+    command
+}
+
+#[tokio::test]
+async fn a_wrong_pin_or_a_missing_token_stops_the_start_with_the_reason_and_changes_nothing() {
+    let token = palisade_control_plane::keys::softhsm::TestToken::new("binary");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let label = token.settings.label.clone();
+    // With the right PIN it starts, making its keys in the token.
+    let mut child = with_token(&data, &token, &token.settings.pin_file, &label)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("control plane ready") {
+                return;
+            }
+        }
+        panic!("exited before it was ready");
+    })
+    .await
+    .unwrap();
+    child.kill().await.unwrap();
+    let snapshot = || {
+        ["ca/ca-key.pem", "ca/ca-cert.pem", "token-signing-key.pem"]
+            .map(|f| std::fs::read(data.join(f)).unwrap())
+    };
+    let before = snapshot();
+
+    let wrong = dir.path().join("wrong-pin");
+    std::fs::write(&wrong, "0000\n").unwrap();
+    let out = with_token(&data, &token, &wrong, &label)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("wrong-pin is wrong"), "{stderr}");
+    let out = with_token(&data, &token, &token.settings.pin_file, "gone")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("PKCS#11 token \"gone\"")
+            && stderr.contains("no initialised token has this label"),
+        "{stderr}"
+    );
+    assert_eq!(snapshot(), before, "nothing on disk changed");
+}

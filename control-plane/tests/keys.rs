@@ -1,12 +1,20 @@
 //! Keys at rest, end to end: a control plane whose CA and token keys are envelopes on disk
 //! issues certificates and tokens as before, and refuses to start, saying why and changing
-//! nothing, with a wrong key-encryption key or a damaged key file.
+//! nothing, with a wrong key-encryption key or a damaged key file. Keys in a PKCS#11 token
+//! (a real SoftHSM2 token, one per test) sign there and never reach the disk.
 
 mod support;
 
 use std::path::Path;
 
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use palisade_control_plane::keys::softhsm::TestToken;
 use palisade_control_plane::keys::{Kek, KeySource, open_envelope};
+use palisade_control_plane::keys_cli::{KeysCli, KeysCommand};
 use palisade_control_plane::{Config, start};
 use support::{Harness, csr};
 
@@ -158,5 +166,228 @@ async fn an_envelope_without_a_kek_or_with_the_kek_in_the_data_dir_is_refused() 
             .iter()
             .any(|p| p.contains("is inside the data directory")),
         "{problems:?}"
+    );
+    // A token source needs all three of the token's settings.
+    let mut config = Config::for_data_dir(data.clone());
+    config.token_key_source = KeySource::Pkcs11;
+    config.pkcs11_module = Some("/usr/lib/softhsm/libsofthsm2.so".into());
+    let problems = config.validate().unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.contains(
+            "a pkcs11 key source needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file"
+        )),
+        "{problems:?}"
+    );
+}
+
+fn pkcs11_config(config: &mut Config, token: &TestToken) {
+    config.ca_key_source = KeySource::Pkcs11;
+    config.token_key_source = KeySource::Pkcs11;
+    config.pkcs11_module = Some(token.settings.module.clone());
+    config.pkcs11_token = Some(token.settings.label.clone());
+    config.pkcs11_pin_file = Some(token.settings.pin_file.clone());
+}
+
+/// What the token says when asked, over PKCS#11, for the private value of the key a
+/// reference file names: the attributes it returned (none, for a key it keeps).
+fn private_value_from_token(token: &TestToken, reference: &serde_json::Value) -> Vec<Attribute> {
+    let pkcs11 = Pkcs11::new(&token.settings.module).unwrap();
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    let slot = pkcs11
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| pkcs11.get_token_info(*s).unwrap().label() == token.settings.label)
+        .unwrap();
+    let session = pkcs11.open_ro_session(slot).unwrap();
+    match session.login(
+        UserType::User,
+        Some(&AuthPin::new(token.pin.clone().into())),
+    ) {
+        Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("{e}"),
+    }
+    let id = hex::decode(reference["id"].as_str().unwrap()).unwrap();
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(id),
+        ])
+        .unwrap();
+    assert_eq!(found.len(), 1, "the key is in the token");
+    session
+        .get_attributes(found[0], &[AttributeType::Value])
+        .unwrap()
+}
+
+fn verify_issued(h: &Harness, issued: &serde_json::Value) {
+    let chain = palisade_contract::certs::certs_from_pem(
+        issued["certificateChain"].as_str().unwrap().as_bytes(),
+    )
+    .unwrap();
+    h.bundle()
+        .load()
+        .verify_workload(
+            &chain[0],
+            &chain[1..],
+            rustls_pki_types::UnixTime::now(),
+            palisade_contract::tls::KeyUsage::client_auth(),
+        )
+        .expect("the certificate verifies against the trust bundle");
+}
+
+#[tokio::test]
+async fn keys_generated_in_a_token_sign_there_and_never_reach_the_disk() {
+    let token = TestToken::new("cp");
+    let mut h = Harness::start_with(|c| pkcs11_config(c, &token)).await;
+    let join = h.join_token("shop", "orders").await;
+    let (status, issued) = h.issue(Some(&join), &csr().1).await;
+    assert_eq!(status, http::StatusCode::OK, "{issued}");
+    verify_issued(&h, &issued);
+    let admin = h.admin_token();
+    let (_, status) = h
+        .admin(http::Method::GET, "/v1/ca", Some(&admin), None)
+        .await;
+    let protection = status["keyProtection"].as_str().unwrap();
+    assert!(protection.starts_with("pkcs11"), "{status}");
+    let metrics = h.metrics().await;
+    for key in ["ca", "token"] {
+        let series = format!("palisade_ca_key_protected{{key=\"{key}\"}}");
+        assert_eq!(support::sample(&metrics, &series), 1.0, "{metrics}");
+    }
+    // A join token signed before the restart, to be redeemed after it.
+    let later = h.join_token("shop", "payments").await;
+    h.stop().await;
+
+    // On disk: references naming keys the token keeps, and will not give out.
+    let data = h.config.data_dir.clone();
+    for file in ["ca/ca-key.pem", "token-signing-key.pem"] {
+        let text = std::fs::read_to_string(data.join(file)).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{file}: {text}");
+        let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(reference["token"], token.settings.label.as_str(), "{text}");
+        let value = private_value_from_token(&token, &reference);
+        assert!(value.is_empty(), "{file}: the token gave out {value:?}");
+    }
+
+    // Restarted, the same CA signs with the same keys.
+    let ca_cert = std::fs::read(data.join("ca/ca-cert.pem")).unwrap();
+    h.restart().await;
+    assert_eq!(std::fs::read(data.join("ca/ca-cert.pem")).unwrap(), ca_cert);
+    let (status, issued) = h.issue(Some(&later), &csr().1).await;
+    assert_eq!(status, http::StatusCode::OK, "{issued}");
+    verify_issued(&h, &issued);
+
+    // A rotation makes the next root's key in the token too.
+    let (status, body) = h
+        .admin(
+            http::Method::POST,
+            "/v1/ca/rotation/prepare",
+            Some(&h.admin_token()),
+            None,
+        )
+        .await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    let next = std::fs::read_to_string(data.join("ca/next-key.pem")).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&next).unwrap();
+    assert!(private_value_from_token(&token, &reference).is_empty());
+    h.stop().await;
+
+    // Started expecting another source, or with a token that is not there: refused, saying
+    // why, and nothing on disk changes.
+    let before = std::fs::read(data.join("ca/ca-key.pem")).unwrap();
+    let refused = async |configure: &dyn Fn(&mut Config)| {
+        let mut config = h.config.clone();
+        configure(&mut config);
+        start(&config).await.map(|_| ()).unwrap_err().to_string()
+    };
+    let why = refused(&|c| {
+        c.ca_key_source = KeySource::File;
+        c.token_key_source = KeySource::File;
+    })
+    .await;
+    assert!(why.contains("kept in a PKCS#11 token"), "{why}");
+    let why = refused(&|c| c.pkcs11_token = Some("no-such-token".into())).await;
+    assert!(why.contains("no initialised token has this label"), "{why}");
+    assert_eq!(std::fs::read(data.join("ca/ca-key.pem")).unwrap(), before);
+}
+
+#[tokio::test]
+async fn plain_keys_migrate_into_a_token_keeping_the_ca_and_never_migrate_out() {
+    let token = TestToken::new("migrate");
+    let mut h = Harness::start().await;
+    let later = h.join_token("shop", "orders").await;
+    h.stop().await;
+    let data = h.config.data_dir.clone();
+    let ca_cert = std::fs::read(data.join("ca/ca-cert.pem")).unwrap();
+    let plain = std::fs::read_to_string(data.join("ca/ca-key.pem")).unwrap();
+
+    let mut to = h.config.clone();
+    pkcs11_config(&mut to, &token);
+    let cli = |config: &Config, command: KeysCommand| KeysCli {
+        config: config.clone(),
+        command,
+    };
+    let done = cli(
+        &h.config,
+        KeysCommand::Migrate {
+            to: KeySource::Pkcs11,
+            to_key_encryption_key_file: None,
+        },
+    );
+    // The target's token settings come from the same flags.
+    let done = KeysCli {
+        config: Config {
+            pkcs11_module: to.pkcs11_module.clone(),
+            pkcs11_token: to.pkcs11_token.clone(),
+            pkcs11_pin_file: to.pkcs11_pin_file.clone(),
+            ..done.config
+        },
+        ..done
+    }
+    .run()
+    .unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(
+        done.iter().all(|l| l.contains("file -> pkcs11")),
+        "{done:?}"
+    );
+    let reference = std::fs::read_to_string(data.join("ca/ca-key.pem")).unwrap();
+    assert!(!reference.contains("PRIVATE KEY"), "{reference}");
+    assert!(!contains(reference.as_bytes(), &der_of(&plain)));
+
+    h.config = to.clone();
+    h.restart().await;
+    assert_eq!(std::fs::read(data.join("ca/ca-cert.pem")).unwrap(), ca_cert);
+    let (status, issued) = h.issue(Some(&later), &csr().1).await;
+    assert_eq!(status, http::StatusCode::OK, "{issued}");
+    verify_issued(&h, &issued);
+    let (_, entries) = h
+        .admin(http::Method::GET, "/v1/audit", Some(&h.admin_token()), None)
+        .await;
+    assert!(
+        entries.to_string().contains("pkcs11 (token"),
+        "the migration is in the audit trail: {entries}"
+    );
+    h.stop().await;
+
+    // Out of the token: refused, nothing written.
+    let err = cli(
+        &to,
+        KeysCommand::Migrate {
+            to: KeySource::File,
+            to_key_encryption_key_file: None,
+        },
+    )
+    .run()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("never leaves it"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("ca/ca-key.pem")).unwrap(),
+        reference
     );
 }

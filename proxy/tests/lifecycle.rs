@@ -573,6 +573,43 @@ async fn after_an_outage_longer_than_its_certificate_a_sidecar_reattests_by_itse
 
 #[tokio::test]
 async fn migrating_the_keys_to_an_envelope_changes_nothing_a_sidecar_sees() {
+    let outside = tempfile::tempdir().unwrap();
+    let kek = outside.path().join("kek");
+    std::fs::write(
+        &kek,
+        palisade_control_plane::keys::Kek::generate_base64().as_bytes(),
+    )
+    .unwrap();
+    let kek = kek.to_str().unwrap();
+    migrate_under_a_running_sidecar(
+        &["--to", "envelope", "--to-key-encryption-key-file", kek],
+        &["--key-encryption-key-file", kek],
+        "envelope",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn migrating_the_keys_into_a_pkcs11_token_changes_nothing_a_sidecar_sees() {
+    let token = palisade_control_plane::keys::softhsm::TestToken::new("lifecycle");
+    let settings = &token.settings;
+    let module = settings.module.to_str().unwrap();
+    let pin = settings.pin_file.to_str().unwrap();
+    let flags = [
+        "--pkcs11-module",
+        module,
+        "--pkcs11-token",
+        &settings.label,
+        "--pkcs11-pin-file",
+        pin,
+    ];
+    migrate_under_a_running_sidecar(&["--to", "pkcs11"], &flags, "pkcs11").await;
+}
+
+/// Stops the control plane of a mesh with one sidecar, runs `keys [storage] migrate
+/// [migrate]` on its data dir, starts it again with both keys from `source` (configured by
+/// `storage`): same CA certificate, the running sidecar renews, the audit trail has it.
+async fn migrate_under_a_running_sidecar(migrate: &[&str], storage: &[&str], source: &str) {
     use clap::Parser as _;
     let dir = tempfile::tempdir().unwrap();
     let ttl = Duration::from_secs(3);
@@ -583,24 +620,15 @@ async fn migrating_the_keys_to_an_envelope_changes_nothing_a_sidecar_sees() {
     let ca_cert = std::fs::read(data.join("ca/ca-cert.pem")).unwrap();
     cp.shutdown().await;
 
-    // Offline: plain files to envelopes, with a KEK kept outside the data directory.
-    let outside = tempfile::tempdir().unwrap();
-    let kek = outside.path().join("kek");
-    std::fs::write(
-        &kek,
-        palisade_control_plane::keys::Kek::generate_base64().as_bytes(),
-    )
-    .unwrap();
-    let cli = palisade_control_plane::keys_cli::KeysCli::parse_from([
-        "keys",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "migrate",
-        "--to",
-        "envelope",
-        "--to-key-encryption-key-file",
-        kek.to_str().unwrap(),
-    ]);
+    // Offline: plain files to the new source.
+    let data_flag = ["--data-dir", data.to_str().unwrap()];
+    let args = ["keys"]
+        .iter()
+        .chain(&data_flag)
+        .chain(storage)
+        .chain(&["migrate"])
+        .chain(migrate);
+    let cli = palisade_control_plane::keys_cli::KeysCli::parse_from(args);
     let done = cli.run().unwrap();
     assert_eq!(done.len(), 2, "{done:?}");
     for file in ["ca/ca-key.pem", "token-signing-key.pem"] {
@@ -608,12 +636,22 @@ async fn migrating_the_keys_to_an_envelope_changes_nothing_a_sidecar_sees() {
         assert!(!text.contains("PRIVATE KEY"), "{file}");
     }
 
+    let sources = ["--ca-key-source", source, "--token-key-source", source];
+    let args = ["palisade-control-plane"]
+        .iter()
+        .chain(&data_flag)
+        .chain(storage)
+        .chain(&sources);
+    let parsed = palisade_control_plane::Config::parse_from(args);
     let mut config = palisade_control_plane::Config::for_data_dir(data.clone());
     config.workload_ttl = ttl;
     config.sidecar_listen = cp_addr;
-    config.ca_key_source = palisade_control_plane::keys::KeySource::Envelope;
-    config.token_key_source = palisade_control_plane::keys::KeySource::Envelope;
-    config.key_encryption_key_file = Some(kek.clone());
+    config.ca_key_source = parsed.ca_key_source;
+    config.token_key_source = parsed.token_key_source;
+    config.key_encryption_key_file = parsed.key_encryption_key_file;
+    config.pkcs11_module = parsed.pkcs11_module;
+    config.pkcs11_token = parsed.pkcs11_token;
+    config.pkcs11_pin_file = parsed.pkcs11_pin_file;
     let cp = palisade_control_plane::start(&config).await.unwrap();
     assert_eq!(std::fs::read(data.join("ca/ca-cert.pem")).unwrap(), ca_cert);
     // The running sidecar renews across the change, under the same root.
@@ -628,6 +666,11 @@ async fn migrating_the_keys_to_an_envelope_changes_nothing_a_sidecar_sees() {
         support::http_get(cp.admin_addr, "/v1/audit?limit=100", Some(&token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.matches("key-migrate").count(), 2, "{body}");
+    assert_eq!(
+        body.matches(&format!(r#""to":"{source}"#)).count(),
+        2,
+        "the audit trail names the new source: {body}"
+    );
     assert!(
         !data
             .join(palisade_control_plane::keys::PENDING_AUDIT_FILE)

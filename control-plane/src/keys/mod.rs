@@ -1,12 +1,17 @@
 //! Private keys at rest: the CA signing key and the token-signing key, kept as plain PKCS#8
-//! files (`file`, as SPIRE's default `disk` key manager) or envelope-encrypted (`envelope`).
+//! files (`file`, as SPIRE's default `disk` key manager), envelope-encrypted (`envelope`), or
+//! in a PKCS#11 token that never lets them out (`pkcs11`, [`pkcs11`]).
 //!
 //! Whoever reads a plain key file (a backup, a volume snapshot, a copied Secret) can mint
 //! certificates for any workload, or admin tokens for any role. An envelope file holds the
 //! key encrypted with a random data key (AES-256-GCM), and beside it that data key wrapped
 //! by a key-encryption key (KEK) that is kept elsewhere: a file outside the data directory
 //! or an environment variable. The data directory alone then yields nothing; the decrypted
-//! key lives only in memory, in buffers zeroed when dropped.
+//! key lives only in memory ([`PrivateKey`], zeroed when dropped). A key in a token is not
+//! in memory at all: the token signs, and the data directory holds only a reference.
+//!
+//! Whatever the source, the rest of the control plane signs through [`PrivateKey`] and never
+//! learns where the key lives.
 //!
 //! The envelope is bound to its purpose (the CA key or the token key) and to its KEK's id,
 //! so a file swapped for another's, sealed with another KEK, truncated or with one byte
@@ -17,6 +22,14 @@
 //!   "wrappedKey": "<base64: nonce || AES-256-GCM(KEK, data key)>",
 //!   "ciphertext": "<base64: nonce || AES-256-GCM(data key, PKCS#8 PEM)>"}`
 //! with the additional data `palisade-envelope-v1 <purpose> key|data` on each seal.
+
+pub mod pkcs11;
+pub mod signing;
+#[cfg(any(test, feature = "test-support"))]
+pub mod softhsm;
+
+pub use pkcs11::{Token, TokenSettings};
+pub use signing::PrivateKey;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +48,8 @@ pub enum KeySource {
     File,
     /// Encrypted with a data key wrapped by the key-encryption key.
     Envelope,
+    /// Generated in (or imported into) a PKCS#11 token, which signs; never leaves it.
+    Pkcs11,
 }
 
 impl KeySource {
@@ -43,15 +58,22 @@ impl KeySource {
         match self {
             KeySource::File => "unprotected (plain file)",
             KeySource::Envelope => "envelope (AES-256-GCM, KEK held outside the data directory)",
+            KeySource::Pkcs11 => "pkcs11 (generated in a PKCS#11 token; the key never leaves it)",
         }
+    }
+
+    /// Whether a copy of the data directory is enough to use the key.
+    pub fn is_protected(self) -> bool {
+        self != KeySource::File
     }
 }
 
-/// How a key is stored: its source and, for an envelope, the KEK.
+/// How a key is stored: its source and, for an envelope, the KEK, for a token, the token.
 #[derive(Debug, Clone)]
 pub struct KeyStorage {
     pub source: KeySource,
     pub kek: Option<Arc<Kek>>,
+    pub token: Option<Arc<Token>>,
 }
 
 impl KeyStorage {
@@ -59,8 +81,87 @@ impl KeyStorage {
         Self {
             source: KeySource::File,
             kek: None,
+            token: None,
         }
     }
+
+    pub fn envelope(kek: Arc<Kek>) -> Self {
+        Self {
+            source: KeySource::Envelope,
+            kek: Some(kek),
+            token: None,
+        }
+    }
+
+    pub fn pkcs11(token: Arc<Token>) -> Self {
+        Self {
+            source: KeySource::Pkcs11,
+            kek: None,
+            token: Some(token),
+        }
+    }
+
+    /// How the migration record names it.
+    pub fn describe(&self) -> String {
+        match (&self.kek, &self.token) {
+            (Some(kek), _) => format!("envelope (KEK {})", kek.id()),
+            (None, Some(token)) => format!("pkcs11 (token \"{}\")", token.label()),
+            (None, None) => "file".to_owned(),
+        }
+    }
+
+    /// What to write in the key file for `key`, the key for `purpose`. For a token, the key
+    /// is imported into it (and a reference is written).
+    pub fn store(&self, key: &PrivateKey, purpose: &str) -> Result<Zeroizing<String>, KeyError> {
+        let pem = || {
+            key.to_pkcs8_pem().ok_or_else(|| {
+                KeyError::BadReference("a key in a token cannot be written out".into())
+            })
+        };
+        match (self.source, &self.kek, &self.token) {
+            (KeySource::File, _, _) => pem(),
+            (KeySource::Envelope, Some(kek), _) => {
+                Ok(Zeroizing::new(envelope(&pem()?, purpose, kek)))
+            }
+            (KeySource::Pkcs11, _, Some(token)) => Ok(Zeroizing::new(token.import(key, purpose)?)),
+            (KeySource::Envelope, None, _) => Err(KeyError::BadKek {
+                origin: "--key-encryption-key-file".into(),
+                reason: "an envelope needs a KEK and none was given".into(),
+            }),
+            (KeySource::Pkcs11, _, None) => Err(KeyError::BadReference(
+                "the pkcs11 key source needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file"
+                    .into(),
+            )),
+        }
+    }
+
+    /// A new key for `purpose`, kept as this storage keeps keys (in the token, for a token),
+    /// with what to write in its key file.
+    pub fn generate(&self, purpose: &str) -> Result<(PrivateKey, Zeroizing<String>), KeyError> {
+        if let (KeySource::Pkcs11, Some(token)) = (self.source, &self.token) {
+            let (key, reference) = token.generate(purpose)?;
+            return Ok((key, Zeroizing::new(reference)));
+        }
+        let key = PrivateKey::generate();
+        let contents = self.store(&key, purpose)?;
+        Ok((key, contents))
+    }
+
+    /// A new key for `purpose`, written to `path` (mode 0600, atomically).
+    pub fn create(&self, path: &Path, purpose: &str) -> Result<PrivateKey, KeyError> {
+        let (key, contents) = self.generate(purpose)?;
+        write_private(path, contents.as_bytes())?;
+        Ok(key)
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
+    palisade_contract::private_files::write_atomic(path, contents, true).map_err(|source| {
+        KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// A key-encryption key: 32 random bytes, given base64-encoded.
@@ -92,6 +193,14 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("PKCS#11 token \"{token}\" ({module}): {reason}")]
+    Token {
+        token: String,
+        module: PathBuf,
+        reason: String,
+    },
+    #[error("{0}")]
+    BadReference(String),
 }
 
 impl Kek {
@@ -220,9 +329,50 @@ pub fn envelope(pem: &str, purpose: &str, kek: &Kek) -> String {
     text
 }
 
+/// What a key file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// A plain PKCS#8 PEM.
+    Plain,
+    Envelope,
+    /// A reference to a key in a PKCS#11 token.
+    Reference,
+}
+
+fn stored_form(bytes: &[u8]) -> Stored {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        Stored::Plain
+    } else if pkcs11::Reference::is_reference(bytes) {
+        Stored::Reference
+    } else {
+        Stored::Envelope
+    }
+}
+
+/// Checks what a stored form says of itself: a `version` (found, read here) and the key's
+/// `purpose` (found, expected), or why it is refused.
+fn check_header(
+    what: &str,
+    (version, known): (u32, u32),
+    found: &str,
+    purpose: &str,
+) -> Result<(), String> {
+    if version != known {
+        return Err(format!(
+            "{what} version {version} is not one this control plane reads ({known})"
+        ));
+    }
+    if found != purpose {
+        return Err(format!(
+            "this {what} is for the {found} key, not the {purpose} key"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether `bytes` (a key file's contents) is an envelope rather than a plain PEM key.
 pub fn is_envelope(bytes: &[u8]) -> bool {
-    bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    stored_form(bytes) == Stored::Envelope
 }
 
 /// The PKCS#8 PEM in the envelope `bytes` (read from `path`), for `purpose`, opened with
@@ -242,18 +392,13 @@ pub fn open_envelope(
             "not a readable key envelope (truncated or damaged?): {e}"
         ))
     })?;
-    if file.palisade_envelope != VERSION {
-        return Err(bad(format!(
-            "envelope version {} is not one this control plane reads ({VERSION})",
-            file.palisade_envelope
-        )));
-    }
-    if file.purpose != purpose {
-        return Err(bad(format!(
-            "this envelope holds the {} key, not the {purpose} key",
-            file.purpose
-        )));
-    }
+    check_header(
+        "envelope",
+        (file.palisade_envelope, VERSION),
+        &file.purpose,
+        purpose,
+    )
+    .map_err(bad)?;
     if file.kek != kek.id {
         return Err(bad(format!(
             "sealed with key-encryption key {}, but the one given ({}) is {}: wrong KEK",
@@ -278,49 +423,45 @@ pub fn open_envelope(
     Ok(Zeroizing::new(text))
 }
 
-/// Reads the private key at `path` as `storage` says it is kept: the PEM, in memory only.
-/// A plain file where an envelope is expected (or the reverse) is refused, not guessed.
-pub fn read_key(
-    path: &Path,
-    purpose: &str,
-    storage: &KeyStorage,
-) -> Result<Zeroizing<String>, KeyError> {
+/// The private key at `path`, kept as `storage` says: in memory only for a file or an
+/// envelope, in its token for a reference. A key stored one way where another is expected is
+/// refused with the reason, not guessed.
+pub fn load_key(path: &Path, purpose: &str, storage: &KeyStorage) -> Result<PrivateKey, KeyError> {
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| KeyError::Io {
         path: path.to_path_buf(),
         source,
     })?);
-    let bad = |reason: &str| KeyError::Envelope {
+    let bad = |reason: String| KeyError::Envelope {
         path: path.to_path_buf(),
-        reason: reason.to_owned(),
+        reason,
     };
-    match (storage.source, is_envelope(&bytes), &storage.kek) {
-        (KeySource::File, false, _) => {
-            Ok(Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned()))
+    let pem = |text: &str| PrivateKey::from_pkcs8_pem(text).map_err(bad);
+    let stored = stored_form(&bytes);
+    match (storage.source, stored) {
+        (KeySource::File, Stored::Plain) => pem(&String::from_utf8_lossy(&bytes)),
+        (KeySource::Envelope, Stored::Envelope) => {
+            let kek = storage.kek.as_ref().ok_or_else(|| bad("an envelope needs a KEK".into()))?;
+            pem(&open_envelope(&bytes, path, purpose, kek)?)
         }
-        (KeySource::File, true, _) => Err(bad(
-            "the key is envelope-encrypted: start with --*-key-source envelope and its KEK",
+        (KeySource::Pkcs11, Stored::Reference) => {
+            let token = storage.token.as_ref().ok_or_else(|| {
+                bad("a key in a PKCS#11 token needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file".into())
+            })?;
+            let reference = pkcs11::Reference::parse(&bytes, path, purpose)?;
+            token.key(&reference).map_err(|e| bad(e.to_string()))
+        }
+        (_, Stored::Envelope) => Err(bad(
+            "the key is envelope-encrypted: start with --*-key-source envelope and its KEK".into(),
         )),
-        (KeySource::Envelope, true, Some(kek)) => open_envelope(&bytes, path, purpose, kek),
-        (KeySource::Envelope, false, _) => Err(bad(
-            "the key is a plain file, but an envelope is expected: it was not encrypted (refusing to use a key stored unprotected)",
+        (_, Stored::Reference) => Err(bad(
+            "the key is kept in a PKCS#11 token: start with --*-key-source pkcs11 and the token's settings".into(),
         )),
-        (KeySource::Envelope, true, None) => Err(bad("an envelope needs a KEK")),
-    }
-}
-
-/// The bytes to write for a new key `pem` kept as `storage` says.
-pub fn key_file_contents(
-    pem: &str,
-    purpose: &str,
-    storage: &KeyStorage,
-) -> Result<Zeroizing<String>, KeyError> {
-    match (storage.source, &storage.kek) {
-        (KeySource::File, _) => Ok(Zeroizing::new(pem.to_owned())),
-        (KeySource::Envelope, Some(kek)) => Ok(Zeroizing::new(envelope(pem, purpose, kek))),
-        (KeySource::Envelope, None) => Err(KeyError::BadKek {
-            origin: "--key-encryption-key-file".into(),
-            reason: "an envelope needs a KEK and none was given".into(),
-        }),
+        (KeySource::Envelope, Stored::Plain) => Err(bad(
+            "the key is a plain file, but an envelope is expected: it was not encrypted (refusing to use a key stored unprotected)".into(),
+        )),
+        (KeySource::Pkcs11, Stored::Plain) => Err(bad(
+            "the key is a plain file, but a PKCS#11 token is expected: move it into the token with `palisade-control-plane keys migrate --to pkcs11` (refusing to use a key stored unprotected)".into(),
+        )),
     }
 }
 
@@ -338,33 +479,38 @@ pub struct Migrated {
 pub const PENDING_AUDIT_FILE: &str = "key-changes.jsonl";
 
 /// Rewrites every key in `files` from `from` to `to` (another source, or a new KEK), then
-/// reads each back with `to`. All are read and checked before any is written, so a wrong
-/// KEK or a damaged file changes nothing; each file is replaced atomically. The change is
-/// appended to [`PENDING_AUDIT_FILE`] in `data_dir`.
+/// reads each back with `to`. All are read, checked and converted before any is written, so
+/// a wrong KEK or a damaged file changes nothing; each file is replaced atomically. The
+/// change is appended to [`PENDING_AUDIT_FILE`] in `data_dir`. A key in a token never
+/// leaves it, so migrating from `pkcs11` is refused.
 pub fn migrate(
     data_dir: &Path,
     files: &[(PathBuf, &'static str)],
     from: &KeyStorage,
     to: &KeyStorage,
 ) -> Result<Vec<Migrated>, KeyError> {
-    let describe = |s: &KeyStorage| match &s.kek {
-        Some(kek) => format!("envelope (KEK {})", kek.id()),
-        None => "file".to_owned(),
-    };
-    let plain: Vec<(&PathBuf, &str, Zeroizing<String>)> = files
+    if from.source == KeySource::Pkcs11 {
+        return Err(KeyError::BadReference(
+            "the keys are in a PKCS#11 token, and a key in a token never leaves it: to stop \
+             using the token, rotate the CA (palisade ca rotate) with another key source"
+                .into(),
+        ));
+    }
+    let keys: Vec<(&PathBuf, &str, PrivateKey)> = files
         .iter()
-        .map(|(path, purpose)| Ok((path, *purpose, read_key(path, purpose, from)?)))
+        .map(|(path, purpose)| Ok((path, *purpose, load_key(path, purpose, from)?)))
+        .collect::<Result<_, KeyError>>()?;
+    let converted: Vec<(&PathBuf, &str, PrivateKey, Zeroizing<String>)> = keys
+        .into_iter()
+        .map(|(path, purpose, key)| {
+            let contents = to.store(&key, purpose)?;
+            Ok((path, purpose, key, contents))
+        })
         .collect::<Result<_, KeyError>>()?;
     let mut done = Vec::new();
-    for (path, purpose, pem) in plain {
-        let contents = key_file_contents(&pem, purpose, to)?;
-        palisade_contract::private_files::write_atomic(path, contents.as_bytes(), true).map_err(
-            |source| KeyError::Io {
-                path: path.clone(),
-                source,
-            },
-        )?;
-        if *read_key(path, purpose, to)? != *pem {
+    for (path, purpose, key, contents) in converted {
+        write_private(path, contents.as_bytes())?;
+        if load_key(path, purpose, to)?.public_key_raw() != key.public_key_raw() {
             return Err(KeyError::Envelope {
                 path: path.clone(),
                 reason: "the rewritten key does not read back as the original".into(),
@@ -372,8 +518,8 @@ pub fn migrate(
         }
         done.push(Migrated {
             path: path.clone(),
-            from: describe(from),
-            to: describe(to),
+            from: from.describe(),
+            to: to.describe(),
         });
     }
     let pending = data_dir.join(PENDING_AUDIT_FILE);
@@ -382,12 +528,7 @@ pub fn migrate(
         lines.push_str(&serde_json::to_string(m).expect("serializes"));
         lines.push('\n');
     }
-    palisade_contract::private_files::write_atomic(&pending, lines.as_bytes(), true).map_err(
-        |source| KeyError::Io {
-            path: pending.clone(),
-            source,
-        },
-    )?;
+    write_private(&pending, lines.as_bytes())?;
     Ok(done)
 }
 
@@ -427,7 +568,7 @@ mod tests {
         assert!(why(open_envelope(sealed.as_bytes(), path, "ca", &kek())).contains("wrong KEK"));
         assert!(
             why(open_envelope(sealed.as_bytes(), path, "token", &k))
-                .contains("holds the ca key, not the token key")
+                .contains("is for the ca key, not the token key")
         );
         let truncated = &sealed.as_bytes()[..sealed.len() / 2];
         assert!(why(open_envelope(truncated, path, "ca", &k)).contains("truncated or damaged"));
@@ -460,59 +601,89 @@ mod tests {
         }
     }
 
+    fn real_key() -> (PrivateKey, Zeroizing<String>) {
+        let key = PrivateKey::generate();
+        let pem = key.to_pkcs8_pem().unwrap();
+        (key, pem)
+    }
+
     #[test]
     fn a_plain_file_is_never_taken_for_an_envelope_or_the_reverse() {
         let dir = tempfile::tempdir().unwrap();
         let (plain, sealed) = (dir.path().join("plain.pem"), dir.path().join("sealed.pem"));
         let k = Arc::new(kek());
-        std::fs::write(&plain, PEM).unwrap();
-        std::fs::write(&sealed, envelope(PEM, "ca", &k)).unwrap();
-        let envelope_storage = KeyStorage {
-            source: KeySource::Envelope,
-            kek: Some(k),
-        };
-        assert_eq!(*read_key(&plain, "ca", &KeyStorage::file()).unwrap(), PEM);
-        assert_eq!(*read_key(&sealed, "ca", &envelope_storage).unwrap(), PEM);
-        let err = read_key(&plain, "ca", &envelope_storage)
-            .unwrap_err()
-            .to_string();
+        let (key, pem) = real_key();
+        std::fs::write(&plain, &*pem).unwrap();
+        std::fs::write(&sealed, envelope(&pem, "ca", &k)).unwrap();
+        let envelope_storage = KeyStorage::envelope(k);
+        let public = key.public_key_raw();
+        let loaded = |path: &Path, storage: &KeyStorage| load_key(path, "ca", storage);
+        assert_eq!(
+            loaded(&plain, &KeyStorage::file())
+                .unwrap()
+                .public_key_raw(),
+            public
+        );
+        assert_eq!(
+            loaded(&sealed, &envelope_storage).unwrap().public_key_raw(),
+            public
+        );
+        let err = loaded(&plain, &envelope_storage).unwrap_err().to_string();
         assert!(
             err.contains("plain file, but an envelope is expected"),
             "{err}"
         );
-        let err = read_key(&sealed, "ca", &KeyStorage::file())
+        let err = loaded(&sealed, &KeyStorage::file())
             .unwrap_err()
             .to_string();
         assert!(err.contains("envelope-encrypted"), "{err}");
+        // A reference to a key in a token is neither.
+        let reference =
+            r#"{"palisadePkcs11": 1, "purpose": "ca", "token": "t", "id": "00", "publicKey": ""}"#;
+        std::fs::write(&plain, reference).unwrap();
+        assert!(!is_envelope(reference.as_bytes()));
+        for storage in [KeyStorage::file(), envelope_storage.clone()] {
+            let err = loaded(&plain, &storage).unwrap_err().to_string();
+            assert!(err.contains("kept in a PKCS#11 token"), "{err}");
+        }
+        // Not a key at all.
+        std::fs::write(
+            &plain,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = loaded(&plain, &KeyStorage::file()).unwrap_err().to_string();
+        assert!(
+            err.contains("not a PKCS#8 PEM ECDSA P-256 private key"),
+            "{err}"
+        );
     }
 
     #[test]
     fn migrate_moves_every_key_or_none() {
         let dir = tempfile::tempdir().unwrap();
         let (ca, token) = (dir.path().join("ca.pem"), dir.path().join("token.pem"));
-        std::fs::write(&ca, PEM).unwrap();
-        std::fs::write(&token, PEM.replace("MIGH", "MIGG")).unwrap();
+        let ((ca_key, ca_pem), (_, token_pem)) = (real_key(), real_key());
+        std::fs::write(&ca, &*ca_pem).unwrap();
+        std::fs::write(&token, &*token_pem).unwrap();
         let files = vec![(ca.clone(), "ca"), (token.clone(), "token")];
-        let first = KeyStorage {
-            source: KeySource::Envelope,
-            kek: Some(Arc::new(kek())),
-        };
+        let first = KeyStorage::envelope(Arc::new(kek()));
         let done = migrate(dir.path(), &files, &KeyStorage::file(), &first).unwrap();
         assert_eq!(done.len(), 2);
-        assert_eq!(*read_key(&ca, "ca", &first).unwrap(), PEM);
-        // Rewrap under a new KEK: the old one no longer opens them.
-        let second = KeyStorage {
-            source: KeySource::Envelope,
-            kek: Some(Arc::new(kek())),
+        let public = |storage: &KeyStorage| {
+            load_key(&ca, "ca", storage).map(|k| k.public_key_raw().to_vec())
         };
+        assert_eq!(public(&first).unwrap(), ca_key.public_key_raw());
+        // Rewrap under a new KEK: the old one no longer opens them.
+        let second = KeyStorage::envelope(Arc::new(kek()));
         migrate(dir.path(), &files, &first, &second).unwrap();
         assert!(
-            read_key(&ca, "ca", &first)
+            public(&first)
                 .unwrap_err()
                 .to_string()
                 .contains("wrong KEK")
         );
-        assert_eq!(*read_key(&ca, "ca", &second).unwrap(), PEM);
+        assert_eq!(public(&second).unwrap(), ca_key.public_key_raw());
         // One damaged file: nothing is rewritten.
         std::fs::write(&token, "{").unwrap();
         let before = std::fs::read(&ca).unwrap();
