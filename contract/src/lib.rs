@@ -24,6 +24,7 @@ pub mod certs;
 pub mod config_api;
 pub mod decisions;
 pub mod documents;
+pub mod envelope;
 pub mod identity_api;
 pub mod jwt;
 pub mod path;

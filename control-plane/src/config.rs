@@ -11,7 +11,7 @@ use palisade_contract::TrustDomain;
 use palisade_contract::telemetry::LogFormat;
 
 use crate::ca::{CaConfig, PluggedInCa};
-use crate::keys::{Kek, KeyError, KeySource, KeyStorage, Token, TokenSettings};
+use crate::keys::{Kek, KeyError, KeySource, KeyStorage, KeyWrap, Token, TokenSettings};
 
 /// Palisade control plane: the mesh's certificate authority and administration API.
 #[derive(Debug, Clone, Parser)]
@@ -131,6 +131,12 @@ pub struct Config {
         hide = true
     )]
     pub key_encryption_key: Option<String>,
+
+    /// The key-encryption key for envelope key sources as an AES-256 key in the PKCS#11
+    /// token (--pkcs11-*): its label. The token wraps and unwraps the data keys, and the KEK
+    /// never leaves it. Make one with `palisade-control-plane keys new-kek --in-token LABEL`.
+    #[arg(long, env = "PALISADE_KEY_ENCRYPTION_KEY_PKCS11")]
+    pub key_encryption_key_pkcs11: Option<String>,
 
     /// The PKCS#11 library of the HSM for pkcs11 key sources (SoftHSM2:
     /// /usr/lib/softhsm/libsofthsm2.so).
@@ -371,6 +377,7 @@ impl Config {
             token_key_source: KeySource::File,
             key_encryption_key_file: None,
             key_encryption_key: None,
+            key_encryption_key_pkcs11: None,
             pkcs11_module: None,
             pkcs11_token: None,
             pkcs11_pin_file: None,
@@ -445,14 +452,30 @@ impl Config {
             ));
         }
         let envelope = [self.ca_key_source, self.token_key_source].contains(&KeySource::Envelope);
-        if envelope && self.key_encryption_key_file.is_none() && self.key_encryption_key.is_none() {
+        let keks = [
+            self.key_encryption_key_file.is_some(),
+            self.key_encryption_key.is_some(),
+            self.key_encryption_key_pkcs11.is_some(),
+        ]
+        .into_iter()
+        .filter(|given| *given)
+        .count();
+        if envelope && keks == 0 {
             problems.push(
-                "an envelope key source needs the key-encryption key: --key-encryption-key-file \
-                 or PALISADE_KEY_ENCRYPTION_KEY"
+                "an envelope key source needs the key-encryption key: --key-encryption-key-file, \
+                 PALISADE_KEY_ENCRYPTION_KEY or --key-encryption-key-pkcs11"
                     .into(),
             );
         }
-        let pkcs11 = [self.ca_key_source, self.token_key_source].contains(&KeySource::Pkcs11);
+        if keks > 1 {
+            problems.push(
+                "give one key-encryption key: --key-encryption-key-file, \
+                 PALISADE_KEY_ENCRYPTION_KEY or --key-encryption-key-pkcs11"
+                    .into(),
+            );
+        }
+        let pkcs11 = [self.ca_key_source, self.token_key_source].contains(&KeySource::Pkcs11)
+            || (envelope && self.key_encryption_key_pkcs11.is_some());
         if pkcs11 && self.token_settings().is_none() {
             problems.push(
                 "a pkcs11 key source needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file"
@@ -588,26 +611,39 @@ impl Config {
             })?;
             return Ok(KeyStorage::pkcs11(Token::open(&settings)?));
         }
-        let kek = match source {
-            KeySource::File | KeySource::Pkcs11 => None,
-            KeySource::Envelope => Some(Arc::new(
-                match (&self.key_encryption_key_file, &self.key_encryption_key) {
-                    (Some(path), _) => Kek::from_file(path)?,
-                    (None, Some(text)) => Kek::from_base64(text, "PALISADE_KEY_ENCRYPTION_KEY")?,
-                    (None, None) => {
-                        return Err(KeyError::BadKek {
-                            origin: "--key-encryption-key-file".into(),
-                            reason: "an envelope key source needs one, and none was given".into(),
-                        });
-                    }
-                },
+        match source {
+            KeySource::File | KeySource::Pkcs11 => Ok(KeyStorage::file()),
+            KeySource::Envelope => Ok(KeyStorage::envelope(self.kek()?)),
+        }
+    }
+
+    /// The key-encryption key, from a file, the environment or the token.
+    pub fn kek(&self) -> Result<Arc<dyn KeyWrap>, KeyError> {
+        match (
+            &self.key_encryption_key_file,
+            &self.key_encryption_key,
+            &self.key_encryption_key_pkcs11,
+        ) {
+            (Some(path), _, _) => Ok(Arc::new(Kek::from_file(path)?)),
+            (None, Some(text), _) => Ok(Arc::new(Kek::from_base64(
+                text,
+                "PALISADE_KEY_ENCRYPTION_KEY",
+            )?)),
+            (None, None, Some(label)) => {
+                let settings = self.token_settings().ok_or_else(|| {
+                    KeyError::BadReference(
+                        "--key-encryption-key-pkcs11 needs --pkcs11-module, --pkcs11-token \
+                         and --pkcs11-pin-file"
+                            .into(),
+                    )
+                })?;
+                Ok(Arc::new(Token::open(&settings)?.kek(label)?))
+            }
+            (None, None, None) => Err(KeyError::bad_kek(
+                "--key-encryption-key-file",
+                "an envelope key source needs one, and none was given",
             )),
-        };
-        Ok(KeyStorage {
-            source,
-            kek,
-            token: None,
-        })
+        }
     }
 
     pub fn ca_config(&self) -> Result<CaConfig, KeyError> {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::keys::{Kek, KeyError, KeySource, KeyStorage, migrate};
+use crate::keys::{Kek, KeyError, KeySource, KeyStorage, KeyWrap as _, migrate};
 
 /// `palisade-control-plane keys ...`: offline changes to how the keys are kept. Stop the
 /// control plane first; the flags before the subcommand say how the keys are kept now.
@@ -27,54 +27,98 @@ pub enum KeysCommand {
     Migrate {
         #[arg(long, value_enum)]
         to: KeySource,
-        /// The KEK for `--to envelope` (default: the current one).
-        #[arg(long)]
-        to_key_encryption_key_file: Option<PathBuf>,
+        #[command(flatten)]
+        kek: TargetKek,
     },
-    /// Rotate the key-encryption key: re-seal every envelope with the new KEK, without
-    /// touching the keys themselves.
+    /// Rotate the key-encryption key: re-seal every envelope with the new KEK (a file, or a
+    /// key in the token), without touching the keys themselves.
     Rewrap {
-        #[arg(long)]
-        to_key_encryption_key_file: PathBuf,
+        #[command(flatten)]
+        kek: TargetKek,
     },
-    /// Print a new random key-encryption key (32 bytes, base64) to standard output.
-    NewKek,
+    /// Print a new random key-encryption key (32 bytes, base64) to standard output; with
+    /// `--in-token LABEL`, make an AES-256 KEK in the PKCS#11 token (--pkcs11-*) instead,
+    /// which never leaves it.
+    NewKek {
+        #[arg(long, value_name = "LABEL")]
+        in_token: Option<String>,
+    },
+}
+
+/// The KEK that `migrate --to envelope` and `rewrap` seal with.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TargetKek {
+    /// A KEK file (default for migrate: the current KEK).
+    #[arg(long, conflicts_with = "to_key_encryption_key_pkcs11")]
+    pub to_key_encryption_key_file: Option<PathBuf>,
+    /// A KEK in the PKCS#11 token (--pkcs11-*), by label.
+    #[arg(long, value_name = "LABEL")]
+    pub to_key_encryption_key_pkcs11: Option<String>,
 }
 
 impl KeysCli {
     /// Runs the command; what it did, one line per key file.
     pub fn run(&self) -> Result<Vec<String>, KeyError> {
-        let (to, to_kek) = match &self.command {
-            KeysCommand::NewKek => return Ok(vec![Kek::generate_base64().to_string()]),
-            KeysCommand::Migrate {
-                to,
-                to_key_encryption_key_file,
-            } => (*to, to_key_encryption_key_file.as_ref()),
-            KeysCommand::Rewrap {
-                to_key_encryption_key_file,
-            } => (KeySource::Envelope, Some(to_key_encryption_key_file)),
-        };
         let config = &self.config;
+        let (to, to_kek) = match &self.command {
+            KeysCommand::NewKek { in_token: None } => {
+                return Ok(vec![Kek::generate_base64().to_string()]);
+            }
+            KeysCommand::NewKek {
+                in_token: Some(label),
+            } => {
+                let kek = token(config)?.generate_kek(label)?;
+                return Ok(vec![format!(
+                    "made {} (id {}): start with --key-encryption-key-pkcs11 {label}",
+                    kek.origin(),
+                    kek.id()
+                )]);
+            }
+            KeysCommand::Migrate { to, kek } => (*to, kek.clone()),
+            KeysCommand::Rewrap { kek } => {
+                if kek.to_key_encryption_key_file.is_none()
+                    && kek.to_key_encryption_key_pkcs11.is_none()
+                {
+                    return Err(KeyError::BadReference(
+                        "rewrap needs the new KEK: --to-key-encryption-key-file or \
+                         --to-key-encryption-key-pkcs11"
+                            .into(),
+                    ));
+                }
+                (KeySource::Envelope, kek.clone())
+            }
+        };
         let files = key_files(&config.data_dir, config.ca_key.as_deref());
         if files.is_empty() {
-            return Err(KeyError::Envelope {
-                path: config.data_dir.clone(),
-                reason: "no key files here: is this the control plane's --data-dir?".into(),
-            });
+            return Err(KeyError::stored(
+                config.data_dir.clone(),
+                "no key files here: is this the control plane's --data-dir?",
+            ));
         }
         // The current storage of both keys; they must agree to be moved at once.
         if config.ca_key_source != config.token_key_source {
-            return Err(KeyError::Envelope {
-                path: config.data_dir.clone(),
-                reason: "--ca-key-source and --token-key-source differ: migrate with both as they are now set".into(),
-            });
+            return Err(KeyError::stored(
+                config.data_dir.clone(),
+                "--ca-key-source and --token-key-source differ: migrate with both as they are now set",
+            ));
         }
         let from = config.key_storage(config.ca_key_source)?;
         let to = match (to, to_kek) {
             (KeySource::File, _) => KeyStorage::file(),
-            (KeySource::Envelope, Some(path)) => {
-                KeyStorage::envelope(Arc::new(Kek::from_file(path)?))
-            }
+            (
+                KeySource::Envelope,
+                TargetKek {
+                    to_key_encryption_key_file: Some(path),
+                    ..
+                },
+            ) => KeyStorage::envelope(Arc::new(Kek::from_file(&path)?)),
+            (
+                KeySource::Envelope,
+                TargetKek {
+                    to_key_encryption_key_pkcs11: Some(label),
+                    ..
+                },
+            ) => KeyStorage::envelope(Arc::new(token(config)?.kek(&label)?)),
             (source, _) => config.key_storage(source)?,
         };
         let done = migrate(&config.data_dir, &files, &from, &to)?;
@@ -83,6 +127,16 @@ impl KeysCli {
             .map(|m| format!("{}: {} -> {}", m.path.display(), m.from, m.to))
             .collect())
     }
+}
+
+/// The PKCS#11 token the flags name.
+fn token(config: &crate::Config) -> Result<Arc<crate::keys::Token>, KeyError> {
+    let settings = config.token_settings().ok_or_else(|| {
+        KeyError::BadReference(
+            "a key in a token needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file".into(),
+        )
+    })?;
+    crate::keys::Token::open(&settings)
 }
 
 /// A key file the control plane keeps in `data_dir`, with its purpose: the managed CA's

@@ -335,7 +335,7 @@ async fn plain_keys_migrate_into_a_token_keeping_the_ca_and_never_migrate_out() 
         &h.config,
         KeysCommand::Migrate {
             to: KeySource::Pkcs11,
-            to_key_encryption_key_file: None,
+            kek: Default::default(),
         },
     );
     // The target's token settings come from the same flags.
@@ -379,7 +379,7 @@ async fn plain_keys_migrate_into_a_token_keeping_the_ca_and_never_migrate_out() 
         &to,
         KeysCommand::Migrate {
             to: KeySource::File,
-            to_key_encryption_key_file: None,
+            kek: Default::default(),
         },
     )
     .run()
@@ -390,4 +390,74 @@ async fn plain_keys_migrate_into_a_token_keeping_the_ca_and_never_migrate_out() 
         std::fs::read_to_string(data.join("ca/ca-key.pem")).unwrap(),
         reference
     );
+}
+
+#[tokio::test]
+async fn envelopes_can_be_sealed_by_a_kek_that_never_leaves_the_token() {
+    let token = TestToken::new("tokenkek");
+    let outside = tempfile::tempdir().unwrap();
+    let with_token = |c: &mut Config| {
+        c.ca_key_source = KeySource::Envelope;
+        c.token_key_source = KeySource::Envelope;
+        c.pkcs11_module = Some(token.settings.module.clone());
+        c.pkcs11_token = Some(token.settings.label.clone());
+        c.pkcs11_pin_file = Some(token.settings.pin_file.clone());
+        c.key_encryption_key_pkcs11 = Some("palisade-kek".into());
+    };
+    let mut plain = Config::for_data_dir(outside.path().join("unused"));
+    with_token(&mut plain);
+    let made = KeysCli {
+        config: plain.clone(),
+        command: KeysCommand::NewKek {
+            in_token: Some("palisade-kek".into()),
+        },
+    }
+    .run()
+    .unwrap();
+    assert!(
+        made[0].contains("--key-encryption-key-pkcs11 palisade-kek"),
+        "{made:?}"
+    );
+
+    let mut h = Harness::start_with(with_token).await;
+    let (status, issued) = h
+        .issue(Some(&h.join_token("shop", "orders").await), &csr().1)
+        .await;
+    assert_eq!(status, http::StatusCode::OK, "{issued}");
+    verify_issued(&h, &issued);
+    h.stop().await;
+    let data = h.config.data_dir.clone();
+    let kek = h.config.kek().unwrap();
+    for (file, purpose) in [("ca/ca-key.pem", "ca"), ("token-signing-key.pem", "token")] {
+        let on_disk = std::fs::read(data.join(file)).unwrap();
+        let envelope: serde_json::Value = serde_json::from_slice(&on_disk).unwrap();
+        assert_eq!(envelope["kek"], kek.id(), "{file}");
+        let pem = open_envelope(&on_disk, &data.join(file), purpose, kek.as_ref()).unwrap();
+        assert!(
+            !contains(&on_disk, &der_of(&pem)),
+            "{file}: the key's DER is on disk"
+        );
+    }
+    let ca_cert = std::fs::read(data.join("ca/ca-cert.pem")).unwrap();
+
+    // Rewrapped under a KEK file: the token's KEK no longer opens them, the file's does.
+    let file_kek = kek_file(outside.path(), "kek");
+    let done = KeysCli {
+        config: h.config.clone(),
+        command: KeysCommand::Rewrap {
+            kek: palisade_control_plane::keys_cli::TargetKek {
+                to_key_encryption_key_file: Some(file_kek.clone()),
+                to_key_encryption_key_pkcs11: None,
+            },
+        },
+    }
+    .run()
+    .unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    let err = start(&h.config).await.map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("wrong KEK"), "{err}");
+    h.config.key_encryption_key_pkcs11 = None;
+    h.config.key_encryption_key_file = Some(file_kek);
+    h.restart().await;
+    assert_eq!(std::fs::read(data.join("ca/ca-cert.pem")).unwrap(), ca_cert);
 }

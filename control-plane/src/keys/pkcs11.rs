@@ -25,6 +25,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as P11Error, RvError};
 use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -32,6 +33,8 @@ use cryptoki::types::AuthPin;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize as _, Zeroizing};
+
+use palisade_contract::envelope::KeyWrap;
 
 use super::KeyError;
 use super::signing::{ExternalKey, PrivateKey};
@@ -98,12 +101,10 @@ impl Token {
             module: settings.module.clone(),
             reason,
         };
-        let pin = Zeroizing::new(std::fs::read_to_string(&settings.pin_file).map_err(
-            |source| KeyError::Io {
-                path: settings.pin_file.clone(),
-                source,
-            },
-        )?);
+        let pin = Zeroizing::new(
+            std::fs::read_to_string(&settings.pin_file)
+                .map_err(|source| KeyError::io(settings.pin_file.clone(), source))?,
+        );
         let pin = pin.trim_end_matches(['\n', '\r']);
         if pin.is_empty() {
             return Err(fail(format!(
@@ -345,6 +346,155 @@ impl Token {
     }
 }
 
+impl Token {
+    /// Makes an AES-256 key-encryption key labelled `label` in the token: sensitive, never
+    /// extractable, for wrapping envelopes' data keys (`keys new-kek --in-token`).
+    pub fn generate_kek(self: &Arc<Self>, label: &str) -> Result<TokenKek, KeyError> {
+        if !self.secret_keys(label)?.is_empty() {
+            return Err(self.error(format!("a key labelled \"{label}\" is already there")));
+        }
+        let (id, _) = new_id("kek");
+        self.session()
+            .generate_key(
+                &Mechanism::AesKeyGen,
+                &[
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::ValueLen(32.into()),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                    Attribute::Encrypt(true),
+                    Attribute::Decrypt(true),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Id(id.to_vec()),
+                ],
+            )
+            .map_err(|e| self.error(format!("generating an AES-256 key failed: {e}")))?;
+        self.kek(label)
+    }
+
+    /// The AES key-encryption key labelled `label`.
+    pub fn kek(self: &Arc<Self>, label: &str) -> Result<TokenKek, KeyError> {
+        let handle = match self.secret_keys(label)?.as_slice() {
+            [handle] => *handle,
+            [] => {
+                return Err(self.error(format!(
+                    "no key-encryption key labelled \"{label}\" (make one with \
+                     `palisade-control-plane keys new-kek --in-token {label}`)"
+                )));
+            }
+            several => {
+                return Err(self.error(format!(
+                    "{} keys are labelled \"{label}\": refusing to guess",
+                    several.len()
+                )));
+            }
+        };
+        let id = match self
+            .session()
+            .get_attributes(handle, &[AttributeType::Id])
+            .map_err(|e| self.error(format!("reading the key's id failed: {e}")))?
+            .as_slice()
+        {
+            [Attribute::Id(id)] => id.clone(),
+            _ => Vec::new(),
+        };
+        // Its public name: the token, the label and the object's id, hashed.
+        let name = format!("pkcs11 {} {label} {}", self.label, hex::encode(&id));
+        let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+        let session = self
+            .pkcs11
+            .open_ro_session(self.slot)
+            .map_err(|e| self.error(format!("opening a session failed: {e}")))?;
+        Ok(TokenKek {
+            id: hex::encode(&digest.as_ref()[..8]),
+            origin: format!(
+                "key-encryption key \"{label}\" in PKCS#11 token \"{}\"",
+                self.label
+            ),
+            session: Mutex::new(session),
+            handle,
+            _token: self.clone(),
+        })
+    }
+
+    fn secret_keys(&self, label: &str) -> Result<Vec<ObjectHandle>, KeyError> {
+        self.session()
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(|e| self.error(format!("searching the token failed: {e}")))
+    }
+}
+
+/// A key-encryption key held in a token: the token wraps and unwraps data keys with
+/// AES-256-GCM (`nonce || ciphertext || tag`, as a KEK given as bytes does), and the KEK
+/// never leaves it.
+pub struct TokenKek {
+    id: String,
+    origin: String,
+    session: Mutex<Session>,
+    handle: ObjectHandle,
+    _token: Arc<Token>,
+}
+
+impl std::fmt::Debug for TokenKek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKek")
+            .field("id", &self.id)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+const GCM_NONCE: usize = 12;
+
+impl KeyWrap for TokenKek {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    fn wrap(&self, data_key: &[u8], aad: &[u8]) -> Result<Vec<u8>, String> {
+        let mut nonce = [0u8; GCM_NONCE];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .expect("the system random source works");
+        let mut iv = nonce;
+        let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(|e| e.to_string())?;
+        let sealed = self
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .encrypt(&Mechanism::AesGcm(params), self.handle, data_key)
+            .map_err(|e| format!("the token did not wrap the data key: {e}"))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        if wrapped.len() < GCM_NONCE {
+            return None;
+        }
+        let (nonce, sealed) = wrapped.split_at(GCM_NONCE);
+        let mut iv: [u8; GCM_NONCE] = nonce.try_into().ok()?;
+        let params = GcmParams::new(&mut iv, aad, 128.into()).ok()?;
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .decrypt(&Mechanism::AesGcm(params), self.handle, sealed)
+            .ok()
+            .map(Zeroizing::new)
+    }
+}
+
 /// A random CKA_ID (16 bytes) and a label naming the purpose, for a new key.
 fn new_id(purpose: &str) -> ([u8; 16], String) {
     let mut id = [0u8; 16];
@@ -418,13 +568,10 @@ impl Reference {
 
     /// Reads the reference in `bytes` (from `path`) to a key for `purpose`.
     pub fn parse(bytes: &[u8], path: &Path, purpose: &str) -> Result<Self, KeyError> {
-        let bad = |reason: String| KeyError::Envelope {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let bad = |reason: String| KeyError::stored(path.to_path_buf(), reason);
         let reference: Self = serde_json::from_slice(bytes)
             .map_err(|e| bad(format!("not a readable PKCS#11 key reference: {e}")))?;
-        super::check_header(
+        palisade_contract::envelope::check_header(
             "key reference",
             (reference.palisade_pkcs11, VERSION),
             &reference.purpose,
@@ -582,5 +729,44 @@ mod tests {
         std::fs::remove_file(&wrong).unwrap();
         // And the right PIN, with a newline after it, opens it.
         Token::open(&test.settings).unwrap();
+    }
+
+    #[test]
+    fn a_kek_in_the_token_wraps_and_unwraps_there_and_refuses_changes() {
+        let test = TestToken::new("kek");
+        let token = Token::open(&test.settings).unwrap();
+        let kek = token.generate_kek("palisade-kek").unwrap();
+        let err = token.generate_kek("palisade-kek").unwrap_err().to_string();
+        assert!(err.contains("already there"), "{err}");
+        let wrapped = kek
+            .wrap(b"0123456789abcdef0123456789abcdef", b"aad")
+            .unwrap();
+        assert!(!wrapped.windows(16).any(|w| w == b"0123456789abcdef"));
+        assert_eq!(
+            &kek.unwrap(&wrapped, b"aad").unwrap()[..],
+            b"0123456789abcdef0123456789abcdef"
+        );
+        assert!(kek.unwrap(&wrapped, b"other aad").is_none());
+        for i in 0..wrapped.len() {
+            let mut changed = wrapped.clone();
+            changed[i] ^= 1;
+            assert!(kek.unwrap(&changed, b"aad").is_none(), "byte {i}");
+        }
+        // Found again by its label, with the same id; another KEK does not open it.
+        let again = token.kek("palisade-kek").unwrap();
+        assert_eq!(again.id(), kek.id());
+        assert!(again.unwrap(&wrapped, b"aad").is_some());
+        let other = token.generate_kek("other-kek").unwrap();
+        assert_ne!(other.id(), kek.id());
+        assert!(other.unwrap(&wrapped, b"aad").is_none());
+        let err = token.kek("missing").unwrap_err().to_string();
+        assert!(err.contains("keys new-kek --in-token missing"), "{err}");
+        // And the token will not give it out.
+        let handle = token.secret_keys("palisade-kek").unwrap()[0];
+        let value = token
+            .session()
+            .get_attributes(handle, &[AttributeType::Value])
+            .unwrap();
+        assert!(value.is_empty(), "{value:?}");
     }
 }
