@@ -87,6 +87,16 @@ pub struct Config {
     #[arg(long, env = "PALISADE_IDENTITY_DIR")]
     pub identity_dir: Option<PathBuf>,
 
+    /// Keep the cached key in --identity-dir envelope-encrypted with this key-encryption key
+    /// (a file of 32 random bytes, base64, kept off the node disk: a mounted Secret). A
+    /// cached key that is not sealed with it is ignored. See the README on when it helps.
+    #[arg(
+        long,
+        env = "PALISADE_IDENTITY_KEY_ENCRYPTION_KEY_FILE",
+        requires = "identity_dir"
+    )]
+    pub identity_key_encryption_key_file: Option<PathBuf>,
+
     /// Admin listener: /live, /ready, /metrics (never subject to mesh policy).
     #[arg(long, env = "PALISADE_ADMIN_LISTEN", default_value = "0.0.0.0:15090")]
     pub admin_listen: SocketAddr,
@@ -365,6 +375,16 @@ impl Config {
                     .into(),
             );
         }
+        let cache_kek = match &self.identity_key_encryption_key_file {
+            Some(path) => match palisade_contract::envelope::Kek::from_file(path) {
+                Ok(kek) => Some(std::sync::Arc::new(kek)),
+                Err(e) => {
+                    problems.push(format!("--identity-key-encryption-key-file: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
         if let Some(p) = &self.policy_file
             && !p.is_file()
         {
@@ -475,6 +495,7 @@ impl Config {
                 trust_domain: self.trust_domain.clone(),
                 token_file: self.token_file.clone(),
                 cache_dir: self.identity_dir.clone(),
+                cache_kek,
                 initial_backoff: INITIAL_BACKOFF.min(self.max_backoff),
                 max_backoff: self.max_backoff,
                 connect_timeout: self.connect_timeout,
@@ -580,6 +601,49 @@ mod tests {
         for bad in ["", "MiB", "1TiB", "-1MiB", "1.5GiB", "99999999999999GiB"] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_unreadable_or_malformed_cache_kek_is_a_start_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, "").unwrap();
+        let short = dir.path().join("short-kek");
+        std::fs::write(&short, "c2hvcnQ=\n").unwrap();
+        for (kek, expected) in [
+            (short.display().to_string(), "must be 32 bytes"),
+            ("/nonexistent/kek".to_owned(), "No such file"),
+        ] {
+            let c = Config::try_parse_from([
+                "palisade-proxy",
+                "--ca-bundle",
+                bundle.to_str().unwrap(),
+                "--identity-dir",
+                dir.path().to_str().unwrap(),
+                "--identity-key-encryption-key-file",
+                &kek,
+            ])
+            .unwrap();
+            let problems = c.settings().unwrap_err();
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with("--identity-key-encryption-key-file")
+                        && p.contains(expected)),
+                "{problems:?}"
+            );
+        }
+        // It means nothing without a cache to seal.
+        assert!(
+            Config::try_parse_from([
+                "palisade-proxy",
+                "--ca-bundle",
+                "b.pem",
+                "--identity-key-encryption-key-file",
+                "k",
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -15,11 +15,12 @@
 //!   read, so new connections use the new certificate; a connection opened with the old
 //!   one drains before that one expires ([`crate::trust`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use palisade_contract::certs;
+use palisade_contract::envelope;
 use palisade_contract::identity_api::{
     CertificateResponse, ReattestRequest, control_plane_id, reattest_message,
 };
@@ -35,6 +36,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 use crate::control_plane_client::{ControlPlaneClient, ControlPlaneError};
 use crate::trust::{ConnectionTrust, Side};
@@ -42,6 +44,8 @@ use crate::trust::{ConnectionTrust, Side};
 const CACHE_CERT: &str = "cert.pem";
 const CACHE_KEY: &str = "key.pem";
 const CACHE_BUNDLE: &str = "bundle.pem";
+/// Purpose bound into the cached key's envelope.
+const CACHE_KEY_PURPOSE: &str = "workload";
 
 #[derive(Debug, Clone)]
 pub struct IdentitySettings {
@@ -52,6 +56,9 @@ pub struct IdentitySettings {
     pub token_file: Option<PathBuf>,
     /// Where the key, certificate and bundle are cached (mode 0600 files).
     pub cache_dir: Option<PathBuf>,
+    /// When set, the cached key is kept as an envelope sealed with this KEK, and a cached
+    /// key that is not is ignored (`--identity-key-encryption-key-file`).
+    pub cache_kek: Option<Arc<palisade_contract::envelope::Kek>>,
     /// First retry delay after a failure; doubles up to `max_backoff`.
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -443,8 +450,18 @@ impl IdentityManager {
         let Some(dir) = &self.settings.cache_dir else {
             return;
         };
+        let key = match &self.settings.cache_kek {
+            Some(kek) => match envelope::envelope(key_pem, CACHE_KEY_PURPOSE, kek.as_ref()) {
+                Ok(sealed) => Zeroizing::new(sealed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not seal the key; not caching it");
+                    return;
+                }
+            },
+            None => Zeroizing::new(key_pem.to_owned()),
+        };
         let result = ensure_private_dir(dir)
-            .and_then(|()| write_atomic(&dir.join(CACHE_KEY), key_pem.as_bytes(), true))
+            .and_then(|()| write_atomic(&dir.join(CACHE_KEY), key.as_bytes(), true))
             .and_then(|()| {
                 write_atomic(&dir.join(CACHE_CERT), identity.chain_pem().as_bytes(), true)
             })
@@ -468,7 +485,9 @@ impl IdentityManager {
         let loaded = (|| -> Result<(WorkloadIdentity, TrustBundle, bool), String> {
             let bundle = TrustBundle::from_pem(self.settings.trust_domain.clone(), &bundle_pem)
                 .map_err(|e| e.to_string())?;
-            let identity = WorkloadIdentity::from_pem(&chain, &key).map_err(|e| e.to_string())?;
+            let key = self.cached_key(&dir.join(CACHE_KEY), &key)?;
+            let identity =
+                WorkloadIdentity::from_pem(&chain, key.as_bytes()).map_err(|e| e.to_string())?;
             if identity.not_after < unix_now() {
                 // Expired: kept (not used for mTLS) only to re-attest with, if it was good
                 // when it expired.
@@ -492,6 +511,29 @@ impl IdentityManager {
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "ignoring the cached certificate")
             }
+        }
+    }
+}
+
+impl IdentityManager {
+    /// The cached key's PEM: opened from its envelope with the KEK when one is set, and
+    /// only then (a plain key where a sealed one is expected could have been put there by
+    /// whoever can write the directory); a sealed key without a KEK is refused too.
+    fn cached_key(&self, path: &Path, bytes: &[u8]) -> Result<Zeroizing<String>, String> {
+        match (&self.settings.cache_kek, envelope::looks_sealed(bytes)) {
+            (Some(kek), true) => {
+                envelope::open_envelope(bytes, path, CACHE_KEY_PURPOSE, kek.as_ref())
+                    .map_err(|e| e.to_string())
+            }
+            (Some(_), false) => Err(format!(
+                "{}: the cached key is not sealed, but --identity-key-encryption-key-file is set",
+                path.display()
+            )),
+            (None, true) => Err(format!(
+                "{}: the cached key is sealed: give --identity-key-encryption-key-file",
+                path.display()
+            )),
+            (None, false) => Ok(Zeroizing::new(String::from_utf8_lossy(bytes).into_owned())),
         }
     }
 }

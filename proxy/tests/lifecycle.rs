@@ -348,6 +348,92 @@ async fn a_restarted_sidecar_starts_from_its_cache_and_renews_without_a_token() 
 }
 
 #[tokio::test]
+async fn a_sealed_identity_cache_holds_no_key_and_opens_only_with_its_kek() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let bundle = dir.path().join("cp/trust-bundle.pem");
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let kek_file = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            palisade_control_plane::keys::Kek::generate_base64().as_bytes(),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (kek, other) = (kek_file("kek"), kek_file("other-kek"));
+    let sealed = ["--identity-key-encryption-key-file", kek.as_str()];
+    let start = async |extra: &[&str]| {
+        palisade_proxy::start(&sidecar_config(
+            cp.sidecar_addr,
+            bundle.clone(),
+            &files,
+            extra,
+        ))
+        .await
+        .unwrap()
+    };
+    let first = start(&sealed).await;
+    wait_ready(&first).await;
+    let first_serial = serial(&first.identity.slot());
+    first.shutdown().await;
+    let on_disk = std::fs::read_to_string(files.cache.join("key.pem")).unwrap();
+    assert!(
+        palisade_contract::envelope::looks_sealed(on_disk.as_bytes())
+            && !on_disk.contains("PRIVATE KEY"),
+        "{on_disk}"
+    );
+
+    // The join token is spent: only the cache can bring the sidecar back, and only with its
+    // KEK.
+    std::fs::remove_file(&files.token).unwrap();
+    for refused in [
+        vec!["--identity-key-encryption-key-file", other.as_str()],
+        vec![],
+    ] {
+        let sidecar = start(&refused).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            admin_get(&sidecar, "/ready").await.0,
+            503,
+            "the cache opened with {refused:?}"
+        );
+        sidecar.shutdown().await;
+    }
+    // The same key in plain where a sealed one is expected is not taken either (anyone
+    // who can write the directory could have put it there).
+    let key_path = files.cache.join("key.pem");
+    let opened = palisade_contract::envelope::open_envelope(
+        on_disk.as_bytes(),
+        &key_path,
+        "workload",
+        &palisade_contract::envelope::Kek::from_file(std::path::Path::new(&kek)).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&key_path, opened.as_bytes()).unwrap();
+    let sidecar = start(&sealed).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        admin_get(&sidecar, "/ready").await.0,
+        503,
+        "a plain key was taken"
+    );
+    sidecar.shutdown().await;
+
+    std::fs::write(&key_path, &on_disk).unwrap();
+    let second = start(&sealed).await;
+    assert_eq!(
+        admin_get(&second, "/ready").await.0,
+        200,
+        "ready from the cache"
+    );
+    assert_eq!(serial(&second.identity.slot()), first_serial);
+    second.shutdown().await;
+    cp.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_sidecar_retries_until_the_control_plane_appears() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cp");
