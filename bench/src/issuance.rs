@@ -74,3 +74,75 @@ pub async fn rate(
         errors,
     ))
 }
+
+/// Issuance with each key source (`--ca-key-source file | envelope | pkcs11`, the token key
+/// likewise): a control plane in this process per source, on a fresh data dir under `work`
+/// (pkcs11 on a SoftHSM2 token made for the run), measured as [`rate`] measures. All three
+/// run the same way, so they compare with each other (the main issuance row uses the
+/// control plane process of the mesh).
+pub async fn by_key_source(
+    work: &std::path::Path,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Vec<(&'static str, (f64, f64, f64, u64))>> {
+    use palisade_contract::identity_api::control_plane_id;
+    use palisade_contract::tls::{TrustBundle, WorkloadIdentity, shared_bundle};
+    use palisade_control_plane::keys::{Kek, KeySource, softhsm::TestToken};
+    let token = TestToken::new("bench");
+    let kek = work.join("bench-kek");
+    std::fs::write(&kek, Kek::generate_base64().as_bytes())?;
+    let mut rows = Vec::new();
+    for (name, source) in [
+        ("file", KeySource::File),
+        ("envelope", KeySource::Envelope),
+        ("pkcs11", KeySource::Pkcs11),
+    ] {
+        let mut config =
+            palisade_control_plane::Config::for_data_dir(work.join(format!("cp-keys-{name}")));
+        config.ca_key_source = source;
+        config.token_key_source = source;
+        config.key_encryption_key_file = Some(kek.clone());
+        config.pkcs11_module = Some(token.settings.module.clone());
+        config.pkcs11_token = Some(token.settings.label.clone());
+        config.pkcs11_pin_file = Some(token.settings.pin_file.clone());
+        let cp = palisade_control_plane::start(&config).await?;
+        let td = config.trust_domain.clone();
+        let bundle = shared_bundle(TrustBundle::from_pem(
+            td.clone(),
+            &std::fs::read(config.data_dir.join("trust-bundle.pem"))?,
+        )?);
+        let join = cp
+            .create_join_token("shop", "orders", Duration::from_secs(300))
+            .await?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let slot = IdentitySlot::new();
+        let client = ControlPlaneClient::new(
+            cp.sidecar_addr.to_string(),
+            control_plane_id(&td),
+            bundle.clone(),
+            slot.clone(),
+            Duration::from_secs(5),
+        );
+        let issued = client
+            .issue(&join.token, params.serialize_request(&key)?.pem()?)
+            .await?;
+        slot.set(WorkloadIdentity::from_pem(
+            issued.certificate_chain.as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )?);
+        let measured = rate(
+            cp.sidecar_addr,
+            slot,
+            bundle,
+            control_plane_id(&td),
+            concurrency,
+            duration,
+        )
+        .await?;
+        cp.shutdown().await;
+        rows.push((name, measured));
+    }
+    Ok(rows)
+}

@@ -205,6 +205,7 @@ fn the_control_planes_manifests_agree_with_its_flags() {
         "k8s/control-plane",
         "k8s/overlays/postgres",
         "k8s/overlays/envelope",
+        "k8s/overlays/pkcs11",
     ] {
         let docs = rendered(overlay);
         let (config, container) = control_plane_config(&docs);
@@ -266,30 +267,55 @@ fn the_control_planes_manifests_agree_with_its_flags() {
                 "{overlay} {probe}: scheme follows --admin-tls"
             );
         }
-        // An envelope overlay reads its KEK from a mounted Secret, outside the data dir.
+        // An envelope overlay reads its KEK, a pkcs11 overlay its PIN, from a mounted
+        // Secret outside the data dir; the module is mounted too.
         use palisade_control_plane::keys::KeySource;
-        let envelope = config.ca_key_source == KeySource::Envelope;
-        assert_eq!(envelope, overlay.ends_with("envelope"), "{overlay}");
-        assert_eq!(config.token_key_source, config.ca_key_source, "{overlay}");
-        if let Some(kek) = &config.key_encryption_key_file {
-            assert!(!kek.starts_with(&config.data_dir), "{overlay}");
+        let source = config.ca_key_source;
+        assert_eq!(
+            source == KeySource::Envelope,
+            overlay.ends_with("envelope"),
+            "{overlay}"
+        );
+        assert_eq!(
+            source == KeySource::Pkcs11,
+            overlay.ends_with("pkcs11"),
+            "{overlay}"
+        );
+        assert_eq!(config.token_key_source, source, "{overlay}");
+        let pod = &find(&docs, "Deployment", "palisade-control-plane")["spec"]["template"]["spec"];
+        let volume_of = |file: &std::path::Path| -> Value {
+            assert!(!file.starts_with(&config.data_dir), "{overlay}");
             let mount = container["volumeMounts"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|m| kek.starts_with(m["mountPath"].as_str().unwrap()))
-                .unwrap_or_else(|| panic!("{overlay}: {} is not mounted", kek.display()));
-            let pod =
-                &find(&docs, "Deployment", "palisade-control-plane")["spec"]["template"]["spec"];
-            let volume = pod["volumes"]
+                .find(|m| file.starts_with(m["mountPath"].as_str().unwrap()))
+                .unwrap_or_else(|| panic!("{overlay}: {} is not mounted", file.display()));
+            pod["volumes"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .find(|v| v["name"] == mount["name"])
-                .unwrap();
+                .unwrap()
+                .clone()
+        };
+        let secrets = [&config.key_encryption_key_file, &config.pkcs11_pin_file];
+        for file in secrets.into_iter().flatten() {
+            let volume = volume_of(file);
             assert!(
                 volume["secret"]["secretName"].is_string(),
                 "{overlay}: {volume}"
+            );
+        }
+        if source == KeySource::Pkcs11 {
+            assert!(
+                config.token_settings().is_some(),
+                "{overlay}: the token's settings"
+            );
+            let module = config.pkcs11_module.as_ref().unwrap();
+            assert!(
+                volume_of(module)["hostPath"]["path"].is_string(),
+                "{overlay}"
             );
         }
         // The Service routes to the listeners, and pods reach the sidecar port at the

@@ -298,6 +298,16 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
             "\n| certificate issuance (renewal: mTLS + CSR + sign) | CSRs signed/s (8 clients) | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|\n| control plane, SQLite | {signed:.0} | {p50:.2} | {p99:.2} | {errors} |\n"
         ));
         r.results.push(json!({"scenario": "issuance", "clients": 8, "signed_per_s": signed, "p50_ms": p50, "p99_ms": p99, "errors": errors}));
+        // The same by key source (issue 17), each on a control plane in this process.
+        r.md.push_str("\n| issuance by key source (control plane in the harness's process) | CSRs signed/s (8 clients) | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|\n");
+        for (source, (signed, p50, p99, errors)) in
+            crate::issuance::by_key_source(&work, 8, dur).await?
+        {
+            r.md.push_str(&format!(
+                "| --ca-key-source {source} | {signed:.0} | {p50:.2} | {p99:.2} | {errors} |\n"
+            ));
+            r.results.push(json!({"scenario": "issuance-key-source", "key_source": source, "clients": 8, "signed_per_s": signed, "p50_ms": p50, "p99_ms": p99, "errors": errors}));
+        }
     }
 
     // 7. Propagation: simulated sidecars (orders' certificate, many instances) wait on the
