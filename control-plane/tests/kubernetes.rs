@@ -530,3 +530,58 @@ async fn with_envelope_key_sources_the_ca_secret_holds_only_envelopes() {
     );
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_pkcs11_key_sources_the_ca_secret_holds_only_references_to_the_token() {
+    use palisade_control_plane::keys::KeySource;
+    use palisade_control_plane::keys::softhsm::TestToken;
+    let hsm = TestToken::new("k8s");
+    let dir = tempfile::tempdir().unwrap();
+    let api = fake_api(dir.path()).await;
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let replica = |data: &str| {
+        let mut config = Config::for_data_dir(dir.path().join(data));
+        in_cluster(&mut config, &api, &token);
+        config.ca_key_source = KeySource::Pkcs11;
+        config.token_key_source = KeySource::Pkcs11;
+        config.pkcs11_module = Some(hsm.settings.module.clone());
+        config.pkcs11_token = Some(hsm.settings.label.clone());
+        config.pkcs11_pin_file = Some(hsm.settings.pin_file.clone());
+        config
+    };
+    let a = palisade_control_plane::start(&replica("cp-a"))
+        .await
+        .unwrap();
+    let secret = api
+        .get("/api/v1/namespaces/palisade-system/secrets/palisade-ca")
+        .expect("the CA Secret is created");
+    for key in ["ca-key.pem", "token-key.pem"] {
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().unwrap())
+            .unwrap();
+        let reference: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(reference["palisadePkcs11"], 1, "{key}: {reference}");
+        assert_eq!(reference["token"], hsm.settings.label.as_str(), "{key}");
+        assert!(
+            !String::from_utf8_lossy(&stored).contains("PRIVATE KEY"),
+            "{key}"
+        );
+    }
+    let bundle = a.ca.bundle_pem();
+    a.shutdown().await;
+    // A second replica signs with the same keys in the same token, on the same CA.
+    let b = palisade_control_plane::start(&replica("cp-b"))
+        .await
+        .unwrap();
+    assert_eq!(b.ca.bundle_pem(), bundle);
+    b.shutdown().await;
+    // One configured for a token it cannot find says so.
+    let mut lost = replica("cp-c");
+    lost.pkcs11_token = Some("elsewhere".into());
+    let e = format!(
+        "{:#}",
+        palisade_control_plane::start(&lost).await.unwrap_err()
+    );
+    assert!(e.contains("no initialised token has this label"), "{e}");
+}
