@@ -236,7 +236,9 @@ pub fn load_key(path: &Path, purpose: &str, storage: &KeyStorage) -> Result<Priv
     let pem = |text: &str| PrivateKey::from_pkcs8_pem(text).map_err(bad);
     let stored = stored_form(&bytes);
     match (storage.source, stored) {
-        (KeySource::File, Stored::Plain) => pem(&String::from_utf8_lossy(&bytes)),
+        (KeySource::File, Stored::Plain) => {
+            pem(&Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned()))
+        }
         (KeySource::Envelope, Stored::Envelope) => {
             let kek = storage.kek.as_ref().ok_or_else(|| bad("an envelope needs a KEK".into()))?;
             pem(&open_envelope(&bytes, path, purpose, kek.as_ref())?)
