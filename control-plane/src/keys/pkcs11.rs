@@ -61,6 +61,9 @@ pub struct Token {
     module: PathBuf,
     /// Keeps the token logged in for this process, and serves key management.
     session: Mutex<Session>,
+    /// Kept (zeroized on drop) to log in again when the token forgets the login: an HSM
+    /// restarted, a network HSM's connection lost.
+    pin: AuthPin,
 }
 
 impl std::fmt::Debug for Token {
@@ -145,8 +148,9 @@ impl Token {
         let session = pkcs11
             .open_rw_session(slot)
             .map_err(|e| fail(format!("opening a session failed: {e}")))?;
-        match session.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
-            Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        let pin = AuthPin::new(pin.into());
+        match log_in(&session, &pin) {
+            Ok(()) => {}
             Err(P11Error::Pkcs11(RvError::PinIncorrect, _)) => {
                 return Err(fail(format!(
                     "the PIN in {} is wrong",
@@ -166,6 +170,7 @@ impl Token {
             label: settings.label.clone(),
             module: settings.module.clone(),
             session: Mutex::new(session),
+            pin,
         }))
     }
 
@@ -285,33 +290,11 @@ impl Token {
             .pkcs11
             .open_ro_session(self.slot)
             .map_err(|e| self.error(format!("opening a session failed: {e}")))?;
-        let found = session
-            .find_objects(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::Id(id.clone()),
-            ])
-            .map_err(|e| self.error(format!("searching the token failed: {e}")))?;
-        let handle = match found.as_slice() {
-            [handle] => *handle,
-            [] => {
-                return Err(self.error(format!(
-                    "no private key with id {} in the token (deleted, or the token \
-                     was re-initialised?)",
-                    reference.id
-                )));
-            }
-            _ => {
-                return Err(self.error(format!(
-                    "{} private keys share id {}: refusing to guess",
-                    found.len(),
-                    reference.id
-                )));
-            }
-        };
+        let handle = self.private_key(&session, &id)?;
         let public = reference.public_key()?;
         let key = TokenKey {
-            session: Mutex::new(session),
-            handle,
+            state: Mutex::new((session, handle)),
+            id,
             token: self.clone(),
         };
         let mut challenge = [0u8; 32];
@@ -329,6 +312,41 @@ impl Token {
                 ))
             })?;
         Ok(PrivateKey::external(Box::new(key), public))
+    }
+
+    /// The private key with CKA_ID `id`: exactly one, or why not.
+    fn private_key(&self, session: &Session, id: &[u8]) -> Result<ObjectHandle, KeyError> {
+        let found = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::Id(id.to_vec()),
+            ])
+            .map_err(|e| self.error(format!("searching the token failed: {e}")))?;
+        match found.as_slice() {
+            [handle] => Ok(*handle),
+            [] => Err(self.error(format!(
+                "no private key with id {} in the token (deleted, or the token was \
+                 re-initialised?)",
+                hex::encode(id)
+            ))),
+            _ => Err(self.error(format!(
+                "{} private keys share id {}: refusing to guess",
+                found.len(),
+                hex::encode(id)
+            ))),
+        }
+    }
+
+    /// A new session for the key `id`, logged in again if the token forgot the login.
+    fn reopen(&self, id: &[u8]) -> Result<(Session, ObjectHandle), KeyError> {
+        let session = self
+            .pkcs11
+            .open_ro_session(self.slot)
+            .map_err(|e| self.error(format!("re-opening a session failed: {e}")))?;
+        log_in(&session, &self.pin)
+            .map_err(|e| self.error(format!("logging in again failed: {e}")))?;
+        let handle = self.private_key(&session, id)?;
+        Ok((session, handle))
     }
 
     /// The uncompressed point of the public key object `handle`.
@@ -514,21 +532,57 @@ fn octet_string(point: &[u8]) -> Vec<u8> {
 /// A private key in a token, with its own session (a PKCS#11 session runs one operation at
 /// a time).
 pub struct TokenKey {
-    session: Mutex<Session>,
-    handle: ObjectHandle,
+    state: Mutex<(Session, ObjectHandle)>,
+    id: Vec<u8>,
     token: Arc<Token>,
+}
+
+/// Logs `session`'s token in as the user; already logged in (by another session of this
+/// process) is fine.
+fn log_in(session: &Session, pin: &AuthPin) -> Result<(), P11Error> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Errors after which a fresh session (and login) may succeed where the old one failed.
+fn session_lost(e: &P11Error) -> bool {
+    matches!(
+        e,
+        P11Error::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::UserNotLoggedIn
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent,
+            _
+        )
+    )
 }
 
 impl ExternalKey for TokenKey {
     /// ECDSA over the SHA-256 of `message` (the token signs the digest): `r || s`.
     fn sign(&self, message: &[u8]) -> Result<[u8; 64], KeyError> {
         let digest = ring::digest::digest(&ring::digest::SHA256, message);
-        let signature = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sign(&Mechanism::Ecdsa, self.handle, digest.as_ref())
-            .map_err(|e| self.token.error(format!("signing failed: {e}")))?;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let sign = |(session, handle): &(Session, ObjectHandle)| {
+            session.sign(&Mechanism::Ecdsa, *handle, digest.as_ref())
+        };
+        let signature = match sign(&state) {
+            Err(e) if session_lost(&e) => {
+                // The token lost the session or the login (restarted, reconnected): once
+                // more on a fresh one, then the error stands.
+                tracing::warn!(token = %self.token.label, error = %e,
+                    "the PKCS#11 session was lost; opening a new one");
+                *state = self.token.reopen(&self.id)?;
+                sign(&state)
+            }
+            other => other,
+        }
+        .map_err(|e| self.token.error(format!("signing failed: {e}")))?;
         signature.try_into().map_err(|s: Vec<u8>| {
             self.token
                 .error(format!("the token returned a {}-byte signature", s.len()))
@@ -768,5 +822,30 @@ mod tests {
             .get_attributes(handle, &[AttributeType::Value])
             .unwrap();
         assert!(value.is_empty(), "{value:?}");
+    }
+
+    #[test]
+    fn a_key_signs_again_after_the_token_forgot_the_login() {
+        let test = TestToken::new("relogin");
+        let token = Token::open(&test.settings).unwrap();
+        let (key, _) = token.generate("ca").unwrap();
+        assert!(verifies(&key, b"before"));
+        // What an HSM restart or a lost connection does: the token's login is gone, for
+        // every session of this process.
+        token.session().logout().unwrap();
+        let raw = token.pkcs11.open_ro_session(token.slot).unwrap();
+        let handles = raw
+            .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+            .unwrap();
+        assert!(
+            handles.is_empty(),
+            "the private keys are hidden when logged out"
+        );
+        drop(raw);
+        assert!(
+            verifies(&key, b"after"),
+            "the key logged in again and signed"
+        );
+        assert!(verifies(&key, b"and again"));
     }
 }
