@@ -102,9 +102,7 @@ pub async fn by_key_source(
         config.ca_key_source = source;
         config.token_key_source = source;
         config.key_encryption_key_file = Some(kek.clone());
-        config.pkcs11_module = Some(token.settings.module.clone());
-        config.pkcs11_token = Some(token.settings.label.clone());
-        config.pkcs11_pin_file = Some(token.settings.pin_file.clone());
+        config.set_token_settings(&token.settings);
         let cp = palisade_control_plane::start(&config).await?;
         let td = config.trust_domain.clone();
         let bundle = shared_bundle(TrustBundle::from_pem(

@@ -429,7 +429,7 @@ impl CertificateAuthority {
             },
             workload_ttl_seconds: self.workload_ttl.as_secs(),
             roots,
-            key_protection: self.key_storage.source.protection(),
+            key_protection: self.key_storage.source().protection(),
         }
     }
 

@@ -13,6 +13,9 @@ use palisade_contract::telemetry::LogFormat;
 use crate::ca::{CaConfig, PluggedInCa};
 use crate::keys::{Kek, KeyError, KeySource, KeyStorage, KeyWrap, Token, TokenSettings};
 
+/// What a key or a KEK in a PKCS#11 token needs.
+const TOKEN_SETTINGS_NEEDED: &str = "a pkcs11 key source needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file (so does a KEK in the token)";
+
 /// Palisade control plane: the mesh's certificate authority and administration API.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -477,10 +480,7 @@ impl Config {
         let pkcs11 = [self.ca_key_source, self.token_key_source].contains(&KeySource::Pkcs11)
             || (envelope && self.key_encryption_key_pkcs11.is_some());
         if pkcs11 && self.token_settings().is_none() {
-            problems.push(
-                "a pkcs11 key source needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file"
-                    .into(),
-            );
+            problems.push(TOKEN_SETTINGS_NEEDED.into());
         }
         if let Some(kek) = &self.key_encryption_key_file
             && let (Ok(kek), Ok(data)) = (kek.canonicalize(), self.data_dir.canonicalize())
@@ -598,23 +598,29 @@ impl Config {
         })
     }
 
+    /// Sets the `--pkcs11-*` flags to `settings` (what [`Config::token_settings`] reads back).
+    pub fn set_token_settings(&mut self, settings: &TokenSettings) {
+        self.pkcs11_module = Some(settings.module.clone());
+        self.pkcs11_token = Some(settings.label.clone());
+        self.pkcs11_pin_file = Some(settings.pin_file.clone());
+    }
+
     /// How a key of `source` is kept: with the key-encryption key read now for an envelope,
     /// the token opened and logged in now for pkcs11.
     pub fn key_storage(&self, source: KeySource) -> Result<KeyStorage, KeyError> {
-        if source == KeySource::Pkcs11 {
-            let settings = self.token_settings().ok_or_else(|| {
-                KeyError::BadReference(
-                    "a pkcs11 key source needs --pkcs11-module, --pkcs11-token and \
-                     --pkcs11-pin-file"
-                        .into(),
-                )
-            })?;
-            return Ok(KeyStorage::pkcs11(Token::open(&settings)?));
-        }
-        match source {
-            KeySource::File | KeySource::Pkcs11 => Ok(KeyStorage::file()),
-            KeySource::Envelope => Ok(KeyStorage::envelope(self.kek()?)),
-        }
+        Ok(match source {
+            KeySource::File => KeyStorage::File,
+            KeySource::Envelope => KeyStorage::Envelope(self.kek()?),
+            KeySource::Pkcs11 => KeyStorage::Pkcs11(self.token()?),
+        })
+    }
+
+    /// The PKCS#11 token the `--pkcs11-*` flags name, opened and logged in.
+    pub fn token(&self) -> Result<Arc<Token>, KeyError> {
+        let settings = self
+            .token_settings()
+            .ok_or_else(|| KeyError::Refused(TOKEN_SETTINGS_NEEDED.into()))?;
+        Token::open(&settings)
     }
 
     /// The key-encryption key, from a file, the environment or the token.
@@ -629,16 +635,7 @@ impl Config {
                 text,
                 "PALISADE_KEY_ENCRYPTION_KEY",
             )?)),
-            (None, None, Some(label)) => {
-                let settings = self.token_settings().ok_or_else(|| {
-                    KeyError::BadReference(
-                        "--key-encryption-key-pkcs11 needs --pkcs11-module, --pkcs11-token \
-                         and --pkcs11-pin-file"
-                            .into(),
-                    )
-                })?;
-                Ok(Arc::new(Token::open(&settings)?.kek(label)?))
-            }
+            (None, None, Some(label)) => Ok(Arc::new(self.token()?.kek(label)?)),
             (None, None, None) => Err(KeyError::bad_kek(
                 "--key-encryption-key-file",
                 "an envelope key source needs one, and none was given",

@@ -67,7 +67,7 @@ impl KeysCli {
             KeysCommand::NewKek {
                 in_token: Some(label),
             } => {
-                let kek = token(config)?.generate_kek(label)?;
+                let kek = config.token()?.generate_kek(label)?;
                 return Ok(vec![format!(
                     "made {} (id {}): start with --key-encryption-key-pkcs11 {label}",
                     kek.origin(),
@@ -79,7 +79,7 @@ impl KeysCli {
                 if kek.to_key_encryption_key_file.is_none()
                     && kek.to_key_encryption_key_pkcs11.is_none()
                 {
-                    return Err(KeyError::BadReference(
+                    return Err(KeyError::Refused(
                         "rewrap needs the new KEK: --to-key-encryption-key-file or \
                          --to-key-encryption-key-pkcs11"
                             .into(),
@@ -104,21 +104,21 @@ impl KeysCli {
         }
         let from = config.key_storage(config.ca_key_source)?;
         let to = match (to, to_kek) {
-            (KeySource::File, _) => KeyStorage::file(),
+            (KeySource::File, _) => KeyStorage::File,
             (
                 KeySource::Envelope,
                 TargetKek {
                     to_key_encryption_key_file: Some(path),
                     ..
                 },
-            ) => KeyStorage::envelope(Arc::new(Kek::from_file(&path)?)),
+            ) => KeyStorage::Envelope(Arc::new(Kek::from_file(&path)?)),
             (
                 KeySource::Envelope,
                 TargetKek {
                     to_key_encryption_key_pkcs11: Some(label),
                     ..
                 },
-            ) => KeyStorage::envelope(Arc::new(token(config)?.kek(&label)?)),
+            ) => KeyStorage::Envelope(Arc::new(config.token()?.kek(&label)?)),
             (source, _) => config.key_storage(source)?,
         };
         let done = migrate(&config.data_dir, &files, &from, &to)?;
@@ -127,16 +127,6 @@ impl KeysCli {
             .map(|m| format!("{}: {} -> {}", m.path.display(), m.from, m.to))
             .collect())
     }
-}
-
-/// The PKCS#11 token the flags name.
-fn token(config: &crate::Config) -> Result<Arc<crate::keys::Token>, KeyError> {
-    let settings = config.token_settings().ok_or_else(|| {
-        KeyError::BadReference(
-            "a key in a token needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file".into(),
-        )
-    })?;
-    crate::keys::Token::open(&settings)
 }
 
 /// A key file the control plane keeps in `data_dir`, with its purpose: the managed CA's

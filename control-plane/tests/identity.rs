@@ -998,7 +998,7 @@ async fn the_admin_api_needs_a_valid_token_with_the_right_role() {
     let key = palisade_control_plane::tokens::TokenKey::load_or_create(
         &h.config.data_dir,
         &td(),
-        &palisade_control_plane::keys::KeyStorage::file(),
+        &palisade_control_plane::keys::KeyStorage::File,
     )
     .unwrap();
     let (unrecorded, _) = key

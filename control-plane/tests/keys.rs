@@ -7,13 +7,9 @@ mod support;
 
 use std::path::Path;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::error::{Error as P11Error, RvError};
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
-use cryptoki::session::UserType;
-use cryptoki::types::AuthPin;
+use cryptoki::object::Attribute;
 use palisade_control_plane::keys::softhsm::TestToken;
-use palisade_control_plane::keys::{Kek, KeySource, open_envelope};
+use palisade_control_plane::keys::{Kek, KeySource, Token, open_envelope};
 use palisade_control_plane::keys_cli::{KeysCli, KeysCommand};
 use palisade_control_plane::{Config, start};
 use support::{Harness, csr};
@@ -183,43 +179,16 @@ async fn an_envelope_without_a_kek_or_with_the_kek_in_the_data_dir_is_refused() 
 fn pkcs11_config(config: &mut Config, token: &TestToken) {
     config.ca_key_source = KeySource::Pkcs11;
     config.token_key_source = KeySource::Pkcs11;
-    config.pkcs11_module = Some(token.settings.module.clone());
-    config.pkcs11_token = Some(token.settings.label.clone());
-    config.pkcs11_pin_file = Some(token.settings.pin_file.clone());
+    config.set_token_settings(&token.settings);
 }
 
 /// What the token says when asked, over PKCS#11, for the private value of the key a
 /// reference file names: the attributes it returned (none, for a key it keeps).
 fn private_value_from_token(token: &TestToken, reference: &serde_json::Value) -> Vec<Attribute> {
-    let pkcs11 = Pkcs11::new(&token.settings.module).unwrap();
-    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => panic!("{e}"),
-    }
-    let slot = pkcs11
-        .get_slots_with_initialized_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| pkcs11.get_token_info(*s).unwrap().label() == token.settings.label)
-        .unwrap();
-    let session = pkcs11.open_ro_session(slot).unwrap();
-    match session.login(
-        UserType::User,
-        Some(&AuthPin::new(token.pin.clone().into())),
-    ) {
-        Ok(()) | Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(e) => panic!("{e}"),
-    }
     let id = hex::decode(reference["id"].as_str().unwrap()).unwrap();
-    let found = session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Id(id),
-        ])
-        .unwrap();
-    assert_eq!(found.len(), 1, "the key is in the token");
-    session
-        .get_attributes(found[0], &[AttributeType::Value])
+    Token::open(&token.settings)
+        .unwrap()
+        .private_value(&id)
         .unwrap()
 }
 
@@ -399,9 +368,7 @@ async fn envelopes_can_be_sealed_by_a_kek_that_never_leaves_the_token() {
     let with_token = |c: &mut Config| {
         c.ca_key_source = KeySource::Envelope;
         c.token_key_source = KeySource::Envelope;
-        c.pkcs11_module = Some(token.settings.module.clone());
-        c.pkcs11_token = Some(token.settings.label.clone());
-        c.pkcs11_pin_file = Some(token.settings.pin_file.clone());
+        c.set_token_settings(&token.settings);
         c.key_encryption_key_pkcs11 = Some("palisade-kek".into());
     };
     let mut plain = Config::for_data_dir(outside.path().join("unused"));

@@ -464,6 +464,13 @@ async fn a_refused_token_or_a_bad_secret_stops_the_start_with_the_reason() {
     );
 }
 
+/// The file `key` of a Secret, decoded.
+fn secret_file(secret: &serde_json::Value, key: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(secret["data"][key].as_str().unwrap())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn with_envelope_key_sources_the_ca_secret_holds_only_envelopes() {
     let dir = tempfile::tempdir().unwrap();
@@ -486,9 +493,7 @@ async fn with_envelope_key_sources_the_ca_secret_holds_only_envelopes() {
         .get("/api/v1/namespaces/palisade-system/secrets/palisade-ca")
         .expect("the CA Secret is created");
     for key in ["ca-key.pem", "token-key.pem"] {
-        let stored = base64::engine::general_purpose::STANDARD
-            .decode(secret["data"][key].as_str().unwrap())
-            .unwrap();
+        let stored = secret_file(&secret, key);
         assert!(
             palisade_control_plane::keys::is_envelope(&stored),
             "{key} is not an envelope"
@@ -521,12 +526,7 @@ async fn with_envelope_key_sources_the_ca_secret_holds_only_envelopes() {
     let b = palisade_control_plane::start(&replica).await.unwrap();
     assert_eq!(
         b.ca.bundle_pem(),
-        String::from_utf8(
-            base64::engine::general_purpose::STANDARD
-                .decode(secret["data"]["ca-cert.pem"].as_str().unwrap())
-                .unwrap()
-        )
-        .unwrap()
+        String::from_utf8(secret_file(&secret, "ca-cert.pem")).unwrap()
     );
     b.shutdown().await;
 }
@@ -545,9 +545,7 @@ async fn with_pkcs11_key_sources_the_ca_secret_holds_only_references_to_the_toke
         in_cluster(&mut config, &api, &token);
         config.ca_key_source = KeySource::Pkcs11;
         config.token_key_source = KeySource::Pkcs11;
-        config.pkcs11_module = Some(hsm.settings.module.clone());
-        config.pkcs11_token = Some(hsm.settings.label.clone());
-        config.pkcs11_pin_file = Some(hsm.settings.pin_file.clone());
+        config.set_token_settings(&hsm.settings);
         config
     };
     let a = palisade_control_plane::start(&replica("cp-a"))
@@ -557,9 +555,7 @@ async fn with_pkcs11_key_sources_the_ca_secret_holds_only_references_to_the_toke
         .get("/api/v1/namespaces/palisade-system/secrets/palisade-ca")
         .expect("the CA Secret is created");
     for key in ["ca-key.pem", "token-key.pem"] {
-        let stored = base64::engine::general_purpose::STANDARD
-            .decode(secret["data"][key].as_str().unwrap())
-            .unwrap();
+        let stored = secret_file(&secret, key);
         let reference: serde_json::Value = serde_json::from_slice(&stored).unwrap();
         assert_eq!(reference["palisadePkcs11"], 1, "{key}: {reference}");
         assert_eq!(reference["token"], hsm.settings.label.as_str(), "{key}");

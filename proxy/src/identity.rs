@@ -513,9 +513,7 @@ impl IdentityManager {
             }
         }
     }
-}
 
-impl IdentityManager {
     /// The cached key's PEM: opened from its envelope with the KEK when one is set, and
     /// only then (a plain key where a sealed one is expected could have been put there by
     /// whoever can write the directory); a sealed key without a KEK is refused too.

@@ -385,22 +385,17 @@ async fn a_sealed_identity_cache_holds_no_key_and_opens_only_with_its_kek() {
         "{on_disk}"
     );
 
-    // The join token is spent: only the cache can bring the sidecar back, and only with its
-    // KEK.
+    // The join token is spent: only the cache can bring the sidecar back (at once, at
+    // start, as the last step shows), and only with its KEK.
     std::fs::remove_file(&files.token).unwrap();
-    for refused in [
-        vec!["--identity-key-encryption-key-file", other.as_str()],
-        vec![],
-    ] {
-        let sidecar = start(&refused).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            admin_get(&sidecar, "/ready").await.0,
-            503,
-            "the cache opened with {refused:?}"
-        );
+    let not_ready = async |extra: &[&str], why: &str| {
+        let sidecar = start(extra).await;
+        assert_eq!(admin_get(&sidecar, "/ready").await.0, 503, "{why}");
         sidecar.shutdown().await;
-    }
+    };
+    let with_other = ["--identity-key-encryption-key-file", other.as_str()];
+    not_ready(&with_other, "the cache opened with another KEK").await;
+    not_ready(&[], "a sealed cache opened without a KEK").await;
     // The same key in plain where a sealed one is expected is not taken either (anyone
     // who can write the directory could have put it there).
     let key_path = files.cache.join("key.pem");
@@ -412,14 +407,7 @@ async fn a_sealed_identity_cache_holds_no_key_and_opens_only_with_its_kek() {
     )
     .unwrap();
     std::fs::write(&key_path, opened.as_bytes()).unwrap();
-    let sidecar = start(&sealed).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        admin_get(&sidecar, "/ready").await.0,
-        503,
-        "a plain key was taken"
-    );
-    sidecar.shutdown().await;
+    not_ready(&sealed, "a plain key was taken").await;
 
     std::fs::write(&key_path, &on_disk).unwrap();
     let second = start(&sealed).await;

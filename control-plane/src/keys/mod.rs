@@ -65,45 +65,30 @@ impl KeySource {
     }
 }
 
-/// How a key is stored: its source and, for an envelope, the KEK, for a token, the token.
+/// How a key is stored, with what that needs: the KEK for an envelope, the opened token for
+/// `pkcs11`.
 #[derive(Debug, Clone)]
-pub struct KeyStorage {
-    pub source: KeySource,
-    pub kek: Option<Arc<dyn KeyWrap>>,
-    pub token: Option<Arc<Token>>,
+pub enum KeyStorage {
+    File,
+    Envelope(Arc<dyn KeyWrap>),
+    Pkcs11(Arc<Token>),
 }
 
 impl KeyStorage {
-    pub fn file() -> Self {
-        Self {
-            source: KeySource::File,
-            kek: None,
-            token: None,
-        }
-    }
-
-    pub fn envelope(kek: Arc<dyn KeyWrap>) -> Self {
-        Self {
-            source: KeySource::Envelope,
-            kek: Some(kek),
-            token: None,
-        }
-    }
-
-    pub fn pkcs11(token: Arc<Token>) -> Self {
-        Self {
-            source: KeySource::Pkcs11,
-            kek: None,
-            token: Some(token),
+    pub fn source(&self) -> KeySource {
+        match self {
+            KeyStorage::File => KeySource::File,
+            KeyStorage::Envelope(_) => KeySource::Envelope,
+            KeyStorage::Pkcs11(_) => KeySource::Pkcs11,
         }
     }
 
     /// How the migration record names it.
     pub fn describe(&self) -> String {
-        match (&self.kek, &self.token) {
-            (Some(kek), _) => format!("envelope (KEK {})", kek.id()),
-            (None, Some(token)) => format!("pkcs11 (token \"{}\")", token.label()),
-            (None, None) => "file".to_owned(),
+        match self {
+            KeyStorage::File => "file".to_owned(),
+            KeyStorage::Envelope(kek) => format!("envelope (KEK {})", kek.id()),
+            KeyStorage::Pkcs11(token) => format!("pkcs11 (token \"{}\")", token.label()),
         }
     }
 
@@ -111,31 +96,22 @@ impl KeyStorage {
     /// is imported into it (and a reference is written).
     pub fn store(&self, key: &PrivateKey, purpose: &str) -> Result<Zeroizing<String>, KeyError> {
         let pem = || {
-            key.to_pkcs8_pem().ok_or_else(|| {
-                KeyError::BadReference("a key in a token cannot be written out".into())
-            })
+            key.to_pkcs8_pem()
+                .ok_or_else(|| KeyError::Refused("a key in a token cannot be written out".into()))
         };
-        match (self.source, &self.kek, &self.token) {
-            (KeySource::File, _, _) => pem(),
-            (KeySource::Envelope, Some(kek), _) => {
+        match self {
+            KeyStorage::File => pem(),
+            KeyStorage::Envelope(kek) => {
                 Ok(Zeroizing::new(envelope(&pem()?, purpose, kek.as_ref())?))
             }
-            (KeySource::Pkcs11, _, Some(token)) => Ok(Zeroizing::new(token.import(key, purpose)?)),
-            (KeySource::Envelope, None, _) => Err(KeyError::bad_kek(
-                "--key-encryption-key-file",
-                "an envelope needs a KEK and none was given",
-            )),
-            (KeySource::Pkcs11, _, None) => Err(KeyError::BadReference(
-                "the pkcs11 key source needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file"
-                    .into(),
-            )),
+            KeyStorage::Pkcs11(token) => Ok(Zeroizing::new(token.import(key, purpose)?)),
         }
     }
 
     /// A new key for `purpose`, kept as this storage keeps keys (in the token, for a token),
     /// with what to write in its key file.
     pub fn generate(&self, purpose: &str) -> Result<(PrivateKey, Zeroizing<String>), KeyError> {
-        if let (KeySource::Pkcs11, Some(token)) = (self.source, &self.token) {
+        if let KeyStorage::Pkcs11(token) = self {
             let (key, reference) = token.generate(purpose)?;
             return Ok((key, Zeroizing::new(reference)));
         }
@@ -169,8 +145,9 @@ pub enum KeyError {
         module: PathBuf,
         reason: String,
     },
+    /// Anything else that stops a key from being used or moved, with the reason.
     #[error("{0}")]
-    BadReference(String),
+    Refused(String),
 }
 
 impl KeyError {
@@ -234,19 +211,14 @@ pub fn load_key(path: &Path, purpose: &str, storage: &KeyStorage) -> Result<Priv
     );
     let bad = |reason: String| KeyError::stored(path.to_path_buf(), reason);
     let pem = |text: &str| PrivateKey::from_pkcs8_pem(text).map_err(bad);
-    let stored = stored_form(&bytes);
-    match (storage.source, stored) {
-        (KeySource::File, Stored::Plain) => {
+    match (storage, stored_form(&bytes)) {
+        (KeyStorage::File, Stored::Plain) => {
             pem(&Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned()))
         }
-        (KeySource::Envelope, Stored::Envelope) => {
-            let kek = storage.kek.as_ref().ok_or_else(|| bad("an envelope needs a KEK".into()))?;
+        (KeyStorage::Envelope(kek), Stored::Envelope) => {
             pem(&open_envelope(&bytes, path, purpose, kek.as_ref())?)
         }
-        (KeySource::Pkcs11, Stored::Reference) => {
-            let token = storage.token.as_ref().ok_or_else(|| {
-                bad("a key in a PKCS#11 token needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-file".into())
-            })?;
+        (KeyStorage::Pkcs11(token), Stored::Reference) => {
             let reference = pkcs11::Reference::parse(&bytes, path, purpose)?;
             token.key(&reference).map_err(|e| bad(e.to_string()))
         }
@@ -256,10 +228,10 @@ pub fn load_key(path: &Path, purpose: &str, storage: &KeyStorage) -> Result<Priv
         (_, Stored::Reference) => Err(bad(
             "the key is kept in a PKCS#11 token: start with --*-key-source pkcs11 and the token's settings".into(),
         )),
-        (KeySource::Envelope, Stored::Plain) => Err(bad(
+        (KeyStorage::Envelope(_), Stored::Plain) => Err(bad(
             "the key is a plain file, but an envelope is expected: it was not encrypted (refusing to use a key stored unprotected)".into(),
         )),
-        (KeySource::Pkcs11, Stored::Plain) => Err(bad(
+        (KeyStorage::Pkcs11(_), Stored::Plain) => Err(bad(
             "the key is a plain file, but a PKCS#11 token is expected: move it into the token with `palisade-control-plane keys migrate --to pkcs11` (refusing to use a key stored unprotected)".into(),
         )),
     }
@@ -289,8 +261,8 @@ pub fn migrate(
     from: &KeyStorage,
     to: &KeyStorage,
 ) -> Result<Vec<Migrated>, KeyError> {
-    if from.source == KeySource::Pkcs11 {
-        return Err(KeyError::BadReference(
+    if let KeyStorage::Pkcs11(_) = from {
+        return Err(KeyError::Refused(
             "the keys are in a PKCS#11 token, and a key in a token never leaves it: to stop \
              using the token, rotate the CA (palisade ca rotate) with another key source"
                 .into(),
@@ -366,13 +338,11 @@ mod tests {
         let (key, pem) = real_key();
         std::fs::write(&plain, &*pem).unwrap();
         std::fs::write(&sealed, envelope(&pem, "ca", k.as_ref()).unwrap()).unwrap();
-        let envelope_storage = KeyStorage::envelope(k);
+        let envelope_storage = KeyStorage::Envelope(k);
         let public = key.public_key_raw();
         let loaded = |path: &Path, storage: &KeyStorage| load_key(path, "ca", storage);
         assert_eq!(
-            loaded(&plain, &KeyStorage::file())
-                .unwrap()
-                .public_key_raw(),
+            loaded(&plain, &KeyStorage::File).unwrap().public_key_raw(),
             public
         );
         assert_eq!(
@@ -384,16 +354,14 @@ mod tests {
             err.contains("plain file, but an envelope is expected"),
             "{err}"
         );
-        let err = loaded(&sealed, &KeyStorage::file())
-            .unwrap_err()
-            .to_string();
+        let err = loaded(&sealed, &KeyStorage::File).unwrap_err().to_string();
         assert!(err.contains("envelope-encrypted"), "{err}");
         // A reference to a key in a token is neither.
         let reference =
             r#"{"palisadePkcs11": 1, "purpose": "ca", "token": "t", "id": "00", "publicKey": ""}"#;
         std::fs::write(&plain, reference).unwrap();
         assert!(!is_envelope(reference.as_bytes()));
-        for storage in [KeyStorage::file(), envelope_storage.clone()] {
+        for storage in [KeyStorage::File, envelope_storage.clone()] {
             let err = loaded(&plain, &storage).unwrap_err().to_string();
             assert!(err.contains("kept in a PKCS#11 token"), "{err}");
         }
@@ -403,7 +371,7 @@ mod tests {
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
         )
         .unwrap();
-        let err = loaded(&plain, &KeyStorage::file()).unwrap_err().to_string();
+        let err = loaded(&plain, &KeyStorage::File).unwrap_err().to_string();
         assert!(
             err.contains("not a PKCS#8 PEM ECDSA P-256 private key"),
             "{err}"
@@ -418,15 +386,15 @@ mod tests {
         std::fs::write(&ca, &*ca_pem).unwrap();
         std::fs::write(&token, &*token_pem).unwrap();
         let files = vec![(ca.clone(), "ca"), (token.clone(), "token")];
-        let first = KeyStorage::envelope(Arc::new(kek()));
-        let done = migrate(dir.path(), &files, &KeyStorage::file(), &first).unwrap();
+        let first = KeyStorage::Envelope(Arc::new(kek()));
+        let done = migrate(dir.path(), &files, &KeyStorage::File, &first).unwrap();
         assert_eq!(done.len(), 2);
         let public = |storage: &KeyStorage| {
             load_key(&ca, "ca", storage).map(|k| k.public_key_raw().to_vec())
         };
         assert_eq!(public(&first).unwrap(), ca_key.public_key_raw());
         // Rewrap under a new KEK: the old one no longer opens them.
-        let second = KeyStorage::envelope(Arc::new(kek()));
+        let second = KeyStorage::Envelope(Arc::new(kek()));
         migrate(dir.path(), &files, &first, &second).unwrap();
         assert!(
             public(&first)
@@ -438,7 +406,7 @@ mod tests {
         // One damaged file: nothing is rewritten.
         std::fs::write(&token, "{").unwrap();
         let before = std::fs::read(&ca).unwrap();
-        assert!(migrate(dir.path(), &files, &second, &KeyStorage::file()).is_err());
+        assert!(migrate(dir.path(), &files, &second, &KeyStorage::File).is_err());
         assert_eq!(std::fs::read(&ca).unwrap(), before);
         // Every change waits for the audit trail.
         let (_, pending) = pending_changes(dir.path());

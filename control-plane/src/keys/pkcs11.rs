@@ -75,6 +75,14 @@ impl std::fmt::Debug for Token {
     }
 }
 
+fn token_error(label: &str, module: &Path, reason: String) -> KeyError {
+    KeyError::Token {
+        token: label.to_owned(),
+        module: module.to_path_buf(),
+        reason,
+    }
+}
+
 /// The library at `module`, loaded and initialised once per process.
 pub(super) fn library(module: &Path) -> Result<Pkcs11, String> {
     static LOADED: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
@@ -99,11 +107,7 @@ impl Token {
     /// Loads the module, finds the token by its label and logs in with the PIN; a missing
     /// module or token and a wrong PIN each say so.
     pub fn open(settings: &TokenSettings) -> Result<Arc<Self>, KeyError> {
-        let fail = |reason: String| KeyError::Token {
-            token: settings.label.clone(),
-            module: settings.module.clone(),
-            reason,
-        };
+        let fail = |reason: String| token_error(&settings.label, &settings.module, reason);
         let pin = Zeroizing::new(
             std::fs::read_to_string(&settings.pin_file)
                 .map_err(|source| KeyError::io(settings.pin_file.clone(), source))?,
@@ -179,11 +183,7 @@ impl Token {
     }
 
     fn error(&self, reason: String) -> KeyError {
-        KeyError::Token {
-            token: self.label.clone(),
-            module: self.module.clone(),
-            reason,
-        }
+        token_error(&self.label, &self.module, reason)
     }
 
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
@@ -270,9 +270,8 @@ impl Token {
         }
         created.map_err(|e| self.error(format!("importing the key failed: {e}")))?;
         let reference = Reference::new(purpose, &self.label, &id, key.public_key_raw());
-        if self.key(&reference)?.public_key_raw() != key.public_key_raw() {
-            return Err(self.error("the imported key does not read back".into()));
-        }
+        // Read back: the token's key must sign what the imported key's public key verifies.
+        self.key(&reference)?;
         Ok(reference.to_text())
     }
 
@@ -335,6 +334,17 @@ impl Token {
                 hex::encode(id)
             ))),
         }
+    }
+
+    /// What the token answers when asked for the value (CKA_VALUE) of the private key with
+    /// CKA_ID `id`: the attributes it returned, none for a key it keeps (for the tests).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn private_value(&self, id: &[u8]) -> Result<Vec<Attribute>, KeyError> {
+        let session = self.session();
+        let handle = self.private_key(&session, id)?;
+        session
+            .get_attributes(handle, &[AttributeType::Value])
+            .map_err(|e| self.error(format!("reading the key failed: {e}")))
     }
 
     /// A new session for the key `id`, logged in again if the token forgot the login.
@@ -422,19 +432,14 @@ impl Token {
         // Its public name: the token, the label and the object's id, hashed.
         let name = format!("pkcs11 {} {label} {}", self.label, hex::encode(&id));
         let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
-        let session = self
-            .pkcs11
-            .open_ro_session(self.slot)
-            .map_err(|e| self.error(format!("opening a session failed: {e}")))?;
         Ok(TokenKek {
             id: hex::encode(&digest.as_ref()[..8]),
             origin: format!(
                 "key-encryption key \"{label}\" in PKCS#11 token \"{}\"",
                 self.label
             ),
-            session: Mutex::new(session),
             handle,
-            _token: self.clone(),
+            token: self.clone(),
         })
     }
 
@@ -450,13 +455,13 @@ impl Token {
 
 /// A key-encryption key held in a token: the token wraps and unwraps data keys with
 /// AES-256-GCM (`nonce || ciphertext || tag`, as a KEK given as bytes does), and the KEK
-/// never leaves it.
+/// never leaves it. Used at start and by the offline commands only, so it works in the
+/// token's own session.
 pub struct TokenKek {
     id: String,
     origin: String,
-    session: Mutex<Session>,
     handle: ObjectHandle,
-    _token: Arc<Token>,
+    token: Arc<Token>,
 }
 
 impl std::fmt::Debug for TokenKek {
@@ -487,9 +492,8 @@ impl KeyWrap for TokenKek {
         let mut iv = nonce;
         let params = GcmParams::new(&mut iv, aad, 128.into()).map_err(|e| e.to_string())?;
         let sealed = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .token
+            .session()
             .encrypt(&Mechanism::AesGcm(params), self.handle, data_key)
             .map_err(|e| format!("the token did not wrap the data key: {e}"))?;
         let mut out = nonce.to_vec();
@@ -504,9 +508,8 @@ impl KeyWrap for TokenKek {
         let (nonce, sealed) = wrapped.split_at(GCM_NONCE);
         let mut iv: [u8; GCM_NONCE] = nonce.try_into().ok()?;
         let params = GcmParams::new(&mut iv, aad, 128.into()).ok()?;
-        self.session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.token
+            .session()
             .decrypt(&Mechanism::AesGcm(params), self.handle, sealed)
             .ok()
             .map(Zeroizing::new)
@@ -641,7 +644,7 @@ impl Reference {
     fn public_key(&self) -> Result<Vec<u8>, KeyError> {
         match B64.decode(&self.public_key) {
             Ok(point) if point.len() == 65 && point[0] == 0x04 => Ok(point),
-            _ => Err(KeyError::BadReference(format!(
+            _ => Err(KeyError::Refused(format!(
                 "publicKey of key {} is not a base64 uncompressed P-256 point",
                 self.id
             ))),
@@ -683,18 +686,11 @@ mod tests {
             key.public_key_raw()
         );
         // Asking the token for the private value yields nothing, and the key says why.
-        let session = token.session();
         let id = hex::decode(&reference.id).unwrap();
-        let handle = session
-            .find_objects(&[
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::Id(id),
-            ])
-            .unwrap()[0];
-        let value = session
-            .get_attributes(handle, &[AttributeType::Value])
-            .unwrap();
+        let value = token.private_value(&id).unwrap();
         assert!(value.is_empty(), "the private value came out: {value:?}");
+        let session = token.session();
+        let handle = token.private_key(&session, &id).unwrap();
         let flags = session
             .get_attributes(
                 handle,

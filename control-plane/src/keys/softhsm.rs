@@ -38,12 +38,10 @@ pub fn module() -> PathBuf {
         .expect("SoftHSM2 is not installed: run scripts/services (apt-get install softhsm2)")
 }
 
-/// A token initialised for one test (its PIN in a file of its own).
+/// A token initialised for one test (its PIN in a file of its own, `settings.pin_file`).
 #[derive(Debug)]
 pub struct TestToken {
     pub settings: TokenSettings,
-    pub pin: String,
-    pub so_pin: String,
 }
 
 fn remove_stale_tokens(dir: &Path) {
@@ -109,8 +107,6 @@ impl TestToken {
                 label,
                 pin_file,
             },
-            pin,
-            so_pin,
         }
     }
 }
