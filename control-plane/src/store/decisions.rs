@@ -542,3 +542,131 @@ impl Store {
         on_pool!(self, pool => sqlx::query(sql).execute(pool).await.map(|_| ())).unwrap();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::sqlite_store;
+
+    fn row(instance: &str, seq: i64, time_ms: i64, path: &str) -> DecisionRow {
+        DecisionRow {
+            instance: instance.into(),
+            seq,
+            hash: format!("{seq:064x}"),
+            kind: "decision".into(),
+            time_ms,
+            path: Some(path.into()),
+            line: format!("{{\"seq\":{seq}}}"),
+            ..DecisionRow::default()
+        }
+    }
+
+    fn position(instance: &str, next_seq: i64) -> InstancePosition {
+        InstancePosition {
+            instance: instance.into(),
+            spiffe_id: "spiffe://palisade.local/ns/shop/sa/payments".into(),
+            next_seq,
+            head: None,
+        }
+    }
+
+    /// A PostgreSQL database of its own whose default collation is ICU's `en-US` (a
+    /// linguistic order, as most installations have), and what drops it.
+    async fn icu_database() -> (String, impl AsyncFnOnce()) {
+        let url = std::env::var("PALISADE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("t_icu_{}", crate::tokens::random_id().unwrap());
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.UTF-8' \
+             LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        let (base, _) = url.rsplit_once('/').unwrap();
+        let db_url = format!("{base}/{name}");
+        (db_url, async move || {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {name} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await
+            .unwrap();
+        })
+    }
+
+    /// What the queries answer must not depend on the database's locale: a path prefix is
+    /// a byte prefix and the newest-first order (and so the cursor) compares instance ids
+    /// byte by byte, on SQLite and on a PostgreSQL whose default collation is linguistic.
+    async fn text_compares_byte_by_byte(store: Store) {
+        // Under en-US, "a" < "B" and "/Items/9" sorts between "/items/" and
+        // "/items/" + U+10FFFF; byte by byte, "B" < "a" and "/Items/9" is no match.
+        let a = [
+            row("a", 0, 1_000, "/items/9"),
+            row("a", 1, 1_000, "/Items/9"),
+            row("a", 2, 1_000, "/items-9"),
+            row("a", 3, 1_000, "/items/"),
+            row("a", 4, 1_000, "/itemsx"),
+        ];
+        let b = [row("B", 0, 1_000, "/items/10")];
+        for (instance, rows) in [("a", &a[..]), ("B", &b[..])] {
+            let to = position(instance, rows.len() as i64);
+            let stored = store.commit_decisions(None, &to, rows, &[]).await.unwrap();
+            assert_eq!(stored, Committed::Stored);
+        }
+        let prefixed: Vec<(String, i64)> = store
+            .decisions(&DecisionFilter {
+                path_prefix: Some("/items/".into()),
+                limit: 100,
+                ..DecisionFilter::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.instance, d.seq))
+            .collect();
+        assert_eq!(
+            prefixed,
+            [("a".into(), 3), ("a".into(), 0), ("B".into(), 0)],
+            "{}",
+            store.backend_name()
+        );
+        // Page by page with the cursor: every row once, in byte order of the instance.
+        let mut seen = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .decisions(&DecisionFilter {
+                    before: before.clone(),
+                    limit: 2,
+                    ..DecisionFilter::default()
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            before = Some((last.time_ms, last.instance.clone(), last.seq));
+            seen.extend(page.into_iter().map(|d| (d.instance, d.seq)));
+        }
+        let expected: Vec<(String, i64)> = (0..5)
+            .rev()
+            .map(|s| ("a".to_owned(), s))
+            .chain([("B".to_owned(), 0)])
+            .collect();
+        assert_eq!(seen, expected, "{}", store.backend_name());
+    }
+
+    #[tokio::test]
+    async fn text_compares_byte_by_byte_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        text_compares_byte_by_byte(sqlite_store(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn text_compares_byte_by_byte_on_postgres_with_a_linguistic_locale() {
+        let (url, drop_database) = icu_database().await;
+        let store = Store::open_url(&url).await.unwrap();
+        text_compares_byte_by_byte(store).await;
+        drop_database().await;
+    }
+}

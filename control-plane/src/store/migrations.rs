@@ -5,7 +5,8 @@ use std::borrow::Cow;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-/// Versioned schema. Append new versions; never edit a released one.
+/// Versioned schema. Append new versions; never edit a released one. The SQL is the same
+/// on both backends except where [`PER_BACKEND`] says otherwise.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -179,13 +180,67 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
             new_serial TEXT NOT NULL
          )",
     ),
+    (
+        9,
+        "the decision log's text compares byte by byte",
+        // Written per backend: see PER_BACKEND.
+        "",
+    ),
 ];
 
-pub(super) fn migrator() -> Migrator {
+/// The backend a migration runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Versions whose SQL differs per backend: (version, SQLite, PostgreSQL).
+///
+/// 9: a path prefix is queried as a range (`path >= p AND path < p || U+10FFFF`) and the
+/// cursor compares instance ids, which is only right when text sorts byte by byte. SQLite's
+/// default collation (BINARY) does; PostgreSQL's is the database's locale, and under a
+/// linguistic one (`en_US.UTF-8`, an ICU locale: what most installations have) `/Items/9`
+/// falls inside the range of the prefix `/items/`. `COLLATE "C"` makes PostgreSQL answer
+/// as SQLite does whatever the database's locale, and its comparisons are `memcmp` instead
+/// of the locale's (`strcoll` or ICU): cheaper on every index insert. Changing a column's
+/// collation rebuilds the indexes on it, once, at upgrade.
+const PER_BACKEND: &[(i64, &str, &str)] = &[(
+    9,
+    "SELECT 1",
+    r#"ALTER TABLE decision_instances ALTER COLUMN instance TYPE TEXT COLLATE "C";
+       ALTER TABLE decisions
+         ALTER COLUMN instance TYPE TEXT COLLATE "C",
+         ALTER COLUMN kind TYPE TEXT COLLATE "C",
+         ALTER COLUMN request_id TYPE TEXT COLLATE "C",
+         ALTER COLUMN decision TYPE TEXT COLLATE "C",
+         ALTER COLUMN direction TYPE TEXT COLLATE "C",
+         ALTER COLUMN source TYPE TEXT COLLATE "C",
+         ALTER COLUMN destination_service TYPE TEXT COLLATE "C",
+         ALTER COLUMN destination TYPE TEXT COLLATE "C",
+         ALTER COLUMN destination_namespace TYPE TEXT COLLATE "C",
+         ALTER COLUMN protocol TYPE TEXT COLLATE "C",
+         ALTER COLUMN method TYPE TEXT COLLATE "C",
+         ALTER COLUMN path TYPE TEXT COLLATE "C",
+         ALTER COLUMN policy TYPE TEXT COLLATE "C",
+         ALTER COLUMN exchange TYPE TEXT COLLATE "C",
+         ALTER COLUMN routing_key TYPE TEXT COLLATE "C";
+       ALTER TABLE decision_findings ALTER COLUMN instance TYPE TEXT COLLATE "C";
+       ALTER TABLE decision_prunes ALTER COLUMN instance TYPE TEXT COLLATE "C""#,
+)];
+
+pub(super) fn migrator(dialect: Dialect) -> Migrator {
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
             .map(|(version, description, sql)| {
+                let sql = PER_BACKEND.iter().find(|(v, ..)| v == version).map_or(
+                    *sql,
+                    |(_, sqlite, postgres)| match dialect {
+                        Dialect::Sqlite => sqlite,
+                        Dialect::Postgres => postgres,
+                    },
+                );
                 Migration::new(
                     *version,
                     Cow::Borrowed(*description),

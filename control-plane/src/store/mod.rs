@@ -114,7 +114,18 @@ impl Store {
             backend,
             sqlite_writer: Arc::default(),
         };
-        on_pool!(store, pool => migrations::migrator().run(pool).await)?;
+        match &store.backend {
+            Backend::Sqlite(pool) => {
+                migrations::migrator(migrations::Dialect::Sqlite)
+                    .run(pool)
+                    .await
+            }
+            Backend::Postgres(pool) => {
+                migrations::migrator(migrations::Dialect::Postgres)
+                    .run(pool)
+                    .await
+            }
+        }?;
         Ok(store)
     }
 
