@@ -50,6 +50,16 @@ pub async fn prepare(broker: &str) -> anyhow::Result<()> {
 
 /// Publishes for `duration` through `url`; messages per second.
 pub async fn publish_rate(url: &str, confirms: bool, duration: Duration) -> anyhow::Result<f64> {
+    let (done, elapsed) = publish(url, confirms, duration).await?;
+    Ok(done as f64 / elapsed.as_secs_f64())
+}
+
+/// Publishes for `duration` through `url`: how many messages counted, and in what time.
+pub async fn publish(
+    url: &str,
+    confirms: bool,
+    duration: Duration,
+) -> anyhow::Result<(u64, Duration)> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     if confirms {
@@ -86,7 +96,7 @@ pub async fn publish_rate(url: &str, confirms: bool, duration: Duration) -> anyh
     }
     // A round trip: the broker answers only after every frame before it.
     ch.basic_qos(1, BasicQosOptions::default()).await?;
-    let rate = done as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed();
     conn.close(200, "done".into()).await?;
-    Ok(rate)
+    Ok((done, elapsed))
 }

@@ -101,6 +101,19 @@ pub async fn throughput(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<(f64, u64)> {
+    let (done, errors, elapsed) = closed_loop(addr, proto, host, concurrency, duration).await?;
+    Ok((done as f64 / elapsed.as_secs_f64(), errors))
+}
+
+/// The closed loop of [`throughput`]: requests completed, errors, and how long it took
+/// (until the last connection stopped).
+pub async fn closed_loop(
+    addr: SocketAddr,
+    proto: Proto,
+    host: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(u64, u64, Duration)> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -124,10 +137,10 @@ pub async fn throughput(
     for t in tasks {
         let _ = t.await;
     }
-    let n = done.load(Ordering::Relaxed);
     Ok((
-        n as f64 / started.elapsed().as_secs_f64(),
+        done.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed),
+        started.elapsed(),
     ))
 }
 

@@ -24,6 +24,7 @@
 
 mod amqp;
 mod app;
+mod callgrind;
 mod issuance;
 mod load;
 mod mesh;

@@ -1,7 +1,9 @@
 //! Scenario 3: AMQP publishes, direct and through a sidecar.
 
 use crate::run::setup::Sidecar;
-use crate::run::{Report, Settings, median, ratio};
+use crate::run::{Report, Settings, median, ratio, spread};
+use std::time::Duration;
+
 use serde_json::json;
 
 pub(crate) async fn amqp_scenario(
@@ -10,13 +12,10 @@ pub(crate) async fn amqp_scenario(
     publishers: &[Sidecar],
 ) -> anyhow::Result<()> {
     crate::amqp::prepare(&s.broker).await?;
+    if s.callgrind {
+        return instructions(s, r, publishers).await;
+    }
     let direct_amqp = s.broker.clone();
-    let via = |sc: &Sidecar| {
-        format!(
-            "amqp://guest:guest@{}/%2f",
-            sc.amqp.expect("an AMQP sidecar")
-        )
-    };
     let amqp_paths = [
         ("direct", "direct", direct_amqp),
         (
@@ -41,21 +40,16 @@ pub(crate) async fn amqp_scenario(
         }
     }
     let med = |v: &Vec<f64>| median(v.iter().copied());
-    let range = |v: &Vec<f64>| {
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(0.0, f64::max);
-        format!("{lo:.0}–{hi:.0}")
-    };
     let direct = [med(&rates[0][0]), med(&rates[0][1])];
     for (i, (name, key, _)) in amqp_paths.iter().enumerate() {
         let m = [med(&rates[i][0]), med(&rates[i][1])];
         r.md.push_str(&format!(
             "| {name} | {:.0} | {} | {} | {:.0} | {} | {} |\n",
             m[0],
-            range(&rates[i][0]),
+            spread(&rates[i][0]),
             ratio(m[0], direct[0]),
             m[1],
-            range(&rates[i][1]),
+            spread(&rates[i][1]),
             ratio(m[1], direct[1])
         ));
         for (j, confirms) in [true, false].into_iter().enumerate() {
@@ -68,6 +62,51 @@ pub(crate) async fn amqp_scenario(
                 format!("{:.0} %", 100.0 * m[0] / direct[0]),
             );
         }
+    }
+    Ok(())
+}
+
+fn via(sc: &Sidecar) -> String {
+    format!(
+        "amqp://guest:guest@{}/%2f",
+        sc.amqp.expect("an AMQP sidecar")
+    )
+}
+
+/// `--callgrind`: instructions per message in each publisher's sidecar, with confirms and
+/// without, in rounds after a warm-up publish.
+async fn instructions(s: &Settings, r: &mut Report, publishers: &[Sidecar]) -> anyhow::Result<()> {
+    let round = if s.smoke {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    };
+    r.md.push_str(&format!(
+        "\n| AMQP publishes, 1 KiB (callgrind) | instructions per message with confirms, median of {} rounds | lowest–highest | without confirms | lowest–highest |\n|---|---:|---:|---:|---:|\n",
+        s.rounds()
+    ));
+    for (sc, name, key) in [
+        (&publishers[0], "sidecar, signing on", "sidecar-signed"),
+        (&publishers[1], "sidecar, signing off", "sidecar-unsigned"),
+    ] {
+        let profile = sc.profile.as_deref().expect("a profiled sidecar");
+        let url = via(sc);
+        let mut cells = Vec::new();
+        for confirms in [true, false] {
+            crate::amqp::publish(&url, confirms, round).await?;
+            let rounds = crate::callgrind::per_unit(&[(sc.pid, profile)], s.rounds(), || async {
+                Ok(crate::amqp::publish(&url, confirms, round).await?.0)
+            })
+            .await?
+            .remove(0);
+            let m = median(rounds.iter().copied());
+            cells.push(format!("{m:.0} | {}", spread(&rounds)));
+            r.results.push(json!({
+                "scenario": "amqp-publish-instructions", "path": key, "confirms": confirms,
+                "instructions_per_message": m, "rounds": rounds, "decision_log": s.decision_log,
+            }));
+        }
+        r.md.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Report, Settings, median, ratio};
+use super::{Report, Settings, median, ratio, spread};
 use crate::load::Proto;
 use crate::mesh::{cpu_seconds, memory};
 
@@ -20,6 +20,8 @@ pub(crate) struct HttpPath {
     pub(crate) host: &'static str,
     /// (label, pid) of each proxy on the path.
     pub(crate) proxies: Vec<(&'static str, u32)>,
+    /// Where callgrind profiles each proxy (`--callgrind`; empty otherwise).
+    pub(crate) profiles: Vec<std::path::PathBuf>,
 }
 
 /// What one HTTP path measured.
@@ -42,6 +44,9 @@ pub(crate) async fn scenario(
     rate: u64,
     dur: Duration,
 ) -> anyhow::Result<()> {
+    if s.callgrind {
+        return instructions(s, r, proto, paths).await;
+    }
     r.md.push_str(&format!(
         "\n| {}, 1 KiB responses | req/s ({} connections, median of rounds) | lowest–highest round | vs direct | vs nginx | p50 ms | p99 ms | p99.9 ms | p99 vs nginx | CPU s / 10k req (proxies) | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         proto.label(),
@@ -180,4 +185,62 @@ pub(crate) fn footprint(r: &mut Report, paths: &[HttpPath], idle: &HashMap<u32, 
         sidecar_peak * 1024 < 20_000_000,
         format!("{:.1} MB", sidecar_peak as f64 * 1024.0 / 1e6),
     );
+}
+
+/// `--callgrind`: instructions per request in each proxy of every path that is profiled, in
+/// closed-loop rounds after a warm-up round (counters zeroed before a round and dumped
+/// after it, so a round's count is its requests and its connections' set-up only).
+async fn instructions(
+    s: &Settings,
+    r: &mut Report,
+    proto: Proto,
+    paths: &[HttpPath],
+) -> anyhow::Result<()> {
+    let round = Duration::from_secs(if s.smoke { 2 } else { 10 });
+    // Few connections: under callgrind a sidecar serves hundreds of requests a second, and
+    // the count per request does not depend on the load.
+    let connections = 4;
+    for path in paths.iter().filter(|p| !p.profiles.is_empty()) {
+        let addr = match proto {
+            Proto::Http1 => path.http1,
+            Proto::Http2 => path.http2,
+        };
+        crate::load::closed_loop(addr, proto, path.host, connections, round).await?;
+        let proxies: Vec<(u32, &std::path::Path)> = path
+            .proxies
+            .iter()
+            .zip(&path.profiles)
+            .map(|(&(_, pid), profile)| (pid, profile.as_path()))
+            .collect();
+        let per_request = crate::callgrind::per_unit(&proxies, s.rounds(), || async {
+            let (done, errors, _) =
+                crate::load::closed_loop(addr, proto, path.host, connections, round).await?;
+            anyhow::ensure!(
+                errors == 0,
+                "{}: {errors} errors under callgrind",
+                path.name
+            );
+            Ok(done)
+        })
+        .await?;
+        r.md.push_str(&format!(
+            "\n| {} over {} (callgrind) | instructions per request, median of {} rounds | lowest–highest round |\n|---|---:|---:|\n",
+            proto.label(),
+            path.name,
+            s.rounds()
+        ));
+        for (i, &(label, _)) in path.proxies.iter().enumerate() {
+            let m = median(per_request[i].iter().copied());
+            r.md.push_str(&format!(
+                "| {label} | {m:.0} | {} |\n",
+                spread(&per_request[i])
+            ));
+            r.results.push(json!({
+                "scenario": format!("{}-instructions", proto.key()), "path": path.key, "proxy": label,
+                "instructions_per_request": m, "rounds": per_request[i],
+                "decision_log": s.decision_log,
+            }));
+        }
+    }
+    Ok(())
 }

@@ -57,6 +57,12 @@ pub(crate) struct Settings {
     /// what it costs against a run without.
     #[arg(long)]
     pub(crate) decision_log: bool,
+    /// Run the sidecars under valgrind's callgrind and report instructions per request in
+    /// each sidecar for the HTTP scenarios (Palisade's path) and per message in each
+    /// publisher's sidecar for AMQP; the run's seconds then mean nothing, so throughput,
+    /// latency, the footprint and the other paths are left out. Use with `--only`.
+    #[arg(long)]
+    pub(crate) callgrind: bool,
 }
 
 impl Settings {
@@ -100,6 +106,13 @@ pub(crate) fn ratio(a: f64, b: f64) -> String {
     } else {
         "–".into()
     }
+}
+
+/// "lowest–highest" of a set of rounds.
+pub(crate) fn spread(values: &[f64]) -> String {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(0.0, f64::max);
+    format!("{lo:.0}–{hi:.0}")
 }
 
 /// The median (NaN when empty; NaN values sort last).
@@ -164,6 +177,7 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
         cp_admin,
         app,
         decision_log: s.decision_log,
+        callgrind: s.callgrind,
     };
     if s.decision_log {
         r.md.push_str(
@@ -232,6 +246,7 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
             http2: app,
             host: "app",
             proxies: vec![],
+            profiles: vec![],
         },
         HttpPath {
             name: "Palisade (2 sidecars, mTLS, policy, audit)",
@@ -243,6 +258,10 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
                 ("orders sidecar", orders.pid),
                 ("payments sidecar", payments.pid),
             ],
+            profiles: [&orders, &payments]
+                .iter()
+                .filter_map(|sc| sc.profile.clone())
+                .collect(),
         },
     ];
     match crate::nginx::find() {
@@ -262,6 +281,7 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
                 http2: ports.out_http2,
                 host: "payments",
                 proxies: vec![("nginx outbound", outbound), ("nginx inbound", inbound)],
+                profiles: vec![],
             });
         }
         None => {
@@ -278,7 +298,7 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
     for proto in [Proto::Http1, Proto::Http2] {
         if s.runs(proto.key()) {
             http::scenario(&s, &mut r, proto, &paths, rate, dur).await?;
-            if proto == Proto::Http1 {
+            if proto == Proto::Http1 && !s.callgrind {
                 http::footprint(&mut r, &paths, &idle);
             }
         }

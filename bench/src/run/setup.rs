@@ -37,6 +37,8 @@ pub(crate) struct Sidecar {
     pub(crate) pid: u32,
     pub(crate) outbound: SocketAddr,
     pub(crate) amqp: Option<SocketAddr>,
+    /// Where callgrind writes its profiles (`--callgrind`).
+    pub(crate) profile: Option<PathBuf>,
 }
 
 /// The running control plane and application, and how to start sidecars next to them.
@@ -49,6 +51,8 @@ pub(crate) struct Mesh {
     pub(crate) app: SocketAddr,
     /// Every sidecar gets a `--decision-dir` (the durable decision log).
     pub(crate) decision_log: bool,
+    /// Every sidecar runs under callgrind (profiles in `work/<sa>.callgrind.N`).
+    pub(crate) callgrind: bool,
 }
 
 impl Mesh {
@@ -108,17 +112,29 @@ impl Mesh {
             args.extend(["--decision-dir".into(), dir.display().to_string()]);
         }
         args.extend(extra.iter().cloned());
-        let pid = procs.spawn(
-            sa,
-            &self.bin_dir.join("palisade-proxy"),
-            &args,
-            &self.work.join(format!("{sa}.log")),
-        )?;
-        wait_status(admin, "admin", "/ready", 200).await?;
+        let proxy = self.bin_dir.join("palisade-proxy");
+        let profile = self
+            .callgrind
+            .then(|| self.work.join(format!("{sa}.callgrind")));
+        let (program, args) = match &profile {
+            Some(profile) => crate::callgrind::wrap(&proxy, &args, profile),
+            None => (proxy, args),
+        };
+        let pid = procs.spawn(sa, &program, &args, &self.work.join(format!("{sa}.log")))?;
+        // Under callgrind a start takes tens of seconds, not one.
+        let mut ready = wait_status(admin, "admin", "/ready", 200).await;
+        for _ in 0..if self.callgrind { 11 } else { 0 } {
+            if ready.is_ok() {
+                break;
+            }
+            ready = wait_status(admin, "admin", "/ready", 200).await;
+        }
+        ready?;
         Ok(Sidecar {
             pid,
             outbound,
             amqp,
+            profile,
         })
     }
 }
