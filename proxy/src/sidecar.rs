@@ -17,6 +17,7 @@ use crate::amqp::{self, Amqp};
 use crate::audit::AuditLog;
 use crate::config::{Config, Settings};
 use crate::config_watch::{ConfigWatch, Follow};
+use crate::control_plane_client::ShipChannel;
 use crate::decision_log::ship::{BrokerLink, Destination, Shipper};
 use crate::decision_log::{DecisionShip, Spool};
 use crate::identity::IdentityManager;
@@ -120,9 +121,9 @@ pub async fn start_with(settings: Settings) -> anyhow::Result<RunningSidecar> {
             let writer = spool.clone();
             writers.spawn(|stop| writer.run(stop));
             let destination = match ship {
-                DecisionShip::ControlPlane => {
-                    Some(Destination::ControlPlane(identity.control_plane().clone()))
-                }
+                DecisionShip::ControlPlane => Some(Destination::ControlPlane(ShipChannel::new(
+                    identity.control_plane().clone(),
+                ))),
                 DecisionShip::Broker { url, queue } => Some(Destination::Broker(Box::new(
                     BrokerLink::new(url, queue, identity.slot()),
                 ))),

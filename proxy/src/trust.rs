@@ -83,20 +83,8 @@ impl ConnectionTrust {
         roots_removed: watch::Receiver<u64>,
         drain: Duration,
     ) -> Self {
-        let own_chain = own.map(|id| id.chain.as_slice()).unwrap_or_default();
-        // A chain that cannot be read has no life left: the connection drains at once (the
-        // handshake verified it, so this does not happen in practice).
-        let not_after = own_chain
-            .iter()
-            .chain(peer_chain)
-            .map(|der| certs::summarize(der).map_or(i64::MIN, |s| s.not_after))
-            .min();
-        let deadline = match not_after {
-            Some(secs) => instant_at(secs),
-            None => Instant::now(),
-        };
         Self {
-            deadline,
+            deadline: handshake_deadline(own, peer_chain),
             peer_chain: peer_chain.to_vec(),
             usage: match side {
                 Side::Server => KeyUsage::client_auth(),
@@ -162,6 +150,26 @@ impl ConnectionTrust {
             .verify_workload(leaf, intermediates, UnixTime::now(), self.usage)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// When the first certificate of a handshake expires: of our own chain `own` (read just
+/// before the handshake) and the peer's `peer_chain`.
+pub fn handshake_deadline(
+    own: Option<&WorkloadIdentity>,
+    peer_chain: &[CertificateDer<'static>],
+) -> Instant {
+    let own_chain = own.map(|id| id.chain.as_slice()).unwrap_or_default();
+    // A chain that cannot be read has no life left: the connection drains at once (the
+    // handshake verified it, so this does not happen in practice).
+    let not_after = own_chain
+        .iter()
+        .chain(peer_chain)
+        .map(|der| certs::summarize(der).map_or(i64::MIN, |s| s.not_after))
+        .min();
+    match not_after {
+        Some(secs) => instant_at(secs),
+        None => Instant::now(),
     }
 }
 

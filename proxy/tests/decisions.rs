@@ -728,6 +728,71 @@ async fn decisions_made_while_the_control_plane_is_down_arrive_once_it_is_back()
     cp.shutdown().await;
 }
 
+/// A TCP relay to `to` that counts the connections it accepted.
+async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The shipper keeps its connection to the control plane between batches: a TLS handshake
+/// per batch (one every 200 ms or faster while decisions are made) was most of what
+/// shipping cost a sidecar, and would be thousands a second for the control plane of a
+/// large mesh. Each decision here waits until it is stored, so each is a batch of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipper_keeps_its_connection_to_the_control_plane_between_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let (relay, connections) = counting_relay(cp.sidecar_addr).await;
+    let spool = dir.path().join("orders-decisions");
+    let config = support::sidecar_config(
+        relay,
+        dir.path().join("cp/trust-bundle.pem"),
+        &files,
+        &["--decision-dir", spool.to_str().unwrap()],
+    );
+    let orders = palisade_proxy::start(&config).await.unwrap();
+    support::wait_ready(&orders).await;
+    let batches = 10;
+    let mut made = 0;
+    let mut opened = Vec::new();
+    for _ in 0..batches {
+        let before = connections.load(Ordering::SeqCst);
+        made += until_status(orders.outbound_addr, |_| true).await.len();
+        wait_until(
+            "the decision is stored",
+            Duration::from_secs(10),
+            async || central_decisions(cp.admin_addr, token.trim()).await.len() == made,
+        )
+        .await;
+        opened.push(connections.load(Ordering::SeqCst) - before);
+    }
+    // The first batch may open the connection; the others ride on it (a configuration
+    // long poll ending meanwhile may open one more).
+    let after_first: u64 = opened[1..].iter().sum();
+    assert!(
+        after_first <= 1,
+        "connections opened per batch: {opened:?} ({batches} batches)"
+    );
+    stored_once(&central_decisions(cp.admin_addr, token.trim()).await, made);
+    orders.shutdown().await;
+    cp.shutdown().await;
+}
+
 /// A vhost of its own, so closing its connections touches no other test's.
 const BROKER_VHOST: &str = "palisade-decisions-test";
 

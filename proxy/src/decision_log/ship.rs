@@ -33,7 +33,7 @@ use palisade_contract::process::Stopping;
 use palisade_contract::tls::IdentitySlot;
 use tokio::sync::watch;
 
-use crate::control_plane_client::ControlPlaneClient;
+use crate::control_plane_client::ShipChannel;
 use crate::metrics::SpoolMetrics;
 
 /// Shortest time between two batches while lines trickle in (under load, full batches go
@@ -49,7 +49,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where batches go.
 pub enum Destination {
-    ControlPlane(ControlPlaneClient),
+    ControlPlane(ShipChannel),
     Broker(Box<BrokerLink>),
 }
 
@@ -274,9 +274,9 @@ impl Shipper {
         // Where the receiving end says the chain goes on: the control plane answers with
         // what it expects next; a broker's confirm means the whole batch is kept.
         let next_seq = match &mut self.destination {
-            Destination::ControlPlane(client) => {
-                client
-                    .ship_decisions(&self.instance, batch)
+            Destination::ControlPlane(channel) => {
+                channel
+                    .ship(&self.instance, batch)
                     .await
                     .map_err(|e| e.to_string())?
                     .next_seq
