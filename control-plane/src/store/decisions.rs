@@ -140,8 +140,8 @@ const COLUMNS: &str = "instance, seq, hash, kind, time_ms, request_id, decision,
 /// Rows per INSERT statement (19 binds each; SQLite allows 32,766 per statement).
 const ROWS_PER_INSERT: usize = 500;
 
-/// Rows with a path prefix up to which the query reads them all off the path index (see
-/// [`Store::decisions`]).
+/// Rows with a path prefix up to which a query on SQLite reads them all off the path index
+/// (see [`Store::decisions`]).
 const PREFIX_PROBE: i64 = 2_000;
 
 /// An [`InstancePosition`] from a row of `SELECT instance, spiffe_id, next_seq, head`
@@ -312,8 +312,9 @@ impl Store {
 
     /// Stored decisions (not checkpoints), newest first.
     pub async fn decisions(&self, f: &DecisionFilter) -> Result<Vec<StoredDecision>, StoreError> {
+        // `$probe`: whether a path prefix is counted first (see below).
         macro_rules! query {
-            ($pool:expr) => {{
+            ($pool:expr, $probe:expr) => {{
                 let mut q = QueryBuilder::new(
                     "SELECT instance, seq, time_ms, line FROM decisions WHERE kind = 'decision'",
                 );
@@ -341,24 +342,31 @@ impl Store {
                 }
                 if let Some(prefix) = &f.path_prefix {
                     // A range, not LIKE: no wildcard characters to escape, and the index
-                    // on the column serves it. Which index serves the page depends on how
-                    // many rows have the prefix, which neither planner can tell from a
-                    // range: SQLite took the path index for a prefix 110,000 of 10 million
-                    // rows have, gathered and sorted them all (1.5 s). So count up to
+                    // on the column serves it. Which index serves the page best depends on
+                    // how many rows have the prefix. PostgreSQL's planner estimates that
+                    // from its histogram of the column; SQLite's cannot (no STAT4) and took
+                    // the path index for a prefix 110,000 of 10 million rows have, gathered
+                    // and sorted them all (1.5 s at p99). So on SQLite, count up to
                     // PREFIX_PROBE of them first: fewer, and the path index finds them all
                     // at once; as many or more, and the prefix is a filter on the
-                    // newest-first scan (`path || ''` is no longer the indexed column on
-                    // either backend), which meets them often enough to fill a page soon.
+                    // newest-first scan (`path || ''` is not the indexed column), which
+                    // meets them often enough to fill a page soon (52 ms at p99 over 10
+                    // million). On PostgreSQL the probe made the same query slower (p99 73
+                    // → 117 ms), so it is left to the planner (BENCHMARKS.md, 2026-12-04).
                     let upper = format!("{prefix}\u{10ffff}");
-                    let matches: i64 = sqlx::query_scalar(
-                        "SELECT COUNT(*) FROM (SELECT 1 FROM decisions
+                    let matches: i64 = if !$probe {
+                        0
+                    } else {
+                        sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM (SELECT 1 FROM decisions
                          WHERE path >= $1 AND path < $2 LIMIT $3) AS probe",
-                    )
-                    .bind(prefix)
-                    .bind(&upper)
-                    .bind(PREFIX_PROBE)
-                    .fetch_one($pool)
-                    .await?;
+                        )
+                        .bind(prefix)
+                        .bind(&upper)
+                        .bind(PREFIX_PROBE)
+                        .fetch_one($pool)
+                        .await?
+                    };
                     let column = if matches < PREFIX_PROBE {
                         "path"
                     } else {
@@ -393,8 +401,8 @@ impl Store {
             }};
         }
         match &self.backend {
-            Backend::Sqlite(pool) => query!(pool),
-            Backend::Postgres(pool) => query!(pool),
+            Backend::Sqlite(pool) => query!(pool, true),
+            Backend::Postgres(pool) => query!(pool, false),
         }
     }
 
@@ -682,8 +690,9 @@ mod tests {
         assert_eq!(seen, expected, "{}", store.backend_name());
     }
 
-    /// Both ways of serving a path prefix (below and above [`PREFIX_PROBE`] matches) give
-    /// the same page: the newest rows with the prefix, and only those.
+    /// Both ways of serving a path prefix (below and above [`PREFIX_PROBE`] matches on
+    /// SQLite; the planner's choice on PostgreSQL) give the same page: the newest rows with
+    /// the prefix, and only those.
     async fn a_path_prefix_page_is_the_same_however_many_match(store: Store) {
         let common = PREFIX_PROBE + 50;
         let rows: Vec<DecisionRow> = (0..common + 20)
