@@ -356,28 +356,26 @@ impl ShipChannel {
         let path = format!("{SHIP_PATH}?instance={instance}");
         let lines = Bytes::from(lines);
         let attempt = async {
-            if let Some(mut kept) = self.reusable().await {
-                let request = self.client.request(
-                    Method::POST,
-                    &path,
-                    None,
-                    Some((BATCH_CONTENT_TYPE, lines.clone())),
-                )?;
-                if let Ok(answer) = exchange(&mut kept.sender, request).await {
-                    self.kept = Some(kept);
-                    return Ok(answer);
+            let mut reused = self.reusable().await;
+            loop {
+                let fresh = reused.is_none();
+                let mut kept = match reused.take() {
+                    Some(kept) => kept,
+                    None => self.open().await?,
+                };
+                let body = Some((BATCH_CONTENT_TYPE, lines.clone()));
+                let request = self.client.request(Method::POST, &path, None, body)?;
+                match exchange(&mut kept.sender, request).await {
+                    Ok(answer) => {
+                        self.kept = Some(kept);
+                        return Ok(answer);
+                    }
+                    Err(e) if fresh => return Err(e),
+                    // The control plane closed the kept connection meanwhile: once more,
+                    // on a new one.
+                    Err(_) => {}
                 }
             }
-            let mut kept = self.open().await?;
-            let request = self.client.request(
-                Method::POST,
-                &path,
-                None,
-                Some((BATCH_CONTENT_TYPE, lines)),
-            )?;
-            let answer = exchange(&mut kept.sender, request).await?;
-            self.kept = Some(kept);
-            Ok(answer)
         };
         let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, attempt)
             .await
@@ -408,9 +406,7 @@ impl ShipChannel {
             trust: KeptTrust {
                 identity,
                 bundle,
-                retire_at: deadline
-                    .checked_sub(crate::trust::RETIRE_AHEAD)
-                    .unwrap_or_else(Instant::now),
+                retire_at: crate::trust::retire_at(deadline),
             },
         })
     }

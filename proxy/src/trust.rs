@@ -173,6 +173,14 @@ pub fn handshake_deadline(
     }
 }
 
+/// When a connection whose trust ends at `deadline` stops taking new work:
+/// [`RETIRE_AHEAD`] before it.
+pub fn retire_at(deadline: Instant) -> Instant {
+    deadline
+        .checked_sub(RETIRE_AHEAD)
+        .unwrap_or_else(Instant::now)
+}
+
 /// The monotonic instant at which the wall clock reads `unix_secs`.
 fn instant_at(unix_secs: i64) -> Instant {
     let at = UNIX_EPOCH + Duration::from_secs(unix_secs.max(0) as u64);
@@ -194,10 +202,7 @@ impl Retirement {
     /// Retires at `RETIRE_AHEAD` before `trust`'s deadline, or when told to.
     pub fn new(trust: &ConnectionTrust) -> Arc<Self> {
         Arc::new(Self {
-            retire_at: trust
-                .deadline()
-                .checked_sub(RETIRE_AHEAD)
-                .unwrap_or_else(Instant::now),
+            retire_at: retire_at(trust.deadline()),
             retired: AtomicBool::new(false),
         })
     }

@@ -312,9 +312,38 @@ impl Store {
 
     /// Stored decisions (not checkpoints), newest first.
     pub async fn decisions(&self, f: &DecisionFilter) -> Result<Vec<StoredDecision>, StoreError> {
-        // `$probe`: whether a path prefix is counted first (see below).
+        // A path prefix is a range, not LIKE: no wildcard characters to escape, and the
+        // index on the column serves it. Which index serves the page best depends on how
+        // many rows have the prefix. PostgreSQL's planner estimates that from its histogram
+        // of the column; SQLite's cannot (no STAT4) and took the path index for a prefix
+        // 110,000 of 10 million rows have, gathered and sorted them all (1.5 s at p99). So
+        // on SQLite, count up to PREFIX_PROBE of them first: fewer, and the path index finds
+        // them all at once; as many or more, and the prefix is a filter on the newest-first
+        // scan (`path || ''` is not the indexed column), which meets them often enough to
+        // fill a page soon (52 ms at p99 over 10 million). On PostgreSQL the probe made the
+        // same query slower (p99 73 -> 117 ms), so it is left to the planner (BENCHMARKS.md,
+        // 2026-12-04).
+        let prefix = f
+            .path_prefix
+            .as_ref()
+            .map(|p| (p.clone(), format!("{p}\u{10ffff}")));
+        let common_prefix = match (&self.backend, &prefix) {
+            (Backend::Sqlite(pool), Some((from, to))) => {
+                let matches: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM decisions
+                     WHERE path >= $1 AND path < $2 LIMIT $3) AS probe",
+                )
+                .bind(from)
+                .bind(to)
+                .bind(PREFIX_PROBE)
+                .fetch_one(pool)
+                .await?;
+                matches >= PREFIX_PROBE
+            }
+            _ => false,
+        };
         macro_rules! query {
-            ($pool:expr, $probe:expr) => {{
+            ($pool:expr) => {{
                 let mut q = QueryBuilder::new(
                     "SELECT instance, seq, time_ms, line FROM decisions WHERE kind = 'decision'",
                 );
@@ -340,41 +369,14 @@ impl Store {
                         q.push(format!(" AND {column} = ")).push_bind(v.clone());
                     }
                 }
-                if let Some(prefix) = &f.path_prefix {
-                    // A range, not LIKE: no wildcard characters to escape, and the index
-                    // on the column serves it. Which index serves the page best depends on
-                    // how many rows have the prefix. PostgreSQL's planner estimates that
-                    // from its histogram of the column; SQLite's cannot (no STAT4) and took
-                    // the path index for a prefix 110,000 of 10 million rows have, gathered
-                    // and sorted them all (1.5 s at p99). So on SQLite, count up to
-                    // PREFIX_PROBE of them first: fewer, and the path index finds them all
-                    // at once; as many or more, and the prefix is a filter on the
-                    // newest-first scan (`path || ''` is not the indexed column), which
-                    // meets them often enough to fill a page soon (52 ms at p99 over 10
-                    // million). On PostgreSQL the probe made the same query slower (p99 73
-                    // → 117 ms), so it is left to the planner (BENCHMARKS.md, 2026-12-04).
-                    let upper = format!("{prefix}\u{10ffff}");
-                    let matches: i64 = if !$probe {
-                        0
-                    } else {
-                        sqlx::query_scalar(
-                            "SELECT COUNT(*) FROM (SELECT 1 FROM decisions
-                         WHERE path >= $1 AND path < $2 LIMIT $3) AS probe",
-                        )
-                        .bind(prefix)
-                        .bind(&upper)
-                        .bind(PREFIX_PROBE)
-                        .fetch_one($pool)
-                        .await?
-                    };
-                    let column = if matches < PREFIX_PROBE {
-                        "path"
-                    } else {
+                if let Some((from, to)) = &prefix {
+                    let column = if common_prefix {
                         "(path || '')"
+                    } else {
+                        "path"
                     };
-                    q.push(format!(" AND {column} >= "))
-                        .push_bind(prefix.clone());
-                    q.push(format!(" AND {column} < ")).push_bind(upper);
+                    q.push(format!(" AND {column} >= ")).push_bind(from.clone());
+                    q.push(format!(" AND {column} < ")).push_bind(to.clone());
                 }
                 if let Some((t, i, s)) = &f.before {
                     q.push(" AND (time_ms < ").push_bind(*t);
@@ -401,8 +403,8 @@ impl Store {
             }};
         }
         match &self.backend {
-            Backend::Sqlite(pool) => query!(pool, true),
-            Backend::Postgres(pool) => query!(pool, false),
+            Backend::Sqlite(pool) => query!(pool),
+            Backend::Postgres(pool) => query!(pool),
         }
     }
 

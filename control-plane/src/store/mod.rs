@@ -118,18 +118,11 @@ impl Store {
             backend,
             sqlite_writer: Arc::default(),
         };
-        match &store.backend {
-            Backend::Sqlite(pool) => {
-                migrations::migrator(migrations::Dialect::Sqlite)
-                    .run(pool)
-                    .await
-            }
-            Backend::Postgres(pool) => {
-                migrations::migrator(migrations::Dialect::Postgres)
-                    .run(pool)
-                    .await
-            }
-        }?;
+        let dialect = match &store.backend {
+            Backend::Sqlite(_) => migrations::Dialect::Sqlite,
+            Backend::Postgres(_) => migrations::Dialect::Postgres,
+        };
+        on_pool!(store, pool => migrations::migrator(dialect).run(pool).await)?;
         Ok(store)
     }
 
