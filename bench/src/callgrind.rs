@@ -50,7 +50,7 @@ pub async fn dump(pid: u32, out_prefix: &Path) -> anyhow::Result<u64> {
     for _ in 0..100 {
         let now = dumps(out_prefix)?;
         if let Some(newest) = now.iter().filter(|p| !before.contains(p)).max() {
-            // The file is written before callgrind_control returns; its totals line last.
+            // Read until its totals line (written last) is there.
             let text = std::fs::read_to_string(newest)?;
             if let Some(n) = text
                 .lines()
@@ -100,13 +100,14 @@ fn dumps(out_prefix: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .file_name()
         .context("a profile name")?
         .to_string_lossy()
-        .into_owned();
+        .into_owned()
+        + ".";
     Ok(std::fs::read_dir(dir)?
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
-                .is_some_and(|f| f.to_string_lossy().starts_with(&format!("{name}.")))
+                .is_some_and(|f| f.to_string_lossy().starts_with(&name))
         })
         .collect())
 }

@@ -2,8 +2,6 @@
 
 use crate::run::setup::Sidecar;
 use crate::run::{Report, Settings, median, ratio, spread};
-use std::time::Duration;
-
 use serde_json::json;
 
 pub(crate) async fn amqp_scenario(
@@ -76,11 +74,7 @@ fn via(sc: &Sidecar) -> String {
 /// `--callgrind`: instructions per message in each publisher's sidecar, with confirms and
 /// without, in rounds after a warm-up publish.
 async fn instructions(s: &Settings, r: &mut Report, publishers: &[Sidecar]) -> anyhow::Result<()> {
-    let round = if s.smoke {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(10)
-    };
+    let round = s.callgrind_round();
     r.md.push_str(&format!(
         "\n| AMQP publishes, 1 KiB (callgrind) | instructions per message with confirms, median of {} rounds | lowest–highest | without confirms | lowest–highest |\n|---|---:|---:|---:|---:|\n",
         s.rounds()

@@ -18,10 +18,26 @@ pub(crate) struct HttpPath {
     pub(crate) http1: SocketAddr,
     pub(crate) http2: SocketAddr,
     pub(crate) host: &'static str,
-    /// (label, pid) of each proxy on the path.
-    pub(crate) proxies: Vec<(&'static str, u32)>,
-    /// Where callgrind profiles each proxy (`--callgrind`; empty otherwise).
-    pub(crate) profiles: Vec<std::path::PathBuf>,
+    pub(crate) proxies: Vec<Proxy>,
+}
+
+/// One proxy process on a path.
+pub(crate) struct Proxy {
+    pub(crate) label: &'static str,
+    pub(crate) pid: u32,
+    /// Where callgrind profiles it (`--callgrind`).
+    pub(crate) profile: Option<std::path::PathBuf>,
+}
+
+impl Proxy {
+    /// A proxy that is not profiled.
+    pub(crate) fn new(label: &'static str, pid: u32) -> Self {
+        Self {
+            label,
+            pid,
+            profile: None,
+        }
+    }
 }
 
 /// What one HTTP path measured.
@@ -62,7 +78,7 @@ pub(crate) async fn scenario(
     let mut errors = vec![0u64; paths.len()];
     for _ in 0..s.rounds() {
         for (i, path) in paths.iter().enumerate() {
-            let cpu = || -> f64 { path.proxies.iter().map(|&(_, p)| cpu_seconds(p)).sum() };
+            let cpu = || -> f64 { path.proxies.iter().map(|p| cpu_seconds(p.pid)).sum() };
             let before = cpu();
             let (rps, e) = crate::load::throughput(
                 addr_of(path),
@@ -162,7 +178,7 @@ pub(crate) fn footprint(r: &mut Report, paths: &[HttpPath], idle: &HashMap<u32, 
     r.md.push_str("\n| footprint (scenario 1) | idle RSS MiB | peak RSS MiB |\n|---|---:|---:|\n");
     let mut sidecar_peak: u64 = 0;
     for path in paths.iter().filter(|p| !p.proxies.is_empty()) {
-        for &(label, pid) in &path.proxies {
+        for &Proxy { label, pid, .. } in &path.proxies {
             let (_, peak) = memory(pid);
             if path.key == "palisade" {
                 sidecar_peak = sidecar_peak.max(peak);
@@ -196,23 +212,27 @@ async fn instructions(
     proto: Proto,
     paths: &[HttpPath],
 ) -> anyhow::Result<()> {
-    let round = Duration::from_secs(if s.smoke { 2 } else { 10 });
+    let round = s.callgrind_round();
     // Few connections: under callgrind a sidecar serves hundreds of requests a second, and
     // the count per request does not depend on the load.
     let connections = 4;
-    for path in paths.iter().filter(|p| !p.profiles.is_empty()) {
+    let profiled = |p: &&HttpPath| p.proxies.iter().any(|x| x.profile.is_some());
+    for path in paths.iter().filter(profiled) {
         let addr = match proto {
             Proto::Http1 => path.http1,
             Proto::Http2 => path.http2,
         };
         crate::load::closed_loop(addr, proto, path.host, connections, round).await?;
-        let proxies: Vec<(u32, &std::path::Path)> = path
+        let proxies: Vec<(&'static str, u32, &std::path::Path)> = path
             .proxies
             .iter()
-            .zip(&path.profiles)
-            .map(|(&(_, pid), profile)| (pid, profile.as_path()))
+            .filter_map(|p| Some((p.label, p.pid, p.profile.as_deref()?)))
             .collect();
-        let per_request = crate::callgrind::per_unit(&proxies, s.rounds(), || async {
+        let profiles: Vec<(u32, &std::path::Path)> = proxies
+            .iter()
+            .map(|&(_, pid, profile)| (pid, profile))
+            .collect();
+        let per_request = crate::callgrind::per_unit(&profiles, s.rounds(), || async {
             let (done, errors, _) =
                 crate::load::closed_loop(addr, proto, path.host, connections, round).await?;
             anyhow::ensure!(
@@ -229,15 +249,12 @@ async fn instructions(
             path.name,
             s.rounds()
         ));
-        for (i, &(label, _)) in path.proxies.iter().enumerate() {
-            let m = median(per_request[i].iter().copied());
-            r.md.push_str(&format!(
-                "| {label} | {m:.0} | {} |\n",
-                spread(&per_request[i])
-            ));
+        for (&(label, ..), rounds) in proxies.iter().zip(&per_request) {
+            let m = median(rounds.iter().copied());
+            r.md.push_str(&format!("| {label} | {m:.0} | {} |\n", spread(rounds)));
             r.results.push(json!({
                 "scenario": format!("{}-instructions", proto.key()), "path": path.key, "proxy": label,
-                "instructions_per_request": m, "rounds": per_request[i],
+                "instructions_per_request": m, "rounds": rounds,
                 "decision_log": s.decision_log,
             }));
         }

@@ -75,6 +75,12 @@ impl Settings {
         if self.smoke { 1 } else { 3 }
     }
 
+    /// Length of one `--callgrind` round (a sidecar under valgrind serves some hundreds of
+    /// requests a second).
+    pub(crate) fn callgrind_round(&self) -> Duration {
+        Duration::from_secs(if self.smoke { 1 } else { 10 })
+    }
+
     /// Length of one throughput round.
     pub(crate) fn round_time(&self) -> Duration {
         if self.smoke {
@@ -246,7 +252,6 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
             http2: app,
             host: "app",
             proxies: vec![],
-            profiles: vec![],
         },
         HttpPath {
             name: "Palisade (2 sidecars, mTLS, policy, audit)",
@@ -254,13 +259,13 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
             http1: orders.outbound,
             http2: orders.outbound,
             host: "payments",
-            proxies: vec![
-                ("orders sidecar", orders.pid),
-                ("payments sidecar", payments.pid),
-            ],
-            profiles: [&orders, &payments]
-                .iter()
-                .filter_map(|sc| sc.profile.clone())
+            proxies: [("orders sidecar", &orders), ("payments sidecar", &payments)]
+                .into_iter()
+                .map(|(label, sc)| http::Proxy {
+                    label,
+                    pid: sc.pid,
+                    profile: sc.profile.clone(),
+                })
                 .collect(),
         },
     ];
@@ -280,8 +285,10 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
                 http1: ports.out_http1,
                 http2: ports.out_http2,
                 host: "payments",
-                proxies: vec![("nginx outbound", outbound), ("nginx inbound", inbound)],
-                profiles: vec![],
+                proxies: vec![
+                    http::Proxy::new("nginx outbound", outbound),
+                    http::Proxy::new("nginx inbound", inbound),
+                ],
             });
         }
         None => {
@@ -291,7 +298,7 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
     let idle: HashMap<u32, u64> = paths
         .iter()
         .flat_map(|p| p.proxies.iter())
-        .map(|&(_, pid)| (pid, memory(pid).0))
+        .map(|p| (p.pid, memory(p.pid).0))
         .collect();
 
     // 1 and 2. HTTP, each protocol over every path; 4. footprint after scenario 1.
