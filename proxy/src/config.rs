@@ -181,6 +181,12 @@ pub struct Config {
     #[arg(long, env = "PALISADE_DECISION_SPOOL_MAX", default_value = "1GiB", value_parser = parse_bytes)]
     pub decision_spool_max: u64,
 
+    /// A new spool segment is started once the current one holds this much; the shipper
+    /// deletes a segment once every line of it is stored centrally, so smaller segments
+    /// give disk back sooner (and make more files). Bytes, or with a unit: KiB, MiB, GiB.
+    #[arg(long, env = "PALISADE_DECISION_SEGMENT_MAX", default_value = "64MiB", value_parser = parse_bytes)]
+    pub decision_segment_max: u64,
+
     /// What a full spool does: refuse (new requests get 503, new connections and
     /// publishes are refused, each counted) or drop (traffic goes on, its decisions are
     /// not written, and a gap entry in the chain says how many).
@@ -456,6 +462,9 @@ impl Config {
         if self.decision_spool_max < 1 << 20 {
             problems.push("--decision-spool-max must be at least 1MiB".into());
         }
+        if self.decision_segment_max < 4 << 10 {
+            problems.push("--decision-segment-max must be at least 4KiB".into());
+        }
         if self.decision_checkpoint_interval < Duration::from_millis(100) {
             problems.push("--decision-checkpoint-interval must be at least 100ms".into());
         }
@@ -561,6 +570,7 @@ impl Config {
                     ship: decision_ship,
                     spool_max: self.decision_spool_max,
                     overflow: self.decision_overflow,
+                    segment_max: self.decision_segment_max,
                 }),
             worker_threads,
         })
@@ -658,10 +668,17 @@ mod tests {
             "1ms",
             "--connect-timeout",
             "10ms",
+            "--decision-segment-max",
+            "1KiB",
         ])
         .unwrap();
         let problems = c.settings().unwrap_err();
-        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("--decision-segment-max"))
+        );
         assert!(problems.iter().any(|p| p.contains("--connect-timeout")));
         assert!(problems.iter().any(|p| p.contains("--ca-bundle")));
         assert!(

@@ -728,6 +728,60 @@ async fn decisions_made_while_the_control_plane_is_down_arrive_once_it_is_back()
     cp.shutdown().await;
 }
 
+/// Shipping goes on across segment boundaries: with 4 KiB segments (some seven lines each)
+/// a batch often ends exactly at a segment's end, whose deletion once left the shipper on
+/// a file that was gone, failing every attempt from then on. Every decision arrives once,
+/// and only the newest segments are left in the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipping_goes_on_across_many_segments_and_deletes_each_once_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
+    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let spool = dir.path().join("orders-decisions");
+    let orders = start_ready(
+        &cp,
+        dir.path().join("cp/trust-bundle.pem"),
+        &files,
+        &[
+            "--decision-dir",
+            spool.to_str().unwrap(),
+            "--decision-segment-max",
+            "4KiB",
+        ],
+    )
+    .await;
+    let mut made = 0;
+    // In rounds, each waiting until stored, so that batches end at many different places.
+    for round in 1..=6 {
+        let mut n = 0;
+        made += until_status(orders.outbound_addr, |_| {
+            n += 1;
+            n == 7 * round
+        })
+        .await
+        .len();
+        wait_until("the round is stored", Duration::from_secs(10), async || {
+            central_decisions(cp.admin_addr, token.trim()).await.len() == made
+        })
+        .await;
+    }
+    stored_once(&central_decisions(cp.admin_addr, token.trim()).await, made);
+    let (_, metrics) = support::admin_get(&orders, "/metrics").await;
+    assert_eq!(
+        sidecar_metric(&metrics, "palisade_proxy_decision_ship_errors_total"),
+        0,
+        "{metrics}"
+    );
+    let left = segments(&spool).unwrap().len();
+    assert!(
+        made > 100 && left <= 2,
+        "{made} decisions, {left} segments left"
+    );
+    orders.shutdown().await;
+    cp.shutdown().await;
+}
+
 /// A TCP relay to `to` that counts the connections it accepted.
 async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -264,6 +264,7 @@ fn spool_figures() -> anyhow::Result<(f64, Duration)> {
         ship: palisade_proxy::decision_log::DecisionShip::Off,
         spool_max: 1 << 30,
         overflow: palisade_proxy::decision_log::Overflow::Refuse,
+        segment_max: palisade_proxy::decision_log::SEGMENT_BYTES,
     };
     let _spool = palisade_proxy::decision_log::Spool::open(
         settings,

@@ -23,7 +23,7 @@
 //! also writes it to `head`, so a log cut short behind it shows in `palisade audit verify`.
 //!
 //! Layout: `instance` (this writer's id, kept across restarts so the sequence goes on),
-//! `segment-<first seq>.jsonl` (append-only, a new one past `SEGMENT_BYTES`), `head`.
+//! `segment-<first seq>.jsonl` (append-only, a new one past `--decision-segment-max`), `head`.
 //!
 //! **Shipping** ([`ship`]): what reached the kernel is posted to the control plane, and a
 //! segment is deleted once all of it is stored there.
@@ -50,7 +50,8 @@ use crate::metrics::SpoolMetrics;
 
 pub mod ship;
 
-/// A new segment is started once the current one is past this size.
+/// A new segment is started once the current one is past this size (the default of
+/// `--decision-segment-max`).
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `--decision-*`.
@@ -63,6 +64,9 @@ pub struct DecisionLogSettings {
     /// `--decision-spool-max`: bytes of segments past which the overflow rule applies.
     pub spool_max: u64,
     pub overflow: Overflow,
+    /// `--decision-segment-max`: a new segment is started past this size (the shipper
+    /// deletes a segment once all of it is stored centrally).
+    pub segment_max: u64,
 }
 
 /// `--decision-overflow`: what happens once the spool holds `--decision-spool-max` bytes
@@ -459,7 +463,7 @@ impl Spool {
         }
         let before = *self.inner.written.borrow();
         self.inner.metrics.written.inc_by(through - before);
-        if segment.bytes >= SEGMENT_BYTES {
+        if segment.bytes >= self.inner.settings.segment_max {
             let _ = segment.file.sync_data();
             *segment = open_segment(&self.inner.dir.join(segment_name(through)))?;
         }
@@ -659,6 +663,7 @@ mod tests {
             ship: DecisionShip::Off,
             spool_max: 1 << 30,
             overflow: Overflow::Refuse,
+            segment_max: SEGMENT_BYTES,
         }
     }
 

@@ -313,8 +313,10 @@ impl Shipper {
         Ok(full)
     }
 
-    /// Deletes every segment whose lines are all acknowledged, never the newest.
-    fn delete_shipped_segments(&self) {
+    /// Deletes every segment whose lines are all acknowledged, never the newest. The
+    /// cursor may be at the end of one of them (a batch that ended exactly at a segment's
+    /// end): it is then found again, in the next segment.
+    fn delete_shipped_segments(&mut self) {
         let Ok(all) = segments(&self.dir) else {
             return;
         };
@@ -325,7 +327,12 @@ impl Shipper {
             }
             let len = std::fs::metadata(&pair[0]).map_or(0, |m| m.len());
             match std::fs::remove_file(&pair[0]) {
-                Ok(()) => self.spool.released(len),
+                Ok(()) => {
+                    self.spool.released(len);
+                    if self.cursor.as_ref().is_some_and(|c| c.segment == pair[0]) {
+                        self.cursor = None;
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, segment = %pair[0].display(),
                     "deleting a shipped decision segment failed"),
             }
