@@ -37,6 +37,11 @@ impl Drop for Procs {
 }
 
 impl Procs {
+    /// The process id of the child started as `name`.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, c)| c.id())
+    }
+
     pub fn spawn(
         &mut self,
         name: &str,

@@ -19,6 +19,10 @@ pub(crate) struct HttpPath {
     pub(crate) http2: SocketAddr,
     pub(crate) host: &'static str,
     pub(crate) proxies: Vec<Proxy>,
+    /// The control plane, when this path's sidecars ship their decision log to it: its
+    /// collector's CPU is reported beside the proxies' (on this machine it shares their
+    /// two cores; in a mesh it runs elsewhere).
+    pub(crate) collector: Option<u32>,
 }
 
 /// One proxy process on a path.
@@ -47,6 +51,8 @@ pub(crate) struct HttpFigures {
     pub(crate) rps: f64,
     pub(crate) p99: f64,
     pub(crate) cpu_per_10k: f64,
+    /// The collector's CPU seconds per 10k requests (NaN when there is none).
+    pub(crate) collector_per_10k: f64,
     /// Lowest and highest round.
     pub(crate) range: (f64, f64),
 }
@@ -74,12 +80,13 @@ pub(crate) async fn scenario(
         Proto::Http1 => path.http1,
         Proto::Http2 => path.http2,
     };
-    let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); paths.len()];
+    let mut rounds: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); paths.len()];
     let mut errors = vec![0u64; paths.len()];
     for _ in 0..s.rounds() {
         for (i, path) in paths.iter().enumerate() {
             let cpu = || -> f64 { path.proxies.iter().map(|p| cpu_seconds(p.pid)).sum() };
-            let before = cpu();
+            let collector = || path.collector.map_or(f64::NAN, cpu_seconds);
+            let (before, collector_before) = (cpu(), collector());
             let (rps, e) = crate::load::throughput(
                 addr_of(path),
                 proto,
@@ -88,14 +95,21 @@ pub(crate) async fn scenario(
                 s.round_time(),
             )
             .await?;
-            let used = cpu() - before;
+            let (used, collector_used) = (cpu() - before, collector() - collector_before);
             let requests = rps * s.round_time().as_secs_f64();
-            let cpu_per_10k = if path.proxies.is_empty() || requests == 0.0 {
+            let per_10k = |used: f64| {
+                if requests == 0.0 {
+                    f64::NAN
+                } else {
+                    used / requests * 10_000.0
+                }
+            };
+            let cpu_per_10k = if path.proxies.is_empty() {
                 f64::NAN
             } else {
-                used / requests * 10_000.0
+                per_10k(used)
             };
-            rounds[i].push((rps, cpu_per_10k));
+            rounds[i].push((rps, cpu_per_10k, per_10k(collector_used)));
             errors[i] += e;
         }
     }
@@ -108,6 +122,7 @@ pub(crate) async fn scenario(
                 rps: median(rounds[i].iter().map(|r| r.0)),
                 p99: lat[1],
                 cpu_per_10k: median(rounds[i].iter().map(|r| r.1)),
+                collector_per_10k: median(rounds[i].iter().map(|r| r.2)),
                 range: rounds[i]
                     .iter()
                     .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
@@ -135,19 +150,53 @@ pub(crate) async fn scenario(
             ratio(f.rps, direct.rps),
             ratio(f.rps, vs_nginx),
             ratio(*p99, p99_nginx),
-            if f.cpu_per_10k.is_nan() {
-                "–".to_owned()
-            } else {
-                format!("{:.2}", f.cpu_per_10k)
+            match (f.cpu_per_10k.is_nan(), f.collector_per_10k.is_nan()) {
+                (true, _) => "–".to_owned(),
+                (false, true) => format!("{:.2}", f.cpu_per_10k),
+                (false, false) => format!(
+                    "{:.2} (+ {:.2} control plane collecting the decision log)",
+                    f.cpu_per_10k, f.collector_per_10k
+                ),
             },
         ));
         r.results.push(json!({
             "scenario": proto.key(), "path": path.key, "throughput_rps": f.rps,
             "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
             "cpu_s_per_10k_requests": f.cpu_per_10k, "errors": errors,
+            "collector_cpu_s_per_10k_requests": (!f.collector_per_10k.is_nan()).then_some(f.collector_per_10k),
+            "decision_log": path.collector.is_some() || path.key.ends_with("-durable"),
             "throughput_rounds_rps": rounds[i].iter().map(|r| r.0).collect::<Vec<_>>(),
             "offered_rate_rps": rate, "connections": s.concurrency,
         }));
+    }
+    let at = |key: &str| {
+        paths
+            .iter()
+            .position(|p| p.key == key)
+            .map(|i| measured[i].0)
+    };
+    if let (Some(plain), Some(durable)) = (at("palisade"), at("palisade-durable")) {
+        r.target(
+            &format!(
+                "{} throughput with the durable decision log within 5 % of the plain log's",
+                proto.label()
+            ),
+            durable.rps >= 0.95 * plain.rps,
+            format!(
+                "{:.0} vs {:.0} req/s ({})",
+                durable.rps,
+                plain.rps,
+                ratio(durable.rps, plain.rps)
+            ),
+        );
+        r.target(
+            &format!(
+                "{} p99 at {rate} req/s with the durable decision log within 5 % of the plain log's",
+                proto.label()
+            ),
+            durable.p99 <= 1.05 * plain.p99,
+            format!("{:.2} vs {:.2} ms", durable.p99, plain.p99),
+        );
     }
     if let (Some(n), Some(i)) = (nginx, paths.iter().position(|p| p.key == "palisade")) {
         let p = measured[i].0;
@@ -255,7 +304,7 @@ async fn instructions(
             r.results.push(json!({
                 "scenario": format!("{}-instructions", proto.key()), "path": path.key, "proxy": label,
                 "instructions_per_request": m, "rounds": rounds,
-                "decision_log": s.decision_log,
+                "decision_log": path.collector.is_some() || path.key.ends_with("-durable"),
             }));
         }
     }

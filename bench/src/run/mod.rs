@@ -57,6 +57,11 @@ pub(crate) struct Settings {
     /// what it costs against a run without.
     #[arg(long)]
     pub(crate) decision_log: bool,
+    /// With `--decision-log`: where the sidecars ship it (`control-plane`, the default, to
+    /// the control plane on this same machine, whose collector then competes for its two
+    /// cores; or `off`, the spool alone, as when the collector runs elsewhere).
+    #[arg(long, default_value = "control-plane", value_parser = ["control-plane", "off"])]
+    pub(crate) decision_ship: String,
     /// Run the sidecars under valgrind's callgrind and report instructions per request in
     /// each sidecar for the HTTP scenarios (Palisade's path) and per message in each
     /// publisher's sidecar for AMQP; the run's seconds then mean nothing, so throughput,
@@ -182,13 +187,13 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
         cp_sidecar,
         cp_admin,
         app,
-        decision_log: s.decision_log,
         callgrind: s.callgrind,
     };
     if s.decision_log {
-        r.md.push_str(
-            "\n**Every sidecar ran with `--decision-dir` (the durable decision log).**\n",
-        );
+        r.md.push_str(&format!(
+            "\n**Every Palisade path is measured twice, interleaved: with the plain log, and with the durable decision log (`--decision-dir`, `--decision-ship {}`) too.**\n",
+            s.decision_ship
+        ));
     }
     let http_policy = work.join("policy.yaml");
     write_policy(
@@ -205,70 +210,105 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
             crate::amqp::QUEUE
         ),
     )?;
-    let payments_inbound = free_addr();
-    let registry = work.join("registry.yaml");
-    std::fs::write(
-        &registry,
-        format!(
-            "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: payments, namespace: shop }}\nspec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/payments\", endpoints: [\"{payments_inbound}\"] }}\n"
-        ),
-    )?;
-    let path_arg = |flag: &str, p: &Path| [flag.to_owned(), p.display().to_string()];
-    let payments = mesh
-        .sidecar(
-            &mut procs,
-            "payments",
-            payments_inbound,
-            &path_arg("--policy-file", &http_policy),
-        )
-        .await?;
-    let orders = mesh
-        .sidecar(
-            &mut procs,
-            "orders",
-            free_addr(),
-            &path_arg("--registry-file", &registry),
-        )
-        .await?;
+    // The sidecars, each pair twice with `--decision-log`: with the plain log only, and
+    // with the durable one too (`-durable`), measured side by side in interleaved rounds.
+    let variants: &[&str] = if s.decision_log {
+        &["", "-durable"]
+    } else {
+        &[""]
+    };
+    let path_arg = |flag: &str, p: &Path| vec![flag.to_owned(), p.display().to_string()];
+    let with_log = |name: &str, mut extra: Vec<String>| {
+        if name.ends_with("-durable") {
+            extra.extend(mesh.decision_log(name, &s.decision_ship));
+        }
+        extra
+    };
+    let mut pairs = Vec::new();
     let mut publishers = Vec::new();
-    for (sa, sign) in [("publisher", "true"), ("publisher-unsigned", "false")] {
-        let mut extra = path_arg("--policy-file", &amqp_policy).to_vec();
-        extra.extend([
-            "--amqp-upstream".into(),
-            s.broker.clone(),
-            "--amqp-sign".into(),
-            sign.into(),
-        ]);
-        publishers.push(mesh.sidecar(&mut procs, sa, free_addr(), &extra).await?);
+    for variant in variants {
+        let payments_inbound = free_addr();
+        let registry = work.join(format!("registry{variant}.yaml"));
+        std::fs::write(
+            &registry,
+            format!(
+                "apiVersion: palisade.dev/v1\nkind: Service\nmetadata: {{ name: payments, namespace: shop }}\nspec: {{ identity: \"spiffe://palisade.local/ns/shop/sa/payments\", endpoints: [\"{payments_inbound}\"] }}\n"
+            ),
+        )?;
+        let name = format!("payments{variant}");
+        let extra = with_log(&name, path_arg("--policy-file", &http_policy));
+        let payments = mesh
+            .sidecar(&mut procs, &name, "payments", payments_inbound, &extra)
+            .await?;
+        let name = format!("orders{variant}");
+        let extra = with_log(&name, path_arg("--registry-file", &registry));
+        let orders = mesh
+            .sidecar(&mut procs, &name, "orders", free_addr(), &extra)
+            .await?;
+        wait_status(orders.outbound, "payments", "/item", 200).await?;
+        pairs.push((orders, payments));
+        for (sa, sign) in [("publisher", "true"), ("publisher-unsigned", "false")] {
+            let name = format!("{sa}{variant}");
+            let mut extra = path_arg("--policy-file", &amqp_policy);
+            extra.extend([
+                "--amqp-upstream".into(),
+                s.broker.clone(),
+                "--amqp-sign".into(),
+                sign.into(),
+            ]);
+            let extra = with_log(&name, extra);
+            publishers.push(
+                mesh.sidecar(&mut procs, &name, sa, free_addr(), &extra)
+                    .await?,
+            );
+        }
     }
-    wait_status(orders.outbound, "payments", "/item", 200).await?;
     wait_status(app, "app", "/item", 200).await?;
 
-    let mut paths = vec![
-        HttpPath {
-            name: "direct",
-            key: "direct",
-            http1: app,
-            http2: app,
-            host: "app",
-            proxies: vec![],
-        },
-        HttpPath {
-            name: "Palisade (2 sidecars, mTLS, policy, audit)",
-            key: "palisade",
+    let mut paths = vec![HttpPath {
+        name: "direct",
+        key: "direct",
+        http1: app,
+        http2: app,
+        host: "app",
+        proxies: vec![],
+        collector: None,
+    }];
+    for ((orders, payments), durable) in pairs.iter().zip([false, true]) {
+        paths.push(HttpPath {
+            name: if durable {
+                "Palisade, durable decision log (--decision-dir)"
+            } else {
+                "Palisade (2 sidecars, mTLS, policy, audit)"
+            },
+            key: if durable {
+                "palisade-durable"
+            } else {
+                "palisade"
+            },
             http1: orders.outbound,
             http2: orders.outbound,
             host: "payments",
-            proxies: [("orders sidecar", &orders), ("payments sidecar", &payments)]
-                .into_iter()
-                .map(|(label, sc)| http::Proxy {
-                    label,
-                    pid: sc.pid,
-                    profile: sc.profile.clone(),
-                })
-                .collect(),
-        },
-    ];
+            proxies: if durable {
+                [
+                    ("orders sidecar, durable log", orders),
+                    ("payments sidecar, durable log", payments),
+                ]
+            } else {
+                [("orders sidecar", orders), ("payments sidecar", payments)]
+            }
+            .into_iter()
+            .map(|(label, sc)| http::Proxy {
+                label,
+                pid: sc.pid,
+                profile: sc.profile.clone(),
+            })
+            .collect(),
+            collector: (durable && s.decision_ship == "control-plane")
+                .then(|| procs.pid("control-plane"))
+                .flatten(),
+        });
+    }
     match crate::nginx::find() {
         Some(bin) => {
             let ports = crate::nginx::Ports {
@@ -289,6 +329,7 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
                     http::Proxy::new("nginx outbound", outbound),
                     http::Proxy::new("nginx inbound", inbound),
                 ],
+                collector: None,
             });
         }
         None => {

@@ -49,18 +49,18 @@ pub(crate) struct Mesh {
     pub(crate) cp_sidecar: SocketAddr,
     pub(crate) cp_admin: SocketAddr,
     pub(crate) app: SocketAddr,
-    /// Every sidecar gets a `--decision-dir` (the durable decision log).
-    pub(crate) decision_log: bool,
     /// Every sidecar runs under callgrind (profiles in `work/<sa>.callgrind.N`).
     pub(crate) callgrind: bool,
 }
 
 impl Mesh {
-    /// Starts the sidecar of service account `sa` in namespace `shop` (a join token from
-    /// the CLI, as an operator would make one) and waits until it is ready.
+    /// Starts a sidecar of service account `sa` in namespace `shop` (a join token from the
+    /// CLI, as an operator would make one), its files named after `name`, and waits until
+    /// it is ready.
     pub(crate) async fn sidecar(
         &self,
         procs: &mut Procs,
+        name: &str,
         sa: &str,
         inbound: SocketAddr,
         extra: &[String],
@@ -77,7 +77,7 @@ impl Mesh {
         if !token.status.success() {
             bail!("token create: {}", String::from_utf8_lossy(&token.stderr));
         }
-        let token_file = self.work.join(format!("{sa}.token"));
+        let token_file = self.work.join(format!("{name}.token"));
         std::fs::write(&token_file, token.stdout)?;
         let (admin, outbound) = (free_addr(), free_addr());
         let amqp = extra.iter().any(|a| a == "--amqp-upstream").then(free_addr);
@@ -98,29 +98,30 @@ impl Mesh {
             self.app.to_string(),
             "--audit-log".into(),
             self.work
-                .join(format!("{sa}-audit.jsonl"))
+                .join(format!("{name}-audit.jsonl"))
                 .display()
                 .to_string(),
             "--identity-dir".into(),
-            self.work.join(format!("{sa}-id")).display().to_string(),
+            self.work.join(format!("{name}-id")).display().to_string(),
         ];
         if let Some(a) = amqp {
             args.extend(["--amqp-listen".into(), a.to_string()]);
-        }
-        if self.decision_log {
-            let dir = self.work.join(format!("{sa}-decisions"));
-            args.extend(["--decision-dir".into(), dir.display().to_string()]);
         }
         args.extend(extra.iter().cloned());
         let proxy = self.bin_dir.join("palisade-proxy");
         let profile = self
             .callgrind
-            .then(|| self.work.join(format!("{sa}.callgrind")));
+            .then(|| self.work.join(format!("{name}.callgrind")));
         let (program, args) = match &profile {
             Some(profile) => crate::callgrind::wrap(&proxy, &args, profile),
             None => (proxy, args),
         };
-        let pid = procs.spawn(sa, &program, &args, &self.work.join(format!("{sa}.log")))?;
+        let pid = procs.spawn(
+            name,
+            &program,
+            &args,
+            &self.work.join(format!("{name}.log")),
+        )?;
         // Under callgrind a start takes tens of seconds, not one.
         let mut ready = wait_status(admin, "admin", "/ready", 200).await;
         for _ in 0..if self.callgrind { 11 } else { 0 } {
@@ -136,6 +137,20 @@ impl Mesh {
             amqp,
             profile,
         })
+    }
+
+    /// The arguments that give sidecar `name` the durable decision log, shipped as
+    /// `--decision-ship` says.
+    pub(crate) fn decision_log(&self, name: &str, ship: &str) -> Vec<String> {
+        vec![
+            "--decision-dir".into(),
+            self.work
+                .join(format!("{name}-decisions"))
+                .display()
+                .to_string(),
+            "--decision-ship".into(),
+            ship.into(),
+        ]
     }
 }
 
