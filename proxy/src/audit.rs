@@ -115,24 +115,44 @@ impl AuditLog {
     /// the caller may then let the outcome leave), and on the stream.
     /// The event is encoded once, for both.
     pub async fn decided(&self, event: &AuditEvent) {
-        let Some(mut line) = encode(event) else {
-            return;
-        };
-        if let Some(spool) = &self.spool {
+        if let Some(through) = self.decided_owed(event) {
             // Boxed: the spool's wait would otherwise make every path's request future
             // larger, spool or not.
-            let durable: std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> =
-                Box::pin(spool.append_json(
+            let written: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> =
+                Box::pin(self.settle(through));
+            written.await;
+        }
+    }
+
+    /// [`Self::decided`] without the wait: what to pass to [`Self::settle`] before the
+    /// outcome leaves (`None`: nothing to wait for). For a path that holds its outcome in
+    /// a buffer of its own, as the AMQP relay holds the frames it has for the broker, so
+    /// that the publishes read together wait for one write of the spool, not one each.
+    pub fn decided_owed(&self, event: &AuditEvent) -> Option<u64> {
+        let mut line = encode(event)?;
+        let owed = self.spool.as_ref().and_then(|spool| {
+            spool
+                .append_json_now(
                     &event.time,
                     &line,
                     event.reason.as_deref() == Some(crate::decision_log::LOG_FULL),
-                ));
-            if let Err(e) = durable.await {
-                tracing::error!(error = %e, "a decision could not be recorded");
-            }
-        }
+                )
+                .map_err(|e| tracing::error!(error = %e, "a decision could not be recorded"))
+                .ok()
+                .and_then(|(_, owed)| owed)
+        });
         line.push(b'\n');
         self.stream(line);
+        owed
+    }
+
+    /// Returns once the spool has the lines [`Self::decided_owed`] said are owed.
+    pub async fn settle(&self, through: u64) {
+        if let Some(spool) = &self.spool
+            && let Err(e) = spool.written_through(through).await
+        {
+            tracing::error!(error = %e, "a decision could not be recorded");
+        }
     }
 
     /// A decision sampling leaves out: accounted for in the spool's chain (a gap entry

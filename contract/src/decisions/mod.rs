@@ -253,6 +253,18 @@ impl Chain {
         self.push(time, EntryKind::Decision, Some(record), LineOut::default())
     }
 
+    /// The same, appended to `out` (the spool's buffer: no line of its own to allocate
+    /// and copy).
+    pub fn decision_json_into(&mut self, out: &mut Vec<u8>, time: &str, record: &[u8]) {
+        self.push_into(
+            out,
+            time,
+            EntryKind::Decision,
+            Some(record),
+            LineOut::default(),
+        );
+    }
+
     /// The note the next line would sign as a checkpoint by `signer` at `time`.
     pub fn next_checkpoint_note(&self, signer: &str, time: &str) -> String {
         checkpoint_note(
@@ -323,30 +335,47 @@ impl Chain {
         record: Option<&[u8]>,
         extra: LineOut<'_>,
     ) -> Vec<u8> {
-        // Encoded on the stack: this runs once per decision on the sidecar's request path.
+        let mut line = Vec::with_capacity(256 + record.map_or(0, <[u8]>::len));
+        self.push_into(&mut line, time, kind, record, extra);
+        line
+    }
+
+    /// Appends the next line to `out` (encoded in place: this runs once per decision on
+    /// the sidecar's request path, into the spool's buffer).
+    fn push_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        time: &str,
+        kind: EntryKind,
+        record: Option<&[u8]>,
+        extra: LineOut<'_>,
+    ) {
+        let start = out.len();
         let mut prev = [0u8; 64];
         ::hex::encode_to_slice(self.head, &mut prev).expect("64 hex digits for 32 bytes");
-        let mut line = serde_json::to_vec(&LineOut {
-            v: FORMAT,
-            instance: &self.instance,
-            seq: self.next_seq,
-            prev: std::str::from_utf8(&prev).expect("hex is ASCII"),
-            time,
-            kind: Some(kind),
-            ..extra
-        })
+        serde_json::to_writer(
+            &mut *out,
+            &LineOut {
+                v: FORMAT,
+                instance: &self.instance,
+                seq: self.next_seq,
+                prev: std::str::from_utf8(&prev).expect("hex is ASCII"),
+                time,
+                kind: Some(kind),
+                ..extra
+            },
+        )
         .expect("a line always serializes");
         if let Some(record) = record {
             // `{...}` becomes `{...,"record":<record>}`.
-            line.pop();
-            line.extend_from_slice(b",\"record\":");
-            line.extend_from_slice(record);
-            line.push(b'}');
+            out.pop();
+            out.extend_from_slice(b",\"record\":");
+            out.extend_from_slice(record);
+            out.push(b'}');
         }
-        self.head = line_hash(&line);
+        self.head = line_hash(&out[start..]);
         self.next_seq += 1;
-        line.push(b'\n');
-        line
+        out.push(b'\n');
     }
 }
 
@@ -359,6 +388,23 @@ mod tests {
         for kind in [EntryKind::Decision, EntryKind::Checkpoint, EntryKind::Gap] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
+    }
+
+    /// A line appended in place (the spool's buffer, with lines before it) is the line a
+    /// chain at the same point makes on its own, and hashes the same.
+    #[test]
+    fn a_line_appended_in_place_is_the_same_line() {
+        let mut a = Chain::new("i1");
+        let mut b = a.clone();
+        let mut buf = b"earlier line\n".to_vec();
+        for i in 0..3 {
+            let record = format!("{{\"n\":{i}}}");
+            let line = a.decision_json("t", record.as_bytes());
+            b.decision_json_into(&mut buf, "t", record.as_bytes());
+            assert!(buf.ends_with(&line), "{}", String::from_utf8_lossy(&buf));
+            assert_eq!((a.head(), a.next_seq()), (b.head(), b.next_seq()));
+        }
+        assert!(buf.starts_with(b"earlier line\n"));
     }
 
     #[test]

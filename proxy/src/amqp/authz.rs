@@ -179,20 +179,23 @@ impl Amqp {
                 routing_key: c.routing_key.as_deref(),
                 queue: c.queue.as_deref(),
             };
-            if !self.authorize(&actor, ch, &request, None).await {
+            if !self.authorize(&actor, ch, &request, None, None).await {
                 return Some(ids);
             }
         }
         None
     }
 
-    /// Every routing key of a publish must be allowed.
+    /// Every routing key of a publish must be allowed. The lines of the allowing decisions
+    /// are owed by `broker` (the publish waits in its buffer until they are written); a
+    /// denial's is written before this returns.
     pub(super) async fn authorize_publish(
         &self,
         vhost: &str,
         ch: u16,
         exchange: &str,
         keys: &[String],
+        broker: &mut super::upstream::ToBroker,
     ) -> bool {
         let actor = self.actor();
         for k in keys {
@@ -203,7 +206,12 @@ impl Amqp {
                 routing_key: Some(k),
                 queue: None,
             };
-            if !self.authorize(&actor, ch, &request, Some(keys)).await {
+            let mut owed = None;
+            let allowed = self
+                .authorize(&actor, ch, &request, Some(keys), Some(&mut owed))
+                .await;
+            broker.owe(owed);
+            if !allowed {
                 return false;
             }
         }
@@ -220,13 +228,16 @@ impl Amqp {
         }
     }
 
-    /// One decision: evaluated, counted and recorded (before the caller acts on it).
+    /// One decision: evaluated, counted and recorded (before the caller acts on it). With
+    /// `owed`, an allowing decision's line is not waited for here: `owed` says what the
+    /// caller must wait for before the allowed frames leave.
     pub(super) async fn authorize(
         &self,
         actor: &Actor,
         ch: u16,
         op: &AmqpRequest<'_>,
         all_keys: Option<&[String]>,
+        owed: Option<&mut Option<u64>>,
     ) -> bool {
         let (own, service) = (&actor.own, &actor.service);
         let policies = self.policies.load();
@@ -264,7 +275,10 @@ impl Amqp {
             routing_keys: all_keys.map(<[String]>::to_vec).unwrap_or_default(),
             queue: op.queue.map(str::to_owned),
         });
-        self.audit.decided(&event).await;
+        match owed {
+            Some(owed) if allowed => *owed = self.audit.decided_owed(&event),
+            _ => self.audit.decided(&event).await,
+        }
         allowed
     }
 }

@@ -85,7 +85,7 @@ impl Amqp {
                 async move {
                     this.client_to_broker(
                         client_r,
-                        ToBroker(broker_w),
+                        ToBroker::new(broker_w, this.audit.clone()),
                         frame_max,
                         &vhost,
                         shared,
@@ -287,7 +287,9 @@ impl Amqp {
                             .await?;
                         continue;
                     }
-                    let allowed = self.authorize_publish(vhost, ch, &exchange, &keys).await;
+                    let allowed = self
+                        .authorize_publish(vhost, ch, &exchange, &keys, &mut broker)
+                        .await;
                     if !allowed {
                         // The body is swallowed with the closing channel.
                         let refusal = (reply::ACCESS_REFUSED, POLICY_REFUSED);

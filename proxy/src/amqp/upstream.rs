@@ -6,6 +6,7 @@ use palisade_contract::amqp_url::AmqpUrl;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, WriteHalf};
 
 use super::{Amqp, AmqpError, HANDSHAKE_TIMEOUT};
+use crate::audit::AuditLog;
 
 /// The connection to the broker: TCP, or TLS over it.
 pub(super) trait BrokerIo: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -86,15 +87,59 @@ impl Upstream {
 /// The broker socket's writer in the relay. Its errors are [`AmqpError::BrokerLost`]: the
 /// leg that writes there also reads the application, and only a failure here means the
 /// broker (not the application) went away.
-pub(super) struct ToBroker(pub(super) BufWriter<WriteHalf<BrokerStream>>);
+///
+/// It holds what it buffered until the decisions that let it through are in the decision
+/// spool ([`ToBroker::owe`]): no byte leaves for the broker before the line of the
+/// decision that allowed it reached the kernel, yet the publishes read together wait for
+/// one write of the spool, not one each.
+pub(super) struct ToBroker {
+    /// Made with [`super::IO_BUFFER`] of room.
+    out: BufWriter<WriteHalf<BrokerStream>>,
+    audit: AuditLog,
+    /// The spool lines that must be written before the buffer may leave.
+    owed: Option<u64>,
+}
 
 impl ToBroker {
+    pub(super) fn new(out: BufWriter<WriteHalf<BrokerStream>>, audit: AuditLog) -> Self {
+        Self {
+            out,
+            audit,
+            owed: None,
+        }
+    }
+
+    /// What is buffered from now on leaves only once the spool holds `through` lines.
+    pub(super) fn owe(&mut self, through: Option<u64>) {
+        if let Some(t) = through {
+            self.owed = Some(self.owed.map_or(t, |o| o.max(t)));
+        }
+    }
+
+    async fn settle(&mut self) {
+        if let Some(through) = self.owed {
+            self.audit.settle(through).await;
+            // Only now: a wait given up half-way owes the same lines again.
+            self.owed = None;
+        }
+    }
+
     pub(super) async fn write_all(&mut self, bytes: &[u8]) -> Result<(), AmqpError> {
-        self.0.write_all(bytes).await.map_err(AmqpError::BrokerLost)
+        // A write that does not fit the buffer sends it (or goes straight to the socket).
+        if self.out.buffer().len() + bytes.len() > super::IO_BUFFER {
+            self.settle().await;
+        }
+        self.out
+            .write_all(bytes)
+            .await
+            .map_err(AmqpError::BrokerLost)
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), AmqpError> {
-        self.0.flush().await.map_err(AmqpError::BrokerLost)
+        if !self.out.buffer().is_empty() {
+            self.settle().await;
+        }
+        self.out.flush().await.map_err(AmqpError::BrokerLost)
     }
 }
 
@@ -128,6 +173,82 @@ mod tests {
 
     fn url(s: &str) -> AmqpUrl {
         AmqpUrl::parse(s).unwrap()
+    }
+
+    /// What the relay buffered for the broker leaves only once the decisions that allowed
+    /// it are in the spool: while the spool's writer is not running nothing reaches the
+    /// broker, and a flush then sends the frames and their lines are in the segment.
+    #[tokio::test]
+    async fn frames_for_the_broker_wait_for_the_lines_they_owe() {
+        use crate::decision_log::{DecisionLogSettings, DecisionShip, Overflow, Spool};
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let registry = prometheus::Registry::new();
+        let metrics = crate::metrics::ProxyMetrics::register(&registry).unwrap();
+        let settings = DecisionLogSettings {
+            dir: dir.path().to_owned(),
+            fsync_interval: std::time::Duration::from_secs(1),
+            checkpoint_interval: std::time::Duration::from_secs(3600),
+            ship: DecisionShip::Off,
+            spool_max: 1 << 30,
+            overflow: Overflow::Refuse,
+            segment_max: crate::decision_log::SEGMENT_BYTES,
+        };
+        let spool = Spool::open(
+            settings,
+            palisade_contract::tls::IdentitySlot::new(),
+            metrics.spool.clone(),
+        )
+        .unwrap();
+        let audit = AuditLog::start(
+            crate::audit::AuditTarget::File(dir.path().join("audit.jsonl")),
+            metrics.audit_dropped.clone(),
+        )
+        .await
+        .unwrap()
+        .with_spool(spool.clone());
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let (_, write) = tokio::io::split(Box::new(near) as BrokerStream);
+        let mut broker = ToBroker::new(
+            BufWriter::with_capacity(super::super::IO_BUFFER, write),
+            audit.clone(),
+        );
+        let mut owed = None;
+        for i in 0..3 {
+            let event = crate::audit::AuditEvent::begin("outbound", "amqp");
+            owed = audit.decided_owed(&event);
+            broker.owe(owed);
+            broker
+                .write_all(format!("publish {i};").as_bytes())
+                .await
+                .unwrap();
+        }
+        assert_eq!(owed, Some(3), "three lines owed");
+        let flushed =
+            tokio::time::timeout(std::time::Duration::from_millis(200), broker.flush()).await;
+        assert!(
+            flushed.is_err(),
+            "frames left before their decisions were written"
+        );
+        let mut got = [0u8; 64];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(50), far.read(&mut got)).await;
+        assert!(
+            read.is_err(),
+            "the broker got bytes before the decisions were written"
+        );
+        let mut tasks = palisade_contract::process::Tasks::new();
+        let writer = spool.clone();
+        tasks.spawn(|stop| writer.run(stop));
+        broker.flush().await.unwrap();
+        let segment = dir
+            .path()
+            .join(palisade_contract::decisions::segment_name(0));
+        let lines = std::fs::read_to_string(&segment).unwrap().lines().count();
+        assert_eq!(lines, 3);
+        let n = far.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"publish 0;publish 1;publish 2;");
+        tasks.shutdown().await;
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //! outcome it describes leaves the sidecar, signed at intervals with the workload's key.
 //!
 //! **Group commit.** A path that decided appends its line to a shared buffer (a mutex, a
-//! SHA-256 of ~400 bytes) and waits until the writer task has handed the buffer to the
-//! kernel with one `write(2)`; every decision made meanwhile rides the same call. Under load
-//! that is one system call per batch, not per request; at rest, one per request, made by
-//! the writer task (not the request's own, though tokio may run both on one thread). (A
+//! SHA-256 of ~600 bytes, encoded in place) and waits until the writer task has handed the
+//! buffer to the kernel with one `write(2)`; every decision made meanwhile rides the same
+//! call. Under load that is one system call per batch, not per request; at rest, one per
+//! request, made by the writer task. (Making the writer yield once before it takes the
+//! buffer, so that the tasks already ready on its thread join the batch, was measured and
+//! did not help: BENCHMARKS.md.) An AMQP publish does not wait here at all: the relay
+//! holds the allowed frames in its buffer for the broker until their lines are written
+//! ([`Spool::append_json_now`], [`Spool::written_through`]). (A
 //! memory-mapped segment would need no call at all, but
 //! `unsafe` is forbidden in this workspace and a mapped file on a full disk fails with
 //! SIGBUS instead of an error.)
@@ -196,6 +200,10 @@ struct Inner {
 struct Segment {
     file: File,
     bytes: u64,
+    /// The buffer the last batch was written from, emptied: swapped with the state's for
+    /// the next batch, so a batch costs no allocation (and no large free, which makes
+    /// glibc's allocator consolidate its heap).
+    spare: Vec<u8>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -382,7 +390,23 @@ impl Spool {
         record: &[u8],
         refusal: bool,
     ) -> Result<u64, SpoolError> {
-        let seq = {
+        let (seq, owed) = self.append_json_now(time, record, refusal)?;
+        if let Some(through) = owed {
+            self.written_through(through).await?;
+        }
+        Ok(seq)
+    }
+
+    /// [`Self::append_json`] without the wait: the record's sequence number, and how many
+    /// lines must have reached the kernel (pass it to [`Self::written_through`]) before
+    /// the outcome it describes may leave; `None` when there is nothing to wait for.
+    pub fn append_json_now(
+        &self,
+        time: &str,
+        record: &[u8],
+        refusal: bool,
+    ) -> Result<(u64, Option<u64>), SpoolError> {
+        let next = {
             let mut st = self.lock();
             let overflow = self.inner.settings.overflow;
             if self.full() && (overflow == Overflow::Drop || refusal) {
@@ -394,11 +418,11 @@ impl Spool {
                 let seq = st.chain.skip();
                 st.gap.get_or_insert((seq, reason));
                 self.inner.metrics.dropped.inc();
-                return Ok(seq);
+                return Ok((seq, None));
             }
             st.close_gap(time);
-            let line = st.chain.decision_json(time, record);
-            st.buf.extend_from_slice(&line);
+            let State { chain, buf, .. } = &mut *st;
+            chain.decision_json_into(buf, time, record);
             st.unsigned += 1;
             st.through = st.chain.next_seq();
             st.chain.next_seq()
@@ -410,27 +434,37 @@ impl Spool {
                 dir: self.inner.dir.clone(),
                 source,
             })?;
-            return Ok(seq - 1);
+            return Ok((next - 1, None));
         }
         self.inner.wake.notify_one();
+        Ok((next - 1, Some(next)))
+    }
+
+    /// Returns once the first `through` lines have reached the kernel.
+    pub async fn written_through(&self, through: u64) -> Result<(), SpoolError> {
+        if *self.inner.written.borrow() >= through {
+            return Ok(());
+        }
         let mut written = self.inner.written.subscribe();
         written
-            .wait_for(|w| *w >= seq)
+            .wait_for(|w| *w >= through)
             .await
-            .map_err(|_| SpoolError::Stopped)?;
-        Ok(seq - 1)
+            .map(|_| ())
+            .map_err(|_| SpoolError::Stopped)
     }
 
     /// Writes what is buffered (one `write(2)`), then says how far the kernel has it.
     fn flush(&self) -> std::io::Result<()> {
         let mut segment = self.inner.file.lock().unwrap_or_else(|p| p.into_inner());
-        let (buf, through) = {
+        let mut buf = std::mem::take(&mut segment.spare);
+        let through = {
             let mut st = self.lock();
             if st.buf.is_empty() {
+                segment.spare = buf;
                 return Ok(());
             }
-            let next = Vec::with_capacity(st.buf.capacity());
-            (std::mem::replace(&mut st.buf, next), st.through)
+            std::mem::swap(&mut st.buf, &mut buf);
+            st.through
         };
         if let Err(e) = segment.file.write_all(&buf) {
             if e.kind() == std::io::ErrorKind::StorageFull {
@@ -463,9 +497,17 @@ impl Spool {
         }
         let before = *self.inner.written.borrow();
         self.inner.metrics.written.inc_by(through - before);
+        buf.clear();
+        if buf.capacity() > SPARE_BYTES {
+            // A backlog made it large once; no need to keep that much.
+            buf.shrink_to(SPARE_BYTES);
+        }
+        segment.spare = buf;
         if segment.bytes >= self.inner.settings.segment_max {
             let _ = segment.file.sync_data();
+            let spare = std::mem::take(&mut segment.spare);
             *segment = open_segment(&self.inner.dir.join(segment_name(through)))?;
+            segment.spare = spare;
         }
         drop(segment);
         self.inner.written.send_replace(through);
@@ -559,6 +601,9 @@ impl Spool {
 /// the lines of work already admitted, the gap entry and the checkpoints).
 const LOW_SPACE_BYTES: u64 = 4 << 20;
 
+/// The most a batch buffer keeps between batches.
+const SPARE_BYTES: usize = 256 << 10;
+
 /// Free space is looked at after this many bytes written (and every fsync interval).
 const CHECK_SPACE_EVERY: u64 = 256 << 10;
 
@@ -575,7 +620,11 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 fn open_segment(path: &Path) -> std::io::Result<Segment> {
     let file = OpenOptions::new().create(true).append(true).open(path)?;
     let bytes = file.metadata()?.len();
-    Ok(Segment { file, bytes })
+    Ok(Segment {
+        file,
+        bytes,
+        spare: Vec::new(),
+    })
 }
 
 /// The chain as the last segment leaves it: an unfinished last line (a crash mid-write) is
