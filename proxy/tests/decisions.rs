@@ -782,6 +782,59 @@ async fn shipping_goes_on_across_many_segments_and_deletes_each_once_stored() {
     cp.shutdown().await;
 }
 
+/// A kept shipping connection the control plane closed (here: it restarted between two
+/// batches) costs no failed attempt: found closed before the send, or failing on it, the
+/// batch goes at once on a new connection, so no ship error is counted and the decision
+/// arrives without waiting out a backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_on_a_dead_kept_connection_is_resent_at_once_on_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cp");
+    let mut config = palisade_control_plane::Config::for_data_dir(data.clone());
+    config.sidecar_listen = format!("127.0.0.1:{}", support::free_port())
+        .parse()
+        .unwrap();
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
+    let files = sidecar_files(&cp, dir.path(), "orders").await;
+    let spool = dir.path().join("orders-decisions");
+    let orders = start_ready(
+        &cp,
+        data.join("trust-bundle.pem"),
+        &files,
+        &["--decision-dir", spool.to_str().unwrap()],
+    )
+    .await;
+    let mut made = until_status(orders.outbound_addr, |_| true).await.len();
+    wait_until(
+        "the first decision is stored",
+        Duration::from_secs(10),
+        async || central_decisions(cp.admin_addr, token.trim()).await.len() == made,
+    )
+    .await;
+    cp.shutdown().await;
+    let cp = palisade_control_plane::start(&config).await.unwrap();
+    made += until_status(orders.outbound_addr, |_| true).await.len();
+    // Well within the first backoff (500 ms) plus the pace (200 ms) a failure would cost.
+    let back = std::time::Instant::now();
+    wait_until(
+        "the decision after the restart is stored",
+        Duration::from_secs(10),
+        async || central_decisions(cp.admin_addr, token.trim()).await.len() == made,
+    )
+    .await;
+    let (_, metrics) = support::admin_get(&orders, "/metrics").await;
+    assert_eq!(
+        sidecar_metric(&metrics, "palisade_proxy_decision_ship_errors_total"),
+        0,
+        "stored after {:?}",
+        back.elapsed()
+    );
+    stored_once(&central_decisions(cp.admin_addr, token.trim()).await, made);
+    orders.shutdown().await;
+    cp.shutdown().await;
+}
+
 /// A TCP relay to `to` that counts the connections it accepted.
 async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
