@@ -795,16 +795,7 @@ async fn a_batch_on_a_dead_kept_connection_is_resent_at_once_on_a_new_one() {
         .parse()
         .unwrap();
     let cp = palisade_control_plane::start(&config).await.unwrap();
-    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
-    let files = sidecar_files(&cp, dir.path(), "orders").await;
-    let spool = dir.path().join("orders-decisions");
-    let orders = start_ready(
-        &cp,
-        data.join("trust-bundle.pem"),
-        &files,
-        &["--decision-dir", spool.to_str().unwrap()],
-    )
-    .await;
+    let (token, _, orders) = orders_with_spool(&cp, dir.path(), &[]).await;
     let mut made = until_status(orders.outbound_addr, |_| true).await.len();
     wait_until(
         "the first decision is stored",
@@ -833,6 +824,22 @@ async fn a_batch_on_a_dead_kept_connection_is_resent_at_once_on_a_new_one() {
     stored_once(&central_decisions(cp.admin_addr, token.trim()).await, made);
     orders.shutdown().await;
     cp.shutdown().await;
+}
+
+/// The orders sidecar with its spool in `dir/orders-decisions` (and `extra` flags), on the
+/// control plane whose data is `dir/cp`: the admin token, the spool, the sidecar.
+async fn orders_with_spool(
+    cp: &palisade_control_plane::RunningControlPlane,
+    dir: &Path,
+    extra: &[&str],
+) -> (String, std::path::PathBuf, palisade_proxy::RunningSidecar) {
+    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
+    let files = sidecar_files(cp, dir, "orders").await;
+    let spool = dir.join("orders-decisions");
+    let mut flags = vec!["--decision-dir", spool.to_str().unwrap()];
+    flags.extend(extra);
+    let orders = start_ready(cp, dir.join("cp/trust-bundle.pem"), &files, &flags).await;
+    (token, spool, orders)
 }
 
 /// A TCP relay to `to` that counts the connections it accepted.
@@ -990,21 +997,10 @@ async fn through_the_broker_connections_closed_mid_stream_lose_and_duplicate_not
     config.decision_broker = Some(url.clone());
     config.decision_queue = queue.clone();
     let cp = palisade_control_plane::start(&config).await.unwrap();
-    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
-    let files = sidecar_files(&cp, dir.path(), "orders").await;
-    let spool = dir.path().join("orders-decisions");
-    let orders = start_ready(
+    let (token, _, orders) = orders_with_spool(
         &cp,
-        data.join("trust-bundle.pem"),
-        &files,
-        &[
-            "--decision-dir",
-            spool.to_str().unwrap(),
-            "--decision-ship",
-            &sidecar_url,
-            "--decision-queue",
-            &queue,
-        ],
+        dir.path(),
+        &["--decision-ship", &sidecar_url, "--decision-queue", &queue],
     )
     .await;
 
