@@ -790,18 +790,7 @@ async fn shipping_goes_on_across_many_segments_and_deletes_each_once_stored() {
 async fn a_batch_on_a_dead_kept_connection_is_resent_at_once_on_a_new_one() {
     let dir = tempfile::tempdir().unwrap();
     let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
-    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
-    let files = sidecar_files(&cp, dir.path(), "orders").await;
-    let relay = relay(cp.sidecar_addr).await;
-    let spool = dir.path().join("orders-decisions");
-    let config = support::sidecar_config(
-        relay.addr,
-        dir.path().join("cp/trust-bundle.pem"),
-        &files,
-        &["--decision-dir", spool.to_str().unwrap()],
-    );
-    let orders = palisade_proxy::start(&config).await.unwrap();
-    support::wait_ready(&orders).await;
+    let (token, relay, orders) = orders_behind_relay(&cp, dir.path()).await;
     let mut made = until_status(orders.outbound_addr, |_| true).await.len();
     wait_until(
         "the first decision is stored",
@@ -846,6 +835,27 @@ async fn orders_with_spool(
     flags.extend(extra);
     let orders = start_ready(cp, dir.join("cp/trust-bundle.pem"), &files, &flags).await;
     (token, spool, orders)
+}
+
+/// The orders sidecar with its spool, reaching the control plane (data in `dir/cp`)
+/// through a [`relay`]: the admin token, the relay, the sidecar.
+async fn orders_behind_relay(
+    cp: &palisade_control_plane::RunningControlPlane,
+    dir: &Path,
+) -> (String, Relay, palisade_proxy::RunningSidecar) {
+    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
+    let files = sidecar_files(cp, dir, "orders").await;
+    let relay = relay(cp.sidecar_addr).await;
+    let spool = dir.join("orders-decisions");
+    let config = support::sidecar_config(
+        relay.addr,
+        dir.join("cp/trust-bundle.pem"),
+        &files,
+        &["--decision-dir", spool.to_str().unwrap()],
+    );
+    let orders = palisade_proxy::start(&config).await.unwrap();
+    support::wait_ready(&orders).await;
+    (token, relay, orders)
 }
 
 /// A TCP relay in front of the control plane.
@@ -909,19 +919,8 @@ async fn relay(to: SocketAddr) -> Relay {
 async fn the_shipper_keeps_its_connection_to_the_control_plane_between_batches() {
     let dir = tempfile::tempdir().unwrap();
     let cp = control_plane(&dir.path().join("cp"), Duration::from_secs(3600)).await;
-    let token = std::fs::read_to_string(&cp.admin_token_path).unwrap();
-    let files = sidecar_files(&cp, dir.path(), "orders").await;
-    let relay = relay(cp.sidecar_addr).await;
+    let (token, relay, orders) = orders_behind_relay(&cp, dir.path()).await;
     let connections = relay.accepted.clone();
-    let spool = dir.path().join("orders-decisions");
-    let config = support::sidecar_config(
-        relay.addr,
-        dir.path().join("cp/trust-bundle.pem"),
-        &files,
-        &["--decision-dir", spool.to_str().unwrap()],
-    );
-    let orders = palisade_proxy::start(&config).await.unwrap();
-    support::wait_ready(&orders).await;
     let batches = 10;
     let mut made = 0;
     let mut opened = Vec::new();
