@@ -206,12 +206,10 @@ impl Amqp {
                 routing_key: Some(k),
                 queue: None,
             };
-            let mut owed = None;
-            let allowed = self
-                .authorize(&actor, ch, &request, Some(keys), Some(&mut owed))
-                .await;
-            broker.owe(owed);
-            if !allowed {
+            if !self
+                .authorize(&actor, ch, &request, Some(keys), Some(&mut *broker))
+                .await
+            {
                 return false;
             }
         }
@@ -229,15 +227,15 @@ impl Amqp {
     }
 
     /// One decision: evaluated, counted and recorded (before the caller acts on it). With
-    /// `owed`, an allowing decision's line is not waited for here: `owed` says what the
-    /// caller must wait for before the allowed frames leave.
+    /// `broker`, an allowing decision's line is not waited for here but owed by the
+    /// broker's writer, which holds the allowed frames until it is written.
     pub(super) async fn authorize(
         &self,
         actor: &Actor,
         ch: u16,
         op: &AmqpRequest<'_>,
         all_keys: Option<&[String]>,
-        owed: Option<&mut Option<u64>>,
+        broker: Option<&mut super::upstream::ToBroker>,
     ) -> bool {
         let (own, service) = (&actor.own, &actor.service);
         let policies = self.policies.load();
@@ -275,8 +273,8 @@ impl Amqp {
             routing_keys: all_keys.map(<[String]>::to_vec).unwrap_or_default(),
             queue: op.queue.map(str::to_owned),
         });
-        match owed {
-            Some(owed) if allowed => *owed = self.audit.decided_owed(&event),
+        match broker {
+            Some(broker) if allowed => broker.owe(self.audit.decided_owed(&event)),
             _ => self.audit.decided(&event).await,
         }
         allowed
