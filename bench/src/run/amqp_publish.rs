@@ -32,7 +32,7 @@ pub(crate) async fn amqp_scenario(
     }
     let med = |v: &Vec<f64>| median(v.iter().copied());
     let direct = [med(&rates[0][0]), med(&rates[0][1])];
-    let mut medians = Vec::new();
+    let mut medians = std::collections::HashMap::new();
     for (i, (name, key, _)) in amqp_paths.iter().enumerate() {
         let m = [med(&rates[i][0]), med(&rates[i][1])];
         r.md.push_str(&format!(
@@ -54,15 +54,17 @@ pub(crate) async fn amqp_scenario(
                 format!("{:.0} %", 100.0 * m[0] / direct[0]),
             );
         }
-        medians.push(m);
+        medians.insert(*key, m);
     }
-    // [signed, unsigned] with the plain log, then the same with the durable one.
-    if medians.len() == 5 {
+    if let (Some(plain), Some(durable)) = (
+        medians.get("sidecar-signed"),
+        medians.get("sidecar-signed-durable"),
+    ) {
         for (j, confirms) in ["with confirms", "without confirms"]
             .into_iter()
             .enumerate()
         {
-            let (plain, durable) = (medians[1][j], medians[3][j]);
+            let (plain, durable) = (plain[j], durable[j]);
             r.target(
                 &format!("AMQP publishes {confirms} (signing on) with the durable decision log within 5 % of the plain log's"),
                 durable >= 0.95 * plain,

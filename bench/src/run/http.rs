@@ -164,7 +164,7 @@ pub(crate) async fn scenario(
             "p50_ms": p50, "p99_ms": p99, "p999_ms": p999,
             "cpu_s_per_10k_requests": f.cpu_per_10k, "errors": errors,
             "collector_cpu_s_per_10k_requests": (!f.collector_per_10k.is_nan()).then_some(f.collector_per_10k),
-            "decision_log": path.collector.is_some() || path.key.ends_with("-durable"),
+            "decision_log": path.key.ends_with("-durable"),
             "throughput_rounds_rps": rounds[i].iter().map(|r| r.0).collect::<Vec<_>>(),
             "offered_rate_rps": rate, "connections": s.concurrency,
         }));
@@ -304,7 +304,7 @@ async fn instructions(
             r.results.push(json!({
                 "scenario": format!("{}-instructions", proto.key()), "path": path.key, "proxy": label,
                 "instructions_per_request": m, "rounds": rounds,
-                "decision_log": path.collector.is_some() || path.key.ends_with("-durable"),
+                "decision_log": path.key.ends_with("-durable"),
             }));
         }
     }

@@ -212,21 +212,20 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
     )?;
     // The sidecars, each pair twice with `--decision-log`: with the plain log only, and
     // with the durable one too (`-durable`), measured side by side in interleaved rounds.
-    let variants: &[&str] = if s.decision_log {
-        &["", "-durable"]
-    } else {
-        &[""]
-    };
     let path_arg = |flag: &str, p: &Path| vec![flag.to_owned(), p.display().to_string()];
-    let with_log = |name: &str, mut extra: Vec<String>| {
-        if name.ends_with("-durable") {
-            extra.extend(mesh.decision_log(name, &s.decision_ship));
-        }
-        extra
-    };
     let mut pairs = Vec::new();
     let mut publishers = Vec::new();
-    for variant in variants {
+    for durable in [false, true]
+        .into_iter()
+        .take(1 + usize::from(s.decision_log))
+    {
+        let variant = if durable { "-durable" } else { "" };
+        let with_log = |name: &str, mut extra: Vec<String>| {
+            if durable {
+                extra.extend(mesh.decision_log(name, &s.decision_ship));
+            }
+            extra
+        };
         let payments_inbound = free_addr();
         let registry = work.join(format!("registry{variant}.yaml"));
         std::fs::write(
@@ -246,7 +245,7 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
             .sidecar(&mut procs, &name, "orders", free_addr(), &extra)
             .await?;
         wait_status(orders.outbound, "payments", "/item", 200).await?;
-        pairs.push((orders, payments));
+        pairs.push((durable, orders, payments));
         for (sa, sign) in [("publisher", "true"), ("publisher-unsigned", "false")] {
             let name = format!("{sa}{variant}");
             let mut extra = path_arg("--policy-file", &amqp_policy);
@@ -274,7 +273,7 @@ pub(crate) async fn run(s: Settings) -> anyhow::Result<()> {
         proxies: vec![],
         collector: None,
     }];
-    for ((orders, payments), durable) in pairs.iter().zip([false, true]) {
+    for &(durable, ref orders, ref payments) in &pairs {
         paths.push(HttpPath {
             name: if durable {
                 "Palisade, durable decision log (--decision-dir)"
